@@ -1,0 +1,77 @@
+//! Warden's wire protocol, package `warden.v1`, and conversions between wire enums and the
+//! domain types of `warden-shared`.
+
+use warden_shared::{OrderKind, OrderState};
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("warden.v1");
+}
+
+/// The encoded file descriptor set, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warden_descriptor");
+
+impl From<OrderKind> for v1::OrderKind {
+    fn from(kind: OrderKind) -> Self {
+        match kind {
+            OrderKind::Backup => v1::OrderKind::Backup,
+            OrderKind::Restore => v1::OrderKind::Restore,
+            OrderKind::Health => v1::OrderKind::Health,
+        }
+    }
+}
+
+impl TryFrom<v1::OrderKind> for OrderKind {
+    type Error = String;
+
+    fn try_from(kind: v1::OrderKind) -> Result<Self, Self::Error> {
+        match kind {
+            v1::OrderKind::Backup => Ok(OrderKind::Backup),
+            v1::OrderKind::Restore => Ok(OrderKind::Restore),
+            v1::OrderKind::Health => Ok(OrderKind::Health),
+            v1::OrderKind::Unspecified => Err("order kind is unspecified".to_owned()),
+        }
+    }
+}
+
+impl From<OrderState> for v1::OrderState {
+    fn from(state: OrderState) -> Self {
+        match state {
+            OrderState::Queued => v1::OrderState::Queued,
+            OrderState::Held => v1::OrderState::Held,
+            OrderState::Dispatched => v1::OrderState::Dispatched,
+            OrderState::Running => v1::OrderState::Running,
+            OrderState::Succeeded => v1::OrderState::Succeeded,
+            OrderState::Failed => v1::OrderState::Failed,
+            OrderState::Cancelled => v1::OrderState::Cancelled,
+            OrderState::Lost => v1::OrderState::Lost,
+        }
+    }
+}
+
+impl TryFrom<v1::OrderState> for OrderState {
+    type Error = String;
+
+    fn try_from(state: v1::OrderState) -> Result<Self, Self::Error> {
+        OrderState::ALL
+            .into_iter()
+            .find(|s| v1::OrderState::from(*s) == state)
+            .ok_or_else(|| "order state is unspecified".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip() {
+        for state in OrderState::ALL {
+            assert_eq!(OrderState::try_from(v1::OrderState::from(state)), Ok(state));
+        }
+        for kind in OrderKind::ALL {
+            assert_eq!(OrderKind::try_from(v1::OrderKind::from(kind)), Ok(kind));
+        }
+        assert!(OrderState::try_from(v1::OrderState::Unspecified).is_err());
+    }
+}

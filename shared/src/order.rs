@@ -1,0 +1,158 @@
+//! Order kinds and the order state machine.
+//!
+//! `queued → held → dispatched → running → succeeded | failed | cancelled`, and `lost` when
+//! the agent vanished past its lease. A lost order of an idempotent kind may be dispatched
+//! again; a lost destructive order stays lost.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderKind {
+    Backup,
+    Restore,
+    Health,
+}
+
+impl OrderKind {
+    pub const ALL: [OrderKind; 3] = [OrderKind::Backup, OrderKind::Restore, OrderKind::Health];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderKind::Backup => "backup",
+            OrderKind::Restore => "restore",
+            OrderKind::Health => "health",
+        }
+    }
+
+    /// Returns whether running the order twice is harmless, so a lost one may be retried.
+    pub fn is_idempotent(self) -> bool {
+        matches!(self, OrderKind::Backup | OrderKind::Health)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderState {
+    Queued,
+    Held,
+    Dispatched,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Lost,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 8] = [
+        OrderState::Queued,
+        OrderState::Held,
+        OrderState::Dispatched,
+        OrderState::Running,
+        OrderState::Succeeded,
+        OrderState::Failed,
+        OrderState::Cancelled,
+        OrderState::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Queued => "queued",
+            OrderState::Held => "held",
+            OrderState::Dispatched => "dispatched",
+            OrderState::Running => "running",
+            OrderState::Succeeded => "succeeded",
+            OrderState::Failed => "failed",
+            OrderState::Cancelled => "cancelled",
+            OrderState::Lost => "lost",
+        }
+    }
+
+    /// Returns whether nothing more happens to an order in this state (a lost order of an
+    /// idempotent kind is the exception: the dispatcher may pick it up again).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderState::Succeeded | OrderState::Failed | OrderState::Cancelled | OrderState::Lost
+        )
+    }
+
+    /// Returns whether an agent holds the order (it was sent and not yet finished).
+    pub fn is_with_agent(self) -> bool {
+        matches!(self, OrderState::Dispatched | OrderState::Running)
+    }
+
+    /// Returns whether the state machine allows moving from `self` to `next`.
+    pub fn can_become(self, next: OrderState) -> bool {
+        use OrderState::*;
+        match (self, next) {
+            (Queued, Held | Dispatched | Cancelled) => true,
+            (Held, Queued | Dispatched | Cancelled) => true,
+            (Dispatched, Running | Succeeded | Failed | Cancelled | Lost) => true,
+            (Running, Succeeded | Failed | Cancelled | Lost) => true,
+            // A lost order whose agent comes back with a result, or a retried lost order.
+            (Lost, Succeeded | Failed | Dispatched) => true,
+            _ => false,
+        }
+    }
+}
+
+macro_rules! string_enum {
+    ($ty:ty, $what:literal) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| format!(concat!("unknown ", $what, " {:?}"), s))
+            }
+        }
+    };
+}
+
+string_enum!(OrderKind, "order kind");
+string_enum!(OrderState, "order state");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_round_trip() {
+        for state in OrderState::ALL {
+            assert_eq!(state.as_str().parse::<OrderState>(), Ok(state));
+        }
+        for kind in OrderKind::ALL {
+            assert_eq!(kind.as_str().parse::<OrderKind>(), Ok(kind));
+        }
+        assert!("done".parse::<OrderState>().is_err());
+    }
+
+    #[test]
+    fn final_states_do_not_move_except_lost() {
+        for from in [OrderState::Succeeded, OrderState::Failed, OrderState::Cancelled] {
+            for to in OrderState::ALL {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+        assert!(OrderState::Lost.can_become(OrderState::Dispatched));
+        assert!(!OrderState::Lost.can_become(OrderState::Cancelled));
+        assert!(OrderState::Queued.can_become(OrderState::Dispatched));
+        assert!(!OrderState::Queued.can_become(OrderState::Running));
+    }
+
+    #[test]
+    fn only_backup_and_health_are_idempotent() {
+        assert!(OrderKind::Backup.is_idempotent());
+        assert!(OrderKind::Health.is_idempotent());
+        assert!(!OrderKind::Restore.is_idempotent());
+    }
+}

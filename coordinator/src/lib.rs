@@ -1,1 +1,15 @@
-//! placeholder
+//! The Warden coordinator: the registry of connected agents, order dispatch and
+//! reconciliation, the artifact catalog and the audit chain, served over gRPC.
+
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod grpc;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+pub use config::CoordinatorConfig;
+pub use error::{CoordinatorError, CoordinatorResult};
+pub use fleet::Fleet;

@@ -1,1 +1,65 @@
-fn main() {}
+//! `warden-coordinator`: the Warden coordinator process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+use warden_coordinator::CoordinatorConfig;
+
+#[derive(Debug, Parser, Serialize)]
+#[command(name = "warden-coordinator", version, about = "The Warden coordinator")]
+struct Args {
+    /// TOML config file.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    dump_config: bool,
+    /// gRPC listen address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// State store, sqlite://PATH.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<String>,
+    /// How often agents send heartbeats, e.g. 2s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    heartbeat_interval: Option<Duration>,
+    /// An agent silent this long is offline and its orders are lost, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    lease: Option<Duration>,
+    /// How many times a lost backup or health check is dispatched in all.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
+    /// Log JSON lines.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: CoordinatorConfig =
+        warden_shared::config::load(args.config.as_deref(), "WARDEN_", &args)?;
+    config.validate()?;
+    if args.dump_config {
+        print!(
+            "{}",
+            toml::to_string(&config).context("printing the config")?
+        );
+        return Ok(());
+    }
+    warden_shared::telemetry::init(config.log_json);
+    warden_coordinator::server::run(config, warden_shared::shutdown::signal()).await?;
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! Warden's wire protocol, package `warden.v1`, and conversions between wire enums and the
 //! domain types of `warden-shared`.
 
-use warden_shared::{OrderKind, OrderState};
+use warden_shared::{OrderKind, OrderSpec, OrderState};
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -57,6 +57,33 @@ impl TryFrom<v1::OrderState> for OrderState {
             .into_iter()
             .find(|s| v1::OrderState::from(*s) == state)
             .ok_or_else(|| "order state is unspecified".to_owned())
+    }
+}
+
+impl From<&OrderSpec> for v1::OrderSpec {
+    fn from(spec: &OrderSpec) -> Self {
+        use v1::order_spec::Params;
+        let params = match spec {
+            OrderSpec::Backup { trigger } => Params::Backup(v1::BackupParams {
+                trigger: trigger.clone(),
+            }),
+            OrderSpec::Restore {
+                artifact_id,
+                artifact_path,
+                sha256,
+                new_name,
+            } => Params::Restore(v1::RestoreParams {
+                artifact_id: artifact_id.clone(),
+                artifact_path: artifact_path.clone(),
+                sha256: sha256.clone(),
+                new_name: new_name.clone().unwrap_or_default(),
+                replace: new_name.is_none(),
+            }),
+            OrderSpec::Health => Params::Health(v1::HealthParams {}),
+        };
+        v1::OrderSpec {
+            params: Some(params),
+        }
     }
 }
 

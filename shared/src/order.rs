@@ -97,6 +97,37 @@ impl OrderState {
     }
 }
 
+/// What an order does, with its parameters. Stored as JSON in the coordinator's store and
+/// recorded in the audit log, so it never holds credentials.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OrderSpec {
+    Backup {
+        /// Why the backup is taken: "manual", "schedule", "pre-restore", ...
+        trigger: String,
+    },
+    Restore {
+        artifact_id: String,
+        /// Directory of the artifact relative to the repository root.
+        artifact_path: String,
+        /// sha256 of the compressed dump as the catalog recorded it.
+        sha256: String,
+        /// Restore into a new database of this name; `None` replaces the target database.
+        new_name: Option<String>,
+    },
+    Health,
+}
+
+impl OrderSpec {
+    pub fn kind(&self) -> OrderKind {
+        match self {
+            OrderSpec::Backup { .. } => OrderKind::Backup,
+            OrderSpec::Restore { .. } => OrderKind::Restore,
+            OrderSpec::Health => OrderKind::Health,
+        }
+    }
+}
+
 macro_rules! string_enum {
     ($ty:ty, $what:literal) => {
         impl fmt::Display for $ty {
@@ -113,6 +144,14 @@ macro_rules! string_enum {
                     .into_iter()
                     .find(|v| v.as_str() == s)
                     .ok_or_else(|| format!(concat!("unknown ", $what, " {:?}"), s))
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = String;
+
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
             }
         }
     };
@@ -138,7 +177,11 @@ mod tests {
 
     #[test]
     fn final_states_do_not_move_except_lost() {
-        for from in [OrderState::Succeeded, OrderState::Failed, OrderState::Cancelled] {
+        for from in [
+            OrderState::Succeeded,
+            OrderState::Failed,
+            OrderState::Cancelled,
+        ] {
             for to in OrderState::ALL {
                 assert!(!from.can_become(to), "{from} -> {to}");
             }

@@ -1,0 +1,775 @@
+//! The fleet: what the coordinator decides. Agents say Hello and report on their orders;
+//! operators submit and cancel orders; the reaper turns silence into offline agents and lost
+//! orders. Every state change is written with its audit event in one store transaction, and
+//! messages to agents are sent only after that transaction committed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use prost::Message as _;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use uuid::Uuid;
+use warden_proto::v1::{
+    self, CoordinatorMessage, agent_message, coordinator_message, order_result,
+};
+use warden_shared::{ArtifactManifest, DatabaseId, OrderSpec, OrderState};
+
+use crate::audit::{Actor, ChainReport, NewAuditEvent, verify_chain};
+use crate::error::{CoordinatorError, CoordinatorResult};
+use crate::registry::Registry;
+use crate::store::{AgentRecord, ArtifactRecord, OrderRecord, Store, WriteTx};
+
+/// Session settings the coordinator hands to agents, and its retry limit.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSettings {
+    pub heartbeat_interval: Duration,
+    pub lease: Duration,
+    pub max_attempts: u32,
+}
+
+/// What an operator asks a restore to do.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub artifact_id: String,
+    pub new_name: Option<String>,
+    pub replace: bool,
+    pub target: Option<String>,
+    pub reason: String,
+}
+
+pub struct Fleet {
+    store: Store,
+    registry: Registry,
+    settings: FleetSettings,
+}
+
+impl Fleet {
+    pub fn new(store: Store, settings: FleetSettings) -> Self {
+        Self {
+            store,
+            registry: Registry::default(),
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> FleetSettings {
+        self.settings
+    }
+
+    pub fn is_online(&self, agent: &str) -> bool {
+        self.registry.is_online(agent)
+    }
+
+    // ---- agent sessions ----
+
+    /// Registers an agent that said Hello on a new stream: records it and its inventory,
+    /// applies results it finished while disconnected, marks lost what it no longer holds,
+    /// then queues the Welcome and any orders waiting for it. Returns the session generation.
+    pub async fn agent_hello(
+        &self,
+        hello: v1::Hello,
+        outbox: mpsc::Sender<CoordinatorMessage>,
+    ) -> CoordinatorResult<i64> {
+        warden_shared::validate_agent_name(&hello.agent)?;
+        let mut inventory = Vec::with_capacity(hello.databases.len());
+        for database in &hello.databases {
+            warden_shared::validate_database_name(&database.name)?;
+            inventory.push((database.name.clone(), labels_json(&database.labels)));
+        }
+        let agent = AgentRecord {
+            name: hello.agent.clone(),
+            version: hello.version.clone(),
+            labels_json: labels_json(&hello.labels),
+            repository: hello.repository.clone(),
+            online: true,
+            last_seen_unix_ms: warden_shared::now_unix_ms(),
+            generation: 0,
+            database_count: 0,
+        };
+        let actor = Actor::Agent(hello.agent.clone());
+
+        let mut tx = self.store.begin().await?;
+        let generation = Store::upsert_agent(&mut tx, &agent).await?;
+        Store::replace_inventory(&mut tx, &agent.name, &inventory).await?;
+        Store::append_audit(
+            &mut tx,
+            NewAuditEvent::new(
+                &actor,
+                "agent.connected",
+                &agent.name,
+                json!({
+                    "version": agent.version,
+                    "generation": generation,
+                    "databases": inventory.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                    "running": hello.running_order_ids,
+                }),
+            ),
+        )
+        .await?;
+        let mut acks = Vec::new();
+        for result in &hello.unacknowledged_results {
+            if self.apply_result(&mut tx, &agent.name, result).await? {
+                acks.push(result.order_id.clone());
+            }
+        }
+        let running: HashSet<&str> = hello.running_order_ids.iter().map(String::as_str).collect();
+        let held = Store::orders_of_agent(
+            &mut tx,
+            &agent.name,
+            &[OrderState::Dispatched, OrderState::Running],
+        )
+        .await?;
+        for order in held {
+            if !running.contains(order.id.as_str()) {
+                let why = format!(
+                    "agent {} came back without this order: it restarted while the order ran",
+                    agent.name
+                );
+                mark_lost(&mut tx, order, &why).await?;
+            }
+        }
+        tx.commit().await?;
+
+        let welcome = coordinator_message::Msg::Welcome(v1::Welcome {
+            heartbeat_interval_ms: millis(self.settings.heartbeat_interval),
+            lease_ms: millis(self.settings.lease),
+        });
+        // The channel is fresh, so the Welcome and acks fit in it.
+        let _ = outbox.try_send(CoordinatorMessage { msg: Some(welcome) });
+        for order_id in acks {
+            let _ = outbox.try_send(ack(order_id));
+        }
+        self.registry.register(&agent.name, generation, outbox);
+        info!(agent = %agent.name, generation, databases = inventory.len(), "agent connected");
+        self.dispatch_pending(&agent.name).await?;
+        Ok(generation)
+    }
+
+    /// Handles one message of a live session.
+    pub async fn agent_message(
+        &self,
+        agent: &str,
+        generation: i64,
+        message: v1::AgentMessage,
+    ) -> CoordinatorResult<()> {
+        if !self.registry.touch(agent, generation) {
+            // A message from a replaced session: the newer stream is authoritative.
+            return Ok(());
+        }
+        match message.msg {
+            None | Some(agent_message::Msg::Heartbeat(_)) => {}
+            Some(agent_message::Msg::Hello(_)) => {
+                return Err(CoordinatorError::InvalidArgument(
+                    "Hello is only valid as the first message of a stream".to_owned(),
+                ));
+            }
+            Some(agent_message::Msg::Started(started)) => {
+                let mut tx = self.store.begin().await?;
+                let order = owned_order(&mut tx, agent, &started.order_id).await?;
+                if let Some(mut order) = order.filter(|o| o.state == OrderState::Dispatched) {
+                    order.started_unix_ms = warden_shared::now_unix_ms();
+                    let actor = Actor::Agent(agent.to_owned());
+                    transition(&mut tx, &mut order, OrderState::Running, &actor, json!({})).await?;
+                }
+                tx.commit().await?;
+            }
+            Some(agent_message::Msg::Progress(progress)) => {
+                self.store
+                    .set_progress(
+                        &progress.order_id,
+                        &progress.phase,
+                        i64::try_from(progress.bytes).unwrap_or(i64::MAX),
+                        progress.bytes_per_sec,
+                    )
+                    .await?;
+            }
+            Some(agent_message::Msg::Result(result)) => {
+                let mut tx = self.store.begin().await?;
+                let applied = self.apply_result(&mut tx, agent, &result).await?;
+                tx.commit().await?;
+                if applied {
+                    self.registry.send(agent, ack(result.order_id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles the end of a stream: the agent is offline unless a newer stream replaced it.
+    /// The orders it holds stay with it for one lease, in case it comes back.
+    pub async fn agent_gone(
+        &self,
+        agent: &str,
+        generation: i64,
+        why: &str,
+    ) -> CoordinatorResult<()> {
+        if !self.registry.remove(agent, generation) {
+            return Ok(());
+        }
+        self.mark_offline(agent, why).await
+    }
+
+    async fn mark_offline(&self, agent: &str, why: &str) -> CoordinatorResult<()> {
+        let mut tx = self.store.begin().await?;
+        Store::set_agent_offline(&mut tx, agent, warden_shared::now_unix_ms()).await?;
+        Store::append_audit(
+            &mut tx,
+            NewAuditEvent::new(
+                &Actor::System,
+                "agent.disconnected",
+                agent,
+                json!({ "why": why }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        warn!(agent, why, "agent offline");
+        Ok(())
+    }
+
+    /// Turns silence into state: sessions without a heartbeat for a lease are closed, and
+    /// orders of agents offline for longer than a lease are lost.
+    pub async fn reap(&self) -> CoordinatorResult<()> {
+        for (agent, generation) in self.registry.expired(self.settings.lease) {
+            if self.registry.remove(&agent, generation) {
+                let why = format!(
+                    "no heartbeat for {}",
+                    humantime::format_duration(self.settings.lease)
+                );
+                self.mark_offline(&agent, &why).await?;
+            }
+        }
+        let cutoff = warden_shared::now_unix_ms() - millis_i64(self.settings.lease);
+        let mut tx = self.store.begin().await?;
+        for order in Store::orders_of_agents_offline_since(&mut tx, cutoff).await? {
+            let why = format!(
+                "agent {} has been offline for more than the lease ({})",
+                order.agent,
+                humantime::format_duration(self.settings.lease)
+            );
+            mark_lost(&mut tx, order, &why).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sends an online agent every order waiting for it: queued ones, and lost ones of
+    /// idempotent kinds that have attempts left.
+    async fn dispatch_pending(&self, agent: &str) -> CoordinatorResult<()> {
+        if !self.registry.is_online(agent) {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        let pending =
+            Store::orders_of_agent(&mut tx, agent, &[OrderState::Queued, OrderState::Lost]).await?;
+        let mut assignments = Vec::new();
+        for mut order in pending {
+            if order.state == OrderState::Lost
+                && (!order.kind.is_idempotent()
+                    || order.attempts >= i64::from(self.settings.max_attempts))
+            {
+                continue;
+            }
+            let spec = order.spec()?;
+            order.attempts += 1;
+            order.error.clear();
+            let params = json!({ "attempt": order.attempts });
+            transition(
+                &mut tx,
+                &mut order,
+                OrderState::Dispatched,
+                &Actor::System,
+                params,
+            )
+            .await?;
+            assignments.push(CoordinatorMessage {
+                msg: Some(coordinator_message::Msg::Order(v1::OrderAssignment {
+                    order_id: order.id.clone(),
+                    database: order.database.clone(),
+                    attempt: u32::try_from(order.attempts).unwrap_or(u32::MAX),
+                    spec: Some(v1::OrderSpec::from(&spec)),
+                })),
+            });
+        }
+        tx.commit().await?;
+        for assignment in assignments {
+            // If the session vanished meanwhile, the reaper or the next Hello reconciles.
+            self.registry.send(agent, assignment);
+        }
+        Ok(())
+    }
+
+    /// Records an agent's final word on an order. Returns whether the result is now durable
+    /// (so the agent may forget it); a duplicate of an applied result counts as durable.
+    async fn apply_result(
+        &self,
+        tx: &mut WriteTx,
+        agent: &str,
+        result: &v1::OrderResult,
+    ) -> CoordinatorResult<bool> {
+        let Some(mut order) = owned_order(tx, agent, &result.order_id).await? else {
+            warn!(agent, order_id = %result.order_id, "result for an order this agent does not hold");
+            return Ok(true);
+        };
+        if matches!(
+            order.state,
+            OrderState::Succeeded | OrderState::Failed | OrderState::Cancelled
+        ) {
+            return Ok(true);
+        }
+        let next = if result.success {
+            OrderState::Succeeded
+        } else if result.cancelled && order.state.can_become(OrderState::Cancelled) {
+            OrderState::Cancelled
+        } else {
+            OrderState::Failed
+        };
+        let actor = Actor::Agent(agent.to_owned());
+        let mut params = json!({});
+        if let (true, Some(order_result::Outcome::Backup(backup))) =
+            (result.success, &result.outcome)
+        {
+            match self.catalog_artifact(tx, &order, backup).await {
+                Ok(artifact) => params = json!({ "artifact_id": artifact.id }),
+                Err(why) => {
+                    // A result we cannot catalog is a failed backup, never a complete artifact.
+                    warn!(order_id = %order.id, %why, "backup result rejected");
+                    order.error = why;
+                    order.result = Some(result.encode_to_vec());
+                    order.finished_unix_ms = warden_shared::now_unix_ms();
+                    transition(tx, &mut order, OrderState::Failed, &actor, json!({})).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        order.error = result.error.clone();
+        order.result = Some(result.encode_to_vec());
+        order.finished_unix_ms = warden_shared::now_unix_ms();
+        transition(tx, &mut order, next, &actor, params).await?;
+        Ok(true)
+    }
+
+    /// Adds the artifact a backup produced to the catalog, as `complete`.
+    async fn catalog_artifact(
+        &self,
+        tx: &mut WriteTx,
+        order: &OrderRecord,
+        backup: &v1::BackupOutcome,
+    ) -> Result<ArtifactRecord, String> {
+        let manifest: ArtifactManifest = serde_json::from_str(&backup.manifest_json)
+            .map_err(|e| format!("the agent's manifest is not valid: {e}"))?;
+        if manifest.artifact_id != backup.artifact_id
+            || Uuid::parse_str(&manifest.artifact_id).is_err()
+        {
+            return Err(format!(
+                "the manifest names artifact {:?} but the agent reported {:?}",
+                manifest.artifact_id, backup.artifact_id
+            ));
+        }
+        let repository: Option<(String,)> =
+            sqlx::query_as("SELECT repository FROM agents WHERE name = ?")
+                .bind(&order.agent)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(|e| e.to_string())?;
+        let trigger = match order.spec() {
+            Ok(OrderSpec::Backup { trigger }) => trigger,
+            _ => manifest.trigger.clone(),
+        };
+        let artifact = ArtifactRecord {
+            id: manifest.artifact_id.clone(),
+            agent: order.agent.clone(),
+            database: order.database.clone(),
+            order_id: order.id.clone(),
+            trigger,
+            state: "complete".to_owned(),
+            repository: repository.map(|r| r.0).unwrap_or_default(),
+            path: backup.artifact_path.clone(),
+            sha256: manifest.dump.sha256.clone(),
+            size_bytes: i64::try_from(manifest.dump.size_bytes).unwrap_or(i64::MAX),
+            raw_bytes: i64::try_from(manifest.dump.raw_bytes).unwrap_or(i64::MAX),
+            server_version: manifest.server_version.clone(),
+            pg_dump_version: manifest.pg_dump_version.clone(),
+            created_unix_ms: manifest.finished_unix_ms,
+            verified: false,
+            manifest_json: backup.manifest_json.clone(),
+        };
+        Store::insert_artifact(tx, &artifact)
+            .await
+            .map_err(|e| e.to_string())?;
+        Store::append_audit(
+            tx,
+            NewAuditEvent::new(
+                &Actor::Agent(order.agent.clone()),
+                "artifact.created",
+                order.target(),
+                json!({
+                    "artifact_id": artifact.id,
+                    "order_id": order.id,
+                    "sha256": artifact.sha256,
+                    "size_bytes": artifact.size_bytes,
+                    "tables": manifest.tables.len(),
+                    "rows": manifest.total_rows(),
+                }),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(artifact)
+    }
+
+    // ---- operator requests ----
+
+    /// Queues a backup of `database` and dispatches it.
+    pub async fn submit_backup(
+        &self,
+        actor: &Actor,
+        database: &str,
+        reason: &str,
+    ) -> CoordinatorResult<OrderRecord> {
+        let target = self.online_database(database).await?;
+        let spec = OrderSpec::Backup {
+            trigger: "manual".to_owned(),
+        };
+        self.submit(actor, &target, &spec, reason).await
+    }
+
+    /// Queues a health check of `database` and dispatches it.
+    pub async fn submit_health(
+        &self,
+        actor: &Actor,
+        database: &str,
+    ) -> CoordinatorResult<OrderRecord> {
+        let target = self.online_database(database).await?;
+        self.submit(actor, &target, &OrderSpec::Health, "").await
+    }
+
+    /// Queues a restore of an artifact into a new database or over the target database.
+    pub async fn submit_restore(
+        &self,
+        actor: &Actor,
+        request: &RestoreRequest,
+    ) -> CoordinatorResult<OrderRecord> {
+        let new_name = match (&request.new_name, request.replace) {
+            (Some(name), false) => {
+                warden_shared::validate_database_name(name)?;
+                Some(name.clone())
+            }
+            (None, true) => None,
+            _ => {
+                return Err(CoordinatorError::InvalidArgument(
+                    "give exactly one of --new-name NAME or --replace".to_owned(),
+                ));
+            }
+        };
+        let artifact = self.complete_artifact(&request.artifact_id).await?;
+        let target_text = request
+            .target
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", artifact.agent, artifact.database));
+        let target = self.online_database(&target_text).await?;
+        let target_agent = self.store.get_agent(&target.agent).await?;
+        let target_repository = target_agent.map(|a| a.repository).unwrap_or_default();
+        if target_repository != artifact.repository {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "artifact {} is in repository {} but agent {} uses {}; restore it with an agent that sees that repository",
+                artifact.id, artifact.repository, target.agent, target_repository
+            )));
+        }
+        let spec = OrderSpec::Restore {
+            artifact_id: artifact.id.clone(),
+            artifact_path: artifact.path.clone(),
+            sha256: artifact.sha256.clone(),
+            new_name,
+        };
+        self.submit(actor, &target, &spec, &request.reason).await
+    }
+
+    /// Cancels an order: at once if no agent holds it, otherwise by asking its agent, which
+    /// reports it cancelled once it has stopped and cleaned up.
+    pub async fn cancel(
+        &self,
+        actor: &Actor,
+        order_id: &str,
+        reason: &str,
+    ) -> CoordinatorResult<OrderRecord> {
+        parse_uuid(order_id, "order")?;
+        let mut tx = self.store.begin().await?;
+        let mut order = Store::order_for_update(&mut tx, order_id)
+            .await?
+            .ok_or_else(|| unknown_order(order_id))?;
+        match order.state {
+            OrderState::Queued | OrderState::Held => {
+                order.finished_unix_ms = warden_shared::now_unix_ms();
+                order.error = format!("cancelled by {actor}: {reason}");
+                transition(
+                    &mut tx,
+                    &mut order,
+                    OrderState::Cancelled,
+                    actor,
+                    json!({ "reason": reason }),
+                )
+                .await?;
+                tx.commit().await?;
+            }
+            OrderState::Dispatched | OrderState::Running => {
+                if !self.registry.is_online(&order.agent) {
+                    return Err(CoordinatorError::FailedPrecondition(format!(
+                        "order {order_id} is held by agent {}, which is offline; it will be marked lost after the lease",
+                        order.agent
+                    )));
+                }
+                Store::append_audit(
+                    &mut tx,
+                    NewAuditEvent::new(
+                        actor,
+                        "order.cancel_requested",
+                        order.target(),
+                        json!({ "order_id": order.id, "reason": reason }),
+                    ),
+                )
+                .await?;
+                tx.commit().await?;
+                let cancel = coordinator_message::Msg::Cancel(v1::CancelOrder {
+                    order_id: order.id.clone(),
+                });
+                self.registry
+                    .send(&order.agent, CoordinatorMessage { msg: Some(cancel) });
+            }
+            state => {
+                return Err(CoordinatorError::FailedPrecondition(format!(
+                    "order {order_id} is already {state}; only queued, held, dispatched or running orders can be cancelled"
+                )));
+            }
+        }
+        Ok(order)
+    }
+
+    /// Records that an operator call was refused, so denied attempts are audited too.
+    pub async fn audit_refusal(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        params: serde_json::Value,
+        error: &CoordinatorError,
+    ) {
+        let event = NewAuditEvent::new(actor, action, target, params)
+            .with_outcome(format!("refused: {error}"));
+        if let Err(store_error) = self.store.audit(event).await {
+            warn!(%store_error, action, "could not audit a refused call");
+        }
+    }
+
+    /// Checks the whole audit chain.
+    pub async fn verify_audit(&self) -> CoordinatorResult<ChainReport> {
+        const PAGE: i64 = 10_000;
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.list_audit(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            events.extend(page);
+        }
+        Ok(verify_chain(events))
+    }
+
+    pub async fn get_order(&self, id: &str) -> CoordinatorResult<OrderRecord> {
+        parse_uuid(id, "order")?;
+        self.store
+            .get_order(id)
+            .await?
+            .ok_or_else(|| unknown_order(id))
+    }
+
+    pub async fn get_artifact(&self, id: &str) -> CoordinatorResult<ArtifactRecord> {
+        parse_uuid(id, "artifact")?;
+        self.store.get_artifact(id).await?.ok_or_else(|| {
+            CoordinatorError::NotFound(format!(
+                "unknown artifact {id}; `warden artifacts` lists the known ones"
+            ))
+        })
+    }
+
+    /// Resolves `AGENT/DBNAME` to a database the catalog knows.
+    pub async fn known_database(&self, text: &str) -> CoordinatorResult<DatabaseId> {
+        let id = DatabaseId::parse(text)?;
+        if self.store.get_agent(&id.agent).await?.is_none() {
+            return Err(CoordinatorError::NotFound(format!(
+                "unknown database {id}: no agent named {} has ever connected; `warden agents` lists them",
+                id.agent
+            )));
+        }
+        if !self.store.database_present(&id.agent, &id.database).await? {
+            return Err(CoordinatorError::NotFound(format!(
+                "unknown database {id}: agent {} does not report a database named {:?}; `warden databases` lists them",
+                id.agent, id.database
+            )));
+        }
+        Ok(id)
+    }
+
+    async fn online_database(&self, text: &str) -> CoordinatorResult<DatabaseId> {
+        let id = self.known_database(text).await?;
+        if !self.registry.is_online(&id.agent) {
+            let last_seen = self
+                .store
+                .get_agent(&id.agent)
+                .await?
+                .map(|a| format_unix_ms(a.last_seen_unix_ms))
+                .unwrap_or_default();
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "agent {} is offline (last seen {last_seen}); start it or check its logs. Nothing was queued",
+                id.agent
+            )));
+        }
+        Ok(id)
+    }
+
+    async fn complete_artifact(&self, id: &str) -> CoordinatorResult<ArtifactRecord> {
+        let artifact = self.get_artifact(id).await?;
+        if artifact.state != "complete" {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "artifact {id} is {}; only complete artifacts can be restored",
+                artifact.state
+            )));
+        }
+        Ok(artifact)
+    }
+
+    async fn submit(
+        &self,
+        actor: &Actor,
+        target: &DatabaseId,
+        spec: &OrderSpec,
+        reason: &str,
+    ) -> CoordinatorResult<OrderRecord> {
+        let order = OrderRecord::new(
+            &target.agent,
+            &target.database,
+            spec,
+            &actor.to_string(),
+            reason,
+        );
+        let mut tx = self.store.begin().await?;
+        Store::insert_order(&mut tx, &order).await?;
+        Store::append_audit(
+            &mut tx,
+            NewAuditEvent::new(
+                actor,
+                "order.submitted",
+                target.to_string(),
+                json!({ "order_id": order.id, "spec": spec, "reason": reason }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        info!(order_id = %order.id, kind = %order.kind, database = %target, "order submitted");
+        self.dispatch_pending(&target.agent).await?;
+        Ok(self.store.get_order(&order.id).await?.unwrap_or(order))
+    }
+}
+
+/// Moves an order to `next` and audits it, refusing transitions the state machine forbids.
+async fn transition(
+    tx: &mut WriteTx,
+    order: &mut OrderRecord,
+    next: OrderState,
+    actor: &Actor,
+    mut params: serde_json::Value,
+) -> CoordinatorResult<()> {
+    if !order.state.can_become(next) {
+        warn!(order_id = %order.id, from = %order.state, to = %next, "refused order transition");
+        return Ok(());
+    }
+    let from = order.state;
+    order.state = next;
+    order.updated_unix_ms = warden_shared::now_unix_ms();
+    Store::save_order(tx, order).await?;
+    if let Some(map) = params.as_object_mut() {
+        map.insert("order_id".to_owned(), json!(order.id));
+        map.insert("kind".to_owned(), json!(order.kind.as_str()));
+        map.insert("from".to_owned(), json!(from.as_str()));
+        if !order.error.is_empty() {
+            map.insert("error".to_owned(), json!(order.error));
+        }
+    }
+    Store::append_audit(
+        tx,
+        NewAuditEvent::new(actor, &format!("order.{next}"), order.target(), params),
+    )
+    .await?;
+    info!(order_id = %order.id, from = %from, to = %next, "order state changed");
+    Ok(())
+}
+
+async fn mark_lost(tx: &mut WriteTx, mut order: OrderRecord, why: &str) -> CoordinatorResult<()> {
+    order.error = why.to_owned();
+    order.finished_unix_ms = warden_shared::now_unix_ms();
+    let retry = order.kind.is_idempotent();
+    transition(
+        tx,
+        &mut order,
+        OrderState::Lost,
+        &Actor::System,
+        json!({ "will_retry": retry }),
+    )
+    .await
+}
+
+/// Loads an order if it belongs to `agent` (an agent cannot report on another's orders).
+async fn owned_order(
+    tx: &mut WriteTx,
+    agent: &str,
+    order_id: &str,
+) -> CoordinatorResult<Option<OrderRecord>> {
+    Ok(Store::order_for_update(tx, order_id)
+        .await?
+        .filter(|order| order.agent == agent))
+}
+
+fn ack(order_id: String) -> CoordinatorMessage {
+    CoordinatorMessage {
+        msg: Some(coordinator_message::Msg::Ack(v1::ResultAck { order_id })),
+    }
+}
+
+fn parse_uuid(id: &str, what: &str) -> CoordinatorResult<()> {
+    Uuid::parse_str(id).map(drop).map_err(|_| {
+        CoordinatorError::InvalidArgument(format!(
+            "malformed {what} id {id:?}: expected a UUID such as 0193a5b2-7c1e-7000-8000-000000000000"
+        ))
+    })
+}
+
+fn unknown_order(id: &str) -> CoordinatorError {
+    CoordinatorError::NotFound(format!(
+        "unknown order {id}; `warden orders` lists recent ones"
+    ))
+}
+
+fn labels_json(labels: &std::collections::HashMap<String, String>) -> String {
+    let sorted: BTreeMap<&String, &String> = labels.iter().collect();
+    serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn millis_i64(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn format_unix_ms(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "never".to_owned())
+}

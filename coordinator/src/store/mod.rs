@@ -1,0 +1,451 @@
+//! The coordinator's durable state: agents, their database inventory, orders, the artifact
+//! catalog and the audit chain, in SQLite (one file, WAL, `synchronous=FULL`).
+//!
+//! Writes go through a single connection, so store transactions are serialized in-process:
+//! the audit chain is appended inside the transaction of the change it records, and two
+//! writers can never chain onto the same previous event. Reads use a separate pool and see
+//! committed data only.
+
+mod records;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+pub use records::{AgentRecord, ArtifactRecord, DatabaseRecord, OrderRecord};
+
+use crate::audit::{AuditEvent, GENESIS_HASH, NewAuditEvent};
+
+/// A write transaction on the store.
+pub type WriteTx = Transaction<'static, Sqlite>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store url {url:?} is not supported: use sqlite://PATH")]
+    UnsupportedUrl { url: String },
+    #[error("store error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored {what} is unreadable: {why}")]
+    Corrupt { what: &'static str, why: String },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::UnsupportedUrl {
+                url: url.to_owned(),
+            });
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Starts a write transaction; waits while another one is open.
+    pub async fn begin(&self) -> StoreResult<WriteTx> {
+        Ok(self.writer.begin().await?)
+    }
+
+    // ---- audit ----
+
+    /// Chains `event` after the newest stored event, inside `tx`.
+    pub async fn append_audit(
+        tx: &mut SqliteConnection,
+        event: NewAuditEvent,
+    ) -> StoreResult<AuditEvent> {
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (prev_seq, prev_hash) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let stored = AuditEvent::chain(event, prev_seq, &prev_hash, warden_shared::now_unix_ms());
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at_unix_ms, actor, action, target, params_json, outcome, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(stored.seq)
+        .bind(stored.at_unix_ms)
+        .bind(&stored.actor)
+        .bind(&stored.action)
+        .bind(&stored.target)
+        .bind(&stored.params_json)
+        .bind(&stored.outcome)
+        .bind(&stored.prev_hash)
+        .bind(&stored.hash)
+        .execute(&mut *tx)
+        .await?;
+        Ok(stored)
+    }
+
+    /// Appends one event in its own transaction (for events that change nothing else, such as
+    /// a refused operator call).
+    pub async fn audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+        let mut tx = self.begin().await?;
+        let stored = Self::append_audit(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Returns up to `limit` events with seq greater than `after_seq`, oldest first.
+    pub async fn list_audit(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    // ---- agents and databases ----
+
+    /// Records an agent that said Hello: its identity, a new session generation, online.
+    /// Returns the new generation.
+    pub async fn upsert_agent(tx: &mut SqliteConnection, agent: &AgentRecord) -> StoreResult<i64> {
+        let (generation,): (i64,) = sqlx::query_as(
+            "INSERT INTO agents (name, version, labels_json, repository, online, last_seen_unix_ms, generation)
+             VALUES (?, ?, ?, ?, 1, ?, 1)
+             ON CONFLICT (name) DO UPDATE SET
+               version = excluded.version, labels_json = excluded.labels_json,
+               repository = excluded.repository, online = 1,
+               last_seen_unix_ms = excluded.last_seen_unix_ms,
+               generation = agents.generation + 1
+             RETURNING generation",
+        )
+        .bind(&agent.name)
+        .bind(&agent.version)
+        .bind(&agent.labels_json)
+        .bind(&agent.repository)
+        .bind(agent.last_seen_unix_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(generation)
+    }
+
+    /// Marks an agent offline as of `last_seen_unix_ms`.
+    pub async fn set_agent_offline(
+        tx: &mut SqliteConnection,
+        name: &str,
+        last_seen_unix_ms: i64,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE agents SET online = 0, last_seen_unix_ms = ? WHERE name = ?")
+            .bind(last_seen_unix_ms)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks every agent offline: at start no agent has a stream to this process yet.
+    pub async fn mark_all_agents_offline(&self) -> StoreResult<()> {
+        sqlx::query("UPDATE agents SET online = 0")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces an agent's database inventory; databases it no longer reports stay in the
+    /// catalog (their artifacts do too) but are no longer present.
+    pub async fn replace_inventory(
+        tx: &mut SqliteConnection,
+        agent: &str,
+        databases: &[(String, String)],
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE databases SET present = 0 WHERE agent = ?")
+            .bind(agent)
+            .execute(&mut *tx)
+            .await?;
+        for (name, labels_json) in databases {
+            sqlx::query(
+                "INSERT INTO databases (agent, name, labels_json, present) VALUES (?, ?, ?, 1)
+                 ON CONFLICT (agent, name) DO UPDATE SET labels_json = excluded.labels_json, present = 1",
+            )
+            .bind(agent)
+            .bind(name)
+            .bind(labels_json)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT a.*, (SELECT count(*) FROM databases d WHERE d.agent = a.name AND d.present = 1) AS database_count
+             FROM agents a ORDER BY a.name",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub async fn get_agent(&self, name: &str) -> StoreResult<Option<AgentRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT a.*, (SELECT count(*) FROM databases d WHERE d.agent = a.name AND d.present = 1) AS database_count
+             FROM agents a WHERE a.name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    /// Lists present databases (of one agent when given) with their newest complete artifact.
+    pub async fn list_databases(&self, agent: Option<&str>) -> StoreResult<Vec<DatabaseRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT d.agent, d.name, d.labels_json, a.online AS agent_online,
+                    (SELECT x.id FROM artifacts x WHERE x.agent = d.agent AND x.database = d.name
+                       AND x.state = 'complete' ORDER BY x.created_unix_ms DESC LIMIT 1) AS last_artifact_id,
+                    (SELECT max(x.created_unix_ms) FROM artifacts x WHERE x.agent = d.agent
+                       AND x.database = d.name AND x.state = 'complete') AS last_backup_unix_ms
+             FROM databases d JOIN agents a ON a.name = d.agent
+             WHERE d.present = 1 AND (? IS NULL OR d.agent = ?)
+             ORDER BY d.agent, d.name",
+        )
+        .bind(agent)
+        .bind(agent)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Returns whether the agent currently reports this database.
+    pub async fn database_present(&self, agent: &str, database: &str) -> StoreResult<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM databases WHERE agent = ? AND name = ? AND present = 1")
+                .bind(agent)
+                .bind(database)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    // ---- orders ----
+
+    pub async fn insert_order(tx: &mut SqliteConnection, order: &OrderRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO orders (id, kind, agent, database, spec_json, state, requested_by, reason, attempts,
+                                 created_unix_ms, updated_unix_ms, started_unix_ms, finished_unix_ms,
+                                 phase, progress_bytes, progress_rate, error, result)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&order.id)
+        .bind(order.kind.as_str())
+        .bind(&order.agent)
+        .bind(&order.database)
+        .bind(&order.spec_json)
+        .bind(order.state.as_str())
+        .bind(&order.requested_by)
+        .bind(&order.reason)
+        .bind(order.attempts)
+        .bind(order.created_unix_ms)
+        .bind(order.updated_unix_ms)
+        .bind(order.started_unix_ms)
+        .bind(order.finished_unix_ms)
+        .bind(&order.phase)
+        .bind(order.progress_bytes)
+        .bind(order.progress_rate)
+        .bind(&order.error)
+        .bind(&order.result)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes back every mutable field of an order.
+    pub async fn save_order(tx: &mut SqliteConnection, order: &OrderRecord) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE orders SET state = ?, attempts = ?, updated_unix_ms = ?, started_unix_ms = ?,
+                    finished_unix_ms = ?, phase = ?, progress_bytes = ?, progress_rate = ?, error = ?, result = ?
+             WHERE id = ?",
+        )
+        .bind(order.state.as_str())
+        .bind(order.attempts)
+        .bind(order.updated_unix_ms)
+        .bind(order.started_unix_ms)
+        .bind(order.finished_unix_ms)
+        .bind(&order.phase)
+        .bind(order.progress_bytes)
+        .bind(order.progress_rate)
+        .bind(&order.error)
+        .bind(&order.result)
+        .bind(&order.id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Reads an order inside a write transaction (to change it).
+    pub async fn order_for_update(
+        tx: &mut SqliteConnection,
+        id: &str,
+    ) -> StoreResult<Option<OrderRecord>> {
+        Ok(sqlx::query_as("SELECT * FROM orders WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?)
+    }
+
+    pub async fn get_order(&self, id: &str) -> StoreResult<Option<OrderRecord>> {
+        Ok(sqlx::query_as("SELECT * FROM orders WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    /// Lists orders, newest first, of one database when given.
+    pub async fn list_orders(
+        &self,
+        database: Option<(&str, &str)>,
+        limit: i64,
+    ) -> StoreResult<Vec<OrderRecord>> {
+        let (agent, name) = database.unzip();
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE (? IS NULL OR (agent = ? AND database = ?))
+             ORDER BY created_unix_ms DESC, id DESC LIMIT ?",
+        )
+        .bind(agent)
+        .bind(agent)
+        .bind(name)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Orders of one agent in any of `states`, oldest first.
+    pub async fn orders_of_agent(
+        tx: &mut SqliteConnection,
+        agent: &str,
+        states: &[warden_shared::OrderState],
+    ) -> StoreResult<Vec<OrderRecord>> {
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE agent = ? AND state IN (SELECT value FROM json_each(?))
+             ORDER BY created_unix_ms, id",
+        )
+        .bind(agent)
+        .bind(serde_json::to_string(&states).unwrap_or_default())
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    /// Orders held by agents that have been offline since before `cutoff_unix_ms`.
+    pub async fn orders_of_agents_offline_since(
+        tx: &mut SqliteConnection,
+        cutoff_unix_ms: i64,
+    ) -> StoreResult<Vec<OrderRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT o.* FROM orders o JOIN agents a ON a.name = o.agent
+             WHERE o.state IN ('dispatched', 'running') AND a.online = 0 AND a.last_seen_unix_ms < ?
+             ORDER BY o.created_unix_ms",
+        )
+        .bind(cutoff_unix_ms)
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    /// Records progress without an audit event: progress is not a state change.
+    pub async fn set_progress(
+        &self,
+        id: &str,
+        phase: &str,
+        bytes: i64,
+        rate: f64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE orders SET phase = ?, progress_bytes = ?, progress_rate = ?, updated_unix_ms = ?
+             WHERE id = ? AND state IN ('dispatched', 'running')",
+        )
+        .bind(phase)
+        .bind(bytes)
+        .bind(rate)
+        .bind(warden_shared::now_unix_ms())
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    // ---- artifacts ----
+
+    pub async fn insert_artifact(
+        tx: &mut SqliteConnection,
+        artifact: &ArtifactRecord,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO artifacts (id, agent, database, order_id, trigger, state, repository, path, sha256,
+                                    size_bytes, raw_bytes, server_version, pg_dump_version, created_unix_ms,
+                                    verified, manifest_json)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&artifact.id)
+        .bind(&artifact.agent)
+        .bind(&artifact.database)
+        .bind(&artifact.order_id)
+        .bind(&artifact.trigger)
+        .bind(&artifact.state)
+        .bind(&artifact.repository)
+        .bind(&artifact.path)
+        .bind(&artifact.sha256)
+        .bind(artifact.size_bytes)
+        .bind(artifact.raw_bytes)
+        .bind(&artifact.server_version)
+        .bind(&artifact.pg_dump_version)
+        .bind(artifact.created_unix_ms)
+        .bind(artifact.verified)
+        .bind(&artifact.manifest_json)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_artifact(&self, id: &str) -> StoreResult<Option<ArtifactRecord>> {
+        Ok(sqlx::query_as("SELECT * FROM artifacts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    /// Lists artifacts, newest first; only complete ones unless `include_all`.
+    pub async fn list_artifacts(
+        &self,
+        database: Option<(&str, &str)>,
+        include_all: bool,
+    ) -> StoreResult<Vec<ArtifactRecord>> {
+        let (agent, name) = database.unzip();
+        Ok(sqlx::query_as(
+            "SELECT * FROM artifacts WHERE (? IS NULL OR (agent = ? AND database = ?))
+               AND (? OR state = 'complete')
+             ORDER BY created_unix_ms DESC, id DESC",
+        )
+        .bind(agent)
+        .bind(agent)
+        .bind(name)
+        .bind(include_all)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+}

@@ -1,0 +1,120 @@
+//! Rows of the store, typed.
+
+use warden_shared::{OrderKind, OrderSpec, OrderState};
+
+use super::StoreError;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentRecord {
+    pub name: String,
+    pub version: String,
+    pub labels_json: String,
+    pub repository: String,
+    pub online: bool,
+    pub last_seen_unix_ms: i64,
+    pub generation: i64,
+    #[sqlx(default)]
+    pub database_count: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DatabaseRecord {
+    pub agent: String,
+    pub name: String,
+    pub labels_json: String,
+    pub agent_online: bool,
+    pub last_artifact_id: Option<String>,
+    pub last_backup_unix_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRecord {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub kind: OrderKind,
+    pub agent: String,
+    pub database: String,
+    pub spec_json: String,
+    #[sqlx(try_from = "String")]
+    pub state: OrderState,
+    pub requested_by: String,
+    pub reason: String,
+    pub attempts: i64,
+    pub created_unix_ms: i64,
+    pub updated_unix_ms: i64,
+    pub started_unix_ms: i64,
+    pub finished_unix_ms: i64,
+    pub phase: String,
+    pub progress_bytes: i64,
+    pub progress_rate: f64,
+    pub error: String,
+    /// The agent's `OrderResult`, protobuf-encoded.
+    pub result: Option<Vec<u8>>,
+}
+
+impl OrderRecord {
+    /// A new queued order.
+    pub fn new(
+        agent: &str,
+        database: &str,
+        spec: &OrderSpec,
+        requested_by: &str,
+        reason: &str,
+    ) -> Self {
+        let now = warden_shared::now_unix_ms();
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: spec.kind(),
+            agent: agent.to_owned(),
+            database: database.to_owned(),
+            spec_json: serde_json::to_string(spec).unwrap_or_default(),
+            state: OrderState::Queued,
+            requested_by: requested_by.to_owned(),
+            reason: reason.to_owned(),
+            attempts: 0,
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            phase: String::new(),
+            progress_bytes: 0,
+            progress_rate: 0.0,
+            error: String::new(),
+            result: None,
+        }
+    }
+
+    pub fn spec(&self) -> Result<OrderSpec, StoreError> {
+        serde_json::from_str(&self.spec_json).map_err(|e| StoreError::Corrupt {
+            what: "order spec",
+            why: format!("order {}: {e}", self.id),
+        })
+    }
+
+    /// `AGENT/DBNAME` of the order's database.
+    pub fn target(&self) -> String {
+        format!("{}/{}", self.agent, self.database)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ArtifactRecord {
+    pub id: String,
+    pub agent: String,
+    pub database: String,
+    pub order_id: String,
+    pub trigger: String,
+    pub state: String,
+    /// The repository URL the artifact was written to.
+    pub repository: String,
+    /// Directory relative to the repository root.
+    pub path: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub raw_bytes: i64,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    pub created_unix_ms: i64,
+    pub verified: bool,
+    pub manifest_json: String,
+}

@@ -1,0 +1,428 @@
+//! The coordinator over real gRPC on loopback, with a scripted agent: dispatch, results,
+//! reconciliation after an agent restart, fencing, refusals and the audit chain.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+use warden_coordinator::CoordinatorConfig;
+use warden_proto::v1::admin_service_client::AdminServiceClient;
+use warden_proto::v1::agent_service_client::AgentServiceClient;
+use warden_proto::v1::{self as pb, agent_message, coordinator_message};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    channel: Channel,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = CoordinatorConfig {
+            listen: addr,
+            store: format!("sqlite://{}/warden.db", dir.path().display()),
+            heartbeat_interval: Duration::from_millis(200),
+            lease: Duration::from_millis(800),
+            ..CoordinatorConfig::default()
+        };
+        tokio::spawn(warden_coordinator::server::serve(
+            config,
+            listener,
+            std::future::pending(),
+        ));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        Self { _dir: dir, channel }
+    }
+
+    fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    async fn agent(
+        &self,
+        name: &str,
+        running: Vec<String>,
+        results: Vec<pb::OrderResult>,
+    ) -> ScriptedAgent {
+        let (tx, rx) = mpsc::channel(64);
+        let hello = pb::Hello {
+            agent: name.to_owned(),
+            version: "test".to_owned(),
+            labels: [("env".to_owned(), "test".to_owned())].into(),
+            databases: vec![pb::DatabaseInfo {
+                name: "app".to_owned(),
+                labels: Default::default(),
+            }],
+            running_order_ids: running,
+            unacknowledged_results: results,
+            repository: "file:///repo".to_owned(),
+        };
+        tx.send(msg(agent_message::Msg::Hello(hello)))
+            .await
+            .expect("hello");
+        let inbound = AgentServiceClient::new(self.channel.clone())
+            .connect(ReceiverStream::new(rx))
+            .await
+            .expect("connect")
+            .into_inner();
+        let mut agent = ScriptedAgent { tx, inbound };
+        match agent.next().await {
+            coordinator_message::Msg::Welcome(welcome) => {
+                assert_eq!(welcome.heartbeat_interval_ms, 200)
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        agent
+    }
+}
+
+struct ScriptedAgent {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: Streaming<pb::CoordinatorMessage>,
+}
+
+impl ScriptedAgent {
+    async fn next(&mut self) -> coordinator_message::Msg {
+        tokio::time::timeout(WAIT, self.inbound.next())
+            .await
+            .expect("a coordinator message in time")
+            .expect("stream open")
+            .expect("message")
+            .msg
+            .expect("message body")
+    }
+
+    async fn next_order(&mut self) -> pb::OrderAssignment {
+        loop {
+            match self.next().await {
+                coordinator_message::Msg::Order(order) => return order,
+                coordinator_message::Msg::Ack(_) => continue,
+                other => panic!("expected an order, got {other:?}"),
+            }
+        }
+    }
+
+    async fn send(&self, message: agent_message::Msg) {
+        self.tx.send(msg(message)).await.expect("send");
+    }
+}
+
+fn msg(message: agent_message::Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(message) }
+}
+
+fn backup_result(order_id: &str, artifact_id: &str) -> pb::OrderResult {
+    let manifest = serde_json::json!({
+        "format": 1, "artifact_id": artifact_id, "agent": "a1", "database": "app",
+        "order_id": order_id, "trigger": "manual", "server_version": "15.18",
+        "server_version_num": 150018, "pg_dump_version": "pg_dump (PostgreSQL) 15.18",
+        "dump": {"name": "dump.zst", "size_bytes": 10, "raw_bytes": 40, "sha256": "ab".repeat(32)},
+        "globals": null, "globals_error": "not superuser",
+        "tables": [{"schema": "public", "table": "t", "rows": 3}],
+        "started_unix_ms": 1, "finished_unix_ms": 2, "timings_ms": {"dump": 1}
+    });
+    pb::OrderResult {
+        order_id: order_id.to_owned(),
+        success: true,
+        error: String::new(),
+        cancelled: false,
+        outcome: Some(pb::order_result::Outcome::Backup(pb::BackupOutcome {
+            artifact_id: artifact_id.to_owned(),
+            artifact_path: format!("a1/{artifact_id}"),
+            manifest_json: manifest.to_string(),
+        })),
+    }
+}
+
+async fn wait_state(
+    admin: &mut AdminServiceClient<Channel>,
+    id: &str,
+    state: pb::OrderState,
+) -> pb::Order {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let order = admin
+            .get_order(pb::GetOrderRequest { id: id.to_owned() })
+            .await
+            .expect("get order")
+            .into_inner();
+        if order.state() == state {
+            return order;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order {id} stuck in {:?}, wanted {state:?}",
+            order.state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit_backup(admin: &mut AdminServiceClient<Channel>) -> pb::Order {
+    admin
+        .submit_backup(pb::SubmitBackupRequest {
+            database: "a1/app".to_owned(),
+            reason: "test".to_owned(),
+        })
+        .await
+        .expect("submit backup")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn backup_result_catalogs_a_complete_artifact() {
+    let harness = Harness::start().await;
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let mut admin = harness.admin();
+
+    let order = submit_backup(&mut admin).await;
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, order.id);
+    assert_eq!(assignment.attempt, 1);
+
+    agent
+        .send(agent_message::Msg::Started(pb::OrderStarted {
+            order_id: order.id.clone(),
+        }))
+        .await;
+    wait_state(&mut admin, &order.id, pb::OrderState::Running).await;
+    agent
+        .send(agent_message::Msg::Progress(pb::OrderProgress {
+            order_id: order.id.clone(),
+            phase: "dump".to_owned(),
+            bytes: 4096,
+            bytes_per_sec: 1024.0,
+        }))
+        .await;
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &order.id,
+            &artifact_id,
+        )))
+        .await;
+    match agent.next().await {
+        coordinator_message::Msg::Ack(ack) => assert_eq!(ack.order_id, order.id),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    let done = wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
+    assert_eq!(done.progress_bytes, 4096);
+
+    let artifacts = admin
+        .list_artifacts(pb::ListArtifactsRequest {
+            database: "a1/app".to_owned(),
+            include_expired: false,
+        })
+        .await
+        .expect("artifacts")
+        .into_inner()
+        .artifacts;
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(artifacts[0].id, artifact_id);
+    assert_eq!(artifacts[0].state, "complete");
+    assert_eq!(artifacts[0].sha256, "ab".repeat(32));
+
+    // A duplicate result (re-sent after a reconnect) is acknowledged, not applied twice.
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &order.id,
+            &artifact_id,
+        )))
+        .await;
+    assert!(matches!(
+        agent.next().await,
+        coordinator_message::Msg::Ack(_)
+    ));
+    let verify = admin
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verify.ok, "{verify:?}");
+}
+
+#[tokio::test]
+async fn an_agent_that_restarts_without_its_order_gets_the_backup_again_but_not_a_restore() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let backup = submit_backup(&mut admin).await;
+    assert_eq!(agent.next_order().await.order_id, backup.id);
+
+    // Catalog an artifact so a restore can be submitted.
+    let first = submit_backup(&mut admin).await;
+    agent.next_order().await;
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &first.id,
+            &artifact_id,
+        )))
+        .await;
+    wait_state(&mut admin, &first.id, pb::OrderState::Succeeded).await;
+    let restore = admin
+        .submit_restore(pb::SubmitRestoreRequest {
+            artifact_id: artifact_id.clone(),
+            new_name: "copy".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("restore")
+        .into_inner();
+    assert_eq!(agent.next_order().await.order_id, restore.id);
+    drop(agent);
+
+    // The agent comes back holding nothing: both orders are lost; only the backup is retried.
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let retried = agent.next_order().await;
+    assert_eq!(retried.order_id, backup.id);
+    assert_eq!(retried.attempt, 2);
+    let lost = wait_state(&mut admin, &restore.id, pb::OrderState::Lost).await;
+    assert!(lost.error.contains("restarted"), "{}", lost.error);
+    // Nothing else arrives: the restore is not dispatched again.
+    let extra = tokio::time::timeout(Duration::from_millis(500), agent.inbound.next()).await;
+    assert!(extra.is_err(), "unexpected message {extra:?}");
+}
+
+#[tokio::test]
+async fn results_finished_while_disconnected_are_applied_on_hello() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let order = submit_backup(&mut admin).await;
+    agent.next_order().await;
+    drop(agent);
+
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    let mut agent = harness
+        .agent("a1", vec![], vec![backup_result(&order.id, &artifact_id)])
+        .await;
+    match agent.next().await {
+        coordinator_message::Msg::Ack(ack) => assert_eq!(ack.order_id, order.id),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
+}
+
+#[tokio::test]
+async fn a_silent_agent_goes_offline_and_its_orders_are_lost_after_the_lease() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let order = submit_backup(&mut admin).await;
+    agent.next_order().await;
+    // No heartbeats: the lease (800 ms) runs out, the stream is closed, the order is lost.
+    let lost = wait_state(&mut admin, &order.id, pb::OrderState::Lost).await;
+    assert!(lost.error.contains("offline"), "{}", lost.error);
+    let agents = admin
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .expect("agents")
+        .into_inner()
+        .agents;
+    assert!(!agents[0].online);
+    let refused = admin
+        .submit_backup(pb::SubmitBackupRequest {
+            database: "a1/app".to_owned(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("offline agent");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("agent a1 is offline"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_clearly_and_audited() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let _agent = harness.agent("a1", vec![], vec![]).await;
+
+    for (database, code, needle) in [
+        (
+            "a1/nosuch",
+            tonic::Code::NotFound,
+            "does not report a database named \"nosuch\"",
+        ),
+        ("ghost/app", tonic::Code::NotFound, "no agent named ghost"),
+        (
+            "nodbname",
+            tonic::Code::InvalidArgument,
+            "expected AGENT/DBNAME",
+        ),
+    ] {
+        let status = admin
+            .submit_backup(pb::SubmitBackupRequest {
+                database: database.to_owned(),
+                reason: String::new(),
+            })
+            .await
+            .expect_err(database);
+        assert_eq!(status.code(), code, "{database}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{database}: {}",
+            status.message()
+        );
+    }
+    let status = admin
+        .submit_restore(pb::SubmitRestoreRequest {
+            artifact_id: uuid::Uuid::now_v7().to_string(),
+            new_name: "x".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown artifact");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let status = admin
+        .submit_restore(pb::SubmitRestoreRequest {
+            artifact_id: "not-a-uuid".to_owned(),
+            replace: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("malformed artifact");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let orders = admin
+        .list_orders(pb::ListOrdersRequest::default())
+        .await
+        .expect("orders")
+        .into_inner()
+        .orders;
+    assert!(
+        orders.is_empty(),
+        "refused calls created orders: {orders:?}"
+    );
+    let events = admin
+        .list_audit(pb::ListAuditRequest {
+            after_seq: 0,
+            limit: 100,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    let refused = events
+        .iter()
+        .filter(|e| e.outcome.starts_with("refused:"))
+        .count();
+    assert_eq!(refused, 5, "{events:#?}");
+}

@@ -1,1 +1,23 @@
-//! placeholder
+//! The Warden agent: runs backups, restores and health checks of the PostgreSQL databases in
+//! its configuration, on orders from the coordinator it dials out to.
+//!
+//! [`session`] keeps the stream to the coordinator; [`orders`] dispatches an order to the
+//! [`backup`], [`restore`] or [`health`] executor; those use [`pg`] for SQL, [`pgtools`] for
+//! the PostgreSQL client binaries, [`codec`] to move dumps in and out of the [`repository`].
+
+pub mod backup;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod orders;
+pub mod pg;
+pub mod pgtools;
+pub mod progress;
+pub mod repository;
+pub mod restore;
+pub mod session;
+
+pub use config::AgentConfig;
+pub use error::{AgentError, AgentResult};
+pub use orders::AgentContext;

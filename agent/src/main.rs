@@ -1,1 +1,77 @@
-fn main() {}
+//! `warden-agent --config agent.toml`: loads the configuration, cleans up what a previous run
+//! left unfinished, and serves the coordinator until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use warden_agent::{AgentConfig, AgentContext, restore, session};
+
+/// Warden agent: backs up, restores and checks the PostgreSQL databases it is configured for.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); `WARDEN_AGENT_*` environment variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Prints the effective configuration, passwords replaced by ***, and exits.
+    #[arg(long)]
+    dump_config: bool,
+    /// Logs one JSON object per line.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    warden_shared::telemetry::init(args.log_json);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = AgentConfig::load(args.config.as_deref())?;
+    let ctx = AgentContext::new(config)?;
+    if args.dump_config {
+        print!("{}", ctx.config.to_redacted_toml(&ctx.repository)?);
+        return Ok(());
+    }
+
+    // Leftovers of a crash go before the first order can arrive.
+    ctx.repository.check_root()?;
+    let removed = ctx
+        .repository
+        .cleanup_incomplete(&ctx.config.name)
+        .context("cannot clean up unfinished artifacts")?;
+    let staged =
+        restore::clear_staging(&ctx.staging_dir).context("cannot clear the staging directory")?;
+    tracing::info!(
+        agent = %ctx.config.name,
+        version = env!("CARGO_PKG_VERSION"),
+        databases = ctx.config.databases.len(),
+        removed_unfinished_artifacts = removed.len(),
+        removed_staged_dumps = staged.len(),
+        "agent starting"
+    );
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            warden_shared::shutdown::signal().await;
+            shutdown.cancel();
+        }
+    });
+    session::run(Arc::new(ctx), shutdown).await;
+    tracing::info!("agent stopped");
+    Ok(())
+}

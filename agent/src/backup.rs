@@ -1,0 +1,304 @@
+//! The backup executor: a consistent pg_dump of one database into a new artifact.
+//!
+//! Row counts and the dump come from the same exported snapshot, so a restore can be checked
+//! table by table against exactly what was dumped. The artifact becomes visible only when
+//! its manifest is committed; on any failure or cancellation the whole directory goes.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use warden_proto::v1;
+use warden_shared::manifest::{
+    ArtifactFile, DUMP_FILE, GLOBALS_FILE, MANIFEST_FILE, MANIFEST_FORMAT, TableRowCount,
+};
+use warden_shared::{ArtifactManifest, now_unix_ms};
+
+use crate::codec::{self, StoredFile};
+use crate::error::{AgentError, AgentResult};
+use crate::orders::{AgentContext, OrderTarget, blocking, cancellable, elapsed_ms};
+use crate::pg::{self, PgUrl, ServerVersion};
+use crate::pgtools::{PgTools, PgVersion, Subprocess, ToolRequirement};
+use crate::progress::ProgressReporter;
+use crate::repository::{self, Repository};
+
+/// Takes a backup of the target database and returns the committed artifact.
+pub async fn run(
+    ctx: &AgentContext,
+    target: &OrderTarget,
+    order_id: &str,
+    params: &v1::BackupParams,
+    progress: &ProgressReporter,
+    cancel: &CancellationToken,
+) -> AgentResult<v1::BackupOutcome> {
+    let db = &target.db;
+    // UUIDv7 sorts by creation time, so artifact directories list in backup order.
+    let artifact_id = Uuid::now_v7().to_string();
+    let artifact_path = Repository::artifact_path(&ctx.config.name, &artifact_id);
+    let repository = ctx.repository.clone();
+    let path = artifact_path.clone();
+    let dir = blocking(move || repository.create_artifact_dir(&path)).await?;
+    tracing::info!(%order_id, database = %db.label, %artifact_id, "backup started");
+
+    let artifact = Artifact {
+        id: artifact_id,
+        path: artifact_path,
+        dir,
+    };
+    let dumped = cancellable(
+        cancel,
+        dump_data(ctx, target, order_id, progress, &artifact.dir),
+    )
+    .await;
+    let committed = match dumped {
+        // Committing takes milliseconds and must not stop halfway: a cancel now is too late.
+        Ok(dumped) => commit(ctx, target, order_id, params, &artifact, dumped).await,
+        Err(error) => Err(error),
+    };
+    if committed.is_err() {
+        // An artifact without its manifest is garbage; leave nothing half-written behind.
+        if let Err(e) = tokio::fs::remove_dir_all(&artifact.dir).await {
+            tracing::warn!(%order_id, path = %artifact.dir.display(), error = %e, "cannot remove unfinished artifact");
+        }
+    }
+    committed
+}
+
+/// The artifact being written: its id, path relative to the repository, and directory.
+struct Artifact {
+    id: String,
+    path: String,
+    dir: PathBuf,
+}
+
+/// What the cancellable part of a backup produced; the data files are still `.partial`.
+struct Dumped {
+    started_unix_ms: i64,
+    timings: BTreeMap<String, u64>,
+    server: ServerVersion,
+    pg_dump_version: String,
+    tables: Vec<TableRowCount>,
+    dump: StoredFile,
+    globals: Option<StoredFile>,
+    globals_error: Option<String>,
+}
+
+/// Counts rows and dumps the database and the globals into `.partial` files in `dir`.
+async fn dump_data(
+    ctx: &AgentContext,
+    target: &OrderTarget,
+    order_id: &str,
+    progress: &ProgressReporter,
+    dir: &Path,
+) -> AgentResult<Dumped> {
+    let db = &target.db;
+    let started_unix_ms = now_unix_ms();
+    let mut timings = BTreeMap::new();
+
+    let phase = Instant::now();
+    let mut conn = db.connect().await?;
+    let server = pg::server_version(db, &mut conn).await?;
+    let need = ToolRequirement {
+        version: PgVersion(server.num),
+        what: format!("server {} of {}", PgVersion(server.num), db.label),
+    };
+    let tools = PgTools::find(ctx.config.pg_bindir.as_deref(), &need).await?;
+    // The transaction holds the snapshot pg_dump attaches to; it stays open until pg_dump
+    // is done, and is read-only so it can never change the database.
+    let mut snapshot_tx = conn
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(db.sql_error("cannot open a snapshot of"))?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *snapshot_tx)
+        .await
+        .map_err(db.sql_error("cannot export a snapshot of"))?;
+    let tables = pg::count_all_rows(db, &mut snapshot_tx).await?;
+    record(&mut timings, "snapshot", phase);
+
+    let phase = Instant::now();
+    let dump_args = vec![
+        OsString::from("--format=custom"),
+        // zstd compresses better and in parallel; pg_dump's own compression would be wasted.
+        OsString::from("--compress=0"),
+        OsString::from(format!("--snapshot={snapshot}")),
+        OsString::from("--no-password"),
+        dbname_arg(&db.url),
+    ];
+    let dump_partial = repository::partial_path(dir, DUMP_FILE);
+    let pg_dump = tools.path("pg_dump");
+    let dump = progress
+        .track("dump", |counter| {
+            tool_to_file(&pg_dump, &dump_args, &db.url, &dump_partial, counter)
+        })
+        .await?;
+    // Ending the transaction releases the snapshot, now that pg_dump no longer needs it.
+    snapshot_tx
+        .rollback()
+        .await
+        .map_err(db.sql_error("cannot end the snapshot of"))?;
+    record(&mut timings, "dump", phase);
+
+    let phase = Instant::now();
+    let globals_args = vec![
+        OsString::from("--globals-only"),
+        OsString::from("--no-role-passwords"),
+        OsString::from("--no-password"),
+        dbname_arg(&db.url),
+    ];
+    let globals_partial = repository::partial_path(dir, GLOBALS_FILE);
+    let pg_dumpall = tools.path("pg_dumpall");
+    let globals = progress
+        .track("globals", |counter| {
+            tool_to_file(
+                &pg_dumpall,
+                &globals_args,
+                &db.url,
+                &globals_partial,
+                counter,
+            )
+        })
+        .await;
+    let (globals, globals_error) = match globals {
+        Ok(stored) => (Some(stored), None),
+        // Managed servers often refuse the catalogs pg_dumpall reads; the dump itself is
+        // still a complete backup of the database, so record why and go on.
+        Err(error @ AgentError::Subprocess { .. }) => {
+            tracing::warn!(%order_id, database = %db.label, %error, "globals not dumped");
+            let _ = tokio::fs::remove_file(&globals_partial).await;
+            (None, Some(error.to_string()))
+        }
+        Err(error) => return Err(error),
+    };
+    record(&mut timings, "globals", phase);
+    Ok(Dumped {
+        started_unix_ms,
+        timings,
+        server,
+        pg_dump_version: tools.version_line,
+        tables,
+        dump,
+        globals,
+        globals_error,
+    })
+}
+
+/// Moves the data files into place, then writes the manifest: the commit point.
+async fn commit(
+    ctx: &AgentContext,
+    target: &OrderTarget,
+    order_id: &str,
+    params: &v1::BackupParams,
+    artifact: &Artifact,
+    dumped: Dumped,
+) -> AgentResult<v1::BackupOutcome> {
+    let Dumped {
+        started_unix_ms,
+        mut timings,
+        server,
+        pg_dump_version,
+        tables,
+        dump,
+        globals,
+        globals_error,
+    } = dumped;
+    let phase = Instant::now();
+    let dir = artifact.dir.clone();
+    let has_globals = globals.is_some();
+    blocking(move || {
+        repository::commit_file(&dir, DUMP_FILE)?;
+        if has_globals {
+            repository::commit_file(&dir, GLOBALS_FILE)?;
+        }
+        Ok(())
+    })
+    .await?;
+    record(&mut timings, "commit", phase);
+
+    let manifest = ArtifactManifest {
+        format: MANIFEST_FORMAT,
+        artifact_id: artifact.id.clone(),
+        agent: ctx.config.name.clone(),
+        database: target.id.database.clone(),
+        order_id: order_id.to_owned(),
+        trigger: params.trigger.clone(),
+        server_version: server.text,
+        server_version_num: server.num,
+        pg_dump_version,
+        dump: artifact_file(DUMP_FILE, dump),
+        globals: globals.map(|g| artifact_file(GLOBALS_FILE, g)),
+        globals_error,
+        tables,
+        started_unix_ms,
+        finished_unix_ms: now_unix_ms(),
+        timings_ms: timings,
+    };
+    let manifest_json = serde_json::to_string_pretty(&manifest).map_err(|e| AgentError::Io {
+        context: "cannot serialize the manifest".to_owned(),
+        source: e.into(),
+    })?;
+    let dir = artifact.dir.clone();
+    let bytes = manifest_json.clone().into_bytes();
+    blocking(move || repository::write_file_atomically(&dir, MANIFEST_FILE, &bytes)).await?;
+    tracing::info!(
+        %order_id,
+        database = %target.db.label,
+        artifact_id = %artifact.id,
+        size_bytes = manifest.dump.size_bytes,
+        raw_bytes = manifest.dump.raw_bytes,
+        tables = manifest.tables.len(),
+        rows = manifest.total_rows(),
+        "backup committed"
+    );
+    Ok(v1::BackupOutcome {
+        artifact_id: artifact.id.clone(),
+        artifact_path: artifact.path.clone(),
+        manifest_json,
+    })
+}
+
+/// Runs a tool whose stdout is the data and stores it compressed in `dest`.
+async fn tool_to_file(
+    program: &Path,
+    args: &[OsString],
+    url: &PgUrl,
+    dest: &Path,
+    raw_counter: Arc<AtomicU64>,
+) -> AgentResult<StoredFile> {
+    let mut process = Subprocess::spawn(program, args, Some(url), Stdio::piped())?;
+    let stdout = process.take_stdout().ok_or_else(|| AgentError::Io {
+        context: format!("{} has no stdout", program.display()),
+        source: std::io::ErrorKind::BrokenPipe.into(),
+    })?;
+    // On a write error `process` is dropped here, which kills the tool: it would otherwise
+    // block forever on a full pipe.
+    let stored = codec::compress_to_file(stdout, dest, raw_counter).await?;
+    // The exit status decides: a tool that failed midway leaves a short but valid stream.
+    process.wait().await?;
+    Ok(stored)
+}
+
+/// Returns `--dbname=<url without password>`; the password goes in `PGPASSWORD`.
+pub fn dbname_arg(url: &PgUrl) -> OsString {
+    OsString::from(format!("--dbname={}", url.without_password()))
+}
+
+fn artifact_file(name: &str, stored: StoredFile) -> ArtifactFile {
+    ArtifactFile {
+        name: name.to_owned(),
+        size_bytes: stored.size_bytes,
+        raw_bytes: stored.raw_bytes,
+        sha256: stored.sha256,
+    }
+}
+
+fn record(timings: &mut BTreeMap<String, u64>, phase: &str, started: Instant) {
+    timings.insert(phase.to_owned(), elapsed_ms(started));
+}

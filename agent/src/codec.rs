@@ -1,0 +1,332 @@
+//! Streaming between a tool and the repository: zstd compression on the way in, and
+//! decompression on the way out, with the sha256 of the stored (compressed) bytes computed
+//! in the same pass, so a dump is read and written exactly once in each direction.
+//!
+//! zstd works on blocking threads; the async side only moves 1 MiB chunks, so a slow disk
+//! applies back-pressure to the tool's pipe instead of buffering a dump in memory.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use crate::error::{AgentError, AgentResult};
+use crate::orders::blocking;
+
+/// Size of the chunks read from a pipe or file and handed to zstd.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// zstd level: level 3 keeps up with pg_dump on one core per worker and is zstd's default.
+const ZSTD_LEVEL: i32 = 3;
+/// Chunks in flight between the reader and the compressing thread.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A compressed file as stored: sizes and the sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    /// Bytes in the file.
+    pub size_bytes: u64,
+    /// sha256 of the file's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Compresses everything `reader` yields into a new file `dest` and fsyncs it. `raw_counter`
+/// grows by each chunk read, for progress reports.
+pub async fn compress_to_file<R>(
+    mut reader: R,
+    dest: &Path,
+    raw_counter: Arc<AtomicU64>,
+) -> AgentResult<StoredFile>
+where
+    R: AsyncRead + Unpin,
+{
+    // Created here rather than on the compressing thread: once this future is dropped, no
+    // file may appear any more, or the caller's cleanup could miss it.
+    let file = File::create_new(dest)
+        .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let writer = tokio::task::spawn_blocking(move || write_compressed(rx, file));
+
+    let read = async {
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+            let eof = fill_chunk(&mut reader, &mut chunk).await?;
+            raw_counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let sent = if chunk.is_empty() {
+                Ok(())
+            } else {
+                tx.send(Chunk::Data(chunk)).await
+            };
+            if sent.is_err() {
+                // The writer stopped on an error; it is reported below.
+                return Ok(());
+            }
+            if eof {
+                let _ = tx.send(Chunk::End).await;
+                return Ok::<(), io::Error>(());
+            }
+        }
+    }
+    .await;
+    drop(tx);
+
+    let written = writer.await;
+    // A read error ends the stream without `End`, which makes the writer fail too; the read
+    // error is the cause.
+    read.map_err(AgentError::io(format!(
+        "cannot read the data for {}",
+        dest.display()
+    )))?;
+    written
+        .map_err(|e| io::Error::other(format!("compression thread failed: {e}")))
+        .and_then(|r| r)
+        .map_err(AgentError::io(format!("cannot write {}", dest.display())))
+}
+
+/// What the reading side hands to the compressing thread.
+enum Chunk {
+    Data(Vec<u8>),
+    /// The input ended normally; without it, a closed channel means the read was abandoned.
+    End,
+}
+
+/// Reads until `chunk` holds [`CHUNK_BYTES`] or the input ends; returns whether it ended.
+async fn fill_chunk<R: AsyncRead + Unpin>(reader: &mut R, chunk: &mut Vec<u8>) -> io::Result<bool> {
+    while chunk.len() < CHUNK_BYTES {
+        if reader.read_buf(chunk).await? == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn write_compressed(mut chunks: mpsc::Receiver<Chunk>, file: File) -> io::Result<StoredFile> {
+    let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK_BYTES, file));
+    let mut encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    encoder.multithread(u32::try_from(workers).unwrap_or(1))?;
+    let mut raw_bytes = 0u64;
+    loop {
+        match chunks.blocking_recv() {
+            Some(Chunk::Data(chunk)) => {
+                encoder.write_all(&chunk)?;
+                raw_bytes += chunk.len() as u64;
+            }
+            Some(Chunk::End) => break,
+            // Abandoned (cancelled or failed): finishing the file would only waste time.
+            None => return Err(io::Error::other("input abandoned")),
+        }
+    }
+    let hashing = encoder.finish()?;
+    let size_bytes = hashing.bytes;
+    let sha256 = hex::encode(hashing.hasher.finalize());
+    let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(StoredFile {
+        raw_bytes,
+        size_bytes,
+        sha256,
+    })
+}
+
+/// What reading a compressed file back produced.
+#[derive(Debug)]
+pub struct Decompressed {
+    /// sha256 of every byte of the compressed file, lowercase hex.
+    pub sha256: String,
+    /// Bytes written to the destination, or why decompression failed (a damaged file).
+    pub decoded: io::Result<u64>,
+}
+
+/// Decompresses `src` into a new file `dest` (fsynced) while hashing all of `src`.
+/// `read_counter` grows by the compressed bytes read, for progress reports. Only failing to
+/// open or write files is an error here; a damaged `src` shows in the result.
+pub async fn decompress_to_file(
+    src: &Path,
+    dest: &Path,
+    read_counter: Arc<AtomicU64>,
+) -> AgentResult<Decompressed> {
+    // Both files are opened here rather than on the thread, so that no file can appear after
+    // this future is dropped (the caller removes `dest` right then).
+    let input =
+        File::open(src).map_err(AgentError::io(format!("cannot open {}", src.display())))?;
+    let output = File::create_new(dest)
+        .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
+    // A blocking thread cannot be aborted: if this future is dropped (the order was
+    // cancelled), the guard tells the thread to stop reading instead of finishing the file.
+    let abort = AbortOnDrop(Arc::new(AtomicBool::new(false)));
+    let aborted = abort.0.clone();
+    let (src, dest) = (src.to_path_buf(), dest.to_path_buf());
+    blocking(move || read_decompressed(input, output, &src, &dest, read_counter, aborted)).await
+}
+
+/// Sets its flag when dropped.
+struct AbortOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_decompressed(
+    input: File,
+    output: File,
+    src: &Path,
+    dest: &Path,
+    read_counter: Arc<AtomicU64>,
+    aborted: Arc<AtomicBool>,
+) -> AgentResult<Decompressed> {
+    let hashing = HashingReader {
+        inner: input,
+        hasher: Sha256::new(),
+        counter: read_counter,
+        aborted,
+    };
+    let mut decoder = zstd::Decoder::with_buffer(BufReader::with_capacity(CHUNK_BYTES, hashing))
+        .map_err(AgentError::io("cannot start zstd"))?;
+    let mut writer = BufWriter::with_capacity(CHUNK_BYTES, output);
+    let decoded = io::copy(&mut decoder, &mut writer);
+    // Hash whatever the decoder left unread (trailing bytes, or all after a damaged frame),
+    // so the checksum always covers the whole file.
+    let mut rest = decoder.finish();
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(AgentError::io(format!("cannot read {}", src.display())))?;
+    let sha256 = hex::encode(rest.into_inner().hasher.finalize());
+    if decoded.is_ok() {
+        let file = writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(AgentError::io(format!("cannot write {}", dest.display())))?;
+        file.sync_all()
+            .map_err(AgentError::io(format!("cannot fsync {}", dest.display())))?;
+    }
+    Ok(Decompressed { sha256, decoded })
+}
+
+/// Passes writes through while hashing and counting them.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Passes reads through while hashing them and counting them into a shared counter; fails
+/// once `aborted` is set.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    counter: Arc<AtomicU64>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.aborted.load(Ordering::Relaxed) {
+            return Err(io::Error::other("aborted"));
+        }
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        // Several chunks, partly compressible, so multi-chunk and multi-frame paths run.
+        (0..3 * CHUNK_BYTES + 12345)
+            .map(|i| ((i / 7) % 251) as u8 ^ (i % 3) as u8)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn round_trip_hashes_the_stored_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = sample();
+        let stored_path = dir.path().join("dump.zst");
+        let counter = Arc::new(AtomicU64::new(0));
+        let stored = compress_to_file(&data[..], &stored_path, counter.clone())
+            .await
+            .expect("compress");
+        let on_disk = std::fs::read(&stored_path).expect("read");
+        assert_eq!(stored.raw_bytes, data.len() as u64);
+        assert_eq!(counter.load(Ordering::Relaxed), data.len() as u64);
+        assert_eq!(stored.size_bytes, on_disk.len() as u64);
+        assert_eq!(stored.sha256, hex::encode(Sha256::digest(&on_disk)));
+        assert!(stored.size_bytes < stored.raw_bytes);
+
+        let out_path = dir.path().join("restored");
+        let read_counter = Arc::new(AtomicU64::new(0));
+        let back = decompress_to_file(&stored_path, &out_path, read_counter.clone())
+            .await
+            .expect("decompress");
+        assert_eq!(back.sha256, stored.sha256);
+        assert_eq!(back.decoded.expect("decodes"), data.len() as u64);
+        assert_eq!(read_counter.load(Ordering::Relaxed), stored.size_bytes);
+        assert_eq!(std::fs::read(&out_path).expect("read"), data);
+    }
+
+    #[tokio::test]
+    async fn damaged_file_changes_the_hash_and_fails_to_decode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stored_path = dir.path().join("dump.zst");
+        let stored = compress_to_file(&sample()[..], &stored_path, Arc::default())
+            .await
+            .expect("compress");
+        let mut bytes = std::fs::read(&stored_path).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        bytes.truncate(bytes.len() - 10);
+        std::fs::write(&stored_path, &bytes).expect("write");
+
+        let back = decompress_to_file(&stored_path, &dir.path().join("out"), Arc::default())
+            .await
+            .expect("files open");
+        assert_ne!(back.sha256, stored.sha256);
+        assert_eq!(back.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert!(back.decoded.is_err());
+    }
+
+    #[tokio::test]
+    async fn existing_destination_is_not_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("taken");
+        std::fs::write(&path, b"keep").expect("write");
+        let err = compress_to_file(&b"data"[..], &path, Arc::default()).await;
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&path).expect("read"), b"keep");
+    }
+}

@@ -1,0 +1,97 @@
+//! The agent's error type. Every message is meant for a person reading an order's error or
+//! the agent log: it names the value that was wrong and, where there is one, what to do next.
+//! No variant ever holds a database URL, so credentials cannot leak through an error.
+
+use warden_shared::NameError;
+use warden_shared::config::ConfigError;
+
+/// Result of agent operations.
+pub type AgentResult<T> = Result<T, AgentError>;
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration could not be loaded (missing file, TOML syntax, wrong types).
+    #[error(transparent)]
+    ConfigLoad(#[from] ConfigError),
+    /// The configuration loaded but its values are not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An agent or database name that PostgreSQL or Warden cannot use as given.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// A file system operation failed; `context` says which and on what path.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A SQL statement or connection failed. `message` has any password already redacted.
+    #[error("{context}: {message}")]
+    Postgres { context: String, message: String },
+    /// No usable PostgreSQL client binary was found.
+    #[error("{0}")]
+    Tool(String),
+    /// A client binary exited unsuccessfully; `stderr_tail` holds its last stderr lines.
+    #[error("{tool} failed ({status}): {stderr_tail}")]
+    Subprocess {
+        tool: String,
+        status: String,
+        stderr_tail: String,
+    },
+    /// An artifact's bytes do not match what the catalog recorded.
+    #[error(
+        "artifact {artifact_id} is corrupt: {detail}; refusing to restore, nothing was changed"
+    )]
+    CorruptArtifact { artifact_id: String, detail: String },
+    /// A restore would have overwritten a database that is not the target.
+    #[error("database {name:?} already exists on the server of {database}; {hint}")]
+    DatabaseExists {
+        name: String,
+        database: String,
+        hint: &'static str,
+    },
+    /// The restored database holds different row counts than the artifact's snapshot.
+    #[error("restored data does not match the artifact: {0}")]
+    RowCountMismatch(String),
+    /// The coordinator sent something the agent cannot act on.
+    #[error("{0}")]
+    InvalidOrder(String),
+    /// The order was cancelled (by the coordinator or because the agent is stopping).
+    #[error("cancelled")]
+    Cancelled,
+    /// The coordinator could not be reached; `reason` is the transport's error chain.
+    #[error("cannot connect to the coordinator at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The coordinator stream failed or broke the protocol.
+    #[error("coordinator stream: {0}")]
+    Stream(String),
+}
+
+impl AgentError {
+    /// Returns a mapper from `io::Error` that adds `context` (what was done, on which path).
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+        let context = context.into();
+        move |source| AgentError::Io { context, source }
+    }
+}
+
+/// Renders an error with its sources ("transport error: tcp connect error: Connection
+/// refused"): the outermost message alone often says nothing useful.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<tonic::Status> for AgentError {
+    fn from(status: tonic::Status) -> Self {
+        AgentError::Stream(format!("{} ({:?})", status.message(), status.code()))
+    }
+}

@@ -1,0 +1,441 @@
+//! The agent's side of `AgentService.Connect`: one long-lived stream to the coordinator,
+//! reopened with backoff whenever it ends.
+//!
+//! Orders outlive streams. Running orders keep running while the agent reconnects, and a
+//! finished order's result stays in the outbox until the coordinator acknowledges it, so a
+//! result produced during an outage is delivered in the next `Hello`. Assignments are
+//! idempotent by order id: a repeated one never runs twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::Endpoint;
+use warden_proto::v1;
+use warden_proto::v1::agent_message::Msg as AgentMsg;
+use warden_proto::v1::agent_service_client::AgentServiceClient;
+use warden_proto::v1::coordinator_message::Msg as CoordinatorMsg;
+use warden_shared::now_unix_ms;
+
+use crate::error::{AgentError, AgentResult, error_chain};
+use crate::orders::{AgentContext, failed_result, run_order};
+use crate::progress::{ProgressReporter, ProgressUpdate};
+
+/// How long to wait for the coordinator's `Welcome` after connecting.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long cancelled orders get to clean up when the agent is asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// TCP connect timeout to the coordinator.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings detect a coordinator that vanished without closing the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat interval if the coordinator's `Welcome` does not name one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a closing stream may take to flush the last messages.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves the coordinator until `shutdown` fires and running orders have been cancelled
+/// (or [`SHUTDOWN_GRACE`] passed).
+pub async fn run(ctx: Arc<AgentContext>, shutdown: CancellationToken) {
+    Session::new(ctx, shutdown).run().await;
+}
+
+type Outbound = mpsc::UnboundedSender<v1::AgentMessage>;
+
+/// An order being executed.
+struct RunningOrder {
+    database: String,
+    cancel: CancellationToken,
+}
+
+/// An open stream, after the coordinator's `Welcome`.
+struct Stream {
+    outbound: Outbound,
+    inbound: Streaming<v1::CoordinatorMessage>,
+    heartbeat: Duration,
+}
+
+struct Session {
+    ctx: Arc<AgentContext>,
+    shutdown: CancellationToken,
+    /// When the agent must exit even if orders are still cleaning up; set on shutdown.
+    stop_deadline: Option<Instant>,
+    running: HashMap<String, RunningOrder>,
+    tasks: JoinSet<v1::OrderResult>,
+    task_orders: HashMap<tokio::task::Id, String>,
+    /// Finished orders whose result the coordinator has not acknowledged yet.
+    outbox: BTreeMap<String, v1::OrderResult>,
+    progress_tx: mpsc::UnboundedSender<(String, ProgressUpdate)>,
+    progress_rx: mpsc::UnboundedReceiver<(String, ProgressUpdate)>,
+}
+
+impl Session {
+    fn new(ctx: Arc<AgentContext>, shutdown: CancellationToken) -> Self {
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        Self {
+            ctx,
+            shutdown,
+            stop_deadline: None,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_orders: HashMap::new(),
+            outbox: BTreeMap::new(),
+            progress_tx,
+            progress_rx,
+        }
+    }
+
+    async fn run(mut self) {
+        let mut backoff = warden_shared::retry::reconnect_backoff().build();
+        loop {
+            if self.done() {
+                break;
+            }
+            let opened = tokio::select! {
+                opened = self.open() => Some(opened),
+                _ = self.shutdown.cancelled() => None,
+            };
+            match opened {
+                Some(Ok(stream)) => {
+                    // A healthy session starts the backoff over.
+                    backoff = warden_shared::retry::reconnect_backoff().build();
+                    let why = self.serve(stream).await;
+                    if self.done() {
+                        break;
+                    }
+                    tracing::warn!(reason = %why, "coordinator session ended");
+                }
+                Some(Err(error)) => tracing::warn!(%error, "cannot open a coordinator session"),
+                None => self.note_shutdown(),
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+            if !self.shutdown.is_cancelled() {
+                tracing::info!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "reconnecting to the coordinator"
+                );
+            }
+            self.idle(delay).await;
+        }
+        tracing::info!(
+            abandoned_orders = self.running.len(),
+            unacknowledged_results = self.outbox.len(),
+            "session loop stopped"
+        );
+    }
+
+    /// Returns whether the agent may exit: it is stopping and its orders are finished, or
+    /// out of time.
+    fn done(&self) -> bool {
+        self.stop_deadline
+            .is_some_and(|deadline| self.running.is_empty() || Instant::now() >= deadline)
+    }
+
+    /// Starts stopping: running orders hold child tokens of `shutdown`, so they are
+    /// cancelled already; they now get [`SHUTDOWN_GRACE`] to clean up.
+    fn note_shutdown(&mut self) {
+        if self.stop_deadline.is_none() {
+            tracing::info!(
+                running_orders = self.running.len(),
+                "stopping: cancelling running orders, taking no new ones"
+            );
+            self.stop_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+        }
+    }
+
+    /// Connects, says `Hello` and waits for `Welcome`.
+    async fn open(&self) -> AgentResult<Stream> {
+        let url = self.ctx.config.coordinator.clone();
+        let connect_error = |source: tonic::transport::Error| AgentError::Connect {
+            url: url.clone(),
+            reason: error_chain(&source),
+        };
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(connect_error)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(connect_error)?;
+        let (outbound, requests) = mpsc::unbounded_channel();
+        // The receiver is alive, so the Hello is queued as the stream's first message.
+        let _ = outbound.send(message(AgentMsg::Hello(self.hello())));
+        let handshake = async {
+            let mut inbound = AgentServiceClient::new(channel)
+                .connect(UnboundedReceiverStream::new(requests))
+                .await?
+                .into_inner();
+            match inbound.message().await? {
+                Some(v1::CoordinatorMessage {
+                    msg: Some(CoordinatorMsg::Welcome(welcome)),
+                }) => Ok((inbound, welcome)),
+                other => Err(AgentError::Stream(format!(
+                    "expected Welcome as the first message, got {other:?}"
+                ))),
+            }
+        };
+        let (inbound, welcome) = tokio::time::timeout(WELCOME_TIMEOUT, handshake)
+            .await
+            .map_err(|_| {
+                AgentError::Stream(format!(
+                    "no Welcome from {url} within {}s",
+                    WELCOME_TIMEOUT.as_secs()
+                ))
+            })??;
+        let heartbeat = match welcome.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms),
+        };
+        tracing::info!(
+            coordinator = %url,
+            heartbeat_ms = heartbeat.as_millis() as u64,
+            lease_ms = welcome.lease_ms,
+            running_orders = self.running.len(),
+            unacknowledged_results = self.outbox.len(),
+            "connected to the coordinator"
+        );
+        Ok(Stream {
+            outbound,
+            inbound,
+            heartbeat,
+        })
+    }
+
+    fn hello(&self) -> v1::Hello {
+        let config = &self.ctx.config;
+        v1::Hello {
+            agent: config.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            labels: config.labels.clone().into_iter().collect(),
+            databases: config
+                .databases
+                .iter()
+                .map(|db| v1::DatabaseInfo {
+                    name: db.name.clone(),
+                    labels: db.labels.clone().into_iter().collect(),
+                })
+                .collect(),
+            running_order_ids: self.running.keys().cloned().collect(),
+            unacknowledged_results: self.outbox.values().cloned().collect(),
+            repository: self.ctx.repository.url().to_owned(),
+        }
+    }
+
+    /// Serves one stream until it ends or the agent is done; returns why it ended.
+    async fn serve(&mut self, mut stream: Stream) -> String {
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + stream.heartbeat, stream.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.done() {
+                close(stream).await;
+                return "agent stopping".to_owned();
+            }
+            let deadline = self.stop_deadline;
+            tokio::select! {
+                received = stream.inbound.message() => match received {
+                    Ok(Some(message)) => self.on_message(message, &stream.outbound),
+                    Ok(None) => return "the coordinator closed the stream".to_owned(),
+                    Err(status) => return AgentError::from(status).to_string(),
+                },
+                Some(finished) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_finished(finished, Some(&stream.outbound));
+                }
+                Some((order_id, update)) = self.progress_rx.recv() => {
+                    send(&stream.outbound, AgentMsg::Progress(v1::OrderProgress {
+                        order_id,
+                        phase: update.phase.to_owned(),
+                        bytes: update.bytes,
+                        bytes_per_sec: update.bytes_per_sec,
+                    }));
+                }
+                _ = heartbeat.tick() => {
+                    send(&stream.outbound, AgentMsg::Heartbeat(v1::Heartbeat { sent_unix_ms: now_unix_ms() }));
+                }
+                _ = self.shutdown.cancelled(), if deadline.is_none() => self.note_shutdown(),
+                _ = sleep_until(deadline) => {}
+            }
+            if stream.outbound.is_closed() {
+                return "the stream to the coordinator closed".to_owned();
+            }
+        }
+    }
+
+    /// Waits `delay` between sessions while orders keep finishing into the outbox.
+    async fn idle(&mut self, delay: Duration) {
+        let wake = Instant::now() + delay;
+        loop {
+            if self.done() {
+                return;
+            }
+            let deadline = self.stop_deadline;
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => return,
+                Some(finished) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_finished(finished, None);
+                }
+                // Progress cannot be delivered without a stream, and is stale by the next.
+                Some(_) = self.progress_rx.recv() => {}
+                _ = self.shutdown.cancelled(), if deadline.is_none() => self.note_shutdown(),
+                _ = sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: v1::CoordinatorMessage, outbound: &Outbound) {
+        match message.msg {
+            Some(CoordinatorMsg::Order(assignment)) => self.on_assignment(assignment, outbound),
+            Some(CoordinatorMsg::Cancel(cancel)) => {
+                if let Some(order) = self.running.get(&cancel.order_id) {
+                    tracing::info!(order_id = %cancel.order_id, database = %order.database, "cancelling order");
+                    order.cancel.cancel();
+                } else if let Some(result) = self.outbox.get(&cancel.order_id) {
+                    // Finished before the cancel arrived: the result is the answer.
+                    send(outbound, AgentMsg::Result(result.clone()));
+                } else {
+                    tracing::debug!(order_id = %cancel.order_id, "cancel for an order this agent does not hold");
+                }
+            }
+            Some(CoordinatorMsg::Ack(ack)) => {
+                if self.outbox.remove(&ack.order_id).is_some() {
+                    tracing::debug!(order_id = %ack.order_id, "result acknowledged");
+                }
+            }
+            Some(CoordinatorMsg::Welcome(_)) | None => {
+                tracing::debug!("ignoring an unexpected coordinator message");
+            }
+        }
+    }
+
+    fn on_assignment(&mut self, assignment: v1::OrderAssignment, outbound: &Outbound) {
+        let order_id = assignment.order_id;
+        if self.running.contains_key(&order_id) {
+            tracing::debug!(order_id = %order_id, "order already running");
+            return;
+        }
+        if let Some(result) = self.outbox.get(&order_id) {
+            tracing::debug!(order_id = %order_id, "order already finished; sending its result again");
+            send(outbound, AgentMsg::Result(result.clone()));
+            return;
+        }
+        if self.stop_deadline.is_some() {
+            // Left unanswered: the coordinator reconciles it from the next Hello.
+            tracing::info!(order_id = %order_id, "not taking the order: agent is stopping");
+            return;
+        }
+        let target = match self.ctx.target(&assignment.database) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::warn!(order_id = %order_id, database = %assignment.database, %error, "order refused");
+                let result = failed_result(&order_id, &error);
+                self.outbox.insert(order_id, result.clone());
+                send(outbound, AgentMsg::Result(result));
+                return;
+            }
+        };
+        send(
+            outbound,
+            AgentMsg::Started(v1::OrderStarted {
+                order_id: order_id.clone(),
+            }),
+        );
+        let database = target.id.to_string();
+        tracing::info!(order_id = %order_id, database = %database, attempt = assignment.attempt, "order started");
+
+        let cancel = self.shutdown.child_token();
+        let progress = {
+            let (tx, order_id) = (self.progress_tx.clone(), order_id.clone());
+            ProgressReporter::new(move |update| {
+                let _ = tx.send((order_id.clone(), update));
+            })
+        };
+        let (ctx, spec, id, token) = (
+            self.ctx.clone(),
+            assignment.spec,
+            order_id.clone(),
+            cancel.clone(),
+        );
+        let task = self
+            .tasks
+            .spawn(async move { run_order(&ctx, &target, &id, spec, &progress, &token).await });
+        self.task_orders.insert(task.id(), order_id.clone());
+        self.running
+            .insert(order_id, RunningOrder { database, cancel });
+    }
+
+    /// Moves a finished order's result into the outbox and sends it when connected.
+    fn on_finished(
+        &mut self,
+        finished: Result<(tokio::task::Id, v1::OrderResult), JoinError>,
+        outbound: Option<&Outbound>,
+    ) {
+        let (task_id, result) = match finished {
+            Ok((task_id, result)) => (task_id, Some(result)),
+            Err(error) => (error.id(), None),
+        };
+        let Some(order_id) = self.task_orders.remove(&task_id) else {
+            return;
+        };
+        let result = result.unwrap_or_else(|| v1::OrderResult {
+            order_id: order_id.clone(),
+            error: "the agent's executor crashed; see the agent log".to_owned(),
+            ..v1::OrderResult::default()
+        });
+        let database = self
+            .running
+            .remove(&order_id)
+            .map(|o| o.database)
+            .unwrap_or_default();
+        if result.success {
+            tracing::info!(order_id = %order_id, database = %database, "order succeeded");
+        } else if result.cancelled {
+            tracing::info!(order_id = %order_id, database = %database, "order cancelled");
+        } else {
+            tracing::warn!(order_id = %order_id, database = %database, error = %result.error, "order failed");
+        }
+        if let Some(outbound) = outbound {
+            send(outbound, AgentMsg::Result(result.clone()));
+        }
+        self.outbox.insert(order_id, result);
+    }
+}
+
+fn message(msg: AgentMsg) -> v1::AgentMessage {
+    v1::AgentMessage { msg: Some(msg) }
+}
+
+/// Queues a message on the stream. A closed stream is noticed by the serve loop.
+fn send(outbound: &Outbound, msg: AgentMsg) {
+    let _ = outbound.send(message(msg));
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends our half of the stream and gives the last queued messages (results of cancelled
+/// orders) a moment to reach the coordinator before the process exits.
+async fn close(stream: Stream) {
+    let Stream {
+        outbound,
+        mut inbound,
+        ..
+    } = stream;
+    drop(outbound);
+    let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
+}

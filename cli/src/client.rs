@@ -1,0 +1,187 @@
+//! The connection to the coordinator's AdminService, with the operator's name on every call.
+//!
+//! The coordinator writes the `x-warden-actor` metadata of each request into its audit log,
+//! so the log names the person (and machine) behind every backup, restore and cancel.
+
+use std::time::Duration;
+
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use warden_proto::v1::admin_service_client::AdminServiceClient;
+
+use crate::error::{CliError, error_chain};
+
+/// The metadata key the coordinator reads the operator's identity from.
+pub const ACTOR_METADATA_KEY: &str = "x-warden-actor";
+
+/// A coordinator that does not accept the connection by then is treated as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every admin call is a short catalog operation (work runs on agents), so a call this slow
+/// means the coordinator is stuck.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub type AdminClient = AdminServiceClient<InterceptedService<Channel, ActorInterceptor>>;
+
+/// Adds the operator's identity to every request.
+#[derive(Debug, Clone)]
+pub struct ActorInterceptor {
+    actor: AsciiMetadataValue,
+}
+
+impl Interceptor for ActorInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(ACTOR_METADATA_KEY, self.actor.clone());
+        Ok(request)
+    }
+}
+
+/// A connected coordinator and the address it was reached at (errors name it).
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    client: AdminClient,
+    url: String,
+}
+
+impl Coordinator {
+    /// Connects to the coordinator at `url`, failing fast when nothing answers there.
+    pub async fn connect(url: &str) -> Result<Self, CliError> {
+        if !url.contains("://") {
+            return Err(CliError::Input(format!(
+                "invalid coordinator address {url:?}: it needs a scheme, for example http://{url}"
+            )));
+        }
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|err| {
+                CliError::Input(format!(
+                    "invalid coordinator address {url:?}: {}: use a URL like http://127.0.0.1:7717",
+                    error_chain(&err.to_string(), std::error::Error::source(&err))
+                ))
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|err| CliError::Unreachable {
+                url: url.to_owned(),
+                detail: error_chain(&err.to_string(), std::error::Error::source(&err)),
+            })?;
+        let interceptor = ActorInterceptor {
+            actor: actor_metadata(&current_actor()),
+        };
+        Ok(Self {
+            client: AdminServiceClient::with_interceptor(channel, interceptor),
+            url: url.to_owned(),
+        })
+    }
+
+    /// Returns a handle for one call; handles are cheap clones sharing one connection.
+    pub fn admin(&self) -> AdminClient {
+        self.client.clone()
+    }
+
+    /// Unwraps the answer to a call, mapping a failed call to the error a person should see.
+    pub fn answer<T>(&self, result: Result<Response<T>, Status>) -> Result<T, CliError> {
+        result
+            .map(Response::into_inner)
+            .map_err(|status| CliError::from_status(status, &self.url))
+    }
+}
+
+/// Returns `user@host` for the operator running this process.
+fn current_actor() -> String {
+    actor_name(
+        std::env::var("USER").ok().as_deref(),
+        whoami::hostname().ok().as_deref(),
+    )
+}
+
+/// Builds `user@host`, standing in for what the environment does not tell.
+pub fn actor_name(user: Option<&str>, host: Option<&str>) -> String {
+    let user = user.map(str::trim).filter(|u| !u.is_empty());
+    let host = host.map(str::trim).filter(|h| !h.is_empty());
+    format!(
+        "{}@{}",
+        user.unwrap_or("unknown"),
+        host.unwrap_or("localhost")
+    )
+}
+
+/// Makes `actor` a valid metadata value: gRPC metadata is printable ASCII, so anything else
+/// (a unicode user name) is replaced rather than dropping the whole identity.
+pub fn actor_metadata(actor: &str) -> AsciiMetadataValue {
+    let printable: String = actor
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    MetadataValue::try_from(printable.as_str())
+        .unwrap_or_else(|_| MetadataValue::from_static("unknown@localhost"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actor_names_fall_back_to_placeholders() {
+        assert_eq!(actor_name(Some("alice"), Some("ops-1")), "alice@ops-1");
+        assert_eq!(actor_name(None, Some("ops-1")), "unknown@ops-1");
+        assert_eq!(actor_name(Some(" "), None), "unknown@localhost");
+    }
+
+    #[test]
+    fn actor_metadata_is_printable_ascii() {
+        assert_eq!(
+            actor_metadata("alice@ops-1").to_str().ok(),
+            Some("alice@ops-1")
+        );
+        assert_eq!(
+            actor_metadata("jörg@db host").to_str().ok(),
+            Some("j_rg@db_host")
+        );
+    }
+
+    #[test]
+    fn interceptor_sets_the_actor() {
+        let mut interceptor = ActorInterceptor {
+            actor: actor_metadata("alice@ops-1"),
+        };
+        let request = interceptor.call(Request::new(())).expect("never refuses");
+        assert_eq!(
+            request
+                .metadata()
+                .get(ACTOR_METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("alice@ops-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn addresses_without_scheme_are_refused_before_connecting() {
+        let err = Coordinator::connect("127.0.0.1:7717")
+            .await
+            .expect_err("no scheme");
+        assert!(matches!(err, CliError::Input(_)));
+        assert!(err.to_string().contains("http://127.0.0.1:7717"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable() {
+        // Bind and drop a listener to get a port that is very likely closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind a free port")
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = Coordinator::connect(&url)
+            .await
+            .expect_err("nothing listens");
+        assert!(err.is_unreachable(), "{err}");
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+}

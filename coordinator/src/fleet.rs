@@ -9,6 +9,7 @@ use std::time::Duration;
 use prost::Message as _;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 use warden_proto::v1::{
@@ -43,6 +44,8 @@ pub struct Fleet {
     store: Store,
     registry: Registry,
     settings: FleetSettings,
+    /// Cancelled when the coordinator shuts down: session tasks stop reading their streams.
+    closing: CancellationToken,
 }
 
 impl Fleet {
@@ -51,6 +54,7 @@ impl Fleet {
             store,
             registry: Registry::default(),
             settings,
+            closing: CancellationToken::new(),
         }
     }
 
@@ -67,6 +71,38 @@ impl Fleet {
     }
 
     // ---- agent sessions ----
+
+    /// Records the coordinator's start: agents marked online by a previous process are
+    /// offline until they reconnect, and get one lease to do so.
+    pub async fn started(&self) -> CoordinatorResult<()> {
+        let mut tx = self.store.begin().await?;
+        let now = warden_shared::now_unix_ms();
+        let agents = Store::mark_all_agents_offline(&mut tx, now).await?;
+        Store::append_audit(
+            &mut tx,
+            NewAuditEvent::new(
+                &Actor::System,
+                "coordinator.started",
+                "",
+                json!({ "agents_marked_offline": agents, "version": env!("CARGO_PKG_VERSION") }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends every agent stream, so a graceful shutdown does not wait for agents that would
+    /// otherwise keep their streams open forever. They reconnect to the next coordinator.
+    pub fn close_sessions(&self) {
+        self.closing.cancel();
+        self.registry.clear();
+    }
+
+    /// Resolves when the coordinator is shutting down.
+    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.closing.cancelled()
+    }
 
     /// Registers an agent that said Hello on a new stream: records it and its inventory,
     /// applies results it finished while disconnected, marks lost what it no longer holds,
@@ -122,11 +158,24 @@ impl Fleet {
         let held = Store::orders_of_agent(
             &mut tx,
             &agent.name,
-            &[OrderState::Dispatched, OrderState::Running],
+            &[
+                OrderState::Dispatched,
+                OrderState::Running,
+                OrderState::Lost,
+            ],
         )
         .await?;
-        for order in held {
-            if !running.contains(order.id.as_str()) {
+        for mut order in held {
+            let still_running = running.contains(order.id.as_str());
+            if order.state == OrderState::Lost {
+                // Declared lost while the agent was away, yet it kept working on it.
+                if still_running {
+                    order.error.clear();
+                    order.finished_unix_ms = 0;
+                    let params = json!({ "why": "the agent came back still running it" });
+                    transition(&mut tx, &mut order, OrderState::Running, &actor, params).await?;
+                }
+            } else if !still_running {
                 let why = format!(
                     "agent {} came back without this order: it restarted while the order ran",
                     agent.name
@@ -212,12 +261,17 @@ impl Fleet {
         if !self.registry.remove(agent, generation) {
             return Ok(());
         }
-        self.mark_offline(agent, why).await
+        self.mark_offline(agent, generation, why).await
     }
 
-    async fn mark_offline(&self, agent: &str, why: &str) -> CoordinatorResult<()> {
+    async fn mark_offline(&self, agent: &str, generation: i64, why: &str) -> CoordinatorResult<()> {
         let mut tx = self.store.begin().await?;
-        Store::set_agent_offline(&mut tx, agent, warden_shared::now_unix_ms()).await?;
+        if !Store::set_agent_offline(&mut tx, agent, generation, warden_shared::now_unix_ms())
+            .await?
+        {
+            // A newer session said Hello in the meantime; it is the one that counts.
+            return Ok(());
+        }
         Store::append_audit(
             &mut tx,
             NewAuditEvent::new(
@@ -242,7 +296,7 @@ impl Fleet {
                     "no heartbeat for {}",
                     humantime::format_duration(self.settings.lease)
                 );
-                self.mark_offline(&agent, &why).await?;
+                self.mark_offline(&agent, generation, &why).await?;
             }
         }
         let cutoff = warden_shared::now_unix_ms() - millis_i64(self.settings.lease);
@@ -256,6 +310,22 @@ impl Fleet {
             mark_lost(&mut tx, order, &why).await?;
         }
         tx.commit().await?;
+        self.redeliver_unstarted(cutoff).await
+    }
+
+    /// Sends again the orders that online agents have not acknowledged starting within a
+    /// lease: the first send can be lost when a session is replaced at that moment or its
+    /// outbox is full. Agents run an order id once, so a second delivery is harmless.
+    async fn redeliver_unstarted(&self, cutoff_unix_ms: i64) -> CoordinatorResult<()> {
+        let mut tx = self.store.begin().await?;
+        let unstarted = Store::orders_dispatched_before(&mut tx, cutoff_unix_ms).await?;
+        tx.commit().await?;
+        for order in unstarted {
+            if self.registry.is_online(&order.agent) {
+                warn!(order_id = %order.id, agent = %order.agent, "order not started within a lease; sending it again");
+                self.registry.send(&order.agent, assignment(&order)?);
+            }
+        }
         Ok(())
     }
 
@@ -733,6 +803,18 @@ async fn owned_order(
     Ok(Store::order_for_update(tx, order_id)
         .await?
         .filter(|order| order.agent == agent))
+}
+
+fn assignment(order: &OrderRecord) -> CoordinatorResult<CoordinatorMessage> {
+    let spec = order.spec()?;
+    Ok(CoordinatorMessage {
+        msg: Some(coordinator_message::Msg::Order(v1::OrderAssignment {
+            order_id: order.id.clone(),
+            database: order.database.clone(),
+            attempt: u32::try_from(order.attempts).unwrap_or(u32::MAX),
+            spec: Some(v1::OrderSpec::from(&spec)),
+        })),
+    })
 }
 
 fn ack(order_id: String) -> CoordinatorMessage {

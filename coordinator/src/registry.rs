@@ -68,6 +68,11 @@ impl Registry {
         }
     }
 
+    /// Drops every session, which ends their streams.
+    pub fn clear(&self) {
+        self.sessions().clear();
+    }
+
     pub fn is_online(&self, agent: &str) -> bool {
         self.sessions().contains_key(agent)
     }

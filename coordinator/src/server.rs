@@ -20,6 +20,8 @@ use crate::store::{Store, StoreError};
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Coordinator(#[from] crate::error::CoordinatorError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -53,8 +55,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.store).await?;
-    // No agent has a stream to this process yet; they reconnect and say Hello.
-    store.mark_all_agents_offline().await?;
     let fleet = Arc::new(Fleet::new(
         store,
         FleetSettings {
@@ -63,6 +63,7 @@ pub async fn serve(
             max_attempts: config.max_attempts,
         },
     ));
+    fleet.started().await?;
 
     let reaper = tokio::spawn(reap_forever(fleet.clone()));
 
@@ -74,14 +75,19 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let closer = fleet.clone();
     let local = listener.local_addr().ok();
     info!(addr = ?local, store = %config.store, "coordinator listening");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AgentServiceServer::new(AgentApi::new(fleet.clone())))
-        .add_service(AdminServiceServer::new(AdminApi::new(fleet)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(AdminServiceServer::new(AdminApi::new(fleet.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            info!("shutting down: closing agent streams");
+            closer.close_sessions();
+        })
         .await;
     reaper.abort();
     info!("coordinator stopped");

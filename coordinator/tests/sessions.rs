@@ -16,13 +16,30 @@ use warden_proto::v1::{self as pb, agent_message, coordinator_message};
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Harness {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     channel: Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), warden_coordinator::server::ServerError>>,
 }
 
 impl Harness {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir")).await
+    }
+
+    /// Stops the coordinator gracefully (it must not hang on open agent streams) and starts
+    /// a new one on the same store.
+    async fn restart(mut self) -> Self {
+        let _ = self.stop.take().expect("running").send(());
+        tokio::time::timeout(WAIT, self.server)
+            .await
+            .expect("graceful shutdown in time")
+            .expect("server task")
+            .expect("server result");
+        Self::start_in(self.dir).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -34,17 +51,21 @@ impl Harness {
             lease: Duration::from_millis(800),
             ..CoordinatorConfig::default()
         };
-        tokio::spawn(warden_coordinator::server::serve(
-            config,
-            listener,
-            std::future::pending(),
-        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(warden_coordinator::server::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .connect()
             .await
             .expect("connect");
-        Self { _dir: dir, channel }
+        Self {
+            dir,
+            channel,
+            stop: Some(stop),
+            server,
+        }
     }
 
     fn admin(&self) -> AdminServiceClient<Channel> {
@@ -425,4 +446,52 @@ async fn bad_requests_are_refused_clearly_and_audited() {
         .filter(|e| e.outcome.starts_with("refused:"))
         .count();
     assert_eq!(refused, 5, "{events:#?}");
+}
+
+#[tokio::test]
+async fn a_coordinator_restart_keeps_running_orders_running() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let order = submit_backup(&mut admin).await;
+    agent.next_order().await;
+    agent
+        .send(agent_message::Msg::Started(pb::OrderStarted {
+            order_id: order.id.clone(),
+        }))
+        .await;
+    wait_state(&mut admin, &order.id, pb::OrderState::Running).await;
+
+    let harness = harness.restart().await;
+    let mut admin = harness.admin();
+    // The agent kept working while the coordinator was away, and says so in its Hello.
+    let agent = harness.agent("a1", vec![order.id.clone()], vec![]).await;
+    let beat = agent_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_ms: 0 });
+    // Two leases pass with heartbeats: the order must stay running, not become lost.
+    for _ in 0..8 {
+        agent.send(beat.clone()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let still = admin
+        .get_order(pb::GetOrderRequest {
+            id: order.id.clone(),
+        })
+        .await
+        .expect("order")
+        .into_inner();
+    assert_eq!(still.state(), pb::OrderState::Running, "{still:?}");
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &order.id,
+            &artifact_id,
+        )))
+        .await;
+    wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
+    let verify = admin
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verify.ok, "{verify:?}");
 }

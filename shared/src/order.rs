@@ -90,8 +90,9 @@ impl OrderState {
             (Held, Queued | Dispatched | Cancelled) => true,
             (Dispatched, Running | Succeeded | Failed | Cancelled | Lost) => true,
             (Running, Succeeded | Failed | Cancelled | Lost) => true,
-            // A lost order whose agent comes back with a result, or a retried lost order.
-            (Lost, Succeeded | Failed | Dispatched) => true,
+            // A lost order whose agent comes back still running it or with a result, or a
+            // retried lost order.
+            (Lost, Running | Succeeded | Failed | Dispatched) => true,
             _ => false,
         }
     }

@@ -51,7 +51,11 @@ impl AgentService for AgentApi {
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
             let why = loop {
-                match inbound.next().await {
+                let next = tokio::select! {
+                    next = inbound.next() => next,
+                    () = fleet.closing() => break "coordinator shutting down".to_owned(),
+                };
+                match next {
                     Some(Ok(message)) => {
                         if let Err(error) = fleet.agent_message(&agent, generation, message).await {
                             warn!(%agent, %error, "agent message not handled");

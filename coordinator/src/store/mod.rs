@@ -148,26 +148,38 @@ impl Store {
         Ok(generation)
     }
 
-    /// Marks an agent offline as of `last_seen_unix_ms`.
+    /// Marks an agent offline as of `last_seen_unix_ms`, unless a newer session (another
+    /// `generation`) has replaced the one that ended. Returns whether it did.
     pub async fn set_agent_offline(
         tx: &mut SqliteConnection,
         name: &str,
+        generation: i64,
         last_seen_unix_ms: i64,
-    ) -> StoreResult<()> {
-        sqlx::query("UPDATE agents SET online = 0, last_seen_unix_ms = ? WHERE name = ?")
-            .bind(last_seen_unix_ms)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE agents SET online = 0, last_seen_unix_ms = ? WHERE name = ? AND generation = ?",
+        )
+        .bind(last_seen_unix_ms)
+        .bind(name)
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
-    /// Marks every agent offline: at start no agent has a stream to this process yet.
-    pub async fn mark_all_agents_offline(&self) -> StoreResult<()> {
-        sqlx::query("UPDATE agents SET online = 0")
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+    /// Marks every agent offline as of now: at start no agent has a stream to this process
+    /// yet. Counting their silence from now gives them a lease to reconnect before the
+    /// orders they hold are declared lost.
+    pub async fn mark_all_agents_offline(
+        tx: &mut SqliteConnection,
+        now_unix_ms: i64,
+    ) -> StoreResult<u64> {
+        let done =
+            sqlx::query("UPDATE agents SET online = 0, last_seen_unix_ms = ? WHERE online = 1")
+                .bind(now_unix_ms)
+                .execute(&mut *tx)
+                .await?;
+        Ok(done.rows_affected())
     }
 
     /// Replaces an agent's database inventory; databases it no longer reports stay in the
@@ -361,6 +373,19 @@ impl Store {
             "SELECT o.* FROM orders o JOIN agents a ON a.name = o.agent
              WHERE o.state IN ('dispatched', 'running') AND a.online = 0 AND a.last_seen_unix_ms < ?
              ORDER BY o.created_unix_ms",
+        )
+        .bind(cutoff_unix_ms)
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    /// Orders still `dispatched` (not started) since before `cutoff_unix_ms`.
+    pub async fn orders_dispatched_before(
+        tx: &mut SqliteConnection,
+        cutoff_unix_ms: i64,
+    ) -> StoreResult<Vec<OrderRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE state = 'dispatched' AND updated_unix_ms < ? ORDER BY created_unix_ms",
         )
         .bind(cutoff_unix_ms)
         .fetch_all(&mut *tx)

@@ -355,8 +355,7 @@ start_demo() {
   load_inventory
 
   step "Starting the coordinator on $COORDINATOR_URL and two agents"
-  # WARDEN_COORDINATOR is the CLI's; the coordinator reads WARDEN_* as its own settings.
-  start_background "$DEMO/coordinator.log" env -u WARDEN_COORDINATOR \
+  start_background "$DEMO/coordinator.log" \
     "$BIN/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --store sqlite://.demo/warden.db >/dev/null
   write_agent_config pg1 shop "$PG1_PORT"
   write_agent_config pg2 inventory "$PG2_PORT"

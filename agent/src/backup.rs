@@ -111,7 +111,13 @@ async fn dump_data(
     };
     let tools = PgTools::find(ctx.config.pg_bindir.as_deref(), &need).await?;
     // The transaction holds the snapshot pg_dump attaches to; it stays open until pg_dump
-    // is done, and is read-only so it can never change the database.
+    // is done, and is read-only so it can never change the database. It sits idle for the
+    // whole dump, so the server's idle-in-transaction timeout must not end it (pg_dump turns
+    // the same timeout off for its own session).
+    sqlx::query("SET idle_in_transaction_session_timeout = 0")
+        .execute(&mut conn)
+        .await
+        .map_err(db.sql_error("cannot configure the snapshot session of"))?;
     let mut snapshot_tx = conn
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
@@ -139,11 +145,11 @@ async fn dump_data(
             tool_to_file(&pg_dump, &dump_args, &db.url, &dump_partial, counter)
         })
         .await?;
-    // Ending the transaction releases the snapshot, now that pg_dump no longer needs it.
-    snapshot_tx
-        .rollback()
-        .await
-        .map_err(db.sql_error("cannot end the snapshot of"))?;
+    // Ending the transaction releases the snapshot, now that pg_dump no longer needs it. The
+    // dump is complete either way, so a failure here is only worth a warning.
+    if let Err(error) = snapshot_tx.rollback().await {
+        tracing::warn!(database = %db.label, %error, "could not end the snapshot transaction");
+    }
     record(&mut timings, "dump", phase);
 
     let phase = Instant::now();

@@ -68,6 +68,11 @@ impl PgUrl {
             retain_query(&mut url, |key| key != "password");
             password = password.or(query_password);
         }
+        if !url.path().trim_start_matches('/').is_empty() && query_value(&url, "dbname").is_some() {
+            return Err(
+                "it names the database twice (in the path and as ?dbname=); keep one".to_owned(),
+            );
+        }
         let parsed = Self { url, password };
         // sqlx must accept it too, or every connection would fail later.
         parsed
@@ -550,8 +555,7 @@ mod tests {
 
     #[test]
     fn other_database_on_same_server() {
-        let url =
-            PgUrl::parse("postgres://u:pw@h:5432/app?dbname=app&sslmode=disable").expect("valid");
+        let url = PgUrl::parse("postgres://u:pw@h:5432/app?sslmode=disable").expect("valid");
         let other = url.with_database("we\"ird db ü/?#");
         assert_eq!(other.password(), Some("pw"));
         assert_eq!(other.database().as_deref(), Some("we\"ird db ü/?#"));
@@ -559,6 +563,14 @@ mod tests {
         assert!(other.without_password().ends_with("?sslmode=disable"));
         let options = other.connect_options().expect("sqlx accepts it");
         assert_eq!(options.get_database(), Some("we\"ird db ü/?#"));
+    }
+
+    #[test]
+    fn a_database_named_twice_is_refused() {
+        // libpq lets ?dbname= win over the path; a replace must never guess which one is meant.
+        let error = PgUrl::parse("postgres://h/app?dbname=billing").expect_err("ambiguous");
+        assert!(error.contains("names the database twice"), "{error}");
+        assert!(PgUrl::parse("postgres://h/?dbname=billing").is_ok());
     }
 
     #[test]

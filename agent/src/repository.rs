@@ -80,6 +80,16 @@ impl Repository {
             )))?;
         }
         fs::create_dir(&dir).map_err(AgentError::io(format!("cannot create {}", dir.display())))?;
+        // The new entries must be durable too, or a committed artifact could vanish with its
+        // directory after a power loss.
+        let mut ancestor = dir.parent();
+        while let Some(parent) = ancestor {
+            fsync_dir(parent)?;
+            if parent == self.root {
+                break;
+            }
+            ancestor = parent.parent();
+        }
         Ok(dir)
     }
 

@@ -3,7 +3,7 @@
 //! orders. Every state change is written with its audit event in one store transaction, and
 //! messages to agents are sent only after that transaction committed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use warden_proto::v1::{
     self, CoordinatorMessage, agent_message, coordinator_message, order_result,
 };
-use warden_shared::{ArtifactManifest, DatabaseId, OrderSpec, OrderState};
+use warden_shared::{ArtifactManifest, DatabaseId, OrderKind, OrderSpec, OrderState};
 
 use crate::audit::{Actor, ChainReport, NewAuditEvent, verify_chain};
 use crate::error::{CoordinatorError, CoordinatorResult};
@@ -244,6 +244,8 @@ impl Fleet {
                 tx.commit().await?;
                 if applied {
                     self.registry.send(agent, ack(result.order_id));
+                    // The database may be free now for an order held behind this one.
+                    self.dispatch_pending(agent).await?;
                 }
             }
         }
@@ -329,15 +331,33 @@ impl Fleet {
         Ok(())
     }
 
-    /// Sends an online agent every order waiting for it: queued ones, and lost ones of
-    /// idempotent kinds that have attempts left.
+    /// Sends an online agent every order waiting for it: queued and held ones, and lost ones
+    /// of idempotent kinds that have attempts left. Backups and restores are exclusive per
+    /// database (two restores racing to swap one database, or a backup of a database being
+    /// replaced, make no sense): while one runs, the next waits in `held`, oldest first.
     async fn dispatch_pending(&self, agent: &str) -> CoordinatorResult<()> {
         if !self.registry.is_online(agent) {
             return Ok(());
         }
         let mut tx = self.store.begin().await?;
-        let pending =
-            Store::orders_of_agent(&mut tx, agent, &[OrderState::Queued, OrderState::Lost]).await?;
+        let active = Store::orders_of_agent(
+            &mut tx,
+            agent,
+            &[OrderState::Dispatched, OrderState::Running],
+        )
+        .await?;
+        // Database -> the exclusive order that holds it.
+        let mut busy: HashMap<String, String> = active
+            .into_iter()
+            .filter(|o| is_exclusive(o.kind))
+            .map(|o| (o.database, o.id))
+            .collect();
+        let pending = Store::orders_of_agent(
+            &mut tx,
+            agent,
+            &[OrderState::Queued, OrderState::Held, OrderState::Lost],
+        )
+        .await?;
         let mut assignments = Vec::new();
         for mut order in pending {
             if order.state == OrderState::Lost
@@ -346,9 +366,27 @@ impl Fleet {
             {
                 continue;
             }
-            let spec = order.spec()?;
+            if is_exclusive(order.kind) {
+                if let Some(holder) = busy.get(&order.database) {
+                    if order.state == OrderState::Queued {
+                        order.phase = format!("waiting for order {holder} on this database");
+                        let params = json!({ "waiting_for": holder });
+                        transition(
+                            &mut tx,
+                            &mut order,
+                            OrderState::Held,
+                            &Actor::System,
+                            params,
+                        )
+                        .await?;
+                    }
+                    continue;
+                }
+                busy.insert(order.database.clone(), order.id.clone());
+            }
             order.attempts += 1;
             order.error.clear();
+            order.phase.clear();
             let params = json!({ "attempt": order.attempts });
             transition(
                 &mut tx,
@@ -358,14 +396,7 @@ impl Fleet {
                 params,
             )
             .await?;
-            assignments.push(CoordinatorMessage {
-                msg: Some(coordinator_message::Msg::Order(v1::OrderAssignment {
-                    order_id: order.id.clone(),
-                    database: order.database.clone(),
-                    attempt: u32::try_from(order.attempts).unwrap_or(u32::MAX),
-                    spec: Some(v1::OrderSpec::from(&spec)),
-                })),
-            });
+            assignments.push(assignment(&order)?);
         }
         tx.commit().await?;
         for assignment in assignments {
@@ -805,6 +836,11 @@ async fn owned_order(
         .filter(|order| order.agent == agent))
 }
 
+/// Returns whether at most one order of this kind may run on a database at a time.
+fn is_exclusive(kind: OrderKind) -> bool {
+    matches!(kind, OrderKind::Backup | OrderKind::Restore)
+}
+
 fn assignment(order: &OrderRecord) -> CoordinatorResult<CoordinatorMessage> {
     let spec = order.spec()?;
     Ok(CoordinatorMessage {
@@ -837,7 +873,7 @@ fn unknown_order(id: &str) -> CoordinatorError {
     ))
 }
 
-fn labels_json(labels: &std::collections::HashMap<String, String>) -> String {
+fn labels_json(labels: &HashMap<String, String>) -> String {
     let sorted: BTreeMap<&String, &String> = labels.iter().collect();
     serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned())
 }

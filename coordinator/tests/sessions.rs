@@ -280,8 +280,6 @@ async fn an_agent_that_restarts_without_its_order_gets_the_backup_again_but_not_
     let harness = Harness::start().await;
     let mut admin = harness.admin();
     let mut agent = harness.agent("a1", vec![], vec![]).await;
-    let backup = submit_backup(&mut admin).await;
-    assert_eq!(agent.next_order().await.order_id, backup.id);
 
     // Catalog an artifact so a restore can be submitted.
     let first = submit_backup(&mut admin).await;
@@ -304,15 +302,29 @@ async fn an_agent_that_restarts_without_its_order_gets_the_backup_again_but_not_
         .expect("restore")
         .into_inner();
     assert_eq!(agent.next_order().await.order_id, restore.id);
+    let backup = submit_backup(&mut admin).await;
+    wait_state(&mut admin, &backup.id, pb::OrderState::Held).await;
     drop(agent);
 
-    // The agent comes back holding nothing: both orders are lost; only the backup is retried.
+    // The agent comes back holding nothing: the restore is lost and not retried, and the
+    // backup held behind it goes out.
     let mut agent = harness.agent("a1", vec![], vec![]).await;
-    let retried = agent.next_order().await;
-    assert_eq!(retried.order_id, backup.id);
-    assert_eq!(retried.attempt, 2);
+    let next = agent.next_order().await;
+    assert_eq!(
+        (next.order_id.as_str(), next.attempt),
+        (backup.id.as_str(), 1)
+    );
     let lost = wait_state(&mut admin, &restore.id, pb::OrderState::Lost).await;
     assert!(lost.error.contains("restarted"), "{}", lost.error);
+    drop(agent);
+
+    // Again, with the backup in flight: it is lost too, and retried as attempt 2.
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let retried = agent.next_order().await;
+    assert_eq!(
+        (retried.order_id.as_str(), retried.attempt),
+        (backup.id.as_str(), 2)
+    );
     // Nothing else arrives: the restore is not dispatched again.
     let extra = tokio::time::timeout(Duration::from_millis(500), agent.inbound.next()).await;
     assert!(extra.is_err(), "unexpected message {extra:?}");
@@ -494,4 +506,36 @@ async fn a_coordinator_restart_keeps_running_orders_running() {
         .expect("verify")
         .into_inner();
     assert!(verify.ok, "{verify:?}");
+}
+
+#[tokio::test]
+async fn one_backup_or_restore_per_database_at_a_time_others_wait_held() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let first = submit_backup(&mut admin).await;
+    assert_eq!(agent.next_order().await.order_id, first.id);
+    let second = submit_backup(&mut admin).await;
+    let held = wait_state(&mut admin, &second.id, pb::OrderState::Held).await;
+    assert!(held.phase.contains(&first.id), "{held:?}");
+    // A health check reads only: it is not held behind the backup.
+    let health = admin
+        .submit_health(pb::SubmitHealthRequest {
+            database: "a1/app".to_owned(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(agent.next_order().await.order_id, health.id);
+
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &first.id,
+            &artifact_id,
+        )))
+        .await;
+    // The held backup goes out once the first one is done.
+    assert_eq!(agent.next_order().await.order_id, second.id);
+    wait_state(&mut admin, &second.id, pb::OrderState::Dispatched).await;
 }

@@ -1,0 +1,265 @@
+//! A whole fleet in one call: a coordinator, N PostgreSQL clusters and N agents (`a1`, `a2`,
+//! …), agent `aN` serving the configured databases of cluster N, all writing to one shared
+//! `file://` repository.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::{Agent, AgentConfig, AgentDatabase, Coordinator};
+use crate::{Cli, ONLINE_TIMEOUT, PgCluster, TestDir};
+
+/// Builds a [`Fleet`].
+pub struct FleetBuilder {
+    name: String,
+    agents: usize,
+    databases: Vec<String>,
+    password: Option<String>,
+    coordinator_args: Vec<String>,
+    env: BTreeMap<String, String>,
+    extra_databases: Vec<(usize, AgentDatabase)>,
+    cluster_setup: Option<Box<ClusterSetup>>,
+}
+
+/// Runs on every cluster before the agents start (e.g. to load a dataset).
+type ClusterSetup = dyn Fn(&PgCluster);
+
+impl FleetBuilder {
+    /// Number of agents (and clusters); default 1.
+    pub fn agents(mut self, n: usize) -> Self {
+        self.agents = n;
+        self
+    }
+
+    /// Adds a database that is created on every cluster and configured in every agent.
+    pub fn database(mut self, name: &str) -> Self {
+        self.databases.push(name.to_owned());
+        self
+    }
+
+    /// Adds a `[[databases]]` entry with a URL of its own to agent `aN` only (nothing is
+    /// created for it).
+    pub fn agent_database(mut self, n: usize, name: &str, url: &str) -> Self {
+        self.extra_databases.push((
+            n,
+            AgentDatabase {
+                name: name.to_owned(),
+                url: url.to_owned(),
+                labels: BTreeMap::new(),
+            },
+        ));
+        self
+    }
+
+    /// Runs `setup` on every cluster before the configured databases are created (those
+    /// that already exist then are left alone) and before the agents start.
+    pub fn cluster_setup(mut self, setup: impl Fn(&PgCluster) + 'static) -> Self {
+        self.cluster_setup = Some(Box::new(setup));
+        self
+    }
+
+    /// Puts this password into every database URL of the agent configs.
+    pub fn url_password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    /// Adds command-line flags of the coordinator.
+    pub fn coordinator_args(mut self, args: &[&str]) -> Self {
+        self.coordinator_args
+            .extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets an environment variable of the coordinator and agents (e.g. `RUST_LOG`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Starts everything and waits until every agent is online.
+    pub fn build(self) -> Fleet {
+        let dir = TestDir::new(&self.name);
+        let repo = dir.subdir("repo");
+        let mut clusters = Vec::new();
+        for i in 1..=self.agents {
+            let cluster = PgCluster::start_new(dir.path(), &format!("pg{i}"));
+            if let Some(setup) = &self.cluster_setup {
+                setup(&cluster);
+            }
+            for db in &self.databases {
+                if !cluster.database_exists(db) {
+                    cluster.create_database(db);
+                }
+            }
+            clusters.push(cluster);
+        }
+        let args: Vec<&str> = self.coordinator_args.iter().map(String::as_str).collect();
+        let coordinator =
+            Coordinator::start_with(&dir.path().join("coordinator"), &args, &self.env);
+        let mut agents = Vec::new();
+        for (i, cluster) in clusters.iter().enumerate() {
+            let name = format!("a{}", i + 1);
+            let agent_dir = dir.path().join("agents").join(&name);
+            let mut databases: Vec<AgentDatabase> = self
+                .databases
+                .iter()
+                .map(|db| AgentDatabase {
+                    name: db.clone(),
+                    url: match &self.password {
+                        Some(pw) => cluster.url_with_password(db, pw),
+                        None => cluster.url(db),
+                    },
+                    labels: BTreeMap::from([("tier".to_owned(), "test".to_owned())]),
+                })
+                .collect();
+            databases.extend(
+                self.extra_databases
+                    .iter()
+                    .filter(|(n, _)| *n == i + 1)
+                    .map(|(_, db)| db.clone()),
+            );
+            let config = AgentConfig {
+                name: name.clone(),
+                coordinator: coordinator.url(),
+                repository_dir: repo.clone(),
+                labels: BTreeMap::from([
+                    ("env".to_owned(), "test".to_owned()),
+                    ("index".to_owned(), (i + 1).to_string()),
+                ]),
+                staging_dir: Some(agent_dir.join("staging")),
+                databases,
+            };
+            std::fs::create_dir_all(agent_dir.join("staging")).expect("staging dir");
+            agents.push(Agent::start_new(&agent_dir, config, &self.env));
+        }
+        let cli = Cli::new(&coordinator.url());
+        let fleet = Fleet {
+            agents,
+            coordinator,
+            clusters,
+            cli,
+            repo,
+            dir,
+        };
+        let names: Vec<String> = fleet.agents.iter().map(|a| a.name().to_owned()).collect();
+        for name in &names {
+            fleet.wait_agent_online(name, true);
+        }
+        fleet
+    }
+}
+
+/// A running fleet. Dropping it kills the agents and the coordinator and stops the clusters.
+pub struct Fleet {
+    // Field order is drop order: agents before the coordinator and the clusters.
+    pub agents: Vec<Agent>,
+    pub coordinator: Coordinator,
+    pub clusters: Vec<PgCluster>,
+    cli: Cli,
+    repo: PathBuf,
+    dir: TestDir,
+}
+
+impl Fleet {
+    /// Starts describing a fleet; `name` prefixes its test directory.
+    pub fn builder(name: &str) -> FleetBuilder {
+        FleetBuilder {
+            name: name.to_owned(),
+            agents: 1,
+            databases: Vec::new(),
+            password: None,
+            coordinator_args: Vec::new(),
+            env: BTreeMap::new(),
+            extra_databases: Vec::new(),
+            cluster_setup: None,
+        }
+    }
+
+    pub fn cli(&self) -> &Cli {
+        &self.cli
+    }
+
+    /// Returns the cluster of agent `aN` (`n` counts from 1).
+    pub fn cluster(&self, n: usize) -> &PgCluster {
+        &self.clusters[n - 1]
+    }
+
+    /// Returns agent `aN` (`n` counts from 1).
+    pub fn agent(&mut self, n: usize) -> &mut Agent {
+        &mut self.agents[n - 1]
+    }
+
+    /// Returns the shared repository directory.
+    pub fn repo(&self) -> &Path {
+        &self.repo
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Returns where an artifact lives: `<repo>/<agent>/<artifact_id>`.
+    pub fn artifact_dir(&self, agent: &str, artifact_id: &str) -> PathBuf {
+        self.repo.join(agent).join(artifact_id)
+    }
+
+    /// Returns the log tails of every process, for panic messages.
+    pub fn logs(&self) -> String {
+        let mut out = self.coordinator.log_tail(60);
+        for a in &self.agents {
+            out.push('\n');
+            out.push_str(&a.log_tail(60));
+        }
+        out
+    }
+
+    /// Waits until `warden agents` lists agent `name` with `online == want`.
+    pub fn wait_agent_online(&self, name: &str, want: bool) {
+        let deadline = std::time::Instant::now() + ONLINE_TIMEOUT;
+        let mut last;
+        loop {
+            let out = self.cli.run(&["agents"]);
+            if out.code == 0
+                && let Some(Value::Array(agents)) = &out.json
+                && agents
+                    .iter()
+                    .any(|a| a["name"] == name && a["online"] == want)
+            {
+                return;
+            }
+            last = out.to_string();
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "agent {name} not {} within {ONLINE_TIMEOUT:?}; last `warden agents`: {last}\n{}",
+            if want { "online" } else { "offline" },
+            self.logs()
+        );
+    }
+
+    /// Waits until the order reaches one of `states` (see [`Cli::wait_order`]); the process
+    /// logs are printed when it panics.
+    pub fn wait_order(&self, id: &str, states: &[&str], timeout: Duration) -> Value {
+        self.cli.wait_order(id, states, timeout)
+    }
+
+    /// Polls until `probe` holds, panicking with the process logs after `timeout`.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !probe() {
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

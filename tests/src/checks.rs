@@ -122,17 +122,9 @@ pub struct FleetState {
 
 impl FleetState {
     pub fn read(cli: &Cli) -> Self {
-        let ids = |items: Vec<Value>| {
-            let mut ids: Vec<String> = items
-                .iter()
-                .map(|o| o["id"].as_str().expect("id").to_owned())
-                .collect();
-            ids.sort();
-            ids
-        };
         Self {
-            order_ids: ids(cli.orders()),
-            artifact_ids: ids(cli.artifacts(None, true)),
+            order_ids: sorted_ids(&cli.orders()),
+            artifact_ids: sorted_ids(&cli.artifacts(None, true)),
         }
     }
 }
@@ -140,4 +132,14 @@ impl FleetState {
 /// Returns stdout and stderr of a CLI run in lowercase, for message checks.
 pub fn all_text(out: &crate::CliOutput) -> String {
     format!("{}\n{}", out.stdout, out.stderr).to_lowercase()
+}
+
+/// The `id` fields of a JSON list, sorted, for comparing two listings as sets.
+pub fn sorted_ids(items: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = items
+        .iter()
+        .map(|o| o["id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    ids
 }

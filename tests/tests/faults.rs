@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+use warden_tests::checks::sorted_ids;
 use warden_tests::fixtures::large_table;
 use warden_tests::repo::{MANIFEST_FILE, artifact_dirs, bytes_below, files_below, partial_dirs};
 use warden_tests::{Fleet, ORDER_TIMEOUT, heavy_test_lock, wait_for};
@@ -154,15 +154,6 @@ fn agent_killed_during_backup_leaves_no_artifact_and_is_cleaned_up() {
     }
 }
 
-fn ids(items: &[Value]) -> Vec<String> {
-    let mut ids: Vec<String> = items
-        .iter()
-        .map(|o| o["id"].as_str().expect("id").to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[test]
 fn coordinator_killed_and_restarted_keeps_its_state() {
     let mut fleet = Fleet::builder("restart-coordinator")
@@ -215,7 +206,7 @@ fn coordinator_killed_and_restarted_keeps_its_state() {
         }
     }
     let artifacts_after = fleet.cli().artifacts(None, true);
-    assert_eq!(ids(&artifacts_after), ids(&artifacts_before));
+    assert_eq!(sorted_ids(&artifacts_after), sorted_ids(&artifacts_before));
     for before in &artifacts_before {
         let after = artifacts_after
             .iter()

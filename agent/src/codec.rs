@@ -191,8 +191,17 @@ fn read_decompressed(
     };
     let mut decoder = zstd::Decoder::with_buffer(BufReader::with_capacity(CHUNK_BYTES, hashing))
         .map_err(AgentError::io("cannot start zstd"))?;
-    let mut writer = BufWriter::with_capacity(CHUNK_BYTES, output);
+    let mut writer = WriteSide {
+        inner: BufWriter::with_capacity(CHUNK_BYTES, output),
+        error: None,
+    };
     let decoded = io::copy(&mut decoder, &mut writer);
+    // A failed write (a full staging disk) is the agent's problem, not a damaged artifact.
+    if let Some(error) = writer.error.take() {
+        return Err(AgentError::io(format!("cannot write {}", dest.display()))(
+            error,
+        ));
+    }
     // Hash whatever the decoder left unread (trailing bytes, or all after a damaged frame),
     // so the checksum always covers the whole file.
     let mut rest = decoder.finish();
@@ -201,6 +210,7 @@ fn read_decompressed(
     let sha256 = hex::encode(rest.into_inner().hasher.finalize());
     if decoded.is_ok() {
         let file = writer
+            .inner
             .into_inner()
             .map_err(|e| e.into_error())
             .map_err(AgentError::io(format!("cannot write {}", dest.display())))?;
@@ -208,6 +218,28 @@ fn read_decompressed(
             .map_err(AgentError::io(format!("cannot fsync {}", dest.display())))?;
     }
     Ok(Decompressed { sha256, decoded })
+}
+
+/// Passes writes through and remembers the first one that failed.
+struct WriteSide<W> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Write for WriteSide<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            self.error
+                .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|e| {
+            self.error
+                .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+        })
+    }
 }
 
 /// Passes writes through while hashing and counting them.
@@ -297,6 +329,36 @@ mod tests {
         assert_eq!(back.decoded.expect("decodes"), data.len() as u64);
         assert_eq!(read_counter.load(Ordering::Relaxed), stored.size_bytes);
         assert_eq!(std::fs::read(&out_path).expect("read"), data);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_an_io_error_not_a_corrupt_artifact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stored_path = dir.path().join("dump.zst");
+        compress_to_file(&sample()[..], &stored_path, Arc::new(AtomicU64::new(0)))
+            .await
+            .expect("compress");
+        // Every write to /dev/full fails with ENOSPC.
+        let full = File::options()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let input = File::open(&stored_path).expect("open");
+        let result = read_decompressed(
+            input,
+            full,
+            &stored_path,
+            Path::new("/dev/full"),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        match result {
+            Err(AgentError::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::StorageFull, "{source}");
+            }
+            Err(other) => panic!("expected an I/O error, got {other}"),
+            Ok(_) => panic!("expected an I/O error, got a decoded result"),
+        }
     }
 
     #[tokio::test]

@@ -262,10 +262,11 @@ impl Subprocess {
             "cannot start {}",
             program.display()
         )))?;
+        let redactor = url.cloned();
         let stderr = child
             .stderr
             .take()
-            .map(|s| tokio::spawn(relay_stderr(tool.clone(), s)));
+            .map(|s| tokio::spawn(relay_stderr(tool.clone(), s, redactor)));
         Ok(Self {
             tool,
             child,
@@ -306,13 +307,19 @@ fn check_status(tool: &str, status: ExitStatus, tail: VecDeque<String>) -> Agent
     })
 }
 
-async fn relay_stderr(tool: String, stderr: ChildStderr) -> VecDeque<String> {
+/// Relays a tool's stderr to the log and keeps its last lines, with the password (if the
+/// tool ever echoed it) replaced: those lines end up in order errors and the audit log.
+async fn relay_stderr(tool: String, stderr: ChildStderr, url: Option<PgUrl>) -> VecDeque<String> {
     let mut reader = BufReader::new(stderr);
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let mut line = Vec::new();
     // Lines are read as bytes: a tool may print text in the server's encoding.
     while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
-        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        let raw = String::from_utf8_lossy(&line);
+        let text = match &url {
+            Some(url) => url.redact(raw.trim_end()),
+            None => raw.trim_end().to_owned(),
+        };
         line.clear();
         if text.is_empty() {
             continue;
@@ -465,6 +472,20 @@ mod tests {
             }
             other => panic!("expected a subprocess error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_password_echoed_on_stderr_never_reaches_the_error() {
+        let url = PgUrl::parse("postgres://u:hunter2@h/db").expect("url");
+        let args: Vec<OsString> = ["-c", "echo \"bad password $PGPASSWORD\" >&2; exit 1"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let process = Subprocess::spawn(Path::new("/bin/sh"), &args, Some(&url), Stdio::null())
+            .expect("spawn");
+        let error = process.wait().await.expect_err("fails").to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("bad password ***"), "{error}");
     }
 
     #[tokio::test]

@@ -437,7 +437,12 @@ impl Fleet {
             (result.success, &result.outcome)
         {
             match self.catalog_artifact(tx, &order, backup).await {
-                Ok(artifact) => params = json!({ "artifact_id": artifact.id }),
+                Ok(artifact) => {
+                    // The last progress report was of the small globals file; the order's
+                    // final progress is the size of the whole dump.
+                    order.progress_bytes = artifact.raw_bytes;
+                    params = json!({ "artifact_id": artifact.id });
+                }
                 Err(why) => {
                     // A result we cannot catalog is a failed backup, never a complete artifact.
                     warn!(order_id = %order.id, %why, "backup result rejected");
@@ -452,6 +457,8 @@ impl Fleet {
         order.error = result.error.clone();
         order.result = Some(result.encode_to_vec());
         order.finished_unix_ms = warden_shared::now_unix_ms();
+        // A finished order has no current phase; its state says how it ended.
+        order.phase.clear();
         transition(tx, &mut order, next, &actor, params).await?;
         Ok(true)
     }

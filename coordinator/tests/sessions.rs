@@ -228,6 +228,28 @@ async fn backup_result_catalogs_a_complete_artifact() {
             bytes_per_sec: 1024.0,
         }))
         .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let running = admin
+            .get_order(pb::GetOrderRequest {
+                id: order.id.clone(),
+            })
+            .await
+            .expect("order")
+            .into_inner();
+        if running.progress_bytes == 4096 {
+            assert_eq!(
+                (running.phase.as_str(), running.progress_bytes_per_sec),
+                ("dump", 1024.0)
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "progress never recorded: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let artifact_id = uuid::Uuid::now_v7().to_string();
     agent
         .send(agent_message::Msg::Result(backup_result(
@@ -240,7 +262,9 @@ async fn backup_result_catalogs_a_complete_artifact() {
         other => panic!("expected an ack, got {other:?}"),
     }
     let done = wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
-    assert_eq!(done.progress_bytes, 4096);
+    // The final progress is the whole dump as the manifest says, whatever was reported last.
+    assert_eq!(done.progress_bytes, 40);
+    assert_eq!(done.phase, "");
 
     let artifacts = admin
         .list_artifacts(pb::ListArtifactsRequest {

@@ -183,6 +183,13 @@ pub fn chinook_sql() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// Says on the real stderr (not the test harness's captured one, which shows only for
+/// failures) that a test skipped part of its work, so a CI log shows it.
+pub fn say_skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipping: {why}");
+}
+
 /// Loads Chinook into database `chinook` of `cluster` (the script creates it). Returns false
 /// (after saying so) when the dataset is not present.
 pub fn load_chinook(cluster: &PgCluster) -> bool {
@@ -192,7 +199,7 @@ pub fn load_chinook(cluster: &PgCluster) -> bool {
             true
         }
         None => {
-            eprintln!("skipping: ../shared/datasets not present");
+            say_skipped("../shared/datasets not present");
             false
         }
     }

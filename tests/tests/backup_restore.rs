@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use warden_tests::checks::{FleetState, all_text, check_artifact};
-use warden_tests::fixtures::{chinook_sql, load_chinook, load_rich_fixture};
+use warden_tests::fixtures::{chinook_sql, load_chinook, load_rich_fixture, say_skipped};
 use warden_tests::repo::{DUMP_FILE, flip_middle_byte};
 use warden_tests::{DbSnapshot, Fleet, ORDER_TIMEOUT, assert_same_data, heavy_test_lock};
 
@@ -77,7 +77,7 @@ fn rich_fixture_backup_restores_identically_into_new_database() {
 #[test]
 fn chinook_backup_restores_identically_into_new_database() {
     if chinook_sql().is_none() {
-        eprintln!("skipping: ../shared/datasets not present");
+        say_skipped("../shared/datasets not present; chinook round trip not run");
         return;
     }
     let _heavy = heavy_test_lock();

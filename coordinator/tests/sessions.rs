@@ -192,6 +192,15 @@ async fn wait_state(
     }
 }
 
+async fn assert_chain_intact(admin: &mut AdminServiceClient<Channel>) {
+    let verify = admin
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verify.ok, "{verify:?}");
+}
+
 async fn submit_backup(admin: &mut AdminServiceClient<Channel>) -> pb::Order {
     admin
         .submit_backup(pb::SubmitBackupRequest {
@@ -291,12 +300,7 @@ async fn backup_result_catalogs_a_complete_artifact() {
         agent.next().await,
         coordinator_message::Msg::Ack(_)
     ));
-    let verify = admin
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .expect("verify")
-        .into_inner();
-    assert!(verify.ok, "{verify:?}");
+    assert_chain_intact(&mut admin).await;
 }
 
 #[tokio::test]
@@ -524,12 +528,7 @@ async fn a_coordinator_restart_keeps_running_orders_running() {
         )))
         .await;
     wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
-    let verify = admin
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .expect("verify")
-        .into_inner();
-    assert!(verify.ok, "{verify:?}");
+    assert_chain_intact(&mut admin).await;
 }
 
 #[tokio::test]

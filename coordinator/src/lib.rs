@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod store;

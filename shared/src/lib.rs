@@ -4,6 +4,7 @@
 //! from the types defined here at the edge.
 
 pub mod config;
+pub mod labels;
 pub mod manifest;
 pub mod names;
 pub mod order;
@@ -11,6 +12,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 
+pub use labels::{Labels, Selector, SelectorError};
 pub use manifest::ArtifactManifest;
 pub use names::{DatabaseId, NameError, validate_agent_name, validate_database_name};
 pub use order::{OrderKind, OrderSpec, OrderState};

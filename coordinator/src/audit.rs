@@ -20,6 +20,10 @@ pub enum Actor {
     Operator(String),
     Agent(String),
     System,
+    /// Fires backup schedules.
+    Scheduler,
+    /// Expires artifacts by retention policy.
+    Retention,
 }
 
 impl std::fmt::Display for Actor {
@@ -28,6 +32,8 @@ impl std::fmt::Display for Actor {
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::Agent(name) => write!(f, "agent:{name}"),
             Actor::System => f.write_str("system:coordinator"),
+            Actor::Scheduler => f.write_str("system:scheduler"),
+            Actor::Retention => f.write_str("system:retention"),
         }
     }
 }

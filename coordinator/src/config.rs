@@ -21,6 +21,12 @@ pub struct CoordinatorConfig {
     pub lease: Duration,
     /// How many times an idempotent order is dispatched in all (first try included).
     pub max_attempts: u32,
+    /// How often held orders, maintenance windows and schedules are looked at again.
+    #[serde(with = "humantime_serde")]
+    pub policy_tick: Duration,
+    /// How often retention runs on its own (`warden prune` runs it at once).
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
     pub log_json: bool,
 }
 
@@ -32,6 +38,8 @@ impl Default for CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(2),
             lease: Duration::from_secs(10),
             max_attempts: 3,
+            policy_tick: Duration::from_secs(1),
+            prune_interval: Duration::from_secs(300),
             log_json: false,
         }
     }
@@ -49,6 +57,11 @@ impl CoordinatorConfig {
                 humantime::format_duration(self.lease),
                 humantime::format_duration(self.heartbeat_interval)
             )));
+        }
+        if self.policy_tick.is_zero() || self.prune_interval.is_zero() {
+            return Err(ConfigError::new(
+                "policy_tick and prune_interval must be more than 0s",
+            ));
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts must be at least 1"));

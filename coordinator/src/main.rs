@@ -40,6 +40,14 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_attempts: Option<u32>,
+    /// How often held orders, windows and schedules are looked at again, e.g. 1s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    policy_tick: Option<Duration>,
+    /// How often retention runs on its own, e.g. 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    prune_interval: Option<Duration>,
     /// Log JSON lines.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

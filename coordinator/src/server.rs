@@ -61,11 +61,14 @@ pub async fn serve(
             heartbeat_interval: config.heartbeat_interval,
             lease: config.lease,
             max_attempts: config.max_attempts,
+            policy_tick: config.policy_tick,
+            prune_interval: config.prune_interval,
         },
     ));
     fleet.started().await?;
 
     let reaper = tokio::spawn(reap_forever(fleet.clone()));
+    let policy = tokio::spawn(enforce_policy_forever(fleet.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
@@ -90,6 +93,7 @@ pub async fn serve(
         })
         .await;
     reaper.abort();
+    policy.abort();
     info!("coordinator stopped");
     Ok(result?)
 }
@@ -102,6 +106,29 @@ async fn reap_forever(fleet: Arc<Fleet>) {
         tick.tick().await;
         if let Err(error) = fleet.reap().await {
             warn!(%error, "reaper pass failed");
+        }
+    }
+}
+
+/// Fires schedules, re-evaluates held orders against windows and limits, and runs retention.
+async fn enforce_policy_forever(fleet: Arc<Fleet>) {
+    let settings = fleet.settings();
+    let mut tick = tokio::time::interval(settings.policy_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        if let Err(error) = fleet.fire_schedules(chrono::Utc::now()).await {
+            warn!(%error, "schedule pass failed");
+        }
+        if let Err(error) = fleet.dispatch().await {
+            warn!(%error, "dispatch pass failed");
+        }
+        if last_prune.elapsed() >= settings.prune_interval {
+            last_prune = tokio::time::Instant::now();
+            if let Err(error) = fleet.prune(&crate::audit::Actor::Retention, None, false).await {
+                warn!(%error, "retention pass failed");
+            }
         }
     }
 }

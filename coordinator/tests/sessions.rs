@@ -164,6 +164,7 @@ fn backup_result(order_id: &str, artifact_id: &str) -> pb::OrderResult {
             artifact_id: artifact_id.to_owned(),
             artifact_path: format!("a1/{artifact_id}"),
             manifest_json: manifest.to_string(),
+            verified: false,
         })),
     }
 }
@@ -607,4 +608,171 @@ async fn grpc_health_and_reflection_are_served() {
             "{expected} missing from {names:?}"
         );
     }
+}
+
+fn verified_backup_result(order_id: &str, artifact_id: &str, verified: bool) -> pb::OrderResult {
+    let mut result = backup_result(order_id, artifact_id);
+    if let Some(pb::order_result::Outcome::Backup(backup)) = &mut result.outcome {
+        backup.verified = verified;
+    }
+    result
+}
+
+/// Takes a backup through the scripted agent and returns its artifact id.
+async fn backed_up(admin: &mut AdminServiceClient<Channel>, agent: &mut ScriptedAgent) -> String {
+    let order = submit_backup(admin).await;
+    assert_eq!(agent.next_order().await.order_id, order.id);
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &order.id,
+            &artifact_id,
+        )))
+        .await;
+    wait_state(admin, &order.id, pb::OrderState::Succeeded).await;
+    artifact_id
+}
+
+fn replace(artifact_id: &str, emergency: bool, reason: &str) -> pb::SubmitRestoreRequest {
+    pb::SubmitRestoreRequest {
+        artifact_id: artifact_id.to_owned(),
+        replace: true,
+        reason: reason.to_owned(),
+        emergency,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_replace_waits_for_a_window_and_breaking_glass_takes_a_verified_safety_backup_first() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let artifact_id = backed_up(&mut admin, &mut agent).await;
+
+    // No window selects the database: a replace waits, and says why.
+    let waiting = admin
+        .submit_restore(replace(&artifact_id, false, ""))
+        .await
+        .expect("restore")
+        .into_inner();
+    let held = wait_state(&mut admin, &waiting.id, pb::OrderState::Held).await;
+    assert!(
+        held.phase.contains("outside maintenance windows"),
+        "{held:?}"
+    );
+    let refused = admin
+        .submit_restore(pb::SubmitRestoreRequest {
+            no_wait: true,
+            ..replace(&artifact_id, false, "")
+        })
+        .await
+        .expect_err("no window open");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("--no-wait"), "{refused:?}");
+    let no_reason = admin
+        .submit_restore(replace(&artifact_id, true, "  "))
+        .await
+        .expect_err("emergency needs a reason");
+    assert_eq!(no_reason.code(), tonic::Code::InvalidArgument);
+
+    // Break glass: the safety backup goes first, and must come back verified.
+    let urgent = admin
+        .submit_restore(replace(&artifact_id, true, "incident 42"))
+        .await
+        .expect("emergency restore")
+        .into_inner();
+    let safety = agent.next_order().await;
+    match safety.spec.and_then(|s| s.params) {
+        Some(pb::order_spec::Params::Backup(params)) => {
+            assert!(params.verify, "{params:?}");
+            assert_eq!(params.trigger, "safety");
+        }
+        other => panic!("expected the safety backup first, got {other:?}"),
+    }
+    agent
+        .send(agent_message::Msg::Result(verified_backup_result(
+            &safety.order_id,
+            &uuid::Uuid::now_v7().to_string(),
+            false,
+        )))
+        .await;
+    wait_state(&mut admin, &safety.order_id, pb::OrderState::Failed).await;
+    let failed = wait_state(&mut admin, &urgent.id, pb::OrderState::Failed).await;
+    assert!(failed.error.contains("safety backup"), "{failed:?}");
+    assert_eq!(failed.safety_backup_order_id, safety.order_id);
+
+    let urgent = admin
+        .submit_restore(replace(&artifact_id, true, "incident 43"))
+        .await
+        .expect("emergency restore")
+        .into_inner();
+    let safety = agent.next_order().await;
+    agent
+        .send(agent_message::Msg::Result(verified_backup_result(
+            &safety.order_id,
+            &uuid::Uuid::now_v7().to_string(),
+            true,
+        )))
+        .await;
+    let restore = agent.next_order().await;
+    assert_eq!(restore.order_id, urgent.id);
+    let started = wait_state(&mut admin, &urgent.id, pb::OrderState::Dispatched).await;
+    assert!(started.emergency);
+    // The order without a window is still waiting.
+    wait_state(&mut admin, &waiting.id, pb::OrderState::Held).await;
+
+    let audit = admin
+        .list_audit(pb::ListAuditRequest {
+            after_seq: 0,
+            limit: 10_000,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    assert!(
+        audit.iter().any(|e| e.action == "order.emergency"
+            && e.params_json.contains("incident 43")
+            && e.params_json.contains(&urgent.id)),
+        "no emergency event with the reason"
+    );
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn orders_over_the_per_agent_limit_wait_held_with_the_reason() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let applied = admin
+        .apply_policy(pb::ApplyPolicyRequest {
+            toml: "[limits]\nper_agent = 1\n".to_owned(),
+            dry_run: false,
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert!(applied.applied, "{applied:?}");
+
+    let backup = submit_backup(&mut admin).await;
+    assert_eq!(agent.next_order().await.order_id, backup.id);
+    let health = admin
+        .submit_health(pb::SubmitHealthRequest {
+            database: "a1/app".to_owned(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    let held = wait_state(&mut admin, &health.id, pb::OrderState::Held).await;
+    assert!(held.phase.contains("limits.per_agent = 1"), "{held:?}");
+
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &backup.id,
+            &uuid::Uuid::now_v7().to_string(),
+        )))
+        .await;
+    assert_eq!(agent.next_order().await.order_id, health.id);
+    assert_chain_intact(&mut admin).await;
 }

@@ -17,6 +17,7 @@ impl From<OrderKind> for v1::OrderKind {
             OrderKind::Backup => v1::OrderKind::Backup,
             OrderKind::Restore => v1::OrderKind::Restore,
             OrderKind::Health => v1::OrderKind::Health,
+            OrderKind::Prune => v1::OrderKind::Prune,
         }
     }
 }
@@ -29,6 +30,7 @@ impl TryFrom<v1::OrderKind> for OrderKind {
             v1::OrderKind::Backup => Ok(OrderKind::Backup),
             v1::OrderKind::Restore => Ok(OrderKind::Restore),
             v1::OrderKind::Health => Ok(OrderKind::Health),
+            v1::OrderKind::Prune => Ok(OrderKind::Prune),
             v1::OrderKind::Unspecified => Err("order kind is unspecified".to_owned()),
         }
     }
@@ -45,6 +47,7 @@ impl From<OrderState> for v1::OrderState {
             OrderState::Failed => v1::OrderState::Failed,
             OrderState::Cancelled => v1::OrderState::Cancelled,
             OrderState::Lost => v1::OrderState::Lost,
+            OrderState::Expired => v1::OrderState::Expired,
         }
     }
 }
@@ -64,8 +67,9 @@ impl From<&OrderSpec> for v1::OrderSpec {
     fn from(spec: &OrderSpec) -> Self {
         use v1::order_spec::Params;
         let params = match spec {
-            OrderSpec::Backup { trigger } => Params::Backup(v1::BackupParams {
+            OrderSpec::Backup { trigger, verify } => Params::Backup(v1::BackupParams {
                 trigger: trigger.clone(),
+                verify: *verify,
             }),
             OrderSpec::Restore {
                 artifact_id,
@@ -80,6 +84,15 @@ impl From<&OrderSpec> for v1::OrderSpec {
                 replace: new_name.is_none(),
             }),
             OrderSpec::Health => Params::Health(v1::HealthParams {}),
+            OrderSpec::Prune { artifacts } => Params::Prune(v1::PruneParams {
+                artifacts: artifacts
+                    .iter()
+                    .map(|a| v1::PruneArtifact {
+                        artifact_id: a.artifact_id.clone(),
+                        artifact_path: a.artifact_path.clone(),
+                    })
+                    .collect(),
+            }),
         };
         v1::OrderSpec {
             params: Some(params),

@@ -12,22 +12,33 @@ pub enum OrderKind {
     Backup,
     Restore,
     Health,
+    /// Removes expired artifacts from an agent's repository.
+    Prune,
 }
 
 impl OrderKind {
-    pub const ALL: [OrderKind; 3] = [OrderKind::Backup, OrderKind::Restore, OrderKind::Health];
+    pub const ALL: [OrderKind; 4] = [
+        OrderKind::Backup,
+        OrderKind::Restore,
+        OrderKind::Health,
+        OrderKind::Prune,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             OrderKind::Backup => "backup",
             OrderKind::Restore => "restore",
             OrderKind::Health => "health",
+            OrderKind::Prune => "prune",
         }
     }
 
     /// Returns whether running the order twice is harmless, so a lost one may be retried.
     pub fn is_idempotent(self) -> bool {
-        matches!(self, OrderKind::Backup | OrderKind::Health)
+        matches!(
+            self,
+            OrderKind::Backup | OrderKind::Health | OrderKind::Prune
+        )
     }
 }
 
@@ -41,10 +52,12 @@ pub enum OrderState {
     Failed,
     Cancelled,
     Lost,
+    /// Held for a maintenance window that closed before the order could start.
+    Expired,
 }
 
 impl OrderState {
-    pub const ALL: [OrderState; 8] = [
+    pub const ALL: [OrderState; 9] = [
         OrderState::Queued,
         OrderState::Held,
         OrderState::Dispatched,
@@ -53,6 +66,7 @@ impl OrderState {
         OrderState::Failed,
         OrderState::Cancelled,
         OrderState::Lost,
+        OrderState::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +79,7 @@ impl OrderState {
             OrderState::Failed => "failed",
             OrderState::Cancelled => "cancelled",
             OrderState::Lost => "lost",
+            OrderState::Expired => "expired",
         }
     }
 
@@ -73,7 +88,11 @@ impl OrderState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            OrderState::Succeeded | OrderState::Failed | OrderState::Cancelled | OrderState::Lost
+            OrderState::Succeeded
+                | OrderState::Failed
+                | OrderState::Cancelled
+                | OrderState::Lost
+                | OrderState::Expired
         )
     }
 
@@ -86,8 +105,9 @@ impl OrderState {
     pub fn can_become(self, next: OrderState) -> bool {
         use OrderState::*;
         match (self, next) {
-            (Queued, Held | Dispatched | Cancelled) => true,
-            (Held, Queued | Dispatched | Cancelled) => true,
+            (Queued, Held | Dispatched | Cancelled | Expired) => true,
+            // A held destructive order fails when the safety backup it waits for failed.
+            (Held, Queued | Dispatched | Cancelled | Expired | Failed) => true,
             (Dispatched, Running | Succeeded | Failed | Cancelled | Lost) => true,
             (Running, Succeeded | Failed | Cancelled | Lost) => true,
             // A lost order whose agent comes back still running it or with a result, or a
@@ -104,8 +124,11 @@ impl OrderState {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum OrderSpec {
     Backup {
-        /// Why the backup is taken: "manual", "schedule", "pre-restore", ...
+        /// Why the backup is taken: "manual", "schedule:NAME", "safety", ...
         trigger: String,
+        /// Read the dump back after commit and check its sha256 (safety backups).
+        #[serde(default)]
+        verify: bool,
     },
     Restore {
         artifact_id: String,
@@ -117,6 +140,17 @@ pub enum OrderSpec {
         new_name: Option<String>,
     },
     Health,
+    Prune {
+        artifacts: Vec<PruneTarget>,
+    },
+}
+
+/// An artifact a prune order removes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PruneTarget {
+    pub artifact_id: String,
+    /// Directory of the artifact relative to the repository root.
+    pub artifact_path: String,
 }
 
 impl OrderSpec {
@@ -125,6 +159,7 @@ impl OrderSpec {
             OrderSpec::Backup { .. } => OrderKind::Backup,
             OrderSpec::Restore { .. } => OrderKind::Restore,
             OrderSpec::Health => OrderKind::Health,
+            OrderSpec::Prune { .. } => OrderKind::Prune,
         }
     }
 }
@@ -182,6 +217,7 @@ mod tests {
             OrderState::Succeeded,
             OrderState::Failed,
             OrderState::Cancelled,
+            OrderState::Expired,
         ] {
             for to in OrderState::ALL {
                 assert!(!from.can_become(to), "{from} -> {to}");
@@ -197,6 +233,7 @@ mod tests {
     fn only_backup_and_health_are_idempotent() {
         assert!(OrderKind::Backup.is_idempotent());
         assert!(OrderKind::Health.is_idempotent());
+        assert!(OrderKind::Prune.is_idempotent());
         assert!(!OrderKind::Restore.is_idempotent());
     }
 }

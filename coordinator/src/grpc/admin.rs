@@ -12,7 +12,8 @@ use warden_proto::v1::{self as pb};
 
 use crate::audit::{Actor, AuditEvent};
 use crate::error::CoordinatorError;
-use crate::fleet::{Fleet, RestoreRequest};
+use crate::fleet::{Applied, Fleet, RestoreRequest, kind_name};
+use crate::policy::{ChangeOp, Opening};
 use crate::store::{AgentRecord, ArtifactRecord, DatabaseRecord, OrderRecord};
 
 /// Metadata key naming the operator; bearer-token authentication replaces it later.
@@ -150,6 +151,9 @@ impl AdminService for AdminApi {
             replace: request.replace,
             target: (!request.target.is_empty()).then(|| request.target.clone()),
             reason: request.reason.clone(),
+            emergency: request.emergency,
+            skip_safety_backup: request.skip_safety_backup,
+            no_wait: request.no_wait,
         };
         let result = self.fleet.submit_restore(&actor, &restore).await;
         let params = json!({
@@ -157,6 +161,9 @@ impl AdminService for AdminApi {
             "new_name": request.new_name,
             "replace": request.replace,
             "reason": request.reason,
+            "emergency": request.emergency,
+            "skip_safety_backup": request.skip_safety_backup,
+            "no_wait": request.no_wait,
         });
         let order = self
             .audited(&actor, "restore.submit", &request.target, params, result)
@@ -304,6 +311,189 @@ impl AdminService for AdminApi {
             problem,
         }))
     }
+
+    async fn apply_policy(
+        &self,
+        request: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let result = self
+            .fleet
+            .apply_policy(&actor, &request.toml, request.dry_run)
+            .await;
+        let params = json!({ "dry_run": request.dry_run, "bytes": request.toml.len() });
+        let applied = self
+            .audited(&actor, "policy.apply", "policy", params, result)
+            .await?;
+        Ok(Response::new(applied_to_proto(applied)))
+    }
+
+    async fn export_policy(
+        &self,
+        _request: Request<pb::ExportPolicyRequest>,
+    ) -> Result<Response<pb::ExportPolicyResponse>, Status> {
+        let (version, toml) = self.fleet.export_policy();
+        Ok(Response::new(pb::ExportPolicyResponse {
+            toml,
+            version: unsigned(version),
+        }))
+    }
+
+    async fn list_windows(
+        &self,
+        _request: Request<pb::ListWindowsRequest>,
+    ) -> Result<Response<pb::ListWindowsResponse>, Status> {
+        let windows = self
+            .fleet
+            .list_windows(chrono::Utc::now())
+            .into_iter()
+            .map(|status| pb::WindowInfo {
+                name: status.window.name.clone(),
+                kind: kind_name(status.window.kind).to_owned(),
+                selector: status.window.selector.to_string(),
+                timezone: status.window.timezone.name().to_owned(),
+                recurrence: status.window.recurrence.describe(),
+                open_until_unix_ms: status.open.map_or(0, |o| o.end.timestamp_millis()),
+                next_start_unix_ms: status
+                    .next
+                    .as_ref()
+                    .map_or(0, |n| n.start.timestamp_millis()),
+                next_end_unix_ms: status.next.map_or(0, |n| n.end.timestamp_millis()),
+            })
+            .collect();
+        Ok(Response::new(pb::ListWindowsResponse { windows }))
+    }
+
+    async fn add_window(
+        &self,
+        request: Request<pb::AddWindowRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let mut fields = toml::Table::new();
+        for (key, value) in [
+            ("name", &request.name),
+            ("selector", &request.selector),
+            ("kind", &request.kind),
+            ("timezone", &request.timezone),
+            ("weekly", &request.weekly),
+            ("cron", &request.cron),
+            ("duration", &request.duration),
+            ("start", &request.start),
+            ("end", &request.end),
+        ] {
+            if !value.is_empty() {
+                fields.insert(key.to_owned(), toml::Value::String(value.clone()));
+            }
+        }
+        let params = serde_json::to_value(&fields).unwrap_or_default();
+        let result = self
+            .fleet
+            .add_window(&actor, fields, request.replace)
+            .await;
+        let applied = self
+            .audited(&actor, "window.add", &request.name, params, result)
+            .await?;
+        Ok(Response::new(applied_to_proto(applied)))
+    }
+
+    async fn remove_window(
+        &self,
+        request: Request<pb::RemoveWindowRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let actor = actor_of(&request);
+        let name = request.into_inner().name;
+        let result = self.fleet.remove_window(&actor, &name).await;
+        let applied = self
+            .audited(&actor, "window.remove", &name, json!({}), result)
+            .await?;
+        Ok(Response::new(applied_to_proto(applied)))
+    }
+
+    async fn next_window(
+        &self,
+        request: Request<pb::NextWindowRequest>,
+    ) -> Result<Response<pb::NextWindowResponse>, Status> {
+        let database = request.into_inner().database;
+        let (id, labels, verdict) = self
+            .fleet
+            .next_window(&database, chrono::Utc::now())
+            .await?;
+        let millis = |o: &Option<Opening>, end: bool| {
+            o.as_ref().map_or(0, |o| {
+                if end { o.end } else { o.start }.timestamp_millis()
+            })
+        };
+        let name = |o: &Option<Opening>| o.as_ref().map(|o| o.window.clone()).unwrap_or_default();
+        Ok(Response::new(pb::NextWindowResponse {
+            database: id.to_string(),
+            allowed_now: verdict.open.is_some(),
+            open_window: name(&verdict.open),
+            open_until_unix_ms: millis(&verdict.open, true),
+            freeze_window: name(&verdict.freeze),
+            freeze_until_unix_ms: millis(&verdict.freeze, true),
+            next_window: name(&verdict.next),
+            next_start_unix_ms: millis(&verdict.next, false),
+            next_end_unix_ms: millis(&verdict.next, true),
+            labels: labels.into_iter().collect(),
+        }))
+    }
+
+    async fn prune(
+        &self,
+        request: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let only = if request.database.is_empty() {
+            None
+        } else {
+            Some(self.fleet.known_database(&request.database).await?)
+        };
+        let result = self.fleet.prune(&actor, only, request.dry_run).await;
+        let params = json!({ "dry_run": request.dry_run });
+        let outcome = self
+            .audited(&actor, "prune", &request.database, params, result)
+            .await?;
+        Ok(Response::new(pb::PruneResponse {
+            decisions: outcome
+                .rows
+                .into_iter()
+                .map(|row| pb::PruneDecision {
+                    artifact_id: row.artifact_id,
+                    database: row.database,
+                    created_unix_ms: row.created_unix_ms,
+                    size_bytes: unsigned(row.size_bytes),
+                    prune: row.prune,
+                    why: row.why,
+                })
+                .collect(),
+            order_ids: outcome.order_ids,
+        }))
+    }
+}
+
+fn applied_to_proto(applied: Applied) -> pb::ApplyPolicyResponse {
+    pb::ApplyPolicyResponse {
+        changes: applied
+            .changes
+            .into_iter()
+            .map(|change| pb::PolicyChange {
+                op: match change.op {
+                    ChangeOp::Added => "added",
+                    ChangeOp::Changed => "changed",
+                    ChangeOp::Removed => "removed",
+                }
+                .to_owned(),
+                what: change.what,
+                name: change.name,
+                detail: change.detail,
+            })
+            .collect(),
+        version: unsigned(applied.version),
+        applied: applied.applied,
+    }
 }
 
 fn labels_of(json: &str) -> HashMap<String, String> {
@@ -362,6 +552,10 @@ fn order_to_proto(order: OrderRecord) -> pb::Order {
         progress_bytes_per_sec: order.progress_rate,
         result,
         error: order.error,
+        emergency: order.emergency,
+        safety_backup_order_id: order.safety_order_id,
+        held_until_unix_ms: order.held_until_unix_ms,
+        deadline_unix_ms: order.deadline_unix_ms,
     }
 }
 

@@ -261,8 +261,10 @@ impl Store {
         sqlx::query(
             "INSERT INTO orders (id, kind, agent, database, spec_json, state, requested_by, reason, attempts,
                                  created_unix_ms, updated_unix_ms, started_unix_ms, finished_unix_ms,
-                                 phase, progress_bytes, progress_rate, error, result)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 phase, progress_bytes, progress_rate, error, result, emergency,
+                                 skip_safety_backup, safety_order_id, not_before_unix_ms,
+                                 held_until_unix_ms, deadline_unix_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&order.id)
         .bind(order.kind.as_str())
@@ -282,6 +284,12 @@ impl Store {
         .bind(order.progress_rate)
         .bind(&order.error)
         .bind(&order.result)
+        .bind(order.emergency)
+        .bind(order.skip_safety_backup)
+        .bind(&order.safety_order_id)
+        .bind(order.not_before_unix_ms)
+        .bind(order.held_until_unix_ms)
+        .bind(order.deadline_unix_ms)
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -291,7 +299,8 @@ impl Store {
     pub async fn save_order(tx: &mut SqliteConnection, order: &OrderRecord) -> StoreResult<()> {
         sqlx::query(
             "UPDATE orders SET state = ?, attempts = ?, updated_unix_ms = ?, started_unix_ms = ?,
-                    finished_unix_ms = ?, phase = ?, progress_bytes = ?, progress_rate = ?, error = ?, result = ?
+                    finished_unix_ms = ?, phase = ?, progress_bytes = ?, progress_rate = ?, error = ?, result = ?,
+                    safety_order_id = ?, held_until_unix_ms = ?, deadline_unix_ms = ?
              WHERE id = ?",
         )
         .bind(order.state.as_str())
@@ -304,6 +313,9 @@ impl Store {
         .bind(order.progress_rate)
         .bind(&order.error)
         .bind(&order.result)
+        .bind(&order.safety_order_id)
+        .bind(order.held_until_unix_ms)
+        .bind(order.deadline_unix_ms)
         .bind(&order.id)
         .execute(&mut *tx)
         .await?;
@@ -359,6 +371,21 @@ impl Store {
              ORDER BY created_unix_ms, id",
         )
         .bind(agent)
+        .bind(serde_json::to_string(&states).unwrap_or_default())
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    /// Orders of the whole fleet in any of `states`, oldest first.
+    pub async fn orders_in_states(
+        tx: &mut SqliteConnection,
+        states: &[warden_shared::OrderState],
+    ) -> StoreResult<Vec<OrderRecord>> {
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE state IN (SELECT value FROM json_each(?))
+             ORDER BY created_unix_ms, id",
+        )
         .bind(serde_json::to_string(&states).unwrap_or_default())
         .fetch_all(&mut *tx)
         .await?)
@@ -471,6 +498,146 @@ impl Store {
         .bind(name)
         .bind(include_all)
         .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Complete artifacts of every database, oldest first, for retention.
+    pub async fn complete_artifacts(tx: &mut SqliteConnection) -> StoreResult<Vec<ArtifactRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM artifacts WHERE state = 'complete' ORDER BY agent, database, created_unix_ms",
+        )
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    /// Expired artifacts whose files no prune order is removing (none yet, or it failed).
+    pub async fn expired_artifacts_to_remove(
+        tx: &mut SqliteConnection,
+    ) -> StoreResult<Vec<ArtifactRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT a.* FROM artifacts a LEFT JOIN orders o ON o.id = a.prune_order_id
+             WHERE a.state = 'expired'
+               AND (o.id IS NULL OR o.state IN ('failed', 'cancelled', 'lost', 'expired'))
+             ORDER BY a.agent, a.database, a.created_unix_ms",
+        )
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    pub async fn expire_artifact(
+        tx: &mut SqliteConnection,
+        id: &str,
+        at_unix_ms: i64,
+        reason: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE artifacts SET state = 'expired', expired_unix_ms = ?, expire_reason = ?
+             WHERE id = ? AND state = 'complete'",
+        )
+        .bind(at_unix_ms)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_prune_order(
+        tx: &mut SqliteConnection,
+        artifact_id: &str,
+        order_id: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE artifacts SET prune_order_id = ? WHERE id = ?")
+            .bind(order_id)
+            .bind(artifact_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks an expired artifact's files removed. Returns whether it was expired.
+    pub async fn mark_artifact_deleted(tx: &mut SqliteConnection, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE artifacts SET state = 'deleted' WHERE id = ? AND state = 'expired'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- policy ----
+
+    /// The policy in force: its version and document, if one was ever applied.
+    pub async fn current_policy(&self) -> StoreResult<Option<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT version, toml FROM policy_versions ORDER BY version DESC LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    /// Stores a new policy version; returns its number.
+    pub async fn insert_policy(
+        tx: &mut SqliteConnection,
+        actor: &str,
+        toml: &str,
+    ) -> StoreResult<i64> {
+        let (version,): (i64,) = sqlx::query_as(
+            "INSERT INTO policy_versions (version, at_unix_ms, actor, toml)
+             VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions), ?, ?, ?)
+             RETURNING version",
+        )
+        .bind(warden_shared::now_unix_ms())
+        .bind(actor)
+        .bind(toml)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(version)
+    }
+
+    /// The last slot each schedule fired.
+    pub async fn schedule_slots(
+        tx: &mut SqliteConnection,
+    ) -> StoreResult<std::collections::HashMap<String, i64>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT schedule, last_slot_unix_ms FROM schedule_state")
+                .fetch_all(&mut *tx)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    pub async fn set_schedule_slot(
+        tx: &mut SqliteConnection,
+        schedule: &str,
+        slot_unix_ms: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO schedule_state (schedule, last_slot_unix_ms) VALUES (?, ?)
+             ON CONFLICT (schedule) DO UPDATE SET last_slot_unix_ms = excluded.last_slot_unix_ms",
+        )
+        .bind(schedule)
+        .bind(slot_unix_ms)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_schedule_state(tx: &mut SqliteConnection, schedule: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM schedule_state WHERE schedule = ?")
+            .bind(schedule)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Every database the fleet has known: agent, name, agent labels, own labels, present.
+    pub async fn database_labels(
+        tx: &mut SqliteConnection,
+    ) -> StoreResult<Vec<(String, String, String, String, bool)>> {
+        Ok(sqlx::query_as(
+            "SELECT d.agent, d.name, a.labels_json, d.labels_json, d.present FROM databases d
+             JOIN agents a ON a.name = d.agent ORDER BY d.agent, d.name",
+        )
+        .fetch_all(&mut *tx)
         .await?)
     }
 }

@@ -50,6 +50,17 @@ pub struct OrderRecord {
     pub error: String,
     /// The agent's `OrderResult`, protobuf-encoded.
     pub result: Option<Vec<u8>>,
+    /// Break glass: started without waiting for a maintenance window.
+    pub emergency: bool,
+    pub skip_safety_backup: bool,
+    /// The backup a destructive order takes of its target first.
+    pub safety_order_id: String,
+    /// Scheduled jitter: not dispatched before this instant.
+    pub not_before_unix_ms: i64,
+    /// While held: when it is expected to be able to start (0 = when another order ends).
+    pub held_until_unix_ms: i64,
+    /// A destructive order not started by then expires.
+    pub deadline_unix_ms: i64,
 }
 
 impl OrderRecord {
@@ -81,6 +92,12 @@ impl OrderRecord {
             progress_rate: 0.0,
             error: String::new(),
             result: None,
+            emergency: false,
+            skip_safety_backup: false,
+            safety_order_id: String::new(),
+            not_before_unix_ms: 0,
+            held_until_unix_ms: 0,
+            deadline_unix_ms: 0,
         }
     }
 
@@ -117,4 +134,10 @@ pub struct ArtifactRecord {
     pub created_unix_ms: i64,
     pub verified: bool,
     pub manifest_json: String,
+    #[sqlx(default)]
+    pub expired_unix_ms: i64,
+    #[sqlx(default)]
+    pub expire_reason: String,
+    #[sqlx(default)]
+    pub prune_order_id: String,
 }

@@ -3,7 +3,11 @@
 //! orders. Every state change is written with its audit event in one store transaction, and
 //! messages to agents are sent only after that transaction committed.
 
+mod dispatch;
+mod policy;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -28,7 +32,11 @@ pub struct FleetSettings {
     pub heartbeat_interval: Duration,
     pub lease: Duration,
     pub max_attempts: u32,
+    pub policy_tick: Duration,
+    pub prune_interval: Duration,
 }
+
+pub use policy::{Applied, PolicyState, PruneOutcome, PruneRow, WindowStatus, kind_name};
 
 /// What an operator asks a restore to do.
 #[derive(Debug, Clone)]
@@ -38,12 +46,21 @@ pub struct RestoreRequest {
     pub replace: bool,
     pub target: Option<String>,
     pub reason: String,
+    /// Break glass: start now whatever the windows say.
+    pub emergency: bool,
+    pub skip_safety_backup: bool,
+    /// Refuse instead of waiting for a maintenance window.
+    pub no_wait: bool,
 }
 
 pub struct Fleet {
     store: Store,
     registry: Registry,
     settings: FleetSettings,
+    /// The policy in force; replaced whole when a new version is applied.
+    policy: RwLock<Arc<PolicyState>>,
+    /// One dispatch pass at a time, so limits are counted against a settled state.
+    dispatch_lock: tokio::sync::Mutex<()>,
     /// Cancelled when the coordinator shuts down: session tasks stop reading their streams.
     closing: CancellationToken,
 }
@@ -54,6 +71,8 @@ impl Fleet {
             store,
             registry: Registry::default(),
             settings,
+            policy: RwLock::new(Arc::new(PolicyState::default())),
+            dispatch_lock: tokio::sync::Mutex::new(()),
             closing: CancellationToken::new(),
         }
     }
@@ -75,6 +94,7 @@ impl Fleet {
     /// Records the coordinator's start: agents marked online by a previous process are
     /// offline until they reconnect, and get one lease to do so.
     pub async fn started(&self) -> CoordinatorResult<()> {
+        self.load_policy().await?;
         let mut tx = self.store.begin().await?;
         let now = warden_shared::now_unix_ms();
         let agents = Store::mark_all_agents_offline(&mut tx, now).await?;
@@ -196,7 +216,7 @@ impl Fleet {
         }
         self.registry.register(&agent.name, generation, outbox);
         info!(agent = %agent.name, generation, databases = inventory.len(), "agent connected");
-        self.dispatch_pending(&agent.name).await?;
+        self.dispatch().await?;
         Ok(generation)
     }
 
@@ -244,8 +264,8 @@ impl Fleet {
                 tx.commit().await?;
                 if applied {
                     self.registry.send(agent, ack(result.order_id));
-                    // The database may be free now for an order held behind this one.
-                    self.dispatch_pending(agent).await?;
+                    // A database or a concurrency slot may be free now for a held order.
+                    self.dispatch().await?;
                 }
             }
         }
@@ -331,81 +351,6 @@ impl Fleet {
         Ok(())
     }
 
-    /// Sends an online agent every order waiting for it: queued and held ones, and lost ones
-    /// of idempotent kinds that have attempts left. Backups and restores are exclusive per
-    /// database (two restores racing to swap one database, or a backup of a database being
-    /// replaced, make no sense): while one runs, the next waits in `held`, oldest first.
-    async fn dispatch_pending(&self, agent: &str) -> CoordinatorResult<()> {
-        if !self.registry.is_online(agent) {
-            return Ok(());
-        }
-        let mut tx = self.store.begin().await?;
-        let active = Store::orders_of_agent(
-            &mut tx,
-            agent,
-            &[OrderState::Dispatched, OrderState::Running],
-        )
-        .await?;
-        // Database -> the exclusive order that holds it.
-        let mut busy: HashMap<String, String> = active
-            .into_iter()
-            .filter(|o| is_exclusive(o.kind))
-            .map(|o| (o.database, o.id))
-            .collect();
-        let pending = Store::orders_of_agent(
-            &mut tx,
-            agent,
-            &[OrderState::Queued, OrderState::Held, OrderState::Lost],
-        )
-        .await?;
-        let mut assignments = Vec::new();
-        for mut order in pending {
-            if order.state == OrderState::Lost
-                && (!order.kind.is_idempotent()
-                    || order.attempts >= i64::from(self.settings.max_attempts))
-            {
-                continue;
-            }
-            if is_exclusive(order.kind) {
-                if let Some(holder) = busy.get(&order.database) {
-                    if order.state == OrderState::Queued {
-                        order.phase = format!("waiting for order {holder} on this database");
-                        let params = json!({ "waiting_for": holder });
-                        transition(
-                            &mut tx,
-                            &mut order,
-                            OrderState::Held,
-                            &Actor::System,
-                            params,
-                        )
-                        .await?;
-                    }
-                    continue;
-                }
-                busy.insert(order.database.clone(), order.id.clone());
-            }
-            order.attempts += 1;
-            order.error.clear();
-            order.phase.clear();
-            let params = json!({ "attempt": order.attempts });
-            transition(
-                &mut tx,
-                &mut order,
-                OrderState::Dispatched,
-                &Actor::System,
-                params,
-            )
-            .await?;
-            assignments.push(assignment(&order)?);
-        }
-        tx.commit().await?;
-        for assignment in assignments {
-            // If the session vanished meanwhile, the reaper or the next Hello reconciles.
-            self.registry.send(agent, assignment);
-        }
-        Ok(())
-    }
-
     /// Records an agent's final word on an order. Returns whether the result is now durable
     /// (so the agent may forget it); a duplicate of an applied result counts as durable.
     async fn apply_result(
@@ -433,6 +378,12 @@ impl Fleet {
         };
         let actor = Actor::Agent(agent.to_owned());
         let mut params = json!({});
+        if let (true, Some(order_result::Outcome::Prune(pruned))) =
+            (result.success, &result.outcome)
+        {
+            let removed = policy::record_removed_artifacts(tx, &order, pruned).await?;
+            params = json!({ "removed_artifacts": removed });
+        }
         if let (true, Some(order_result::Outcome::Backup(backup))) =
             (result.success, &result.outcome)
         {
@@ -486,10 +437,16 @@ impl Fleet {
                 .fetch_optional(&mut **tx)
                 .await
                 .map_err(|e| e.to_string())?;
-        let trigger = match order.spec() {
-            Ok(OrderSpec::Backup { trigger }) => trigger,
-            _ => manifest.trigger.clone(),
+        let (trigger, verify) = match order.spec() {
+            Ok(OrderSpec::Backup { trigger, verify }) => (trigger, verify),
+            _ => (manifest.trigger.clone(), false),
         };
+        if verify && !backup.verified {
+            return Err(
+                "the backup was to be read back and checked, and the agent did not report it verified; is the agent older than the coordinator?"
+                    .to_owned(),
+            );
+        }
         let artifact = ArtifactRecord {
             id: manifest.artifact_id.clone(),
             agent: order.agent.clone(),
@@ -505,8 +462,11 @@ impl Fleet {
             server_version: manifest.server_version.clone(),
             pg_dump_version: manifest.pg_dump_version.clone(),
             created_unix_ms: manifest.finished_unix_ms,
-            verified: false,
+            verified: backup.verified,
             manifest_json: backup.manifest_json.clone(),
+            expired_unix_ms: 0,
+            expire_reason: String::new(),
+            prune_order_id: String::new(),
         };
         Store::insert_artifact(tx, &artifact)
             .await
@@ -524,6 +484,7 @@ impl Fleet {
                     "size_bytes": artifact.size_bytes,
                     "tables": manifest.tables.len(),
                     "rows": manifest.total_rows(),
+                    "verified": artifact.verified,
                 }),
             ),
         )
@@ -544,8 +505,16 @@ impl Fleet {
         let target = self.online_database(database).await?;
         let spec = OrderSpec::Backup {
             trigger: "manual".to_owned(),
+            verify: false,
         };
-        self.submit(actor, &target, &spec, reason).await
+        let order = OrderRecord::new(
+            &target.agent,
+            &target.database,
+            &spec,
+            &actor.to_string(),
+            reason,
+        );
+        self.submit(actor, order).await
     }
 
     /// Queues a health check of `database` and dispatches it.
@@ -555,7 +524,14 @@ impl Fleet {
         database: &str,
     ) -> CoordinatorResult<OrderRecord> {
         let target = self.online_database(database).await?;
-        self.submit(actor, &target, &OrderSpec::Health, "").await
+        let order = OrderRecord::new(
+            &target.agent,
+            &target.database,
+            &OrderSpec::Health,
+            &actor.to_string(),
+            "",
+        );
+        self.submit(actor, order).await
     }
 
     /// Queues a restore of an artifact into a new database or over the target database.
@@ -564,6 +540,22 @@ impl Fleet {
         actor: &Actor,
         request: &RestoreRequest,
     ) -> CoordinatorResult<OrderRecord> {
+        if request.emergency && request.reason.trim().is_empty() {
+            return Err(CoordinatorError::InvalidArgument(
+                "--emergency needs --reason \"...\": break-glass work is audited with its reason"
+                    .to_owned(),
+            ));
+        }
+        if request.skip_safety_backup && !request.emergency {
+            return Err(CoordinatorError::InvalidArgument(
+                "--skip-safety-backup is only allowed with --emergency --reason \"...\"".to_owned(),
+            ));
+        }
+        if (request.emergency || request.no_wait) && !request.replace {
+            return Err(CoordinatorError::InvalidArgument(
+                "--emergency and --no-wait apply to destructive restores (--replace) only; a restore into a new database needs no window".to_owned(),
+            ));
+        }
         let new_name = match (&request.new_name, request.replace) {
             (Some(name), false) => {
                 warden_shared::validate_database_name(name)?;
@@ -596,7 +588,19 @@ impl Fleet {
             sha256: artifact.sha256.clone(),
             new_name,
         };
-        self.submit(actor, &target, &spec, &request.reason).await
+        if request.no_wait && !request.emergency {
+            self.refuse_outside_window(&target).await?;
+        }
+        let mut order = OrderRecord::new(
+            &target.agent,
+            &target.database,
+            &spec,
+            &actor.to_string(),
+            &request.reason,
+        );
+        order.emergency = request.emergency;
+        order.skip_safety_backup = request.skip_safety_backup;
+        self.submit(actor, order).await
     }
 
     /// Cancels an order: at once if no agent holds it, otherwise by asking its agent, which
@@ -752,37 +756,54 @@ impl Fleet {
         Ok(artifact)
     }
 
-    async fn submit(
-        &self,
-        actor: &Actor,
-        target: &DatabaseId,
-        spec: &OrderSpec,
-        reason: &str,
-    ) -> CoordinatorResult<OrderRecord> {
-        let order = OrderRecord::new(
-            &target.agent,
-            &target.database,
-            spec,
-            &actor.to_string(),
-            reason,
-        );
+    async fn submit(&self, actor: &Actor, order: OrderRecord) -> CoordinatorResult<OrderRecord> {
         let mut tx = self.store.begin().await?;
-        Store::insert_order(&mut tx, &order).await?;
+        insert_order(&mut tx, actor, &order).await?;
+        tx.commit().await?;
+        info!(order_id = %order.id, kind = %order.kind, database = %order.target(), "order submitted");
+        self.dispatch().await?;
+        Ok(self.store.get_order(&order.id).await?.unwrap_or(order))
+    }
+}
+
+/// Records a new order with its audit event; break-glass orders get a second event that
+/// stands out in the log, with the reason.
+async fn insert_order(tx: &mut WriteTx, actor: &Actor, order: &OrderRecord) -> CoordinatorResult<()> {
+    Store::insert_order(tx, order).await?;
+    let spec: serde_json::Value = serde_json::from_str(&order.spec_json).unwrap_or_default();
+    Store::append_audit(
+        tx,
+        NewAuditEvent::new(
+            actor,
+            "order.submitted",
+            order.target(),
+            json!({
+                "order_id": order.id,
+                "spec": spec,
+                "reason": order.reason,
+                "emergency": order.emergency,
+                "skip_safety_backup": order.skip_safety_backup,
+            }),
+        ),
+    )
+    .await?;
+    if order.emergency {
         Store::append_audit(
-            &mut tx,
+            tx,
             NewAuditEvent::new(
                 actor,
-                "order.submitted",
-                target.to_string(),
-                json!({ "order_id": order.id, "spec": spec, "reason": reason }),
+                "order.emergency",
+                order.target(),
+                json!({
+                    "order_id": order.id,
+                    "reason": order.reason,
+                    "skip_safety_backup": order.skip_safety_backup,
+                }),
             ),
         )
         .await?;
-        tx.commit().await?;
-        info!(order_id = %order.id, kind = %order.kind, database = %target, "order submitted");
-        self.dispatch_pending(&target.agent).await?;
-        Ok(self.store.get_order(&order.id).await?.unwrap_or(order))
     }
+    Ok(())
 }
 
 /// Moves an order to `next` and audits it, refusing transitions the state machine forbids.

@@ -1,0 +1,336 @@
+//! The dispatcher: one pass over every order waiting in the fleet, oldest first, deciding
+//! for each whether it starts now or waits in `held`, and why.
+//!
+//! An order waits while any of these holds, checked in this order:
+//! 1. a scheduled run's jitter has not passed;
+//! 2. it is destructive (restore --replace) and no maintenance window is open for its
+//!    database, or a freeze covers it (unless it is an emergency). Once a window opened for it
+//!    the order has until that window closes to start; after that it expires, never late;
+//! 3. it is destructive and its safety backup has not succeeded yet (it is taken first);
+//! 4. its agent is offline;
+//! 5. another backup or restore holds its database;
+//! 6. its agent runs `limits.per_agent` orders already;
+//! 7. it is a backup and the fleet runs `limits.fleet_backups` backups already.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use warden_shared::{Labels, OrderKind, OrderSpec, OrderState};
+
+use super::policy::{database_labels, window_refusal};
+use super::{Fleet, assignment, format_unix_ms, insert_order, is_exclusive, transition};
+use crate::audit::Actor;
+use crate::error::CoordinatorResult;
+use crate::policy::{self, Limits};
+use crate::store::{OrderRecord, Store, WriteTx};
+
+/// What a pass decided for one order.
+enum Decision {
+    Dispatch,
+    Hold { reason: String, until_unix_ms: i64 },
+    Expire(String),
+    Fail(String),
+    /// Left as it is (an offline agent's order keeps its state and reason).
+    Skip,
+}
+
+/// Counts of what runs now, updated as the pass dispatches.
+#[derive(Default)]
+struct Running {
+    per_agent: HashMap<String, u32>,
+    backups: u32,
+    /// (agent, database) -> the backup or restore that holds it.
+    exclusive: HashMap<(String, String), String>,
+}
+
+impl Running {
+    fn add(&mut self, order: &OrderRecord) {
+        *self.per_agent.entry(order.agent.clone()).or_default() += 1;
+        if order.kind == OrderKind::Backup {
+            self.backups += 1;
+        }
+        if is_exclusive(order.kind) {
+            self.exclusive.insert(
+                (order.agent.clone(), order.database.clone()),
+                order.id.clone(),
+            );
+        }
+    }
+}
+
+impl Fleet {
+    /// Runs dispatch passes until one creates no new order (a pass may create safety backups,
+    /// which the next pass dispatches).
+    pub async fn dispatch(&self) -> CoordinatorResult<()> {
+        let _pass = self.dispatch_lock.lock().await;
+        for _ in 0..3 {
+            if !self.dispatch_pass(Utc::now()).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass; returns whether it created orders.
+    async fn dispatch_pass(&self, now: DateTime<Utc>) -> CoordinatorResult<bool> {
+        let policy = self.policy();
+        let limits = policy.policy.limits;
+        let mut tx = self.store.begin().await?;
+        let mut running = Running::default();
+        for order in
+            Store::orders_in_states(&mut tx, &[OrderState::Dispatched, OrderState::Running]).await?
+        {
+            running.add(&order);
+        }
+        let pending = Store::orders_in_states(
+            &mut tx,
+            &[OrderState::Queued, OrderState::Held, OrderState::Lost],
+        )
+        .await?;
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let labels = database_labels(&mut tx).await?;
+        let mut created = false;
+        let mut assignments = Vec::new();
+        for mut order in pending {
+            if order.state == OrderState::Lost
+                && (!order.kind.is_idempotent()
+                    || order.attempts >= i64::from(self.settings.max_attempts))
+            {
+                continue;
+            }
+            let db_labels = labels
+                .get(&(order.agent.clone(), order.database.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let decision = self
+                .decide(&mut tx, &mut order, &db_labels, &running, limits, now, &mut created)
+                .await?;
+            match decision {
+                Decision::Skip => {}
+                Decision::Dispatch => {
+                    running.add(&order);
+                    order.attempts += 1;
+                    order.error.clear();
+                    order.phase.clear();
+                    order.held_until_unix_ms = 0;
+                    let params = json!({ "attempt": order.attempts });
+                    transition(
+                        &mut tx,
+                        &mut order,
+                        OrderState::Dispatched,
+                        &Actor::System,
+                        params,
+                    )
+                    .await?;
+                    assignments.push((order.agent.clone(), assignment(&order)?));
+                }
+                Decision::Hold {
+                    reason,
+                    until_unix_ms,
+                } => hold(&mut tx, &mut order, reason, until_unix_ms).await?,
+                Decision::Expire(why) => {
+                    order.error = why;
+                    order.finished_unix_ms = now.timestamp_millis();
+                    transition(&mut tx, &mut order, OrderState::Expired, &Actor::System, json!({}))
+                        .await?;
+                }
+                Decision::Fail(why) => {
+                    order.error = why;
+                    order.finished_unix_ms = now.timestamp_millis();
+                    transition(&mut tx, &mut order, OrderState::Failed, &Actor::System, json!({}))
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        for (agent, message) in assignments {
+            // If the session vanished meanwhile, the reaper or the next Hello reconciles.
+            self.registry.send(&agent, message);
+        }
+        Ok(created)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        tx: &mut WriteTx,
+        order: &mut OrderRecord,
+        labels: &Labels,
+        running: &Running,
+        limits: Limits,
+        now: DateTime<Utc>,
+        created: &mut bool,
+    ) -> CoordinatorResult<Decision> {
+        let now_ms = now.timestamp_millis();
+        if order.deadline_unix_ms > 0 && now_ms >= order.deadline_unix_ms {
+            return Ok(Decision::Expire(format!(
+                "its maintenance window closed at {} before it could start; it was not started late. Submit it again for the next window",
+                format_unix_ms(order.deadline_unix_ms)
+            )));
+        }
+        if order.not_before_unix_ms > now_ms {
+            return Ok(Decision::Hold {
+                reason: format!(
+                    "scheduled run waits for its jitter until {}",
+                    format_unix_ms(order.not_before_unix_ms)
+                ),
+                until_unix_ms: order.not_before_unix_ms,
+            });
+        }
+        let destructive = is_destructive(order)?;
+        if destructive && !order.emergency {
+            let verdict = policy::window::evaluate(&self.policy().policy.windows, labels, now);
+            match verdict.open {
+                Some(open) => {
+                    if order.deadline_unix_ms == 0 {
+                        order.deadline_unix_ms = open.end.timestamp_millis();
+                        Store::save_order(tx, order).await?;
+                    }
+                }
+                None => return Ok(outside_window(&verdict)),
+            }
+        }
+        if destructive && !order.skip_safety_backup {
+            if let Some(decision) = self.safety_backup(tx, order, created).await? {
+                return Ok(decision);
+            }
+        }
+        if !self.registry.is_online(&order.agent) {
+            return Ok(Decision::Skip);
+        }
+        if is_exclusive(order.kind) {
+            if let Some(holder) = running
+                .exclusive
+                .get(&(order.agent.clone(), order.database.clone()))
+            {
+                return Ok(Decision::Hold {
+                    reason: format!("waiting for order {holder} on this database"),
+                    until_unix_ms: 0,
+                });
+            }
+        }
+        let on_agent = running.per_agent.get(&order.agent).copied().unwrap_or(0);
+        if on_agent >= limits.per_agent {
+            return Ok(Decision::Hold {
+                reason: format!(
+                    "agent {} already runs {on_agent} orders (limits.per_agent = {})",
+                    order.agent, limits.per_agent
+                ),
+                until_unix_ms: 0,
+            });
+        }
+        if order.kind == OrderKind::Backup && running.backups >= limits.fleet_backups {
+            return Ok(Decision::Hold {
+                reason: format!(
+                    "the fleet already runs {} backups (limits.fleet_backups = {})",
+                    running.backups, limits.fleet_backups
+                ),
+                until_unix_ms: 0,
+            });
+        }
+        Ok(Decision::Dispatch)
+    }
+
+    /// Takes the safety backup a destructive order needs first. Returns a decision when the
+    /// order cannot go on yet (or never will), `None` once the backup succeeded.
+    async fn safety_backup(
+        &self,
+        tx: &mut WriteTx,
+        order: &mut OrderRecord,
+        created: &mut bool,
+    ) -> CoordinatorResult<Option<Decision>> {
+        if order.safety_order_id.is_empty() {
+            let backup = OrderRecord::new(
+                &order.agent,
+                &order.database,
+                &OrderSpec::Backup {
+                    trigger: "safety".to_owned(),
+                    verify: true,
+                },
+                &Actor::System.to_string(),
+                &format!("safety backup before order {}", order.id),
+            );
+            insert_order(tx, &Actor::System, &backup).await?;
+            order.safety_order_id = backup.id.clone();
+            Store::save_order(tx, order).await?;
+            *created = true;
+            return Ok(Some(waiting_for_safety(&backup.id)));
+        }
+        let Some(backup) = Store::order_for_update(tx, &order.safety_order_id).await? else {
+            return Ok(Some(Decision::Fail(format!(
+                "its safety backup {} is missing from the store",
+                order.safety_order_id
+            ))));
+        };
+        let retried_lost = backup.state == OrderState::Lost
+            && backup.attempts < i64::from(self.settings.max_attempts);
+        Ok(match backup.state {
+            OrderState::Succeeded => None,
+            OrderState::Failed | OrderState::Cancelled | OrderState::Expired | OrderState::Lost
+                if !retried_lost =>
+            {
+                Some(Decision::Fail(format!(
+                    "its safety backup {} ended {}: {}; nothing was changed. Retry, or go without one with --emergency --reason \"...\" --skip-safety-backup",
+                    backup.id, backup.state, backup.error
+                )))
+            }
+            _ => Some(waiting_for_safety(&backup.id)),
+        })
+    }
+}
+
+fn waiting_for_safety(backup_id: &str) -> Decision {
+    Decision::Hold {
+        reason: format!("waiting for its safety backup {backup_id}"),
+        until_unix_ms: 0,
+    }
+}
+
+/// Returns whether an order destroys data in place (and so needs a window).
+fn is_destructive(order: &OrderRecord) -> CoordinatorResult<bool> {
+    Ok(matches!(
+        order.spec()?,
+        OrderSpec::Restore { new_name: None, .. }
+    ))
+}
+
+/// The hold (or expiry) of a destructive order while no window lets it start.
+fn outside_window(verdict: &policy::Verdict) -> Decision {
+    Decision::Hold {
+        reason: window_refusal(verdict),
+        until_unix_ms: verdict
+            .next
+            .as_ref()
+            .map(|n| n.start.timestamp_millis())
+            .unwrap_or(0),
+    }
+}
+
+/// Puts an order in `held` (audited when it enters) or updates why it waits.
+async fn hold(
+    tx: &mut WriteTx,
+    order: &mut OrderRecord,
+    reason: String,
+    until_unix_ms: i64,
+) -> CoordinatorResult<()> {
+    if order.state == OrderState::Held || order.state == OrderState::Lost {
+        if order.phase != reason || order.held_until_unix_ms != until_unix_ms {
+            order.phase = reason;
+            order.held_until_unix_ms = until_unix_ms;
+            if order.state == OrderState::Held {
+                Store::save_order(tx, order).await?;
+            }
+        }
+        return Ok(());
+    }
+    order.phase = reason.clone();
+    order.held_until_unix_ms = until_unix_ms;
+    let mut params = json!({ "why": reason });
+    if until_unix_ms > 0 {
+        params["until"] = json!(format_unix_ms(until_unix_ms));
+    }
+    transition(tx, order, OrderState::Held, &Actor::System, params).await
+}

@@ -3,6 +3,8 @@
 //! Row counts and the dump come from the same exported snapshot, so a restore can be checked
 //! table by table against exactly what was dumped. The artifact becomes visible only when
 //! its manifest is committed; on any failure or cancellation the whole directory goes.
+//! With `verify` (safety backups), the committed dump is read back and must match the
+//! manifest's sha256 before the backup counts as done.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -62,13 +64,74 @@ pub async fn run(
         Ok(dumped) => commit(ctx, target, order_id, params, &artifact, dumped).await,
         Err(error) => Err(error),
     };
-    if committed.is_err() {
-        // An artifact without its manifest is garbage; leave nothing half-written behind.
-        if let Err(e) = tokio::fs::remove_dir_all(&artifact.dir).await {
-            tracing::warn!(%order_id, path = %artifact.dir.display(), error = %e, "cannot remove unfinished artifact");
-        }
+    let mut finished = match committed {
+        Ok(outcome) if params.verify => cancellable(
+            cancel,
+            verify_committed(&ctx.repository, &artifact.path, progress),
+        )
+        .await
+        .map(|()| v1::BackupOutcome {
+            verified: true,
+            ..outcome
+        }),
+        other => other,
+    };
+    if let Err(error) = &mut finished {
+        discard(&ctx.repository, order_id, &artifact, error).await;
     }
-    committed
+    if let Ok(outcome) = &finished
+        && outcome.verified
+    {
+        tracing::info!(%order_id, artifact_id = %outcome.artifact_id, "backup verified");
+    }
+    finished
+}
+
+/// Removes the artifact of a failed backup and records in a verification `error` whether
+/// that worked. An artifact without its manifest is garbage, and one that failed
+/// verification or whose order was cancelled will never be in the catalog: nothing may stay
+/// behind, and once the manifest is committed it has to go as a whole.
+async fn discard(
+    repository: &Repository,
+    order_id: &str,
+    artifact: &Artifact,
+    error: &mut AgentError,
+) {
+    let repository = repository.clone();
+    let (id, path) = (artifact.id.clone(), artifact.path.clone());
+    let removed = blocking(move || repository.remove_artifact(&id, &path)).await;
+    if let Err(e) = &removed {
+        tracing::warn!(%order_id, path = %artifact.dir.display(), error = %e, "cannot remove the failed artifact");
+    }
+    if let AgentError::BackupVerification { removed: r, .. } = error {
+        *r = removed.is_ok();
+    }
+}
+
+/// Reads the committed dump of the artifact at `artifact_path` back and checks its sha256
+/// against the committed manifest, reporting the bytes read as phase "verifying".
+pub async fn verify_committed(
+    repository: &Repository,
+    artifact_path: &str,
+    progress: &ProgressReporter,
+) -> AgentResult<()> {
+    let dump = repository.resolve(artifact_path)?.join(DUMP_FILE);
+    let (repo, path) = (repository.clone(), artifact_path.to_owned());
+    let manifest = blocking(move || repo.read_manifest(&path)).await?;
+    let sha256 = progress
+        .track("verifying", |counter| codec::sha256_file(&dump, counter))
+        .await?;
+    if sha256 == manifest.dump.sha256 {
+        Ok(())
+    } else {
+        Err(AgentError::BackupVerification {
+            detail: format!(
+                "{DUMP_FILE} sha256 is {sha256} but the manifest records {}",
+                manifest.dump.sha256
+            ),
+            removed: false,
+        })
+    }
 }
 
 /// The artifact being written: its id, path relative to the repository, and directory.
@@ -267,6 +330,7 @@ async fn commit(
         artifact_id: artifact.id.clone(),
         artifact_path: artifact.path.clone(),
         manifest_json,
+        verified: false,
     })
 }
 
@@ -307,4 +371,134 @@ fn artifact_file(name: &str, stored: StoredFile) -> ArtifactFile {
 
 fn record(timings: &mut BTreeMap<String, u64>, phase: &str, started: Instant) {
     timings.insert(phase.to_owned(), elapsed_ms(started));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use url::Url;
+
+    use super::*;
+
+    /// Writes a committed artifact the way a backup does, with a real zstd dump.
+    async fn committed_artifact(repository: &Repository, id: &str) -> Artifact {
+        let path = Repository::artifact_path("db1", id);
+        let dir = repository.create_artifact_dir(&path).expect("create");
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 977).to_le_bytes())
+            .collect();
+        let dump = codec::compress_to_file(
+            &data[..],
+            &repository::partial_path(&dir, DUMP_FILE),
+            Arc::default(),
+        )
+        .await
+        .expect("compress");
+        repository::commit_file(&dir, DUMP_FILE).expect("commit");
+        let manifest = ArtifactManifest {
+            format: MANIFEST_FORMAT,
+            artifact_id: id.to_owned(),
+            agent: "db1".to_owned(),
+            database: "app".to_owned(),
+            order_id: "o1".to_owned(),
+            trigger: "safety".to_owned(),
+            server_version: "17.2".to_owned(),
+            server_version_num: 170_002,
+            pg_dump_version: "pg_dump (PostgreSQL) 17.2".to_owned(),
+            dump: artifact_file(DUMP_FILE, dump),
+            globals: None,
+            globals_error: None,
+            tables: Vec::new(),
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            timings_ms: BTreeMap::new(),
+        };
+        let json = serde_json::to_vec(&manifest).expect("json");
+        repository::write_file_atomically(&dir, MANIFEST_FILE, &json).expect("manifest");
+        Artifact {
+            id: id.to_owned(),
+            path,
+            dir,
+        }
+    }
+
+    fn repo(dir: &Path) -> Repository {
+        let url = Url::from_file_path(dir).expect("absolute path");
+        Repository::from_url(url.as_str()).expect("file url")
+    }
+
+    fn recording_progress() -> (ProgressReporter, Arc<std::sync::Mutex<Vec<&'static str>>>) {
+        let phases = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reporter = ProgressReporter::new({
+            let phases = phases.clone();
+            move |u| phases.lock().expect("lock").push(u.phase)
+        });
+        (reporter, phases)
+    }
+
+    #[tokio::test]
+    async fn verification_passes_on_an_intact_dump() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repository = repo(tmp.path());
+        let artifact = committed_artifact(&repository, "a1").await;
+        let (progress, phases) = recording_progress();
+
+        verify_committed(&repository, &artifact.path, &progress)
+            .await
+            .expect("intact dump verifies");
+        let phases = phases.lock().expect("lock");
+        assert!(!phases.is_empty() && phases.iter().all(|p| *p == "verifying"));
+    }
+
+    #[tokio::test]
+    async fn verification_detects_a_damaged_dump_and_the_artifact_is_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repository = repo(tmp.path());
+        let artifact = committed_artifact(&repository, "a1").await;
+        let dump = artifact.dir.join(DUMP_FILE);
+        let mut bytes = fs::read(&dump).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        fs::write(&dump, &bytes).expect("write");
+        let recorded = repository
+            .read_manifest(&artifact.path)
+            .expect("manifest")
+            .dump
+            .sha256;
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+
+        let (progress, _) = recording_progress();
+        let mut error = verify_committed(&repository, &artifact.path, &progress)
+            .await
+            .expect_err("damaged dump");
+        discard(&repository, "o1", &artifact, &mut error).await;
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "backup verification failed: dump.zst sha256 is {actual} but the manifest \
+                 records {recorded}; the artifact was removed"
+            )
+        );
+        assert!(!artifact.dir.exists());
+        assert_eq!(
+            fs::read_dir(tmp.path().join("db1")).expect("list").count(),
+            0,
+            "nothing is left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn verification_fails_when_the_dump_is_missing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repository = repo(tmp.path());
+        let artifact = committed_artifact(&repository, "a1").await;
+        fs::remove_file(artifact.dir.join(DUMP_FILE)).expect("remove");
+        let (progress, _) = recording_progress();
+        let error = verify_committed(&repository, &artifact.path, &progress)
+            .await
+            .expect_err("missing dump")
+            .to_string();
+        assert!(error.contains("cannot open"), "{error}");
+    }
 }

@@ -166,6 +166,29 @@ pub async fn decompress_to_file(
     blocking(move || read_decompressed(input, output, &src, &dest, read_counter, aborted)).await
 }
 
+/// Returns the sha256 of every byte of the file at `path`, lowercase hex, read on a blocking
+/// thread. `read_counter` grows by the bytes read, for progress reports; dropping the
+/// future stops the read.
+pub async fn sha256_file(path: &Path, read_counter: Arc<AtomicU64>) -> AgentResult<String> {
+    let file =
+        File::open(path).map_err(AgentError::io(format!("cannot open {}", path.display())))?;
+    let abort = AbortOnDrop(Arc::new(AtomicBool::new(false)));
+    let hashing = HashingReader {
+        inner: file,
+        hasher: Sha256::new(),
+        counter: read_counter,
+        aborted: abort.0.clone(),
+    };
+    let path = path.to_path_buf();
+    blocking(move || {
+        let mut reader = BufReader::with_capacity(CHUNK_BYTES, hashing);
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(AgentError::io(format!("cannot read {}", path.display())))?;
+        Ok(hex::encode(reader.into_inner().hasher.finalize()))
+    })
+    .await
+}
+
 /// Sets its flag when dropped.
 struct AbortOnDrop(Arc<AtomicBool>);
 
@@ -380,6 +403,20 @@ mod tests {
         assert_ne!(back.sha256, stored.sha256);
         assert_eq!(back.sha256, hex::encode(Sha256::digest(&bytes)));
         assert!(back.decoded.is_err());
+    }
+
+    #[tokio::test]
+    async fn sha256_file_hashes_every_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        let data = sample();
+        std::fs::write(&path, &data).expect("write");
+        let counter = Arc::new(AtomicU64::new(0));
+        let sha256 = sha256_file(&path, counter.clone()).await.expect("hash");
+        assert_eq!(sha256, hex::encode(Sha256::digest(&data)));
+        assert_eq!(counter.load(Ordering::Relaxed), data.len() as u64);
+        let missing = sha256_file(&dir.path().join("missing"), Arc::default()).await;
+        assert!(missing.is_err());
     }
 
     #[tokio::test]

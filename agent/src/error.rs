@@ -45,6 +45,27 @@ pub enum AgentError {
         "artifact {artifact_id} is corrupt: {detail}; refusing to restore, nothing was changed"
     )]
     CorruptArtifact { artifact_id: String, detail: String },
+    /// A backup read back after its commit did not match its manifest; `removed` says
+    /// whether its directory could be removed afterwards.
+    #[error(
+        "backup verification failed: {detail}; {}",
+        if *removed { "the artifact was removed" } else { "the artifact could not be removed, see the agent log" }
+    )]
+    BackupVerification { detail: String, removed: bool },
+    /// Some artifacts of a prune order could not be removed; the others were.
+    #[error(
+        "cannot remove {} of {} artifacts: {}; removed: {}",
+        failed.len(),
+        failed.len() + removed.len(),
+        failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", "),
+        if removed.is_empty() { "none".to_owned() } else { removed.join(", ") }
+    )]
+    PruneIncomplete {
+        /// Artifact ids with why each could not be removed.
+        failed: Vec<(String, String)>,
+        /// Artifact ids whose directories are gone.
+        removed: Vec<String>,
+    },
     /// A restore would have overwritten a database that is not the target.
     #[error("database {name:?} already exists on the server of {database}; {hint}")]
     DatabaseExists {

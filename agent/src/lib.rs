@@ -2,7 +2,7 @@
 //! its configuration, on orders from the coordinator it dials out to.
 //!
 //! [`session`] keeps the stream to the coordinator; [`orders`] dispatches an order to the
-//! [`backup`], [`restore`] or [`health`] executor; those use [`pg`] for SQL, [`pgtools`] for
+//! [`backup`], [`restore`], [`health`] or [`prune`] executor; those use [`pg`] for SQL, [`pgtools`] for
 //! the PostgreSQL client binaries, [`codec`] to move dumps in and out of the [`repository`].
 
 pub mod backup;
@@ -14,6 +14,7 @@ pub mod orders;
 pub mod pg;
 pub mod pgtools;
 pub mod progress;
+pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod session;

@@ -1,5 +1,5 @@
-//! Running one order: resolves its database, dispatches to the backup, restore or health
-//! executor, and turns the outcome into the agent's final word, an [`v1::OrderResult`].
+//! Running one order: resolves its database, dispatches to the backup, restore, health or
+//! prune executor, and turns the outcome into the agent's final word, an [`v1::OrderResult`].
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use crate::error::{AgentError, AgentResult};
 use crate::pg::PgDatabase;
 use crate::progress::ProgressReporter;
 use crate::repository::Repository;
-use crate::{backup, health, restore};
+use crate::{backup, health, prune, restore};
 
 /// What every executor needs: the configuration and where artifacts and staged files go.
 #[derive(Debug)]
@@ -38,19 +38,25 @@ impl AgentContext {
         })
     }
 
+    /// Resolves what an order runs against: the configured database it names, or `None` for
+    /// an order that only touches the repository (prune), which must work even for a
+    /// database this agent no longer serves.
+    pub fn order_target(
+        &self,
+        name: &str,
+        spec: Option<&v1::OrderSpec>,
+    ) -> AgentResult<Option<OrderTarget>> {
+        if matches!(spec.and_then(|s| s.params.as_ref()), Some(Params::Prune(_))) {
+            self.local_database_name(name)?;
+            return Ok(None);
+        }
+        self.target(name).map(Some)
+    }
+
     /// Resolves the database an order names: `DBNAME`, or `AGENT/DBNAME` with this agent's
     /// name.
     pub fn target(&self, name: &str) -> AgentResult<OrderTarget> {
-        let db_name = match DatabaseId::parse(name) {
-            Ok(id) if id.agent == self.config.name => id.database,
-            Ok(id) => {
-                return Err(AgentError::InvalidOrder(format!(
-                    "order for {id} was sent to agent {}",
-                    self.config.name
-                )));
-            }
-            Err(_) => name.to_owned(),
-        };
+        let db_name = self.local_database_name(name)?;
         let entry = self.config.database(&db_name).ok_or_else(|| {
             let known: Vec<&str> = self
                 .config
@@ -72,6 +78,19 @@ impl AgentContext {
         let db = PgDatabase::new(id.to_string(), entry.pg_url()?);
         Ok(OrderTarget { id, db })
     }
+
+    /// Returns the database name in `DBNAME` or `AGENT/DBNAME`, refusing an id of another
+    /// agent (a misrouted order).
+    fn local_database_name(&self, name: &str) -> AgentResult<String> {
+        match DatabaseId::parse(name) {
+            Ok(id) if id.agent == self.config.name => Ok(id.database),
+            Ok(id) => Err(AgentError::InvalidOrder(format!(
+                "order for {id} was sent to agent {}",
+                self.config.name
+            ))),
+            Err(_) => Ok(name.to_owned()),
+        }
+    }
 }
 
 /// The configured database an order runs against.
@@ -84,10 +103,11 @@ pub struct OrderTarget {
 }
 
 /// Runs one order to its end and returns the result to report; a malformed order becomes a
-/// failed result.
+/// failed result. `target` is `None` only for orders that need no database (see
+/// [`AgentContext::order_target`]).
 pub async fn run_order(
     ctx: &AgentContext,
-    target: &OrderTarget,
+    target: Option<&OrderTarget>,
     order_id: &str,
     spec: Option<v1::OrderSpec>,
     progress: &ProgressReporter,
@@ -119,7 +139,7 @@ pub fn failed_result(order_id: &str, error: &AgentError) -> v1::OrderResult {
 
 async fn execute(
     ctx: &AgentContext,
-    target: &OrderTarget,
+    target: Option<&OrderTarget>,
     order_id: &str,
     spec: Option<v1::OrderSpec>,
     progress: &ProgressReporter,
@@ -130,14 +150,30 @@ async fn execute(
             "order {order_id} has no parameters; is the coordinator newer than this agent?"
         ))
     })?;
+    let database = || {
+        target.ok_or_else(|| {
+            AgentError::InvalidOrder(format!(
+                "order {order_id} needs a database, but none was resolved for it"
+            ))
+        })
+    };
     match params {
-        Params::Backup(params) => backup::run(ctx, target, order_id, &params, progress, cancel)
+        Params::Backup(params) => {
+            backup::run(ctx, database()?, order_id, &params, progress, cancel)
+                .await
+                .map(Outcome::Backup)
+        }
+        Params::Restore(params) => {
+            restore::run(ctx, database()?, order_id, &params, progress, cancel)
+                .await
+                .map(Outcome::Restore)
+        }
+        Params::Health(_) => health::run(&database()?.db, cancel)
             .await
-            .map(Outcome::Backup),
-        Params::Restore(params) => restore::run(ctx, target, order_id, &params, progress, cancel)
+            .map(Outcome::Health),
+        Params::Prune(params) => prune::run(&ctx.repository, order_id, &params, cancel)
             .await
-            .map(Outcome::Restore),
-        Params::Health(_) => health::run(&target.db, cancel).await.map(Outcome::Health),
+            .map(Outcome::Prune),
     }
 }
 
@@ -167,4 +203,110 @@ pub async fn blocking<T: Send + 'static>(
 /// Returns the milliseconds since `started`, for phase timings.
 pub fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use url::Url;
+    use warden_shared::manifest::MANIFEST_FILE;
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::repository::write_file_atomically;
+
+    fn context(repository: &Path) -> AgentContext {
+        AgentContext::new(AgentConfig {
+            name: "db1".to_owned(),
+            repository: Url::from_file_path(repository)
+                .expect("absolute path")
+                .to_string(),
+            databases: vec![DatabaseConfig {
+                name: "app".to_owned(),
+                url: "postgres://warden@127.0.0.1:1/app".to_owned(),
+                labels: Default::default(),
+            }],
+            ..AgentConfig::default()
+        })
+        .expect("context")
+    }
+
+    fn prune_spec(id: &str, path: &str) -> v1::OrderSpec {
+        v1::OrderSpec {
+            params: Some(Params::Prune(v1::PruneParams {
+                artifacts: vec![v1::PruneArtifact {
+                    artifact_id: id.to_owned(),
+                    artifact_path: path.to_owned(),
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn prune_needs_no_configured_database_but_other_orders_do() {
+        let ctx = context(Path::new("/repo"));
+        let prune = prune_spec("a1", "db1/a1");
+        let backup = v1::OrderSpec {
+            params: Some(Params::Backup(v1::BackupParams::default())),
+        };
+        for database in ["db1/gone", "gone", "db1/app"] {
+            let target = ctx.order_target(database, Some(&prune)).expect(database);
+            assert!(target.is_none(), "{database}");
+        }
+        let error = ctx
+            .order_target("db2/app", Some(&prune))
+            .expect_err("misrouted")
+            .to_string();
+        assert!(error.contains("was sent to agent db1"), "{error}");
+        let error = ctx
+            .order_target("db1/gone", Some(&backup))
+            .expect_err("unknown database")
+            .to_string();
+        assert!(error.contains("unknown database \"gone\""), "{error}");
+        let target = ctx.order_target("db1/app", Some(&backup)).expect("known");
+        assert_eq!(target.expect("a database").id.to_string(), "db1/app");
+    }
+
+    #[tokio::test]
+    async fn a_prune_order_runs_without_a_database() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ctx = context(tmp.path());
+        let dir = ctx
+            .repository
+            .create_artifact_dir("db1/a1")
+            .expect("create");
+        write_file_atomically(&dir, MANIFEST_FILE, b"{}").expect("manifest");
+        let progress = ProgressReporter::new(|_| {});
+        let cancel = CancellationToken::new();
+
+        let result = run_order(
+            &ctx,
+            None,
+            "o1",
+            Some(prune_spec("a1", "db1/a1")),
+            &progress,
+            &cancel,
+        )
+        .await;
+        assert!(result.success, "{}", result.error);
+        assert_eq!(
+            result.outcome,
+            Some(Outcome::Prune(v1::PruneOutcome {
+                removed_artifact_ids: vec!["a1".to_owned()],
+            }))
+        );
+        assert!(!dir.exists());
+
+        let backup = v1::OrderSpec {
+            params: Some(Params::Backup(v1::BackupParams::default())),
+        };
+        let result = run_order(&ctx, None, "o2", Some(backup), &progress, &cancel).await;
+        assert!(!result.success);
+        assert!(
+            result.error.contains("needs a database"),
+            "{}",
+            result.error
+        );
+    }
 }

@@ -5,6 +5,10 @@
 //! directory fsynced, so a crash never leaves a file that looks finished but is not.
 //! `manifest.json` is written last: it is the commit point, and a directory without it is
 //! an unfinished backup that [`Repository::cleanup_incomplete`] removes.
+//!
+//! Removal runs the other way round: [`Repository::remove_artifact`] first renames the
+//! directory to `<artifact_id>.deleting`, so a crash midway never leaves a directory that
+//! looks like a complete artifact with files missing.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -15,6 +19,18 @@ use warden_shared::ArtifactManifest;
 use warden_shared::manifest::MANIFEST_FILE;
 
 use crate::error::{AgentError, AgentResult};
+
+/// Suffix of an artifact directory that is being removed; whatever carries it is garbage.
+const DELETING_SUFFIX: &str = ".deleting";
+
+/// What [`Repository::remove_artifact`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The directory existed and is gone now.
+    Removed,
+    /// There was nothing to remove (a retried prune, or an artifact removed by hand).
+    AlreadyGone,
+}
 
 /// A `file://` repository.
 #[derive(Debug, Clone)]
@@ -109,6 +125,87 @@ impl Repository {
         Ok(self.root.join(relative))
     }
 
+    /// Returns the directory of an artifact that is about to be removed. Stricter than
+    /// [`Repository::resolve`], because a wrong catalog entry must never delete anything
+    /// else: the path must be `<agent>/<artifact_id>` with this very `artifact_id`, and
+    /// neither part may be hidden (`.staging`) or a directory being removed.
+    pub fn resolve_artifact(&self, artifact_id: &str, artifact_path: &str) -> AgentResult<PathBuf> {
+        let dir = self.resolve(artifact_path)?;
+        let parts: Vec<&str> = artifact_path.split('/').collect();
+        let refuse = |why: &str| {
+            Err(AgentError::InvalidOrder(format!(
+                "artifact path {artifact_path:?} of artifact {artifact_id:?} {why}; \
+                 refusing to remove it, nothing was deleted"
+            )))
+        };
+        match parts.as_slice() {
+            [agent, _] if warden_shared::validate_agent_name(agent).is_err() => refuse(&format!(
+                "does not start with an agent name ({agent:?} is not one)"
+            )),
+            [_, last] if *last != artifact_id => refuse("does not end with the artifact id"),
+            [_, _] if !is_artifact_id(artifact_id) => refuse(
+                "does not name an artifact: an id starts with a letter or digit and holds \
+                 only letters, digits, '.', '_' or '-'",
+            ),
+            [_, _] => Ok(dir),
+            _ => refuse("is not of the form AGENT/ARTIFACT_ID"),
+        }
+    }
+
+    /// Removes an artifact's directory and returns whether there was one. Idempotent: a
+    /// directory that is already gone is not an error, and the leftover of a removal that a
+    /// crash interrupted is finished.
+    ///
+    /// The directory is renamed to `<artifact_id>.deleting` and the rename made durable
+    /// before anything inside is deleted, so the artifact disappears as a whole.
+    pub fn remove_artifact(&self, artifact_id: &str, artifact_path: &str) -> AgentResult<Removal> {
+        let dir = self.resolve_artifact(artifact_id, artifact_path)?;
+        let Some(parent) = dir.parent() else {
+            // Unreachable: `resolve_artifact` only accepts two components under the root.
+            return Err(AgentError::InvalidOrder(format!(
+                "artifact path {artifact_path:?} has no parent directory"
+            )));
+        };
+        let doomed = parent.join(format!("{artifact_id}{DELETING_SUFFIX}"));
+        // A removal interrupted earlier: it goes first, or the rename below would fail on it.
+        let mut changed = remove_dir_if_exists(&doomed)?;
+        let removal = match fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Removal::AlreadyGone,
+            Err(e) => {
+                return Err(AgentError::io(format!("cannot inspect {}", dir.display()))(
+                    e,
+                ));
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(AgentError::InvalidOrder(format!(
+                    "{} is not a directory, so not an artifact; refusing to remove it",
+                    dir.display()
+                )));
+            }
+            Ok(_) => match fs::rename(&dir, &doomed) {
+                // Another removal of the same artifact got there first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Removal::AlreadyGone,
+                Err(e) => {
+                    return Err(AgentError::io(format!(
+                        "cannot rename {} to {}",
+                        dir.display(),
+                        doomed.display()
+                    ))(e));
+                }
+                Ok(()) => {
+                    fsync_dir(parent)?;
+                    remove_dir_if_exists(&doomed)?;
+                    changed = true;
+                    Removal::Removed
+                }
+            },
+        };
+        if changed {
+            fsync_dir(parent)?;
+        }
+        Ok(removal)
+    }
+
     /// Reads and parses an artifact's manifest.
     pub fn read_manifest(&self, artifact_path: &str) -> AgentResult<ArtifactManifest> {
         let path = self.resolve(artifact_path)?.join(MANIFEST_FILE);
@@ -122,7 +219,8 @@ impl Repository {
     }
 
     /// Removes every directory of `agent` that has no manifest (backups interrupted by a
-    /// crash or kill) and returns what it removed. Runs before the agent takes orders.
+    /// crash or kill) or that was being removed (`*.deleting`, a prune interrupted by one),
+    /// and returns what it removed. Runs before the agent takes orders.
     pub fn cleanup_incomplete(&self, agent: &str) -> AgentResult<Vec<PathBuf>> {
         let agent_dir = self.root.join(agent);
         let entries = match fs::read_dir(&agent_dir) {
@@ -143,7 +241,11 @@ impl Repository {
                     agent_dir.display()
                 )))?
                 .path();
-            if path.is_dir() && !path.join(MANIFEST_FILE).exists() {
+            let deleting = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(DELETING_SUFFIX));
+            if path.is_dir() && (deleting || !path.join(MANIFEST_FILE).exists()) {
                 fs::remove_dir_all(&path)
                     .map_err(AgentError::io(format!("cannot remove {}", path.display())))?;
                 tracing::info!(path = %path.display(), "removed unfinished artifact");
@@ -184,6 +286,27 @@ pub fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> AgentResul
         partial.display()
     )))?;
     commit_file(dir, name)
+}
+
+/// Returns whether `id` can be an artifact id: a plain file name that is neither hidden
+/// nor a directory being removed. Backups use UUIDs.
+fn is_artifact_id(id: &str) -> bool {
+    id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !id.ends_with(DELETING_SUFFIX)
+}
+
+/// Removes a directory tree; returns false if there was none.
+fn remove_dir_if_exists(dir: &Path) -> AgentResult<bool> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(AgentError::io(format!("cannot remove {}", dir.display()))(
+            e,
+        )),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> AgentResult<()> {
@@ -257,6 +380,112 @@ mod tests {
                 .expect("missing dir")
                 .is_empty()
         );
+    }
+
+    /// Creates a committed artifact at `path` and returns its directory.
+    fn committed(r: &Repository, path: &str) -> PathBuf {
+        let dir = r.create_artifact_dir(path).expect("create");
+        write_file_atomically(&dir, "dump.zst", b"x").expect("dump");
+        write_file_atomically(&dir, MANIFEST_FILE, b"{}").expect("manifest");
+        dir
+    }
+
+    #[test]
+    fn remove_artifact_removes_the_directory_and_is_idempotent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = repo(tmp.path());
+        let doomed = committed(&r, "db1/a1");
+        let kept = committed(&r, "db1/a2");
+
+        assert_eq!(
+            r.remove_artifact("a1", "db1/a1").expect("remove"),
+            Removal::Removed
+        );
+        assert!(!doomed.exists());
+        assert!(!tmp.path().join("db1/a1.deleting").exists());
+        assert!(kept.join(MANIFEST_FILE).exists());
+        assert_eq!(
+            r.remove_artifact("a1", "db1/a1").expect("again"),
+            Removal::AlreadyGone
+        );
+        assert_eq!(
+            r.remove_artifact("a9", "nobody/a9")
+                .expect("no agent directory"),
+            Removal::AlreadyGone
+        );
+    }
+
+    #[test]
+    fn remove_artifact_finishes_a_removal_a_crash_interrupted() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = repo(tmp.path());
+        // Renamed away, but the crash came before the files were deleted.
+        let dir = committed(&r, "db1/a1");
+        let leftover = tmp.path().join("db1/a1.deleting");
+        fs::rename(&dir, &leftover).expect("rename");
+
+        assert_eq!(
+            r.remove_artifact("a1", "db1/a1").expect("retry"),
+            Removal::AlreadyGone
+        );
+        assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn remove_artifact_refuses_paths_that_could_hit_something_else() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("repo");
+        fs::create_dir(&root).expect("root");
+        let r = repo(&root);
+        let a1 = committed(&r, "db1/a1");
+        let staging = root.join(".staging/db1");
+        fs::create_dir_all(&staging).expect("staging");
+        let outside = tmp.path().join("a1");
+        fs::create_dir(&outside).expect("outside");
+        let file = root.join("db1/a3");
+        fs::write(&file, b"not a directory").expect("file");
+
+        for (id, path, why) in [
+            ("a1", "../a1", "not a relative path inside the repository"),
+            (
+                "a1",
+                outside.to_str().expect("utf-8"),
+                "not a relative path",
+            ),
+            ("a1", "db1/../../a1", "not a relative path"),
+            ("a2", "db1/a1", "does not end with the artifact id"),
+            ("db1", "db1", "is not of the form AGENT/ARTIFACT_ID"),
+            ("a1", "x/db1/a1", "is not of the form AGENT/ARTIFACT_ID"),
+            ("a1", "db1//a1", "is not of the form AGENT/ARTIFACT_ID"),
+            ("db1", ".staging/db1", "does not start with an agent name"),
+            (".x", "db1/.x", "does not name an artifact"),
+            (
+                "a1.deleting",
+                "db1/a1.deleting",
+                "does not name an artifact",
+            ),
+            ("a3", "db1/a3", "is not a directory"),
+        ] {
+            let error = r.remove_artifact(id, path).expect_err(path).to_string();
+            assert!(error.contains(why), "{path}: {error}");
+        }
+        assert!(a1.join(MANIFEST_FILE).exists());
+        assert!(staging.exists());
+        assert!(outside.exists());
+        assert!(file.exists());
+    }
+
+    #[test]
+    fn cleanup_removes_directories_left_by_an_interrupted_removal() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = repo(tmp.path());
+        let done = committed(&r, "db1/a1");
+        let leftover = committed(&r, "db1/a2.deleting");
+
+        let removed = r.cleanup_incomplete("db1").expect("cleanup");
+        assert_eq!(removed, vec![leftover.clone()]);
+        assert!(!leftover.exists());
+        assert!(done.join(MANIFEST_FILE).exists());
     }
 
     #[test]

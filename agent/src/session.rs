@@ -333,7 +333,10 @@ impl Session {
             tracing::info!(order_id = %order_id, "not taking the order: agent is stopping");
             return;
         }
-        let target = match self.ctx.target(&assignment.database) {
+        let target = match self
+            .ctx
+            .order_target(&assignment.database, assignment.spec.as_ref())
+        {
             Ok(target) => target,
             Err(error) => {
                 tracing::warn!(order_id = %order_id, database = %assignment.database, %error, "order refused");
@@ -349,7 +352,9 @@ impl Session {
                 order_id: order_id.clone(),
             }),
         );
-        let database = target.id.to_string();
+        let database = target
+            .as_ref()
+            .map_or_else(|| assignment.database.clone(), |t| t.id.to_string());
         tracing::info!(order_id = %order_id, database = %database, attempt = assignment.attempt, "order started");
 
         let cancel = self.shutdown.child_token();
@@ -365,9 +370,9 @@ impl Session {
             order_id.clone(),
             cancel.clone(),
         );
-        let task = self
-            .tasks
-            .spawn(async move { run_order(&ctx, &target, &id, spec, &progress, &token).await });
+        let task = self.tasks.spawn(async move {
+            run_order(&ctx, target.as_ref(), &id, spec, &progress, &token).await
+        });
         self.task_orders.insert(task.id(), order_id.clone());
         self.running
             .insert(order_id, RunningOrder { database, cancel });

@@ -17,7 +17,9 @@ pub struct Selector {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("bad selector {text:?}: {problem}; write key=value terms separated by commas, e.g. env=prod,team=payments")]
+#[error(
+    "bad selector {text:?}: {problem}; write key=value terms separated by commas, e.g. env=prod,team=payments"
+)]
 pub struct SelectorError {
     pub text: String,
     pub problem: String,
@@ -71,12 +73,12 @@ impl FromStr for Selector {
                     )));
                 }
             }
-            if let Some(previous) = terms.insert(key.to_owned(), value.to_owned()) {
-                if previous != value {
-                    return Err(error(format!(
-                        "key {key:?} is given twice with different values"
-                    )));
-                }
+            if let Some(previous) = terms.insert(key.to_owned(), value.to_owned())
+                && previous != value
+            {
+                return Err(error(format!(
+                    "key {key:?} is given twice with different values"
+                )));
             }
         }
         Ok(Self { terms })
@@ -118,7 +120,11 @@ mod tests {
     fn every_term_must_match() {
         let selector: Selector = " team=payments , env=prod".parse().unwrap();
         assert_eq!(selector.to_string(), "env=prod,team=payments");
-        assert!(selector.matches(&labels(&[("env", "prod"), ("team", "payments"), ("x", "y")])));
+        assert!(selector.matches(&labels(&[
+            ("env", "prod"),
+            ("team", "payments"),
+            ("x", "y")
+        ])));
         assert!(!selector.matches(&labels(&[("env", "prod")])));
         assert!(!selector.matches(&labels(&[("env", "dev"), ("team", "payments")])));
     }

@@ -28,7 +28,10 @@ use crate::store::{OrderRecord, Store, WriteTx};
 /// What a pass decided for one order.
 enum Decision {
     Dispatch,
-    Hold { reason: String, until_unix_ms: i64 },
+    Hold {
+        reason: String,
+        until_unix_ms: i64,
+    },
     Expire(String),
     Fail(String),
     /// Left as it is (an offline agent's order keeps its state and reason).
@@ -106,7 +109,15 @@ impl Fleet {
                 .cloned()
                 .unwrap_or_default();
             let decision = self
-                .decide(&mut tx, &mut order, &db_labels, &running, limits, now, &mut created)
+                .decide(
+                    &mut tx,
+                    &mut order,
+                    &db_labels,
+                    &running,
+                    limits,
+                    now,
+                    &mut created,
+                )
                 .await?;
             match decision {
                 Decision::Skip => {}
@@ -134,14 +145,26 @@ impl Fleet {
                 Decision::Expire(why) => {
                     order.error = why;
                     order.finished_unix_ms = now.timestamp_millis();
-                    transition(&mut tx, &mut order, OrderState::Expired, &Actor::System, json!({}))
-                        .await?;
+                    transition(
+                        &mut tx,
+                        &mut order,
+                        OrderState::Expired,
+                        &Actor::System,
+                        json!({}),
+                    )
+                    .await?;
                 }
                 Decision::Fail(why) => {
                     order.error = why;
                     order.finished_unix_ms = now.timestamp_millis();
-                    transition(&mut tx, &mut order, OrderState::Failed, &Actor::System, json!({}))
-                        .await?;
+                    transition(
+                        &mut tx,
+                        &mut order,
+                        OrderState::Failed,
+                        &Actor::System,
+                        json!({}),
+                    )
+                    .await?;
                 }
             }
         }
@@ -193,24 +216,24 @@ impl Fleet {
                 None => return Ok(outside_window(&verdict)),
             }
         }
-        if destructive && !order.skip_safety_backup {
-            if let Some(decision) = self.safety_backup(tx, order, created).await? {
-                return Ok(decision);
-            }
+        if destructive
+            && !order.skip_safety_backup
+            && let Some(decision) = self.safety_backup(tx, order, created).await?
+        {
+            return Ok(decision);
         }
         if !self.registry.is_online(&order.agent) {
             return Ok(Decision::Skip);
         }
-        if is_exclusive(order.kind) {
-            if let Some(holder) = running
+        if is_exclusive(order.kind)
+            && let Some(holder) = running
                 .exclusive
                 .get(&(order.agent.clone(), order.database.clone()))
-            {
-                return Ok(Decision::Hold {
-                    reason: format!("waiting for order {holder} on this database"),
-                    until_unix_ms: 0,
-                });
-            }
+        {
+            return Ok(Decision::Hold {
+                reason: format!("waiting for order {holder} on this database"),
+                until_unix_ms: 0,
+            });
         }
         let on_agent = running.per_agent.get(&order.agent).copied().unwrap_or(0);
         if on_agent >= limits.per_agent {

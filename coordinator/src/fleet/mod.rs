@@ -768,7 +768,11 @@ impl Fleet {
 
 /// Records a new order with its audit event; break-glass orders get a second event that
 /// stands out in the log, with the reason.
-async fn insert_order(tx: &mut WriteTx, actor: &Actor, order: &OrderRecord) -> CoordinatorResult<()> {
+async fn insert_order(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    order: &OrderRecord,
+) -> CoordinatorResult<()> {
     Store::insert_order(tx, order).await?;
     let spec: serde_json::Value = serde_json::from_str(&order.spec_json).unwrap_or_default();
     Store::append_audit(

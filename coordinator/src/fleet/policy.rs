@@ -337,9 +337,8 @@ impl Fleet {
                     &format!("schedule {} slot {}", schedule.name, slot.to_rfc3339()),
                 );
                 let jitter = schedule.jitter_for(&target, slot);
-                order.not_before_unix_ms = (slot
-                    + TimeDelta::from_std(jitter).unwrap_or_default())
-                .timestamp_millis();
+                order.not_before_unix_ms =
+                    (slot + TimeDelta::from_std(jitter).unwrap_or_default()).timestamp_millis();
                 insert_order(&mut tx, &Actor::Scheduler, &order).await?;
                 orders.push(json!({ "database": target, "order_id": order.id }));
             }
@@ -555,8 +554,9 @@ pub(super) fn window_refusal(verdict: &Verdict) -> String {
             next.start.to_rfc3339(),
             next.window
         ),
-        None => "no maintenance window opens within a year; add one with `warden window add`"
-            .to_owned(),
+        None => {
+            "no maintenance window opens within a year; add one with `warden window add`".to_owned()
+        }
     };
     match &verdict.freeze {
         Some(freeze) => format!(

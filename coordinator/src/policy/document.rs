@@ -1,7 +1,53 @@
 //! `fleet.toml`: the declarative policy document that `warden apply` takes and
 //! `warden export` prints.
+//!
+//! The document is read in two steps: serde structs that mirror the TOML (`Raw*`, unknown keys
+//! rejected) and then validation into the typed policy, so every error names the entry and
+//! key it came from, e.g. `window "prod-sunday".timezone`. An entry whose name is not valid
+//! is named by its position instead, counted from 0: `schedule[2].name`.
+//!
+//! ```toml
+//! # Warden fleet policy
+//!
+//! [limits]
+//! per_agent = 2
+//! fleet_backups = 4
+//!
+//! [[window]]
+//! name = "prod-sunday"
+//! selector = "env=prod"
+//! kind = "maintenance"
+//! timezone = "Europe/Berlin"
+//! weekly = "sun 02:00-04:00"
+//!
+//! [[schedule]]
+//! name = "nightly"
+//! selector = "env=prod"
+//! cron = "0 3 * * *"
+//! timezone = "UTC"
+//! jitter = "5m"
+//!
+//! [schedule.retention]
+//! keep_days = 30
+//! daily = 7
+//!
+//! [[retention]]
+//! name = "default"
+//! selector = ""
+//! keep_days = 30
+//! ```
 
-use super::{Limits, PolicyError, RetentionRule, Schedule, Window};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CronExpr, Limits, PolicyError, Recurrence, Retention, RetentionRule, Schedule, ScheduleAction,
+    WeeklySpec, Window, WindowKind, format_local_time, parse_duration, parse_local_time,
+    parse_name, parse_selector, parse_timezone,
+};
 
 /// The whole policy of the fleet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,25 +72,1388 @@ pub struct Change {
     /// `window`, `schedule`, `retention` or `limits`.
     pub what: String,
     pub name: String,
-    /// What differs, e.g. `timezone: UTC -> Europe/Berlin`.
+    /// What differs, e.g. `timezone: UTC -> Europe/Berlin`. For an added or removed entry,
+    /// all of its fields, e.g. `kind: freeze; timezone: UTC; ...`.
     pub detail: String,
 }
+
+/// The first line of every exported document.
+const HEADER: &str = "# Warden fleet policy\n";
+/// The field an error points at when the document is not TOML or not of this shape.
+const DOCUMENT: &str = "fleet.toml";
+/// The longest a cron window may stay open after each occurrence.
+const MAX_CRON_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest jitter: it spreads one slot's runs and should stay well below the time between
+/// slots.
+const MAX_JITTER: Duration = Duration::from_secs(24 * 3600);
+/// `keep_days` when a retention table leaves it out.
+const DEFAULT_KEEP_DAYS: u32 = 30;
+
+// ---- the document as written ---------------------------------------------------------------
+//
+// Every value is optional here, and numbers are i64 (TOML's integer), so that a missing or
+// out-of-range value is reported by validation with its field, not by serde.
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocument {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<RawLimits>,
+    #[serde(default, rename = "window", skip_serializing_if = "Vec::is_empty")]
+    windows: Vec<RawWindow>,
+    #[serde(default, rename = "schedule", skip_serializing_if = "Vec::is_empty")]
+    schedules: Vec<RawSchedule>,
+    #[serde(default, rename = "retention", skip_serializing_if = "Vec::is_empty")]
+    retention: Vec<RawRetentionRule>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    per_agent: Option<i64>,
+    fleet_backups: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    name: Option<String>,
+    selector: Option<String>,
+    kind: Option<String>,
+    timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weekly: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cron: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration: Option<String>,
+    /// A string, or a TOML local date-time written without quotes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<toml::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    name: Option<String>,
+    selector: Option<String>,
+    cron: Option<String>,
+    timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jitter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_days: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_last: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daily: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weekly: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+}
+
+/// A top-level `[[retention]]`: a name and selector, then the keys of [`RawRetention`]
+/// (repeated, since `flatten` and `deny_unknown_fields` do not mix).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetentionRule {
+    name: Option<String>,
+    selector: Option<String>,
+    keep_days: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_last: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daily: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weekly: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+}
+
+// ---- parsing and validation ----------------------------------------------------------------
 
 impl FleetPolicy {
     /// Parses and validates a document; the first problem found is the error.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
-        let _ = text;
-        Ok(Self::default())
+        let raw: RawDocument = toml::from_str(text).map_err(|e| {
+            // Show the offending text as the value when toml points at it.
+            let value = e.span().and_then(|span| text.get(span)).unwrap_or_default();
+            PolicyError::new(
+                DOCUMENT,
+                value,
+                format!("not a valid fleet policy: {}", e.to_string().trim_end()),
+            )
+        })?;
+
+        let default = Limits::default();
+        let limits = match raw.limits {
+            Some(limits) => Limits {
+                per_agent: limit("limits.per_agent", limits.per_agent, default.per_agent)?,
+                fleet_backups: limit(
+                    "limits.fleet_backups",
+                    limits.fleet_backups,
+                    default.fleet_backups,
+                )?,
+            },
+            None => default,
+        };
+
+        let mut names = UniqueNames::new("window", "window");
+        let windows = raw
+            .windows
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                let name = names.claim(index, raw.name.as_deref())?;
+                window(name, raw)
+            })
+            .collect::<Result<_, _>>()?;
+
+        let mut names = UniqueNames::new("schedule", "schedule");
+        let schedules = raw
+            .schedules
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                let name = names.claim(index, raw.name.as_deref())?;
+                schedule(name, raw)
+            })
+            .collect::<Result<_, _>>()?;
+
+        let mut names = UniqueNames::new("retention", "retention rule");
+        let retention = raw
+            .retention
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                let name = names.claim(index, raw.name.as_deref())?;
+                retention_rule(name, raw)
+            })
+            .collect::<Result<_, _>>()?;
+
+        Ok(Self {
+            limits,
+            windows,
+            schedules,
+            retention,
+        })
+    }
+}
+
+/// Hands out the names of one kind of entry, refusing invalid and repeated ones.
+struct UniqueNames {
+    /// The table, e.g. `retention`, which error fields start with.
+    what: &'static str,
+    /// What one entry is called in a sentence, e.g. `retention rule`.
+    noun: &'static str,
+    seen: HashSet<String>,
+}
+
+impl UniqueNames {
+    fn new(what: &'static str, noun: &'static str) -> Self {
+        Self {
+            what,
+            noun,
+            seen: HashSet::new(),
+        }
     }
 
-    /// Prints the policy as a document that `parse` reads back to an equal policy.
+    /// Checks the name of entry `index`; an entry without a valid name is known by its index.
+    fn claim(&mut self, index: usize, name: Option<&str>) -> Result<String, PolicyError> {
+        let field = format!("{}[{index}].name", self.what);
+        let Some(name) = name else {
+            return Err(PolicyError::new(
+                field,
+                "",
+                format!(
+                    "missing; every {} needs a name of letters, digits, '-', '_' or '.'",
+                    self.noun
+                ),
+            ));
+        };
+        let name = parse_name(&field, name)?;
+        if !self.seen.insert(name.clone()) {
+            return Err(PolicyError::new(
+                field,
+                name,
+                format!(
+                    "another {} already has this name; names must be unique among {}s",
+                    self.noun, self.noun
+                ),
+            ));
+        }
+        Ok(name)
+    }
+}
+
+/// Builds the field paths of one named entry: `window "prod-sunday".timezone`.
+struct Entry {
+    path: String,
+}
+
+impl Entry {
+    fn new(what: &str, name: &str) -> Self {
+        Self {
+            path: format!("{what} {name:?}"),
+        }
+    }
+
+    fn field(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+
+    /// A required text value, or an error saying it is missing and what to write.
+    fn required<'a>(
+        &self,
+        key: &str,
+        value: Option<&'a str>,
+        expected: &str,
+    ) -> Result<&'a str, PolicyError> {
+        value.ok_or_else(|| PolicyError::new(self.field(key), "", format!("missing; {expected}")))
+    }
+}
+
+/// A concurrency limit: at least 1.
+fn limit(field: &str, value: Option<i64>, default: u32) -> Result<u32, PolicyError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    u32::try_from(value)
+        .ok()
+        .filter(|value| *value >= 1)
+        .ok_or_else(|| {
+            PolicyError::new(
+                field,
+                value.to_string(),
+                format!("must be a whole number from 1 to {}", u32::MAX),
+            )
+        })
+}
+
+/// A retention count: 0 or more.
+fn count(field: String, value: Option<i64>, default: u32) -> Result<u32, PolicyError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    u32::try_from(value).map_err(|_| {
+        PolicyError::new(
+            field,
+            value.to_string(),
+            format!("must be a whole number from 0 to {}", u32::MAX),
+        )
+    })
+}
+
+fn window(name: String, raw: RawWindow) -> Result<Window, PolicyError> {
+    let entry = Entry::new("window", &name);
+    let selector = parse_selector(
+        &entry.field("selector"),
+        raw.selector.as_deref().unwrap_or(""),
+    )?;
+    let kind = match entry.required(
+        "kind",
+        raw.kind.as_deref(),
+        "give kind = \"maintenance\" or kind = \"freeze\"",
+    )? {
+        "maintenance" => WindowKind::Maintenance,
+        "freeze" => WindowKind::Freeze,
+        other => {
+            return Err(PolicyError::new(
+                entry.field("kind"),
+                other,
+                "unknown kind; expected maintenance (destructive work may start) or freeze (nothing but backups and health checks)",
+            ));
+        }
+    };
+    let timezone = parse_timezone(
+        &entry.field("timezone"),
+        entry.required(
+            "timezone",
+            raw.timezone.as_deref(),
+            "give an IANA time zone such as UTC or Europe/Berlin",
+        )?,
+    )?;
+
+    if let (Some(duration), None) = (&raw.duration, &raw.cron) {
+        return Err(PolicyError::new(
+            entry.field("duration"),
+            duration.as_str(),
+            "duration goes with cron; weekly and start/end windows carry their own length",
+        ));
+    }
+    let given: Vec<&str> = [
+        ("weekly", raw.weekly.is_some()),
+        ("cron", raw.cron.is_some()),
+        ("start/end", raw.start.is_some() || raw.end.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, present)| present.then_some(key))
+    .collect();
+    const ONE_OF: &str = "give exactly one of weekly = \"sun 02:00-04:00\", cron = \"0 2 * * sun\" with duration = \"2h\", or start and end";
+    if given.len() != 1 {
+        let problem = if given.is_empty() {
+            format!("no recurrence; {ONE_OF}")
+        } else {
+            format!("more than one recurrence; {ONE_OF}")
+        };
+        return Err(PolicyError::new(
+            entry.path.as_str(),
+            given.join(", "),
+            problem,
+        ));
+    }
+
+    let recurrence = if let Some(weekly) = &raw.weekly {
+        Recurrence::Weekly(WeeklySpec::parse(&entry.field("weekly"), weekly)?)
+    } else if let Some(cron) = &raw.cron {
+        let cron = CronExpr::parse(&entry.field("cron"), cron)?;
+        let text = entry.required(
+            "duration",
+            raw.duration.as_deref(),
+            "a cron window needs a duration such as duration = \"2h\"",
+        )?;
+        let duration = parse_duration(&entry.field("duration"), text)?;
+        if duration.is_zero() || duration > MAX_CRON_WINDOW {
+            return Err(PolicyError::new(
+                entry.field("duration"),
+                text,
+                "must be longer than zero and at most 7 days (168h)",
+            ));
+        }
+        Recurrence::Cron { cron, duration }
+    } else {
+        let start = local_time(&entry, "start", raw.start.as_ref())?;
+        let end = local_time(&entry, "end", raw.end.as_ref())?;
+        if end <= start {
+            return Err(PolicyError::new(
+                entry.field("end"),
+                format_local_time(&end),
+                format!(
+                    "must be after start ({}); a one-off window needs a positive length",
+                    format_local_time(&start)
+                ),
+            ));
+        }
+        Recurrence::Once { start, end }
+    };
+
+    Ok(Window {
+        name,
+        selector,
+        kind,
+        recurrence,
+        timezone,
+    })
+}
+
+/// `start` or `end` of a one-off window: a string, or an unquoted TOML local date-time.
+fn local_time(
+    entry: &Entry,
+    key: &str,
+    value: Option<&toml::Value>,
+) -> Result<chrono::NaiveDateTime, PolicyError> {
+    let field = entry.field(key);
+    match value {
+        None => Err(PolicyError::new(
+            field,
+            "",
+            "missing; a one-off window needs both start and end, e.g. start = \"2026-12-20T00:00\"",
+        )),
+        Some(toml::Value::String(text)) => parse_local_time(&field, text),
+        Some(toml::Value::Datetime(datetime))
+            if datetime.date.is_some() && datetime.time.is_some() && datetime.offset.is_none() =>
+        {
+            parse_local_time(&field, &datetime.to_string())
+        }
+        Some(other) => Err(PolicyError::new(
+            field,
+            // A bare datetime `Value` prints as toml's internal table; print its own text.
+            match other {
+                toml::Value::Datetime(datetime) => datetime.to_string(),
+                other => other.to_string(),
+            },
+            "expected a local date and time such as \"2026-12-20T00:00\", without an offset: it is read in the window's timezone",
+        )),
+    }
+}
+
+fn schedule(name: String, raw: RawSchedule) -> Result<Schedule, PolicyError> {
+    let entry = Entry::new("schedule", &name);
+    let selector = parse_selector(
+        &entry.field("selector"),
+        raw.selector.as_deref().unwrap_or(""),
+    )?;
+    let cron = CronExpr::parse(
+        &entry.field("cron"),
+        entry.required(
+            "cron",
+            raw.cron.as_deref(),
+            "give a cron expression such as cron = \"0 3 * * *\"",
+        )?,
+    )?;
+    let timezone = match &raw.timezone {
+        Some(text) => parse_timezone(&entry.field("timezone"), text)?,
+        None => Tz::UTC,
+    };
+    let jitter = match &raw.jitter {
+        Some(text) => {
+            let jitter = parse_duration(&entry.field("jitter"), text)?;
+            if jitter > MAX_JITTER {
+                return Err(PolicyError::new(
+                    entry.field("jitter"),
+                    text.as_str(),
+                    "must be at most 24h; jitter spreads the runs of one slot and should be well below the time between slots",
+                ));
+            }
+            jitter
+        }
+        None => Duration::ZERO,
+    };
+    let action = match raw.action.as_deref() {
+        None | Some("backup") => ScheduleAction::Backup,
+        Some(other) => {
+            return Err(PolicyError::new(
+                entry.field("action"),
+                other,
+                "unknown action; the only action is backup",
+            ));
+        }
+    };
+    let retention = raw
+        .retention
+        .map(|raw| retention(&entry.field("retention"), raw, timezone))
+        .transpose()?;
+    Ok(Schedule {
+        name,
+        selector,
+        cron,
+        timezone,
+        jitter,
+        action,
+        retention,
+    })
+}
+
+/// The keys of a retention table; `path` is where the table sits, and `timezone` the default
+/// for its GFS boundaries.
+fn retention(path: &str, raw: RawRetention, timezone: Tz) -> Result<Retention, PolicyError> {
+    let field = |key: &str| format!("{path}.{key}");
+    Ok(Retention {
+        keep_days: count(field("keep_days"), raw.keep_days, DEFAULT_KEEP_DAYS)?,
+        keep_last: count(field("keep_last"), raw.keep_last, 0)?,
+        daily: count(field("daily"), raw.daily, 0)?,
+        weekly: count(field("weekly"), raw.weekly, 0)?,
+        monthly: count(field("monthly"), raw.monthly, 0)?,
+        timezone: match &raw.timezone {
+            Some(text) => parse_timezone(&field("timezone"), text)?,
+            None => timezone,
+        },
+    })
+}
+
+fn retention_rule(name: String, raw: RawRetentionRule) -> Result<RetentionRule, PolicyError> {
+    let entry = Entry::new("retention", &name);
+    let selector = parse_selector(
+        &entry.field("selector"),
+        raw.selector.as_deref().unwrap_or(""),
+    )?;
+    let keys = RawRetention {
+        keep_days: raw.keep_days,
+        keep_last: raw.keep_last,
+        daily: raw.daily,
+        weekly: raw.weekly,
+        monthly: raw.monthly,
+        timezone: raw.timezone,
+    };
+    Ok(RetentionRule {
+        retention: retention(&entry.path, keys, Tz::UTC)?,
+        name,
+        selector,
+    })
+}
+
+// ---- printing -----------------------------------------------------------------------------
+
+fn kind_name(kind: WindowKind) -> &'static str {
+    match kind {
+        WindowKind::Maintenance => "maintenance",
+        WindowKind::Freeze => "freeze",
+    }
+}
+
+fn duration_text(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// A count printed only when it is not 0, its default.
+fn nonzero(value: u32) -> Option<i64> {
+    (value != 0).then_some(i64::from(value))
+}
+
+fn raw_retention(retention: &Retention, default_timezone: Tz) -> RawRetention {
+    RawRetention {
+        keep_days: Some(i64::from(retention.keep_days)),
+        keep_last: nonzero(retention.keep_last),
+        daily: nonzero(retention.daily),
+        weekly: nonzero(retention.weekly),
+        monthly: nonzero(retention.monthly),
+        timezone: (retention.timezone != default_timezone)
+            .then(|| retention.timezone.name().to_owned()),
+    }
+}
+
+impl FleetPolicy {
+    /// Prints the policy as a document that `parse` reads back to an equal policy: the header
+    /// comment, `[limits]`, then windows, schedules and retention rules in their order, each
+    /// with its keys in a fixed order. Defaults that say nothing are left out (a zero jitter,
+    /// the backup action, zero counts); the scope, time zone and `keep_days` always print.
     pub fn to_toml(&self) -> String {
-        String::new()
+        let raw = RawDocument {
+            limits: Some(RawLimits {
+                per_agent: Some(i64::from(self.limits.per_agent)),
+                fleet_backups: Some(i64::from(self.limits.fleet_backups)),
+            }),
+            windows: self.windows.iter().map(raw_window).collect(),
+            schedules: self
+                .schedules
+                .iter()
+                .map(|schedule| RawSchedule {
+                    name: Some(schedule.name.clone()),
+                    selector: Some(schedule.selector.to_string()),
+                    cron: Some(schedule.cron.as_str().to_owned()),
+                    timezone: Some(schedule.timezone.name().to_owned()),
+                    jitter: (!schedule.jitter.is_zero()).then(|| duration_text(schedule.jitter)),
+                    action: None,
+                    retention: schedule
+                        .retention
+                        .as_ref()
+                        .map(|retention| raw_retention(retention, schedule.timezone)),
+                })
+                .collect(),
+            retention: self
+                .retention
+                .iter()
+                .map(|rule| {
+                    let keys = raw_retention(&rule.retention, Tz::UTC);
+                    RawRetentionRule {
+                        name: Some(rule.name.clone()),
+                        selector: Some(rule.selector.to_string()),
+                        keep_days: keys.keep_days,
+                        keep_last: keys.keep_last,
+                        daily: keys.daily,
+                        weekly: keys.weekly,
+                        monthly: keys.monthly,
+                        timezone: keys.timezone,
+                    }
+                })
+                .collect(),
+        };
+        // Only strings, integers and tables: serializing cannot fail.
+        let body = toml::to_string(&raw).expect("a fleet policy always serializes to TOML");
+        format!("{HEADER}\n{body}")
+    }
+}
+
+fn raw_window(window: &Window) -> RawWindow {
+    let mut raw = RawWindow {
+        name: Some(window.name.clone()),
+        selector: Some(window.selector.to_string()),
+        kind: Some(kind_name(window.kind).to_owned()),
+        timezone: Some(window.timezone.name().to_owned()),
+        ..RawWindow::default()
+    };
+    match &window.recurrence {
+        Recurrence::Weekly(spec) => raw.weekly = Some(spec.as_str().to_owned()),
+        Recurrence::Cron { cron, duration } => {
+            raw.cron = Some(cron.as_str().to_owned());
+            raw.duration = Some(duration_text(*duration));
+        }
+        Recurrence::Once { start, end } => {
+            raw.start = Some(toml::Value::String(format_local_time(start)));
+            raw.end = Some(toml::Value::String(format_local_time(end)));
+        }
+    }
+    raw
+}
+
+// ---- differences --------------------------------------------------------------------------
+
+/// The fields of an entry as `warden apply` shows them, in a fixed order.
+type Fields = Vec<(&'static str, String)>;
+
+fn selector_text(selector: &warden_shared::Selector) -> String {
+    if selector.is_everything() {
+        "(whole fleet)".to_owned()
+    } else {
+        selector.to_string()
+    }
+}
+
+fn limits_fields(limits: &Limits) -> Fields {
+    vec![
+        ("per_agent", limits.per_agent.to_string()),
+        ("fleet_backups", limits.fleet_backups.to_string()),
+    ]
+}
+
+fn window_fields(window: &Window) -> Fields {
+    let mut fields = vec![
+        ("selector", selector_text(&window.selector)),
+        ("kind", kind_name(window.kind).to_owned()),
+        ("timezone", window.timezone.name().to_owned()),
+    ];
+    match &window.recurrence {
+        Recurrence::Weekly(spec) => fields.push(("weekly", spec.as_str().to_owned())),
+        Recurrence::Cron { cron, duration } => {
+            fields.push(("cron", cron.as_str().to_owned()));
+            fields.push(("duration", duration_text(*duration)));
+        }
+        Recurrence::Once { start, end } => {
+            fields.push(("start", format_local_time(start)));
+            fields.push(("end", format_local_time(end)));
+        }
+    }
+    fields
+}
+
+fn retention_fields(fields: &mut Fields, keys: [&'static str; 6], retention: &Retention) {
+    let values = [
+        retention.keep_days.to_string(),
+        retention.keep_last.to_string(),
+        retention.daily.to_string(),
+        retention.weekly.to_string(),
+        retention.monthly.to_string(),
+        retention.timezone.name().to_owned(),
+    ];
+    fields.extend(keys.into_iter().zip(values));
+}
+
+fn schedule_fields(schedule: &Schedule) -> Fields {
+    let mut fields = vec![
+        ("selector", selector_text(&schedule.selector)),
+        ("cron", schedule.cron.as_str().to_owned()),
+        ("timezone", schedule.timezone.name().to_owned()),
+        ("jitter", duration_text(schedule.jitter)),
+        ("action", schedule.action.as_str().to_owned()),
+    ];
+    if let Some(retention) = &schedule.retention {
+        let keys = [
+            "retention.keep_days",
+            "retention.keep_last",
+            "retention.daily",
+            "retention.weekly",
+            "retention.monthly",
+            "retention.timezone",
+        ];
+        retention_fields(&mut fields, keys, retention);
+    }
+    fields
+}
+
+fn retention_rule_fields(rule: &RetentionRule) -> Fields {
+    let mut fields = vec![("selector", selector_text(&rule.selector))];
+    let keys = [
+        "keep_days",
+        "keep_last",
+        "daily",
+        "weekly",
+        "monthly",
+        "timezone",
+    ];
+    retention_fields(&mut fields, keys, &rule.retention);
+    fields
+}
+
+/// `key: value; key: value`, for an added or removed entry.
+fn listed(fields: &Fields) -> String {
+    fields
+        .iter()
+        .map(|(key, value)| format!("{key}: {value}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `key: old -> new` for each field that differs; a field only one side has is `(none)` on
+/// the other.
+fn changed(old: &Fields, new: &Fields) -> String {
+    let lookup = |fields: &Fields, key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, value)| value.clone())
+    };
+    let mut keys: Vec<&'static str> = old.iter().map(|(key, _)| *key).collect();
+    for (key, _) in new {
+        if !keys.contains(key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .filter_map(|key| {
+            let (before, after) = (lookup(old, key), lookup(new, key));
+            (before != after).then(|| {
+                let none = || "(none)".to_owned();
+                format!(
+                    "{key}: {} -> {}",
+                    before.unwrap_or_else(none),
+                    after.unwrap_or_else(none)
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Appends the changes between two lists of named entries, sorted by name.
+fn diff_entries<T: PartialEq>(
+    what: &str,
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &str,
+    fields: impl Fn(&T) -> Fields,
+    changes: &mut Vec<Change>,
+) {
+    let old: BTreeMap<&str, &T> = old.iter().map(|entry| (name(entry), entry)).collect();
+    let new: BTreeMap<&str, &T> = new.iter().map(|entry| (name(entry), entry)).collect();
+    let mut names: Vec<&str> = old.keys().chain(new.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    for entry_name in names {
+        let (op, detail) = match (old.get(entry_name), new.get(entry_name)) {
+            (Some(before), Some(after)) if before == after => continue,
+            (Some(before), Some(after)) => {
+                (ChangeOp::Changed, changed(&fields(before), &fields(after)))
+            }
+            (None, Some(after)) => (ChangeOp::Added, listed(&fields(after))),
+            (Some(before), None) => (ChangeOp::Removed, listed(&fields(before))),
+            (None, None) => continue,
+        };
+        changes.push(Change {
+            op,
+            what: what.to_owned(),
+            name: entry_name.to_owned(),
+            detail,
+        });
+    }
+}
+
+impl FleetPolicy {
+    /// What applying `next` over `self` changes: limits first, then windows, schedules and
+    /// retention rules, each sorted by name. Entries are matched by name, so a renamed entry
+    /// shows as one removed and one added.
+    pub fn diff(&self, next: &FleetPolicy) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if self.limits != next.limits {
+            changes.push(Change {
+                op: ChangeOp::Changed,
+                what: "limits".to_owned(),
+                name: "limits".to_owned(),
+                detail: changed(&limits_fields(&self.limits), &limits_fields(&next.limits)),
+            });
+        }
+        diff_entries(
+            "window",
+            &self.windows,
+            &next.windows,
+            |w| &w.name,
+            window_fields,
+            &mut changes,
+        );
+        diff_entries(
+            "schedule",
+            &self.schedules,
+            &next.schedules,
+            |s| &s.name,
+            schedule_fields,
+            &mut changes,
+        );
+        diff_entries(
+            "retention",
+            &self.retention,
+            &next.retention,
+            |r| &r.name,
+            retention_rule_fields,
+            &mut changes,
+        );
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[limits]
+per_agent = 3
+fleet_backups = 6
+
+[[window]]
+name = "prod-sunday"
+selector = "env=prod,team=payments"
+kind = "maintenance"
+timezone = "Europe/Berlin"
+weekly = "sun 02:00-04:00"
+
+[[window]]
+name = "nightly-cron"
+kind = "maintenance"
+timezone = "UTC"
+cron = "0 2 * * sun"
+duration = "2h"
+
+[[window]]
+name = "holiday.freeze"
+selector = "env=prod"
+kind = "freeze"
+timezone = "America/New_York"
+start = "2026-12-20T00:00"
+end = "2027-01-02 06:30:15"
+
+[[schedule]]
+name = "nightly"
+selector = "env=prod"
+cron = "0 3 * * *"
+timezone = "Europe/Berlin"
+jitter = "5m"
+action = "backup"
+[schedule.retention]
+keep_last = 7
+daily = 7
+weekly = 4
+monthly = 6
+
+[[schedule]]
+name = "hourly"
+cron = "0 * * * *"
+[schedule.retention]
+keep_days = 2
+timezone = "Asia/Tokyo"
+
+[[retention]]
+name = "default"
+selector = ""
+keep_days = 30
+
+[[retention]]
+name = "payments_long"
+selector = "team=payments"
+keep_days = 0
+keep_last = 10
+monthly = 24
+timezone = "Europe/Berlin"
+"#;
+
+    fn parse(text: &str) -> FleetPolicy {
+        FleetPolicy::parse(text).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// What applying `next` over `self` changes.
-    pub fn diff(&self, next: &FleetPolicy) -> Vec<Change> {
-        let _ = next;
-        Vec::new()
+    fn error(text: &str) -> PolicyError {
+        match FleetPolicy::parse(text) {
+            Ok(policy) => panic!("accepted {text:?} as {policy:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_format() {
+        let policy = parse(EXAMPLE);
+        assert_eq!(
+            policy.limits,
+            Limits {
+                per_agent: 3,
+                fleet_backups: 6
+            }
+        );
+
+        let names: Vec<&str> = policy.windows.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["prod-sunday", "nightly-cron", "holiday.freeze"]);
+        let sunday = &policy.windows[0];
+        assert_eq!(sunday.selector.to_string(), "env=prod,team=payments");
+        assert_eq!(sunday.kind, WindowKind::Maintenance);
+        assert_eq!(sunday.timezone, chrono_tz::Europe::Berlin);
+        assert!(
+            matches!(&sunday.recurrence, Recurrence::Weekly(spec) if spec.as_str() == "sun 02:00-04:00")
+        );
+        assert!(policy.windows[1].selector.is_everything());
+        assert!(matches!(
+            &policy.windows[1].recurrence,
+            Recurrence::Cron { cron, duration }
+                if cron.as_str() == "0 2 * * sun" && *duration == Duration::from_secs(7200)
+        ));
+        let holiday = &policy.windows[2];
+        assert_eq!(holiday.kind, WindowKind::Freeze);
+        let Recurrence::Once { start, end } = &holiday.recurrence else {
+            panic!("{:?}", holiday.recurrence);
+        };
+        assert_eq!(format_local_time(start), "2026-12-20T00:00");
+        assert_eq!(format_local_time(end), "2027-01-02T06:30:15");
+
+        let nightly = &policy.schedules[0];
+        assert_eq!(nightly.cron.as_str(), "0 3 * * *");
+        assert_eq!(nightly.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(nightly.jitter, Duration::from_secs(300));
+        assert_eq!(nightly.action, ScheduleAction::Backup);
+        assert_eq!(
+            nightly.retention,
+            Some(Retention {
+                keep_days: 30,
+                keep_last: 7,
+                daily: 7,
+                weekly: 4,
+                monthly: 6,
+                // GFS boundaries default to the schedule's time zone.
+                timezone: chrono_tz::Europe::Berlin,
+            })
+        );
+        let hourly = &policy.schedules[1];
+        assert_eq!(hourly.timezone, Tz::UTC);
+        assert_eq!(hourly.jitter, Duration::ZERO);
+        assert_eq!(
+            hourly.retention,
+            Some(Retention {
+                keep_days: 2,
+                timezone: chrono_tz::Asia::Tokyo,
+                ..Retention::default()
+            })
+        );
+
+        assert_eq!(policy.retention.len(), 2);
+        assert_eq!(policy.retention[0].retention, Retention::default());
+        assert_eq!(
+            policy.retention[1].retention,
+            Retention {
+                keep_days: 0,
+                keep_last: 10,
+                daily: 0,
+                weekly: 0,
+                monthly: 24,
+                timezone: chrono_tz::Europe::Berlin,
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_document_is_the_default_policy() {
+        assert_eq!(parse(""), FleetPolicy::default());
+        assert_eq!(parse("# nothing yet\n"), FleetPolicy::default());
+        assert_eq!(parse("[limits]\n").limits, Limits::default());
+        assert_eq!(
+            parse("[limits]\nfleet_backups = 9\n").limits,
+            Limits {
+                per_agent: 2,
+                fleet_backups: 9
+            }
+        );
+    }
+
+    #[test]
+    fn schedule_defaults() {
+        let policy = parse("[[schedule]]\nname = \"s\"\ncron = \"0 3 * * *\"\n");
+        let schedule = &policy.schedules[0];
+        assert!(schedule.selector.is_everything());
+        assert_eq!(schedule.timezone, Tz::UTC);
+        assert_eq!(schedule.jitter, Duration::ZERO);
+        assert_eq!(schedule.action, ScheduleAction::Backup);
+        assert_eq!(schedule.retention, None);
+        // A present but empty retention table keeps 30 days.
+        let policy = parse(
+            "[[schedule]]\nname = \"s\"\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Paris\"\n[schedule.retention]\n",
+        );
+        assert_eq!(
+            policy.schedules[0].retention,
+            Some(Retention {
+                timezone: chrono_tz::Europe::Paris,
+                ..Retention::default()
+            })
+        );
+    }
+
+    #[test]
+    fn one_off_windows_accept_several_local_time_spellings() {
+        for (start, expected) in [
+            ("\"2026-12-20T00:00\"", "2026-12-20T00:00"),
+            ("\"2026-12-20 00:00\"", "2026-12-20T00:00"),
+            ("\"2026-12-20T00:00:30\"", "2026-12-20T00:00:30"),
+            ("\"2026-12-20 00:00:30\"", "2026-12-20T00:00:30"),
+            // A TOML local date-time, unquoted.
+            ("2026-12-20T00:00:30", "2026-12-20T00:00:30"),
+            ("2026-12-20 00:00:00", "2026-12-20T00:00"),
+        ] {
+            let text = format!(
+                "[[window]]\nname = \"w\"\nkind = \"freeze\"\ntimezone = \"UTC\"\nstart = {start}\nend = \"2027-01-01T00:00\"\n"
+            );
+            let policy = parse(&text);
+            let Recurrence::Once { start: parsed, .. } = &policy.windows[0].recurrence else {
+                panic!("{:?}", policy.windows[0].recurrence);
+            };
+            assert_eq!(format_local_time(parsed), expected, "{start}");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_kind_only() {
+        let policy = parse(
+            r#"
+[[window]]
+name = "nightly"
+kind = "freeze"
+timezone = "UTC"
+weekly = "sun 02:00-04:00"
+[[schedule]]
+name = "nightly"
+cron = "0 3 * * *"
+[[retention]]
+name = "nightly"
+"#,
+        );
+        assert_eq!(policy.windows[0].name, "nightly");
+        assert_eq!(policy.schedules[0].name, "nightly");
+        assert_eq!(policy.retention[0].name, "nightly");
+    }
+
+    /// A window and a schedule that are valid so far, for the cases below to extend.
+    const W: &str = "[[window]]\nname = \"w\"\nkind = \"freeze\"\ntimezone = \"UTC\"\n";
+    const S: &str = "[[schedule]]\nname = \"s\"\ncron = \"0 3 * * *\"\n";
+
+    /// Checks that each document is rejected with the expected field and value, and a problem
+    /// that contains the expected words; reports every case that is not.
+    fn assert_rejected(cases: &[(String, &str, &str, &str)]) {
+        let mut wrong = Vec::new();
+        for (text, field, value, problem) in cases {
+            let e = error(text);
+            if e.field != *field || e.value != *value || !e.problem.contains(problem) {
+                wrong.push(format!(
+                    "{text:?}\n  got:  {e}\n  want: {field} = {value:?}: ...{problem}..."
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn rejects_malformed_toml_and_bad_limits() {
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str, &str, &str)> = vec![
+            // (document, field, value, words in the problem)
+            ("[[window]\nname = 1".into(), "fleet.toml", "]", "line 1, column 9"),
+            (format!("{W}weekly = \"sun 02:00-04:00\"\ncolour = \"red\"\n"), "fleet.toml", "colour", "unknown field `colour`"),
+            ("[limit]\nper_agent = 1\n".into(), "fleet.toml", "limit", "unknown field `limit`"),
+            (format!("{S}[schedule.retention]\nkeep_hours = 1\n"), "fleet.toml", "keep_hours", "unknown field"),
+            ("[limits]\nper_agent = \"two\"\n".into(), "fleet.toml", "\"two\"", "invalid type"),
+            ("[limits]\nper_agent = 0\n".into(), "limits.per_agent", "0", "from 1"),
+            ("[limits]\nfleet_backups = -4\n".into(), "limits.fleet_backups", "-4", "from 1"),
+        ];
+        assert_rejected(&cases);
+    }
+
+    #[test]
+    fn rejects_bad_and_repeated_names() {
+        let long_name = "n".repeat(64);
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str, &str, &str)> = vec![
+            ("[[window]]\nkind = \"freeze\"\n".into(), "window[0].name", "", "missing"),
+            ("[[window]]\nname = \"prod sunday\"\n".into(), "window[0].name", "prod sunday", "' '"),
+            ("[[window]]\nname = \"\"\n".into(), "window[0].name", "", "empty"),
+            (format!("[[window]]\nname = \"{long_name}\"\n"), "window[0].name", long_name.as_str(), "64 characters"),
+            (format!("{W}weekly = \"sun 02:00-04:00\"\n{W}weekly = \"sun 02:00-04:00\"\n"), "window[1].name", "w", "unique"),
+            (format!("{S}{S}"), "schedule[1].name", "s", "unique"),
+            (format!("{S}{S}[[schedule]]\nname = \"bad/name\"\n"), "schedule[1].name", "s", "unique"),
+            (format!("{S}[[schedule]]\nname = \"ok\"\ncron = \"0 3 * * *\"\n[[schedule]]\nname = \"bad/name\"\n"), "schedule[2].name", "bad/name", "'/'"),
+            ("[[retention]]\nname = \"r\"\n[[retention]]\nname = \"r\"\n".into(), "retention[1].name", "r", "unique among retention rules"),
+            ("[[retention]]\nselector = \"env=prod\"\n".into(), "retention[0].name", "", "missing"),
+        ];
+        assert_rejected(&cases);
+    }
+
+    #[test]
+    fn rejects_bad_windows() {
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str, &str, &str)> = vec![
+            (format!("{W}weekly = \"sun 02:00-04:00\"\nselector = \"env\"\n"), "window \"w\".selector", "env", "no '='"),
+            ("[[window]]\nname = \"w\"\ntimezone = \"UTC\"\nweekly = \"sun 02:00-04:00\"\n".into(), "window \"w\".kind", "", "missing"),
+            ("[[window]]\nname = \"w\"\nkind = \"thaw\"\ntimezone = \"UTC\"\n".into(), "window \"w\".kind", "thaw", "maintenance"),
+            ("[[window]]\nname = \"w\"\nkind = \"freeze\"\nweekly = \"sun 02:00-04:00\"\n".into(), "window \"w\".timezone", "", "IANA"),
+            ("[[window]]\nname = \"w\"\nkind = \"freeze\"\ntimezone = \"Mars/Olympus\"\n".into(), "window \"w\".timezone", "Mars/Olympus", "IANA"),
+            (W.into(), "window \"w\"", "", "no recurrence"),
+            (format!("{W}weekly = \"sun 02:00-04:00\"\ncron = \"0 2 * * sun\"\nduration = \"2h\"\n"), "window \"w\"", "weekly, cron", "more than one"),
+            (format!("{W}cron = \"0 2 * * sun\"\nstart = \"2026-12-20T00:00\"\n"), "window \"w\"", "cron, start/end", "exactly one"),
+            (format!("{W}cron = \"0 2 * * sun\"\n"), "window \"w\".duration", "", "needs a duration"),
+            (format!("{W}weekly = \"sun 02:00-04:00\"\nduration = \"2h\"\n"), "window \"w\".duration", "2h", "goes with cron"),
+            (format!("{W}cron = \"0 2 * * sun\"\nduration = \"0s\"\n"), "window \"w\".duration", "0s", "longer than zero"),
+            (format!("{W}cron = \"0 2 * * sun\"\nduration = \"8days\"\n"), "window \"w\".duration", "8days", "7 days"),
+            (format!("{W}cron = \"0 2 * * sun\"\nduration = \"two hours\"\n"), "window \"w\".duration", "two hours", "duration"),
+            (format!("{W}cron = \"0 25 * * *\"\nduration = \"2h\"\n"), "window \"w\".cron", "0 25 * * *", "cron"),
+            (format!("{W}start = \"2026-12-20T00:00\"\n"), "window \"w\".end", "", "both start and end"),
+            (format!("{W}start = \"2026-12-20T00:00\"\nend = \"2026-12-20T00:00\"\n"), "window \"w\".end", "2026-12-20T00:00", "after start"),
+            (format!("{W}start = \"2026-12-20T00:00\"\nend = \"2026-12-19T00:00\"\n"), "window \"w\".end", "2026-12-19T00:00", "after start"),
+            (format!("{W}start = \"20.12.2026\"\nend = \"2026-12-21T00:00\"\n"), "window \"w\".start", "20.12.2026", "2026-12-20T00:00"),
+            (format!("{W}start = 2026-12-20T00:00:00Z\nend = \"2026-12-21T00:00\"\n"), "window \"w\".start", "2026-12-20T00:00:00Z", "without an offset"),
+            (format!("{W}start = 2026-12-20\nend = \"2026-12-21T00:00\"\n"), "window \"w\".start", "2026-12-20", "local date and time"),
+            (format!("{W}start = 5\nend = \"2026-12-21T00:00\"\n"), "window \"w\".start", "5", "local date and time"),
+        ];
+        assert_rejected(&cases);
+    }
+
+    #[test]
+    fn rejects_bad_schedules_and_retention() {
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str, &str, &str)> = vec![
+            ("[[schedule]]\nname = \"s\"\n".into(), "schedule \"s\".cron", "", "missing"),
+            ("[[schedule]]\nname = \"s\"\ncron = \"every night\"\n".into(), "schedule \"s\".cron", "every night", "cron"),
+            (format!("{S}timezone = \"Berlin\"\n"), "schedule \"s\".timezone", "Berlin", "IANA"),
+            (format!("{S}selector = \"env=prod,,\"\n"), "schedule \"s\".selector", "env=prod,,", "no '='"),
+            (format!("{S}jitter = \"soon\"\n"), "schedule \"s\".jitter", "soon", "duration"),
+            (format!("{S}jitter = \"2days\"\n"), "schedule \"s\".jitter", "2days", "24h"),
+            (format!("{S}action = \"restore\"\n"), "schedule \"s\".action", "restore", "only action is backup"),
+            (format!("{S}[schedule.retention]\nkeep_days = -1\n"), "schedule \"s\".retention.keep_days", "-1", "from 0"),
+            (format!("{S}[schedule.retention]\nmonthly = 4294967296\n"), "schedule \"s\".retention.monthly", "4294967296", "from 0"),
+            (format!("{S}[schedule.retention]\ntimezone = \"Nowhere\"\n"), "schedule \"s\".retention.timezone", "Nowhere", "IANA"),
+            ("[[retention]]\nname = \"r\"\nkeep_last = -3\n".into(), "retention \"r\".keep_last", "-3", "from 0"),
+            ("[[retention]]\nname = \"r\"\ntimezone = \"CEST\"\n".into(), "retention \"r\".timezone", "CEST", "IANA"),
+            ("[[retention]]\nname = \"r\"\nselector = \"team\"\n".into(), "retention \"r\".selector", "team", "no '='"),
+        ];
+        assert_rejected(&cases);
+    }
+
+    #[test]
+    fn toml_errors_carry_line_and_column() {
+        let e = error("[limits]\nper_agent = 2\nfleet_backups = = 3\n");
+        assert_eq!(e.field, "fleet.toml");
+        assert!(e.problem.contains("line 3, column"), "{e}");
+    }
+
+    #[test]
+    fn round_trips_a_rich_policy() {
+        let policy = parse(EXAMPLE);
+        let text = policy.to_toml();
+        assert!(text.starts_with("# Warden fleet policy\n"), "{text}");
+        assert_eq!(parse(&text), policy, "{text}");
+        // Printing is canonical: what was read back prints the same.
+        assert_eq!(parse(&text).to_toml(), text);
+    }
+
+    #[test]
+    fn round_trips_a_policy_built_in_code() {
+        let policy = FleetPolicy {
+            limits: Limits {
+                per_agent: 1,
+                fleet_backups: 100,
+            },
+            windows: vec![Window {
+                name: "w".to_owned(),
+                selector: "region=eu-west-1".parse().unwrap(),
+                kind: WindowKind::Freeze,
+                recurrence: Recurrence::Cron {
+                    cron: CronExpr::parse("cron", "30 1 * * mon-fri").unwrap(),
+                    duration: Duration::from_secs(5400),
+                },
+                timezone: chrono_tz::Australia::Sydney,
+            }],
+            schedules: vec![Schedule {
+                name: "s".to_owned(),
+                selector: warden_shared::Selector::everything(),
+                cron: CronExpr::parse("cron", "0 */6 * * *").unwrap(),
+                timezone: Tz::UTC,
+                jitter: Duration::from_secs(90),
+                action: ScheduleAction::Backup,
+                retention: Some(Retention {
+                    keep_days: 0,
+                    keep_last: 3,
+                    daily: 0,
+                    weekly: 2,
+                    monthly: 0,
+                    timezone: chrono_tz::America::Chicago,
+                }),
+            }],
+            retention: vec![],
+        };
+        let text = policy.to_toml();
+        assert_eq!(parse(&text), policy, "{text}");
+        assert!(text.contains("jitter = \"1m 30s\""), "{text}");
+        assert!(text.contains("duration = \"1h 30m\""), "{text}");
+        assert!(text.contains("keep_days = 0"), "{text}");
+    }
+
+    #[test]
+    fn prints_the_canonical_format() {
+        let policy = parse(
+            r#"
+[[schedule]]
+jitter = "0s"
+timezone = "UTC"
+cron = "0 3 * * *"
+name = "nightly"
+selector = "team=payments, env=prod"
+action = "backup"
+[schedule.retention]
+daily = 7
+keep_last = 0
+timezone = "UTC"
+
+[[window]]
+weekly = "sun 02:00-04:00"
+timezone = "Europe/Berlin"
+kind = "maintenance"
+name = "prod-sunday"
+
+[[retention]]
+name = "default"
+"#,
+        );
+        let expected = r#"# Warden fleet policy
+
+[limits]
+per_agent = 2
+fleet_backups = 4
+
+[[window]]
+name = "prod-sunday"
+selector = ""
+kind = "maintenance"
+timezone = "Europe/Berlin"
+weekly = "sun 02:00-04:00"
+
+[[schedule]]
+name = "nightly"
+selector = "env=prod,team=payments"
+cron = "0 3 * * *"
+timezone = "UTC"
+
+[schedule.retention]
+keep_days = 30
+daily = 7
+
+[[retention]]
+name = "default"
+selector = ""
+keep_days = 30
+"#;
+        assert_eq!(policy.to_toml(), expected);
+        assert_eq!(
+            FleetPolicy::default().to_toml(),
+            "# Warden fleet policy\n\n[limits]\nper_agent = 2\nfleet_backups = 4\n"
+        );
+    }
+
+    #[test]
+    fn diff_of_equal_policies_is_empty() {
+        let policy = parse(EXAMPLE);
+        assert_eq!(policy.diff(&policy.clone()), []);
+        assert_eq!(FleetPolicy::default().diff(&FleetPolicy::default()), []);
+    }
+
+    #[test]
+    fn diff_lists_changed_fields() {
+        let before = parse(EXAMPLE);
+        let after = parse(
+            &EXAMPLE
+                .replace(
+                    "timezone = \"Europe/Berlin\"\nweekly = \"sun 02:00-04:00\"",
+                    "timezone = \"UTC\"\nweekly = \"sat 02:00-04:00\"",
+                )
+                .replace("per_agent = 3", "per_agent = 1")
+                .replace("jitter = \"5m\"", "jitter = \"10m\"")
+                .replace("keep_last = 7\n", ""),
+        );
+        let changes = before.diff(&after);
+        assert_eq!(
+            changes,
+            [
+                Change {
+                    op: ChangeOp::Changed,
+                    what: "limits".into(),
+                    name: "limits".into(),
+                    detail: "per_agent: 3 -> 1".into(),
+                },
+                Change {
+                    op: ChangeOp::Changed,
+                    what: "window".into(),
+                    name: "prod-sunday".into(),
+                    detail:
+                        "timezone: Europe/Berlin -> UTC; weekly: sun 02:00-04:00 -> sat 02:00-04:00"
+                            .into(),
+                },
+                Change {
+                    op: ChangeOp::Changed,
+                    what: "schedule".into(),
+                    name: "nightly".into(),
+                    detail: "jitter: 5m -> 10m; retention.keep_last: 7 -> 0".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn diff_adds_and_removes_by_name_in_order() {
+        let before = parse(EXAMPLE);
+        let mut after = before.clone();
+        // Remove one window, add two schedules out of order, change a recurrence's kind and
+        // drop a schedule's retention.
+        after.windows.retain(|w| w.name != "nightly-cron");
+        let mut zeta = after.schedules[1].clone();
+        zeta.name = "zeta".into();
+        zeta.retention = None;
+        let mut alpha = zeta.clone();
+        alpha.name = "alpha".into();
+        after.schedules.push(zeta);
+        after.schedules.push(alpha);
+        after.schedules[1].retention = None;
+        after.windows[1].recurrence =
+            Recurrence::Weekly(WeeklySpec::parse("weekly", "sat,sun 01:00-05:00").unwrap());
+        after.retention.reverse();
+        after.retention[0].selector = "team=billing".parse().unwrap();
+
+        let changes = before.diff(&after);
+        let summary: Vec<(ChangeOp, &str, &str)> = changes
+            .iter()
+            .map(|c| (c.op, c.what.as_str(), c.name.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (ChangeOp::Changed, "window", "holiday.freeze"),
+                (ChangeOp::Removed, "window", "nightly-cron"),
+                (ChangeOp::Added, "schedule", "alpha"),
+                (ChangeOp::Changed, "schedule", "hourly"),
+                (ChangeOp::Added, "schedule", "zeta"),
+                (ChangeOp::Changed, "retention", "payments_long"),
+            ]
+        );
+        assert_eq!(
+            changes[0].detail,
+            "start: 2026-12-20T00:00 -> (none); end: 2027-01-02T06:30:15 -> (none); weekly: (none) -> sat,sun 01:00-05:00"
+        );
+        assert_eq!(
+            changes[1].detail,
+            "selector: (whole fleet); kind: maintenance; timezone: UTC; cron: 0 2 * * sun; duration: 2h"
+        );
+        assert_eq!(
+            changes[2].detail,
+            "selector: (whole fleet); cron: 0 * * * *; timezone: UTC; jitter: 0s; action: backup"
+        );
+        assert!(
+            changes[3]
+                .detail
+                .starts_with("retention.keep_days: 2 -> (none); retention.keep_last: 0 -> (none)"),
+            "{}",
+            changes[3].detail
+        );
+        assert_eq!(changes[5].detail, "selector: team=payments -> team=billing");
     }
 }

@@ -13,6 +13,7 @@ pub mod window;
 use std::fmt;
 use std::time::Duration;
 
+use chrono::{NaiveDateTime, Timelike};
 use chrono_tz::Tz;
 use warden_shared::Selector;
 
@@ -37,7 +38,11 @@ impl fmt::Display for PolicyError {
 }
 
 impl PolicyError {
-    pub fn new(field: impl Into<String>, value: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             value: value.into(),
@@ -100,8 +105,81 @@ pub fn parse_selector(field: &str, text: &str) -> Result<Selector, PolicyError> 
 
 /// Parses a duration such as `2h`, `90m` or `1h 30m`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, PolicyError> {
-    humantime::parse_duration(text)
-        .map_err(|e| PolicyError::new(field, text, format!("not a duration such as 2h or 90m: {e}")))
+    humantime::parse_duration(text).map_err(|e| {
+        PolicyError::new(
+            field,
+            text,
+            format!("not a duration such as 2h or 90m: {e}"),
+        )
+    })
+}
+
+/// The longest name a window, schedule or retention rule may have.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Checks the name of a window, schedule or retention rule: 1 to 63 letters, digits, `-`, `_`
+/// or `.`, so that it prints and quotes the same everywhere.
+pub fn parse_name(field: &str, text: &str) -> Result<String, PolicyError> {
+    const EXPECTED: &str = "use 1 to 63 letters, digits, '-', '_' or '.', e.g. prod-nightly";
+    if text.is_empty() {
+        return Err(PolicyError::new(
+            field,
+            text,
+            format!("the name is empty; {EXPECTED}"),
+        ));
+    }
+    if text.chars().count() > MAX_NAME_LEN {
+        return Err(PolicyError::new(
+            field,
+            text,
+            format!(
+                "the name is {} characters long; {EXPECTED}",
+                text.chars().count()
+            ),
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(PolicyError::new(
+            field,
+            text,
+            format!("the name contains {bad:?}; {EXPECTED}"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Parses a local date and time such as `2026-12-20T00:00`, `2026-12-20 00:00` or either with
+/// seconds; it is read later on the wall clock of a time zone.
+pub fn parse_local_time(field: &str, text: &str) -> Result<NaiveDateTime, PolicyError> {
+    const FORMATS: [&str; 4] = [
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+    ];
+    FORMATS
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text.trim(), format).ok())
+        .ok_or_else(|| {
+            PolicyError::new(
+                field,
+                text,
+                "not a local date and time; write it like 2026-12-20T00:00 (no offset: it is read in the timezone)",
+            )
+        })
+}
+
+/// Prints a local date and time the way [`parse_local_time`] reads it, without seconds when
+/// they are zero.
+pub fn format_local_time(time: &NaiveDateTime) -> String {
+    if time.second() == 0 && time.nanosecond() == 0 {
+        time.format("%Y-%m-%dT%H:%M").to_string()
+    } else {
+        time.format("%Y-%m-%dT%H:%M:%S").to_string()
+    }
 }
 
 /// Concurrency limits. Orders over a limit wait in `held` with the reason shown.

@@ -55,7 +55,8 @@ impl PolicyError {
 #[derive(Debug, Clone)]
 pub struct CronExpr {
     text: String,
-    cron: croner::Cron,
+    /// Boxed: a parsed pattern is large, and recurrences hold one inline.
+    cron: Box<croner::Cron>,
 }
 
 impl CronExpr {
@@ -65,7 +66,7 @@ impl CronExpr {
         })?;
         Ok(Self {
             text: text.trim().to_owned(),
-            cron,
+            cron: Box::new(cron),
         })
     }
 

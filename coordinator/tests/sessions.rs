@@ -29,13 +29,20 @@ impl Harness {
 
     /// Stops the coordinator gracefully (it must not hang on open agent streams) and starts
     /// a new one on the same store.
-    async fn restart(mut self) -> Self {
+    async fn restart(self) -> Self {
+        self.restart_after(chrono::Utc::now()).await
+    }
+
+    /// Stops the coordinator, and starts it again on the same store at `at`.
+    async fn restart_after(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
         let _ = self.stop.take().expect("running").send(());
         tokio::time::timeout(WAIT, self.server)
             .await
             .expect("graceful shutdown in time")
             .expect("server task")
             .expect("server result");
+        let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
         Self::start_in(self.dir).await
     }
 
@@ -774,5 +781,89 @@ async fn orders_over_the_per_agent_limit_wait_held_with_the_reason() {
         )))
         .await;
     assert_eq!(agent.next_order().await.order_id, health.id);
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
+    use chrono::{Datelike, Timelike};
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let _agent = harness.agent("a1", vec![], vec![]).await;
+
+    // A schedule firing every second for four seconds, all of them while the coordinator
+    // is down; the seconds stay within one minute so one cron expression says it.
+    let mut first = chrono::Utc::now() + chrono::TimeDelta::seconds(2);
+    if first.second() > 54 {
+        first += chrono::TimeDelta::seconds(i64::from(60 - first.second()));
+    }
+    let first = first.with_nanosecond(0).expect("whole second");
+    let last = first + chrono::TimeDelta::seconds(3);
+    let cron = format!(
+        "{}-{} {} {} {} {} *",
+        first.second(),
+        last.second(),
+        first.minute(),
+        first.hour(),
+        first.day(),
+        first.month()
+    );
+    let policy = format!(
+        "[[schedule]]\nname = \"burst\"\nselector = \"\"\ncron = \"{cron}\"\ntimezone = \"UTC\"\n"
+    );
+    let applied = admin
+        .apply_policy(pb::ApplyPolicyRequest {
+            toml: policy,
+            dry_run: false,
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert!(applied.applied, "{applied:?}");
+
+    let harness = harness.restart_after(last + chrono::TimeDelta::milliseconds(1500)).await;
+    let mut admin = harness.admin();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let fired = loop {
+        let fired: Vec<pb::AuditEvent> = admin
+            .list_audit(pb::ListAuditRequest {
+                after_seq: 0,
+                limit: 10_000,
+            })
+            .await
+            .expect("audit")
+            .into_inner()
+            .events
+            .into_iter()
+            .filter(|e| e.action == "schedule.fired")
+            .collect();
+        if !fired.is_empty() || tokio::time::Instant::now() > deadline {
+            break fired;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Give further (wrong) firings a few policy ticks to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all_fired = admin
+        .list_audit(pb::ListAuditRequest {
+            after_seq: 0,
+            limit: 10_000,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|e| e.action == "schedule.fired")
+        .count();
+    assert_eq!(fired.len(), 1, "{fired:#?}");
+    assert_eq!(all_fired, 1, "four missed slots fire once");
+    let params: serde_json::Value = serde_json::from_str(&fired[0].params_json).expect("json");
+    assert_eq!(
+        params["slot"].as_str(),
+        Some(last.to_rfc3339().as_str()),
+        "the newest missed slot fires: {params}"
+    );
+    assert_eq!(params["orders"].as_array().map(Vec::len), Some(1), "{params}");
     assert_chain_intact(&mut admin).await;
 }

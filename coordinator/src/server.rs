@@ -126,7 +126,10 @@ async fn enforce_policy_forever(fleet: Arc<Fleet>) {
         }
         if last_prune.elapsed() >= settings.prune_interval {
             last_prune = tokio::time::Instant::now();
-            if let Err(error) = fleet.prune(&crate::audit::Actor::Retention, None, false).await {
+            if let Err(error) = fleet
+                .prune(&crate::audit::Actor::Retention, None, false)
+                .await
+            {
                 warn!(%error, "retention pass failed");
             }
         }

@@ -92,8 +92,7 @@ fn coordinator_refuses_bad_requests_without_the_cli() {
             artifact_id: artifact.clone(),
             new_name: new_name.into(),
             replace,
-            target: String::new(),
-            reason: String::new(),
+            ..Default::default()
         };
         let long_name = "x".repeat(64);
         for (req, what, mentions) in [

@@ -388,10 +388,7 @@ impl AdminService for AdminApi {
             }
         }
         let params = serde_json::to_value(&fields).unwrap_or_default();
-        let result = self
-            .fleet
-            .add_window(&actor, fields, request.replace)
-            .await;
+        let result = self.fleet.add_window(&actor, fields, request.replace).await;
         let applied = self
             .audited(&actor, "window.add", &request.name, params, result)
             .await?;
@@ -421,9 +418,8 @@ impl AdminService for AdminApi {
             .next_window(&database, chrono::Utc::now())
             .await?;
         let millis = |o: &Option<Opening>, end: bool| {
-            o.as_ref().map_or(0, |o| {
-                if end { o.end } else { o.start }.timestamp_millis()
-            })
+            o.as_ref()
+                .map_or(0, |o| if end { o.end } else { o.start }.timestamp_millis())
         };
         let name = |o: &Option<Opening>| o.as_ref().map(|o| o.window.clone()).unwrap_or_default();
         Ok(Response::new(pb::NextWindowResponse {

@@ -557,10 +557,12 @@ impl Store {
 
     /// Marks an expired artifact's files removed. Returns whether it was expired.
     pub async fn mark_artifact_deleted(tx: &mut SqliteConnection, id: &str) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE artifacts SET state = 'deleted' WHERE id = ? AND state = 'expired'")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE artifacts SET state = 'deleted' WHERE id = ? AND state = 'expired'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -621,7 +623,10 @@ impl Store {
         Ok(())
     }
 
-    pub async fn remove_schedule_state(tx: &mut SqliteConnection, schedule: &str) -> StoreResult<()> {
+    pub async fn remove_schedule_state(
+        tx: &mut SqliteConnection,
+        schedule: &str,
+    ) -> StoreResult<()> {
         sqlx::query("DELETE FROM schedule_state WHERE schedule = ?")
             .bind(schedule)
             .execute(&mut *tx)

@@ -3,13 +3,15 @@
 //! Names (`AGENT/DBNAME`, agent names, new database names) are validated here with the same
 //! rules the coordinator applies, so a typo is reported before anything is sent.
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
-use warden_shared::{DatabaseId, validate_agent_name, validate_database_name};
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use warden_shared::{DatabaseId, Selector, validate_agent_name, validate_database_name};
 
 /// Where the coordinator listens unless `--coordinator` or `WARDEN_COORDINATOR` say otherwise.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7717";
 
-/// Operate a Warden fleet: backups, restores, health checks and the audit log.
+/// Operate a Warden fleet: backups, restores, health checks, policy and the audit log.
 #[derive(Debug, Parser)]
 #[command(name = "warden", version, about, propagate_version = true)]
 pub struct Cli {
@@ -100,6 +102,35 @@ pub enum Command {
     },
     /// Shows the audit log, or verifies its hash chain with `audit verify`.
     Audit(AuditArgs),
+    /// Lists maintenance windows and freezes, or says when a database may be touched with
+    /// `windows next DB`.
+    Windows(WindowsArgs),
+    /// Adds or removes one maintenance window or freeze.
+    #[command(subcommand)]
+    Window(WindowCommand),
+    /// Applies a fleet policy document (windows, schedules, retention, limits).
+    Apply {
+        /// The policy document, e.g. fleet.toml (`-` reads standard input).
+        #[arg(short = 'f', long = "file", value_name = "PATH")]
+        file: PathBuf,
+        /// Shows what would change without applying anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Prints the fleet policy in force as a TOML document that `apply` takes back.
+    Export,
+    /// Removes the artifacts that retention no longer keeps.
+    Prune {
+        /// Shows what would be pruned without removing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only artifacts of this database (AGENT/DBNAME).
+        #[arg(long, value_name = "DB", value_parser = parse_database_id)]
+        database: Option<DatabaseId>,
+        /// Lists the artifacts that are kept too, with the rule that keeps each.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -123,9 +154,20 @@ pub struct RestoreArgs {
     /// Why the restore is done; recorded in the audit log.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Shows progress and waits until the restore has ended.
+    /// Shows progress and waits until the restore has ended, including while it is held
+    /// for a maintenance window.
     #[arg(long)]
     pub wait: bool,
+    /// Break glass (with --replace): starts now whatever the maintenance windows and freezes
+    /// say; needs --reason.
+    #[arg(long)]
+    pub emergency: bool,
+    /// With --emergency only: does not take a safety backup of the target first.
+    #[arg(long)]
+    pub skip_safety_backup: bool,
+    /// With --replace: refuses instead of waiting in `held` when no maintenance window is open.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +189,89 @@ pub enum AuditCommand {
     Verify,
 }
 
+#[derive(Debug, Args)]
+pub struct WindowsArgs {
+    #[command(subcommand)]
+    pub command: Option<WindowsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WindowsCommand {
+    /// Says when destructive work may next start on a database, and which window allows it.
+    Next {
+        /// The database, as AGENT/DBNAME.
+        #[arg(value_name = "DB", value_parser = parse_database_id)]
+        database: DatabaseId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WindowCommand {
+    /// Adds a maintenance window or freeze to the fleet policy.
+    Add(WindowAddArgs),
+    /// Removes a window or freeze from the fleet policy.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The window's name.
+        name: String,
+    },
+}
+
+/// Whether a window allows destructive work or forbids it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WindowKindArg {
+    /// Destructive work may start while it is open.
+    Maintenance,
+    /// Nothing destructive starts while it is in force; beats maintenance windows.
+    Freeze,
+}
+
+impl WindowKindArg {
+    /// The name the coordinator takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowKindArg::Maintenance => "maintenance",
+            WindowKindArg::Freeze => "freeze",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("recurrence").required(true).args(["weekly", "cron", "start"])))]
+pub struct WindowAddArgs {
+    /// The window's name, unique in the policy.
+    pub name: String,
+    /// Maintenance window or freeze.
+    #[arg(long, value_enum, default_value_t = WindowKindArg::Maintenance)]
+    pub kind: WindowKindArg,
+    /// The IANA time zone the times are local to, e.g. Europe/Berlin or UTC.
+    #[arg(long, value_name = "TZ")]
+    pub timezone: String,
+    /// The databases it covers, as key=value label terms (default: the whole fleet).
+    #[arg(long, value_name = "SEL", value_parser = parse_selector)]
+    pub selector: Option<String>,
+    /// Every week: `sun 02:00-04:00`, `mon-fri 22:00-02:00`, `sat,sun 01:00-05:00`.
+    #[arg(long, value_name = "SPEC")]
+    pub weekly: Option<String>,
+    /// Opens at every occurrence of this cron expression (with --duration).
+    #[arg(long, value_name = "EXPR", requires = "duration")]
+    pub cron: Option<String>,
+    /// How long each cron opening lasts, e.g. 2h or 90m.
+    // `requires` alone would not do: clap lets a required arg go missing when it conflicts
+    // with one given, and --cron conflicts with --weekly through the group.
+    #[arg(long, value_name = "DUR", requires = "cron", conflicts_with_all = ["weekly", "start"])]
+    pub duration: Option<String>,
+    /// Once, from this local time (with --end), e.g. 2026-12-24T00:00.
+    #[arg(long, value_name = "LOCAL", requires = "end")]
+    pub start: Option<String>,
+    /// Once, until this local time (with --start).
+    #[arg(long, value_name = "LOCAL", requires = "start", conflicts_with_all = ["weekly", "cron"])]
+    pub end: Option<String>,
+    /// Replaces a window of the same name instead of refusing.
+    #[arg(long)]
+    pub replace: bool,
+}
+
 fn parse_database_id(text: &str) -> Result<DatabaseId, String> {
     DatabaseId::parse(text).map_err(|err| err.to_string())
 }
@@ -154,6 +279,16 @@ fn parse_database_id(text: &str) -> Result<DatabaseId, String> {
 fn parse_agent_name(text: &str) -> Result<String, String> {
     validate_agent_name(text)
         .map(|()| text.to_owned())
+        .map_err(|err| err.to_string())
+}
+
+/// Checks a selector locally and keeps the operator's text; `*` stands for the whole fleet.
+fn parse_selector(text: &str) -> Result<String, String> {
+    if text.trim() == "*" {
+        return Ok(String::new());
+    }
+    text.parse::<Selector>()
+        .map(|_| text.to_owned())
         .map_err(|err| err.to_string())
 }
 
@@ -221,6 +356,137 @@ mod tests {
             panic!("expected audit")
         };
         assert!(matches!(args.command, Some(AuditCommand::Verify)));
+    }
+
+    #[test]
+    fn restore_takes_emergency_flags() {
+        let cli = parse(&[
+            "restore",
+            "a1",
+            "--replace",
+            "--emergency",
+            "--skip-safety-backup",
+            "--no-wait",
+            "--reason",
+            "prod is corrupt",
+        ])
+        .expect("emergency restore");
+        let Command::Restore(args) = cli.command else {
+            panic!("expected restore")
+        };
+        assert!(args.emergency && args.skip_safety_backup && args.no_wait);
+    }
+
+    #[test]
+    fn windows_lists_or_answers_next() {
+        let list = parse(&["windows", "--json"]).expect("windows listing");
+        let Command::Windows(args) = list.command else {
+            panic!("expected windows")
+        };
+        assert!(args.command.is_none());
+        let next = parse(&["windows", "next", "pg1/shop"]).expect("windows next");
+        let Command::Windows(args) = next.command else {
+            panic!("expected windows")
+        };
+        let Some(WindowsCommand::Next { database }) = args.command else {
+            panic!("expected next")
+        };
+        assert_eq!(database.to_string(), "pg1/shop");
+        assert!(parse(&["windows", "next", "nodatabase"]).is_err());
+        assert!(parse(&["windows", "next"]).is_err());
+    }
+
+    #[test]
+    fn window_add_needs_exactly_one_recurrence() {
+        let weekly = parse(&[
+            "window",
+            "add",
+            "prod-sunday",
+            "--timezone",
+            "Europe/Berlin",
+            "--selector",
+            "env=prod",
+            "--weekly",
+            "sun 02:00-04:00",
+        ])
+        .expect("weekly window");
+        let Command::Window(WindowCommand::Add(args)) = weekly.command else {
+            panic!("expected window add")
+        };
+        assert_eq!(args.kind, WindowKindArg::Maintenance);
+        assert_eq!(args.selector.as_deref(), Some("env=prod"));
+        assert!(!args.replace);
+
+        let base = ["window", "add", "w", "--timezone", "UTC"];
+        let with = |extra: &[&str]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            parse(&all)
+        };
+        assert!(with(&["--cron", "0 3 * * *", "--duration", "2h"]).is_ok());
+        assert!(with(&["--start", "2026-12-24T00:00", "--end", "2026-12-27T00:00"]).is_ok());
+        assert!(with(&["--kind", "freeze", "--weekly", "fri 18:00-23:59"]).is_ok());
+        for bad in [
+            &[][..],
+            &["--cron", "0 3 * * *"][..],
+            &["--duration", "2h", "--weekly", "sun 02:00-04:00"][..],
+            &["--start", "2026-12-24T00:00"][..],
+            &[
+                "--end",
+                "2026-12-24T00:00",
+                "--cron",
+                "0 3 * * *",
+                "--duration",
+                "1h",
+            ][..],
+            &[
+                "--weekly",
+                "sun 02:00-04:00",
+                "--cron",
+                "0 3 * * *",
+                "--duration",
+                "1h",
+            ][..],
+            &["--weekly", "sun 02:00-04:00", "--kind", "sometimes"][..],
+            &["--weekly", "sun 02:00-04:00", "--selector", "env"][..],
+        ] {
+            assert!(with(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(parse(&["window", "add", "w", "--weekly", "sun 02:00-04:00"]).is_err());
+        let all = with(&["--weekly", "sun 02:00-04:00", "--selector", "*"]).expect("star");
+        let Command::Window(WindowCommand::Add(args)) = all.command else {
+            panic!("expected window add")
+        };
+        assert_eq!(args.selector.as_deref(), Some(""));
+        let rm = parse(&["window", "remove", "w"]).expect("rm alias");
+        assert!(matches!(rm.command, Command::Window(WindowCommand::Rm { name }) if name == "w"));
+    }
+
+    #[test]
+    fn apply_export_and_prune() {
+        let apply = parse(&["apply", "-f", "fleet.toml", "--dry-run"]).expect("apply");
+        let Command::Apply { file, dry_run } = apply.command else {
+            panic!("expected apply")
+        };
+        assert_eq!(file, PathBuf::from("fleet.toml"));
+        assert!(dry_run);
+        assert!(parse(&["apply"]).is_err());
+        assert!(matches!(
+            parse(&["export", "--json"]).expect("export").command,
+            Command::Export
+        ));
+        let prune =
+            parse(&["prune", "--dry-run", "--database", "pg1/shop", "--all"]).expect("prune");
+        let Command::Prune {
+            dry_run,
+            database,
+            all,
+        } = prune.command
+        else {
+            panic!("expected prune")
+        };
+        assert!(dry_run && all);
+        assert_eq!(database.map(|d| d.to_string()).as_deref(), Some("pg1/shop"));
     }
 
     #[test]

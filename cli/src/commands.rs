@@ -1,24 +1,38 @@
 //! One function per subcommand: build the request, call the coordinator, print the answer.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::Path;
 
 use warden_proto::v1;
-use warden_shared::DatabaseId;
+use warden_shared::{DatabaseId, OrderState};
 
-use crate::args::{AuditArgs, AuditCommand, Cli, Command, RestoreArgs};
+use crate::args::{
+    AuditArgs, AuditCommand, Cli, Command, RestoreArgs, WindowAddArgs, WindowCommand,
+    WindowsCommand,
+};
 use crate::client::Coordinator;
 use crate::error::{CliError, Outcome};
 use crate::follow::{Followed, follow};
 use crate::format;
 use crate::json::order_state;
-use crate::render::{print_list, print_one, print_verify};
+use crate::render::{
+    held_note, print_export, print_list, print_next_window, print_one, print_policy_result,
+    print_prune, print_verify,
+};
 
 /// Runs the command line and returns how it ended.
 pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
     let json = cli.json;
-    if let Command::Restore(args) = &cli.command {
-        // Refuse before connecting: nothing the coordinator says can make this answerable.
-        check_confirmation_possible(args, std::io::stdin().is_terminal())?;
+    // Before connecting: refuse what no answer of the coordinator could fix, and read the
+    // local input, so a typo costs no round trip.
+    let mut policy_document = None;
+    match &cli.command {
+        Command::Restore(args) => {
+            check_restore_flags(args)?;
+            check_confirmation_possible(args, std::io::stdin().is_terminal())?;
+        }
+        Command::Apply { file, .. } => policy_document = Some(read_policy_document(file)?),
+        _ => {}
     }
     let coordinator = Coordinator::connect(&cli.coordinator).await?;
     let c = &coordinator;
@@ -83,8 +97,86 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
             print_list(&artifacts.artifacts, json)?;
         }
         Command::Audit(args) => return audit(c, args, json).await,
+        Command::Windows(args) => match args.command {
+            None => {
+                let windows = c.answer(c.admin().list_windows(v1::ListWindowsRequest {}).await)?;
+                print_list(&windows.windows, json)?;
+            }
+            Some(WindowsCommand::Next { database }) => {
+                let request = v1::NextWindowRequest {
+                    database: database.to_string(),
+                };
+                let next = c.answer(c.admin().next_window(request).await)?;
+                print_next_window(&next, json)?;
+            }
+        },
+        Command::Window(WindowCommand::Add(args)) => {
+            let response = c.answer(c.admin().add_window(add_window_request(args)).await)?;
+            print_policy_result(&response, false, json)?;
+        }
+        Command::Window(WindowCommand::Rm { name }) => {
+            let request = v1::RemoveWindowRequest { name };
+            let response = c.answer(c.admin().remove_window(request).await)?;
+            print_policy_result(&response, false, json)?;
+        }
+        Command::Apply { dry_run, .. } => {
+            let request = v1::ApplyPolicyRequest {
+                toml: policy_document.unwrap_or_default(),
+                dry_run,
+            };
+            let response = c.answer(c.admin().apply_policy(request).await)?;
+            print_policy_result(&response, dry_run, json)?;
+        }
+        Command::Export => {
+            let export = c.answer(c.admin().export_policy(v1::ExportPolicyRequest {}).await)?;
+            print_export(&export, json)?;
+        }
+        Command::Prune {
+            dry_run,
+            database,
+            all,
+        } => {
+            let request = v1::PruneRequest {
+                dry_run,
+                database: database.map(|d| d.to_string()).unwrap_or_default(),
+            };
+            let response = c.answer(c.admin().prune(request).await)?;
+            print_prune(&response, dry_run, all, json)?;
+        }
     }
     Ok(Outcome::Success)
+}
+
+/// Reads the policy document `warden apply` sends; `-` is standard input.
+fn read_policy_document(path: &Path) -> Result<String, CliError> {
+    let read = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    read.map_err(|err| {
+        CliError::Input(format!(
+            "cannot read the policy document {}: {err}: check the path (`warden export` prints the policy in force)",
+            path.display()
+        ))
+    })
+}
+
+/// Builds the request of `window add`; clap already made sure exactly one recurrence is given.
+fn add_window_request(args: WindowAddArgs) -> v1::AddWindowRequest {
+    v1::AddWindowRequest {
+        name: args.name,
+        selector: args.selector.unwrap_or_default(),
+        kind: args.kind.as_str().to_owned(),
+        timezone: args.timezone,
+        weekly: args.weekly.unwrap_or_default(),
+        cron: args.cron.unwrap_or_default(),
+        duration: args.duration.unwrap_or_default(),
+        start: args.start.unwrap_or_default(),
+        end: args.end.unwrap_or_default(),
+        replace: args.replace,
+    }
 }
 
 /// Prints an order, first following it to its end when asked to; the outcome of a followed
@@ -107,13 +199,60 @@ async fn show_order(
         }
         Followed::Interrupted(order) => {
             print_one(&order, json)?;
+            let keeps = if order_state(&order) == Some(OrderState::Held) {
+                "stays held and starts by itself when it may"
+            } else {
+                "keeps running"
+            };
             eprintln!(
-                "stopped waiting: order {id} keeps running; follow it with `warden order {id} --watch` or stop it with `warden cancel {id}`",
+                "stopped waiting: order {id} {keeps}; follow it with `warden order {id} --watch` or stop it with `warden cancel {id}`",
                 id = order.id
             );
             Ok(Outcome::Interrupted)
         }
     }
+}
+
+/// Refuses restore flags that do not go together, before anything is sent.
+fn check_restore_flags(args: &RestoreArgs) -> Result<(), CliError> {
+    if !args.replace {
+        let replace_only = [
+            ("--emergency", args.emergency),
+            ("--skip-safety-backup", args.skip_safety_backup),
+            ("--no-wait", args.no_wait),
+        ];
+        if let Some((flag, _)) = replace_only.into_iter().find(|(_, given)| *given) {
+            return Err(CliError::Input(format!(
+                "{flag} only goes with --replace: a restore under a new name replaces nothing, so it waits for no window and takes no safety backup; drop {flag}"
+            )));
+        }
+    }
+    if args.skip_safety_backup && !args.emergency {
+        return Err(CliError::Input(
+            "--skip-safety-backup only goes with --emergency: a restore that waits for its maintenance window always takes a safety backup of the target first; drop --skip-safety-backup, or add --emergency --reason TEXT".to_owned(),
+        ));
+    }
+    if args.emergency && args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(CliError::Input(
+            "--emergency needs --reason TEXT: say why the restore cannot wait for a maintenance window; the reason goes into the audit log".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// What an emergency replace does beyond a plain one, said before the confirmation prompt.
+fn emergency_warning(args: &RestoreArgs, target: &DatabaseId) -> Option<String> {
+    if !args.emergency {
+        return None;
+    }
+    let safety = if args.skip_safety_backup {
+        format!("WITHOUT a safety backup of {target}")
+    } else {
+        format!("after a safety backup of {target}")
+    };
+    Some(format!(
+        "EMERGENCY: this starts now, whatever maintenance windows and freezes say, {safety}."
+    ))
 }
 
 /// Refuses a replacing restore that could neither be confirmed at a prompt nor was confirmed
@@ -151,12 +290,11 @@ async fn restore(
             })?,
         };
         let stdin = std::io::stdin();
-        confirm_replace(
-            &artifact,
-            &target,
-            &mut stdin.lock(),
-            &mut std::io::stderr(),
-        )?;
+        let mut prompt = std::io::stderr();
+        if let Some(warning) = emergency_warning(&args, &target) {
+            writeln!(prompt, "{warning}")?;
+        }
+        confirm_replace(&artifact, &target, &mut stdin.lock(), &mut prompt)?;
     }
     let request = v1::SubmitRestoreRequest {
         artifact_id: args.artifact,
@@ -164,8 +302,17 @@ async fn restore(
         replace: args.replace,
         target: args.target.map(|t| t.to_string()).unwrap_or_default(),
         reason: args.reason.unwrap_or_default(),
+        emergency: args.emergency,
+        skip_safety_backup: args.skip_safety_backup,
+        no_wait: args.no_wait,
     };
     let order = c.answer(c.admin().submit_restore(request).await)?;
+    if let Some(note) = held_note(&order, None).filter(|_| !args.wait) {
+        eprintln!(
+            "order {id} is held: {note}; it starts by itself when it may: follow it with `warden order {id} --watch` or stop it with `warden cancel {id}`",
+            id = order.id
+        );
+    }
     show_order(c, order, args.wait, json).await
 }
 
@@ -238,7 +385,95 @@ mod tests {
             yes,
             reason: None,
             wait: false,
+            emergency: false,
+            skip_safety_backup: false,
+            no_wait: false,
         }
+    }
+
+    #[test]
+    fn emergency_needs_a_reason() {
+        let mut args = restore_args(true, true);
+        args.emergency = true;
+        for reason in [None, Some(""), Some("  \t")] {
+            args.reason = reason.map(str::to_owned);
+            let err = check_restore_flags(&args).expect_err("no reason");
+            assert!(
+                err.to_string()
+                    .starts_with("--emergency needs --reason TEXT"),
+                "{err}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
+        args.reason = Some("prod is corrupt".into());
+        assert!(check_restore_flags(&args).is_ok());
+        args.skip_safety_backup = true;
+        assert!(check_restore_flags(&args).is_ok());
+    }
+
+    #[test]
+    fn skipping_the_safety_backup_needs_an_emergency() {
+        let mut args = restore_args(true, true);
+        args.skip_safety_backup = true;
+        args.reason = Some("why not".into());
+        let err = check_restore_flags(&args).expect_err("not an emergency");
+        assert!(
+            err.to_string()
+                .starts_with("--skip-safety-backup only goes with --emergency"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn window_flags_only_go_with_replace() {
+        for flag in ["--emergency", "--skip-safety-backup", "--no-wait"] {
+            let mut args = restore_args(false, false);
+            args.reason = Some("test".into());
+            match flag {
+                "--emergency" => args.emergency = true,
+                "--skip-safety-backup" => args.skip_safety_backup = true,
+                _ => args.no_wait = true,
+            }
+            let err = check_restore_flags(&args).expect_err("new name");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{flag} only goes with --replace")),
+                "{err}"
+            );
+        }
+        let mut args = restore_args(true, true);
+        args.no_wait = true;
+        assert!(check_restore_flags(&args).is_ok());
+    }
+
+    #[test]
+    fn emergency_warning_says_what_is_skipped() {
+        let target = DatabaseId::parse("pg1/shop").expect("valid id");
+        let mut args = restore_args(true, true);
+        assert_eq!(emergency_warning(&args, &target), None);
+        args.emergency = true;
+        let warning = emergency_warning(&args, &target).expect("a warning");
+        assert!(
+            warning.contains("after a safety backup of pg1/shop"),
+            "{warning}"
+        );
+        args.skip_safety_backup = true;
+        let warning = emergency_warning(&args, &target).expect("a warning");
+        assert!(
+            warning.contains("WITHOUT a safety backup of pg1/shop"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn unreadable_policy_documents_are_named() {
+        let err = read_policy_document(Path::new("/nonexistent/fleet.toml")).expect_err("absent");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read the policy document /nonexistent/fleet.toml: "),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! What a command ends with, and the process exit code for it.
 //!
 //! Exit codes are part of the CLI's contract with scripts: `0` success, `1` the work ran and
-//! failed (an order ended failed, cancelled or lost; the audit chain is broken), `2` the
-//! request was refused or the coordinator could not be reached.
+//! failed (an order ended failed, cancelled, lost or expired; the audit chain is broken), `2`
+//! the request was refused or the coordinator could not be reached.
 
 use std::error::Error as _;
 
@@ -172,7 +172,12 @@ mod tests {
             Outcome::of_final_state(Some(OrderState::Succeeded)).exit_code(),
             0
         );
-        for state in [OrderState::Failed, OrderState::Cancelled, OrderState::Lost] {
+        for state in [
+            OrderState::Failed,
+            OrderState::Cancelled,
+            OrderState::Lost,
+            OrderState::Expired,
+        ] {
             assert_eq!(
                 Outcome::of_final_state(Some(state)).exit_code(),
                 1,

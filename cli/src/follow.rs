@@ -1,5 +1,8 @@
 //! Following an order until it ends, for `--wait` and `order ID --watch`.
 //!
+//! A held order (a restore waiting for its maintenance window) is followed like a running
+//! one: it starts by itself when the window opens, or ends `expired` when its deadline passes.
+//!
 //! The CLI polls `GetOrder` rather than streaming: orders live minutes to hours, a poll every
 //! 300 ms costs the coordinator one indexed read, and polling survives coordinator restarts.
 
@@ -13,6 +16,7 @@ use crate::client::Coordinator;
 use crate::error::CliError;
 use crate::format;
 use crate::json::{order_kind_name, order_state, order_state_name};
+use crate::render::held_note;
 
 /// How often the order is read while it runs.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
@@ -34,7 +38,8 @@ pub fn is_final(order: &v1::Order) -> bool {
 }
 
 /// Polls the order until it is final, showing a spinner with phase, bytes and rate when
-/// `show_progress` is set.
+/// `show_progress` is set; without a spinner, why the order is held goes to stderr each time
+/// it changes, so a log shows what the wait is for.
 pub async fn follow(
     coordinator: &Coordinator,
     submitted: v1::Order,
@@ -46,9 +51,17 @@ pub async fn follow(
     let mut can_interrupt = true;
     let mut order = submitted;
     let mut last_answer = Instant::now();
+    let mut last_held_note = None;
     let outcome = loop {
         if let Some(spinner) = &spinner {
-            spinner.set_message(progress_line(&order));
+            spinner.set_message(progress_line(&order, warden_shared::now_unix_ms()));
+        } else {
+            // Absolute times only: a relative one would change, and repeat the line, each poll.
+            let note = held_note(&order, None);
+            if let Some(text) = note.as_ref().filter(|_| note != last_held_note) {
+                eprintln!("order {} is held: {text}", order.id);
+            }
+            last_held_note = note;
         }
         if is_final(&order) {
             break Ok(Followed::Ended(order));
@@ -75,7 +88,7 @@ pub async fn follow(
                 if let Some(spinner) = &spinner {
                     spinner.set_message(format!(
                         "{} (coordinator unreachable, retrying)",
-                        progress_line(&order)
+                        progress_line(&order, warden_shared::now_unix_ms())
                     ));
                 }
             }
@@ -109,10 +122,13 @@ fn new_spinner(order: &v1::Order) -> ProgressBar {
     spinner
 }
 
-/// Describes a running order in one line: "running · dump · 12.3 MiB · 4.5 MiB/s".
-pub fn progress_line(order: &v1::Order) -> String {
+/// Describes a running order in one line: "running · dump · 12.3 MiB · 4.5 MiB/s", or a held
+/// one: "held · no maintenance window is open; may start at … (in 3h 20m)".
+pub fn progress_line(order: &v1::Order, now_ms: i64) -> String {
     let mut parts = vec![order_state_name(order).to_owned()];
-    if !order.phase.is_empty() {
+    if let Some(note) = held_note(order, Some(now_ms)) {
+        parts.push(note);
+    } else if !order.phase.is_empty() {
         parts.push(order.phase.clone());
     }
     if order.progress_bytes > 0 {
@@ -134,14 +150,33 @@ mod tests {
             state: v1::OrderState::Queued.into(),
             ..Default::default()
         };
-        assert_eq!(progress_line(&order), "queued");
+        assert_eq!(progress_line(&order, 0), "queued");
         order.state = v1::OrderState::Running.into();
         order.phase = "dump".into();
         order.progress_bytes = 5 * 1024 * 1024;
         order.progress_bytes_per_sec = 2.5 * 1024.0 * 1024.0;
         assert_eq!(
-            progress_line(&order),
+            progress_line(&order, 0),
             "running · dump · 5.0 MiB · 2.5 MiB/s"
+        );
+    }
+
+    #[test]
+    fn progress_line_of_a_held_order_says_why_and_when() {
+        let now = 1_795_728_605_000;
+        let mut order = v1::Order {
+            state: v1::OrderState::Held.into(),
+            phase: "no maintenance window is open for pg1/shop".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_line(&order, now),
+            "held · no maintenance window is open for pg1/shop"
+        );
+        order.held_until_unix_ms = now + 3 * 3_600_000 + 20 * 60_000;
+        assert_eq!(
+            progress_line(&order, now),
+            "held · no maintenance window is open for pg1/shop; may start at 2026-11-27 00:50:05Z (in 3h 20m)"
         );
     }
 
@@ -155,6 +190,8 @@ mod tests {
             (v1::OrderState::Failed, true),
             (v1::OrderState::Cancelled, true),
             (v1::OrderState::Lost, true),
+            (v1::OrderState::Held, false),
+            (v1::OrderState::Expired, true),
         ] {
             order.state = state.into();
             assert_eq!(is_final(&order), expected, "{state:?}");

@@ -71,6 +71,45 @@ pub fn ago(unix_ms: i64, now_ms: i64) -> String {
     }
 }
 
+/// Formats how far a time is from now: "in 3h 20m", "in 45s", "2d 4h ago", "now" within a
+/// second; "-" when absent. For times that may lie on either side of now (openings, deadlines).
+pub fn relative(unix_ms: i64, now_ms: i64) -> String {
+    if unix_ms == 0 {
+        return NONE.to_owned();
+    }
+    let seconds = (unix_ms - now_ms) / 1000;
+    match seconds {
+        0 => "now".to_owned(),
+        1.. => format!("in {}", span(seconds.unsigned_abs())),
+        _ => format!("{} ago", span(seconds.unsigned_abs())),
+    }
+}
+
+/// Formats a time with how far it is from now: "2026-11-26 21:30:05Z (in 3h 20m)".
+pub fn time_relative(unix_ms: i64, now_ms: i64) -> String {
+    if unix_ms == 0 {
+        return NONE.to_owned();
+    }
+    format!("{} ({})", time(unix_ms), relative(unix_ms, now_ms))
+}
+
+/// Formats a span of seconds in its two largest units: "45s", "12m", "3h 20m", "2d 4h".
+fn span(seconds: u64) -> String {
+    let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
+        if small == 0 {
+            format!("{big}{big_unit}")
+        } else {
+            format!("{big}{big_unit} {small}{small_unit}")
+        }
+    };
+    match seconds {
+        ..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86_400 => two(seconds / 3600, "h", (seconds % 3600) / 60, "m"),
+        _ => two(seconds / 86_400, "d", (seconds % 86_400) / 3600, "h"),
+    }
+}
+
 /// Formats a duration in milliseconds: "340ms", "1.2s", "3m 05s", "1h 02m".
 pub fn millis(ms: u64) -> String {
     match ms {
@@ -155,6 +194,30 @@ mod tests {
         assert_eq!(ago(now - 180_000, now), "3m ago");
         assert_eq!(ago(now - 5 * 3_600_000, now), "5h ago");
         assert_eq!(ago(now - 2 * 86_400_000, now), "2d ago");
+    }
+
+    #[test]
+    fn times_on_either_side_of_now() {
+        let now = 1_795_728_605_000;
+        assert_eq!(relative(0, now), "-");
+        assert_eq!(relative(now + 400, now), "now");
+        assert_eq!(relative(now + 45_000, now), "in 45s");
+        assert_eq!(relative(now + 12 * 60_000 + 30_000, now), "in 12m");
+        assert_eq!(relative(now + 3 * 3_600_000, now), "in 3h");
+        assert_eq!(
+            relative(now + 3 * 3_600_000 + 20 * 60_000, now),
+            "in 3h 20m"
+        );
+        assert_eq!(
+            relative(now + 2 * 86_400_000 + 4 * 3_600_000, now),
+            "in 2d 4h"
+        );
+        assert_eq!(relative(now - 90 * 60_000, now), "1h 30m ago");
+        assert_eq!(
+            time_relative(1_795_728_605_250 + 3_600_000, 1_795_728_605_250),
+            "2026-11-26 22:30:05Z (in 1h)"
+        );
+        assert_eq!(time_relative(0, now), "-");
     }
 
     #[test]

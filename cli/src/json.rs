@@ -127,10 +127,24 @@ pub struct OrderJson {
     pub progress_bytes: u64,
     pub progress_bytes_per_sec: f64,
     pub error: Option<String>,
+    /// Started without waiting for a maintenance window.
+    pub emergency: bool,
+    /// The safety backup a destructive order took (or waits for) first.
+    pub safety_backup_order_id: Option<String>,
+    /// While held: when the order may start (null when it waits for another order to end).
+    pub held_until: Option<String>,
+    /// A destructive order that has not started by then expires.
+    pub deadline: Option<String>,
     /// The artifact a backup produced.
     pub artifact_id: Option<String>,
     pub restore: Option<RestoreJson>,
     pub health: Option<HealthJson>,
+    pub prune: Option<PruneOutcomeJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneOutcomeJson {
+    pub removed_artifact_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -216,6 +230,10 @@ impl From<&v1::Order> for OrderJson {
             progress_bytes: order.progress_bytes,
             progress_bytes_per_sec: order.progress_bytes_per_sec,
             error: non_empty(&order.error),
+            emergency: order.emergency,
+            safety_backup_order_id: non_empty(&order.safety_backup_order_id),
+            held_until: rfc3339(order.held_until_unix_ms),
+            deadline: rfc3339(order.deadline_unix_ms),
             artifact_id: match outcome {
                 Some(ResultOutcome::Backup(backup)) => non_empty(&backup.artifact_id),
                 _ => None,
@@ -226,6 +244,12 @@ impl From<&v1::Order> for OrderJson {
             },
             health: match outcome {
                 Some(ResultOutcome::Health(health)) => Some(health.into()),
+                _ => None,
+            },
+            prune: match outcome {
+                Some(ResultOutcome::Prune(prune)) => Some(PruneOutcomeJson {
+                    removed_artifact_ids: prune.removed_artifact_ids.clone(),
+                }),
                 _ => None,
             },
         }
@@ -326,6 +350,169 @@ impl From<&v1::VerifyAuditResponse> for AuditVerifyJson {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowJson {
+    pub name: String,
+    /// `maintenance` or `freeze`.
+    pub kind: String,
+    /// Label terms; empty matches the whole fleet.
+    pub selector: String,
+    pub timezone: String,
+    pub recurrence: String,
+    /// When the span open now closes (null when closed).
+    pub open_until: Option<String>,
+    /// The next span that starts after now (null when none within a year).
+    pub next_start: Option<String>,
+    pub next_end: Option<String>,
+}
+
+impl From<&v1::WindowInfo> for WindowJson {
+    fn from(window: &v1::WindowInfo) -> Self {
+        Self {
+            name: window.name.clone(),
+            kind: window.kind.clone(),
+            selector: window.selector.clone(),
+            timezone: window.timezone.clone(),
+            recurrence: window.recurrence.clone(),
+            open_until: rfc3339(window.open_until_unix_ms),
+            next_start: rfc3339(window.next_start_unix_ms),
+            next_end: rfc3339(window.next_end_unix_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NextWindowJson {
+    pub database: String,
+    pub labels: BTreeMap<String, String>,
+    /// Destructive work may start now.
+    pub allowed_now: bool,
+    /// The maintenance window open now, and until when.
+    pub open_window: Option<String>,
+    pub open_until: Option<String>,
+    /// The freeze in force now, and until when.
+    pub freeze_window: Option<String>,
+    pub freeze_until: Option<String>,
+    /// The next slot in which destructive work may start (the current one when allowed now).
+    pub next_window: Option<String>,
+    pub next_start: Option<String>,
+    pub next_end: Option<String>,
+}
+
+impl From<&v1::NextWindowResponse> for NextWindowJson {
+    fn from(next: &v1::NextWindowResponse) -> Self {
+        Self {
+            database: next.database.clone(),
+            labels: sorted(&next.labels),
+            allowed_now: next.allowed_now,
+            open_window: non_empty(&next.open_window),
+            open_until: rfc3339(next.open_until_unix_ms),
+            freeze_window: non_empty(&next.freeze_window),
+            freeze_until: rfc3339(next.freeze_until_unix_ms),
+            next_window: non_empty(&next.next_window),
+            next_start: rfc3339(next.next_start_unix_ms),
+            next_end: rfc3339(next.next_end_unix_ms),
+        }
+    }
+}
+
+/// What `apply`, `window add` and `window rm` changed (or would change).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyResultJson {
+    pub applied: bool,
+    /// The policy version in force after the call.
+    pub version: u64,
+    pub dry_run: bool,
+    pub changes: Vec<PolicyChangeJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyChangeJson {
+    /// `added`, `changed` or `removed`.
+    pub op: String,
+    /// `limits`, `window`, `schedule` or `retention`.
+    pub what: String,
+    pub name: Option<String>,
+    /// What differs, e.g. `cron: 0 3 * * * -> 0 4 * * *`.
+    pub detail: Option<String>,
+}
+
+impl PolicyResultJson {
+    pub fn new(response: &v1::ApplyPolicyResponse, dry_run: bool) -> Self {
+        Self {
+            applied: response.applied,
+            version: response.version,
+            dry_run,
+            changes: response
+                .changes
+                .iter()
+                .map(|change| PolicyChangeJson {
+                    op: change.op.clone(),
+                    what: change.what.clone(),
+                    name: non_empty(&change.name),
+                    detail: non_empty(&change.detail),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportJson {
+    pub version: u64,
+    pub toml: String,
+}
+
+impl From<&v1::ExportPolicyResponse> for ExportJson {
+    fn from(export: &v1::ExportPolicyResponse) -> Self {
+        Self {
+            version: export.version,
+            toml: export.toml.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneJson {
+    pub dry_run: bool,
+    /// Every artifact considered, pruned or kept.
+    pub decisions: Vec<PruneDecisionJson>,
+    /// The prune orders queued to remove the files (empty for a dry run).
+    pub order_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneDecisionJson {
+    pub artifact_id: String,
+    pub database: String,
+    pub created: Option<String>,
+    pub size_bytes: u64,
+    pub prune: bool,
+    /// The rule that keeps the artifact, or why none does.
+    pub why: String,
+}
+
+impl PruneJson {
+    pub fn new(response: &v1::PruneResponse, dry_run: bool) -> Self {
+        Self {
+            dry_run,
+            decisions: response
+                .decisions
+                .iter()
+                .map(|decision| PruneDecisionJson {
+                    artifact_id: decision.artifact_id.clone(),
+                    database: decision.database.clone(),
+                    created: rfc3339(decision.created_unix_ms),
+                    size_bytes: decision.size_bytes,
+                    prune: decision.prune,
+                    why: decision.why.clone(),
+                })
+                .collect(),
+            order_ids: response.order_ids.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -360,6 +547,10 @@ mod tests {
                 outcome: Some(outcome),
             }),
             error: String::new(),
+            emergency: false,
+            safety_backup_order_id: String::new(),
+            held_until_unix_ms: 0,
+            deadline_unix_ms: 0,
         }
     }
 
@@ -414,8 +605,137 @@ mod tests {
                 "requested_by": "alice@ops", "reason": null, "attempts": 1,
                 "created_at": CREATED, "updated_at": "2026-11-26T21:30:06.250Z",
                 "started_at": null, "finished_at": null, "phase": null, "progress_bytes": 0,
-                "progress_bytes_per_sec": 0.0, "error": null, "artifact_id": null,
-                "restore": null, "health": null
+                "progress_bytes_per_sec": 0.0, "error": null, "emergency": false,
+                "safety_backup_order_id": null, "held_until": null, "deadline": null,
+                "artifact_id": null, "restore": null, "health": null, "prune": null
+            })
+        );
+    }
+
+    #[test]
+    fn held_emergency_order_shape() {
+        let mut held = order(v1::OrderState::Held, None);
+        held.kind = v1::OrderKind::Restore.into();
+        held.phase = "waiting for maintenance window prod-sunday".into();
+        held.emergency = true;
+        held.safety_backup_order_id = "o-safety".into();
+        held.held_until_unix_ms = CREATED_MS + 3_600_000;
+        held.deadline_unix_ms = CREATED_MS + 7_200_000;
+        let value = serde_json::to_value(OrderJson::from(&held)).expect("serializes");
+        assert_eq!(value["state"], "held");
+        assert_eq!(value["kind"], "restore");
+        assert_eq!(value["phase"], "waiting for maintenance window prod-sunday");
+        assert_eq!(value["emergency"], true);
+        assert_eq!(value["safety_backup_order_id"], "o-safety");
+        assert_eq!(value["held_until"], "2026-11-26T22:30:05.250Z");
+        assert_eq!(value["deadline"], "2026-11-26T23:30:05.250Z");
+    }
+
+    #[test]
+    fn prune_orders_and_expired_state_have_names() {
+        let mut expired = order(v1::OrderState::Expired, None);
+        expired.kind = v1::OrderKind::Prune.into();
+        let json = OrderJson::from(&expired);
+        assert_eq!((json.kind, json.state), ("prune", "expired"));
+        let pruned = order(
+            v1::OrderState::Succeeded,
+            Some(ResultOutcome::Prune(v1::PruneOutcome {
+                removed_artifact_ids: vec!["a-1".into(), "a-2".into()],
+            })),
+        );
+        assert_eq!(
+            serde_json::to_value(OrderJson::from(&pruned).prune).expect("serializes"),
+            json!({"removed_artifact_ids": ["a-1", "a-2"]})
+        );
+    }
+
+    #[test]
+    fn window_shapes() {
+        let window = v1::WindowInfo {
+            name: "prod-sunday".into(),
+            kind: "maintenance".into(),
+            selector: "env=prod".into(),
+            timezone: "Europe/Berlin".into(),
+            recurrence: "weekly sun 02:00-04:00".into(),
+            open_until_unix_ms: 0,
+            next_start_unix_ms: CREATED_MS,
+            next_end_unix_ms: CREATED_MS + 7_200_000,
+        };
+        assert_eq!(
+            serde_json::to_value(WindowJson::from(&window)).expect("serializes"),
+            json!({
+                "name": "prod-sunday", "kind": "maintenance", "selector": "env=prod",
+                "timezone": "Europe/Berlin", "recurrence": "weekly sun 02:00-04:00",
+                "open_until": null, "next_start": CREATED, "next_end": "2026-11-26T23:30:05.250Z"
+            })
+        );
+        let next = v1::NextWindowResponse {
+            database: "pg1/shop".into(),
+            allowed_now: false,
+            freeze_window: "xmas".into(),
+            freeze_until_unix_ms: CREATED_MS,
+            labels: HashMap::from([("env".into(), "prod".into())]),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(NextWindowJson::from(&next)).expect("serializes"),
+            json!({
+                "database": "pg1/shop", "labels": {"env": "prod"}, "allowed_now": false,
+                "open_window": null, "open_until": null, "freeze_window": "xmas",
+                "freeze_until": CREATED, "next_window": null, "next_start": null,
+                "next_end": null
+            })
+        );
+    }
+
+    #[test]
+    fn policy_and_prune_shapes() {
+        let response = v1::ApplyPolicyResponse {
+            changes: vec![
+                v1::PolicyChange {
+                    op: "changed".into(),
+                    what: "limits".into(),
+                    name: String::new(),
+                    detail: "max_concurrent: 2 -> 3".into(),
+                },
+                v1::PolicyChange {
+                    op: "added".into(),
+                    what: "window".into(),
+                    name: "prod-sunday".into(),
+                    detail: String::new(),
+                },
+            ],
+            version: 4,
+            applied: false,
+        };
+        assert_eq!(
+            serde_json::to_value(PolicyResultJson::new(&response, true)).expect("serializes"),
+            json!({
+                "applied": false, "version": 4, "dry_run": true, "changes": [
+                    {"op": "changed", "what": "limits", "name": null,
+                     "detail": "max_concurrent: 2 -> 3"},
+                    {"op": "added", "what": "window", "name": "prod-sunday", "detail": null}
+                ]
+            })
+        );
+        let prune = v1::PruneResponse {
+            decisions: vec![v1::PruneDecision {
+                artifact_id: "a-1".into(),
+                database: "pg1/shop".into(),
+                created_unix_ms: CREATED_MS,
+                size_bytes: 2048,
+                prune: true,
+                why: "older than every rule keeps".into(),
+            }],
+            order_ids: vec!["o-9".into()],
+        };
+        assert_eq!(
+            serde_json::to_value(PruneJson::new(&prune, false)).expect("serializes"),
+            json!({
+                "dry_run": false, "order_ids": ["o-9"], "decisions": [
+                    {"artifact_id": "a-1", "database": "pg1/shop", "created": CREATED,
+                     "size_bytes": 2048, "prune": true, "why": "older than every rule keeps"}
+                ]
             })
         );
     }
@@ -428,6 +748,7 @@ mod tests {
                 artifact_id: "a-1".into(),
                 artifact_path: "pg1/shop/a-1".into(),
                 manifest_json: "{}".into(),
+                verified: false,
             })),
         );
         let json = OrderJson::from(&backup);

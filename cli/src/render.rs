@@ -14,11 +14,13 @@ use warden_shared::OrderState;
 use crate::error::CliError;
 use crate::format;
 use crate::json::{
-    AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, DatabaseJson, OrderJson,
-    order_kind_name, order_outcome, order_state, order_state_name,
+    AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, DatabaseJson, ExportJson,
+    NextWindowJson, OrderJson, PolicyResultJson, PruneJson, WindowJson, order_kind_name,
+    order_outcome, order_state, order_state_name,
 };
 
-/// One kind of thing the CLI shows: agents, databases, orders, artifacts, audit events.
+/// One kind of thing the CLI shows: agents, databases, orders, artifacts, audit events,
+/// windows.
 pub trait Entity {
     type Json: Serialize;
 
@@ -30,7 +32,7 @@ pub trait Entity {
     fn to_json(&self) -> Self::Json;
     fn row(&self, now_ms: i64) -> Vec<String>;
     /// Further fields shown only in the single view, each only when it has a value.
-    fn details(&self) -> Vec<(&'static str, String)> {
+    fn details(&self, _now_ms: i64) -> Vec<(&'static str, String)> {
         Vec::new()
     }
 }
@@ -69,6 +71,227 @@ pub fn print_verify(verify: &v1::VerifyAuditResponse, json: bool) -> Result<(), 
         )
     };
     print_text(&line)
+}
+
+/// Prints when destructive work may start on a database (`windows next`).
+pub fn print_next_window(next: &v1::NextWindowResponse, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&NextWindowJson::from(next));
+    }
+    print_text(&key_value_table(next_window_fields(next, warden_shared::now_unix_ms())).trim_fmt())
+}
+
+/// The `windows next` answer, one field per line.
+pub fn next_window_fields(
+    next: &v1::NextWindowResponse,
+    now_ms: i64,
+) -> Vec<(&'static str, String)> {
+    let open = if next.open_window.is_empty() {
+        "none open".to_owned()
+    } else {
+        format!(
+            "{} open until {}",
+            next.open_window,
+            format::time_relative(next.open_until_unix_ms, now_ms)
+        )
+    };
+    let freeze = if next.freeze_window.is_empty() {
+        format::NONE.to_owned()
+    } else {
+        format!(
+            "{} until {}",
+            next.freeze_window,
+            format::time_relative(next.freeze_until_unix_ms, now_ms)
+        )
+    };
+    let next_opening = if next.next_start_unix_ms == 0 {
+        "none within a year".to_owned()
+    } else {
+        format!(
+            "{} {}",
+            format::or_none(&next.next_window),
+            span_text(next.next_start_unix_ms, next.next_end_unix_ms, now_ms)
+        )
+    };
+    vec![
+        ("DATABASE", next.database.clone()),
+        ("LABELS", format::labels(&next.labels)),
+        ("ALLOWED NOW", format::yes_no(next.allowed_now)),
+        ("WINDOW", open),
+        ("FREEZE", freeze),
+        ("NEXT OPENING", next_opening),
+    ]
+}
+
+/// Describes a span: "2026-11-29 01:00:00Z – 2026-11-29 03:00:00Z (in 2d 3h)".
+fn span_text(start_ms: i64, end_ms: i64, now_ms: i64) -> String {
+    format!(
+        "{} – {} ({})",
+        format::time(start_ms),
+        format::time(end_ms),
+        format::relative(start_ms, now_ms)
+    )
+}
+
+/// Prints what `apply`, `window add` or `window rm` changed, or would change for a dry run.
+pub fn print_policy_result(
+    response: &v1::ApplyPolicyResponse,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    if json {
+        return print_json(&PolicyResultJson::new(response, dry_run));
+    }
+    print_text(&policy_result_text(response, dry_run))
+}
+
+/// One line per change ("+ window prod-sunday", "~ schedule nightly: cron: … -> …"), then
+/// whether anything was applied.
+pub fn policy_result_text(response: &v1::ApplyPolicyResponse, dry_run: bool) -> String {
+    let mut lines: Vec<String> = response.changes.iter().map(change_line).collect();
+    let version = response.version;
+    lines.push(if response.changes.is_empty() {
+        format!("no changes: policy version {version} stays in force")
+    } else if dry_run {
+        format!("dry run: nothing was applied; policy version {version} stays in force")
+    } else if response.applied {
+        format!("applied: policy version {version} is in force")
+    } else {
+        format!("not applied: policy version {version} stays in force")
+    });
+    lines.join("\n")
+}
+
+fn change_line(change: &v1::PolicyChange) -> String {
+    let symbol = match change.op.as_str() {
+        "added" => "+",
+        "removed" => "-",
+        "changed" => "~",
+        _ => "?",
+    };
+    let mut line = format!("{symbol} {}", change.what);
+    if !change.name.is_empty() {
+        line.push(' ');
+        line.push_str(&change.name);
+    }
+    if !change.detail.is_empty() {
+        line.push_str(": ");
+        line.push_str(&change.detail);
+    }
+    line
+}
+
+/// Prints the policy document exactly as the coordinator sent it.
+pub fn print_export(export: &v1::ExportPolicyResponse, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&ExportJson::from(export));
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(export.toml.as_bytes())?;
+    if !export.toml.is_empty() && !export.toml.ends_with('\n') {
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints the decisions of a prune: the artifacts pruned (and kept, with `show_kept`), then a
+/// summary with the prune orders.
+pub fn print_prune(
+    response: &v1::PruneResponse,
+    dry_run: bool,
+    show_kept: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    if json {
+        return print_json(&PruneJson::new(response, dry_run));
+    }
+    let mut text = String::new();
+    if let Some(table) = prune_table(&response.decisions, show_kept) {
+        text.push_str(&table.trim_fmt());
+        text.push('\n');
+    }
+    text.push_str(&prune_summary(response, dry_run));
+    print_text(&text)
+}
+
+/// The table of prune decisions, or nothing when there is no row to show.
+pub fn prune_table(decisions: &[v1::PruneDecision], show_kept: bool) -> Option<Table> {
+    let shown: Vec<&v1::PruneDecision> =
+        decisions.iter().filter(|d| d.prune || show_kept).collect();
+    if shown.is_empty() {
+        return None;
+    }
+    let mut table = new_table();
+    let mut header = vec!["ARTIFACT", "DATABASE", "CREATED", "SIZE"];
+    if show_kept {
+        header.push("DECISION");
+    }
+    header.push("WHY");
+    table.set_header(header);
+    for decision in shown {
+        let mut row = vec![
+            decision.artifact_id.clone(),
+            decision.database.clone(),
+            format::time(decision.created_unix_ms),
+            format::bytes(decision.size_bytes),
+        ];
+        if show_kept {
+            row.push(if decision.prune { "prune" } else { "keep" }.to_owned());
+        }
+        row.push(format::or_none(&decision.why));
+        table.add_row(row);
+    }
+    arrange_columns(&mut table);
+    Some(table)
+}
+
+/// Says how much is pruned and kept, and which orders remove the files.
+pub fn prune_summary(response: &v1::PruneResponse, dry_run: bool) -> String {
+    let pruned: Vec<&v1::PruneDecision> = response.decisions.iter().filter(|d| d.prune).collect();
+    let kept = response.decisions.len() - pruned.len();
+    let bytes = format::bytes(pruned.iter().map(|d| d.size_bytes).sum());
+    let kept = count(kept, "artifact");
+    if pruned.is_empty() {
+        return format!("nothing to prune; {kept} kept");
+    }
+    let pruning = count(pruned.len(), "artifact");
+    if dry_run {
+        return format!(
+            "dry run: would prune {pruning} ({bytes}) and keep {kept}; nothing was removed"
+        );
+    }
+    if response.order_ids.is_empty() {
+        return format!("pruned {pruning} ({bytes}); kept {kept}");
+    }
+    let (noun, verb) = if response.order_ids.len() == 1 {
+        ("order", "removes")
+    } else {
+        ("orders", "remove")
+    };
+    format!(
+        "pruning {pruning} ({bytes}), keeping {kept}: {noun} {} {verb} the files (follow with `warden order ID --watch`)",
+        response.order_ids.join(", ")
+    )
+}
+
+/// "1 artifact", "3 artifacts".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Builds a "FIELD  value" table, the shape of every single view.
+fn key_value_table(fields: Vec<(&'static str, String)>) -> Table {
+    let mut table = new_table();
+    for (name, value) in fields {
+        table.add_row(vec![name.to_owned(), value]);
+    }
+    arrange_columns(&mut table);
+    table
 }
 
 fn print_json<T: Serialize + ?Sized>(document: &T) -> Result<(), CliError> {
@@ -125,13 +348,8 @@ pub fn list_table<E: Entity>(items: &[E], now_ms: i64) -> Table {
 
 /// Builds the single view of `item`: its columns, then its details, one per line.
 pub fn detail_table<E: Entity>(item: &E, now_ms: i64) -> Table {
-    let mut table = new_table();
     let fields = E::COLUMNS.iter().copied().zip(item.row(now_ms));
-    for (name, value) in fields.chain(item.details()) {
-        table.add_row(vec![name.to_owned(), value]);
-    }
-    arrange_columns(&mut table);
-    table
+    key_value_table(fields.chain(item.details(now_ms)).collect())
 }
 
 impl Entity for v1::Agent {
@@ -204,6 +422,29 @@ impl Entity for v1::Database {
     }
 }
 
+/// Describes why a held order waits and when it may start: "no maintenance window is open;
+/// may start at 2026-11-29 01:00:00Z (in 2d 3h)", the time relative to `now_ms` when given.
+/// Nothing for an order that is not held.
+pub fn held_note(order: &v1::Order, now_ms: Option<i64>) -> Option<String> {
+    if order_state(order) != Some(OrderState::Held) {
+        return None;
+    }
+    let reason = if order.phase.is_empty() {
+        "waiting to start"
+    } else {
+        order.phase.as_str()
+    };
+    Some(if order.held_until_unix_ms > 0 {
+        let at = match now_ms {
+            Some(now_ms) => format::time_relative(order.held_until_unix_ms, now_ms),
+            None => format::time(order.held_until_unix_ms),
+        };
+        format!("{reason}; may start at {at}")
+    } else {
+        reason.to_owned()
+    })
+}
+
 /// Describes how far a running order got: "12.3 MiB at 4.5 MiB/s".
 pub fn order_progress(order: &v1::Order) -> String {
     if order.progress_bytes == 0 {
@@ -237,23 +478,43 @@ impl Entity for v1::Order {
         self.into()
     }
 
-    fn row(&self, _now_ms: i64) -> Vec<String> {
+    fn row(&self, now_ms: i64) -> Vec<String> {
+        let state = if self.emergency {
+            format!("{} (emergency)", order_state_name(self))
+        } else {
+            order_state_name(self).to_owned()
+        };
         vec![
             self.id.clone(),
             order_kind_name(self).to_owned(),
             self.database.clone(),
-            order_state_name(self).to_owned(),
-            format::or_none(&self.phase),
+            state,
+            held_note(self, Some(now_ms)).unwrap_or_else(|| format::or_none(&self.phase)),
             order_progress(self),
             format::time(self.created_unix_ms),
             format::or_none(&self.requested_by),
         ]
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
+    fn details(&self, now_ms: i64) -> Vec<(&'static str, String)> {
         let mut details = Vec::new();
         if !self.reason.is_empty() {
             details.push(("REASON", self.reason.clone()));
+        }
+        if self.emergency {
+            details.push((
+                "EMERGENCY",
+                "yes: started without waiting for a maintenance window".to_owned(),
+            ));
+        }
+        if !self.safety_backup_order_id.is_empty() {
+            details.push(("SAFETY BACKUP", self.safety_backup_order_id.clone()));
+        }
+        if self.deadline_unix_ms != 0 {
+            details.push((
+                "DEADLINE",
+                format::time_relative(self.deadline_unix_ms, now_ms),
+            ));
         }
         details.push(("ATTEMPTS", self.attempts.to_string()));
         if self.started_unix_ms != 0 {
@@ -272,6 +533,19 @@ impl Entity for v1::Order {
         match order_outcome(self) {
             Some(ResultOutcome::Backup(backup)) => {
                 details.push(("ARTIFACT", format::or_none(&backup.artifact_id)));
+                if backup.verified {
+                    details.push(("READ BACK", "yes: the dump matched its sha256".to_owned()));
+                }
+            }
+            Some(ResultOutcome::Prune(prune)) => {
+                details.push((
+                    "REMOVED",
+                    if prune.removed_artifact_ids.is_empty() {
+                        format::NONE.to_owned()
+                    } else {
+                        prune.removed_artifact_ids.join(", ")
+                    },
+                ));
             }
             Some(ResultOutcome::Restore(restore)) => {
                 details.push(("RESTORED INTO", format::or_none(&restore.database)));
@@ -335,7 +609,7 @@ impl Entity for v1::Artifact {
         ]
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
+    fn details(&self, _now_ms: i64) -> Vec<(&'static str, String)> {
         vec![
             ("ORDER", format::or_none(&self.order_id)),
             ("SERVER VERSION", format::or_none(&self.server_version)),
@@ -369,10 +643,56 @@ impl Entity for v1::AuditEvent {
         ]
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
+    fn details(&self, _now_ms: i64) -> Vec<(&'static str, String)> {
         vec![
             ("PREV HASH", format::or_none(&self.prev_hash)),
             ("HASH", format::or_none(&self.hash)),
+        ]
+    }
+}
+
+impl Entity for v1::WindowInfo {
+    type Json = WindowJson;
+    const PLURAL: &'static str = "windows";
+    const COLUMNS: &'static [&'static str] = &[
+        "NAME",
+        "KIND",
+        "SELECTOR",
+        "TIMEZONE",
+        "RECURRENCE",
+        "NOW",
+        "NEXT OPENING",
+    ];
+
+    fn to_json(&self) -> WindowJson {
+        self.into()
+    }
+
+    fn row(&self, now_ms: i64) -> Vec<String> {
+        let freeze = self.kind == "freeze";
+        let now = match (self.open_until_unix_ms, freeze) {
+            (0, false) => "closed".to_owned(),
+            (0, true) => "not in force".to_owned(),
+            (until, false) => format!("open until {}", format::time_relative(until, now_ms)),
+            (until, true) => format!("in force until {}", format::time_relative(until, now_ms)),
+        };
+        let next = if self.next_start_unix_ms == 0 {
+            "none within a year".to_owned()
+        } else {
+            span_text(self.next_start_unix_ms, self.next_end_unix_ms, now_ms)
+        };
+        vec![
+            self.name.clone(),
+            format::or_none(&self.kind),
+            if self.selector.trim().is_empty() {
+                "(all)".to_owned()
+            } else {
+                self.selector.clone()
+            },
+            format::or_none(&self.timezone),
+            format::or_none(&self.recurrence),
+            now,
+            next,
         ]
     }
 }
@@ -460,6 +780,233 @@ mod tests {
         assert_eq!(order_progress(&order), "3.0 MiB");
         order.progress_bytes = 0;
         assert_eq!(order_progress(&order), "-");
+    }
+
+    const NOW: i64 = 1_795_728_605_000;
+
+    fn field(text: &str, name: &str) -> Option<String> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| rest.trim().to_owned())
+    }
+
+    #[test]
+    fn held_orders_say_why_and_when() {
+        let mut order = v1::Order {
+            id: "o-held".into(),
+            kind: v1::OrderKind::Restore.into(),
+            database: "pg1/shop".into(),
+            state: v1::OrderState::Held.into(),
+            phase: "no maintenance window is open for pg1/shop".into(),
+            held_until_unix_ms: NOW + 3 * 3_600_000 + 20 * 60_000,
+            deadline_unix_ms: NOW + 5 * 3_600_000,
+            safety_backup_order_id: "o-safety".into(),
+            ..Default::default()
+        };
+        let text = detail_table(&order, NOW).trim_fmt();
+        assert_eq!(
+            field(&text, "PHASE").as_deref(),
+            Some(
+                "no maintenance window is open for pg1/shop; may start at 2026-11-27 00:50:05Z (in 3h 20m)"
+            ),
+            "{text}"
+        );
+        assert_eq!(field(&text, "STATE").as_deref(), Some("held"), "{text}");
+        assert_eq!(
+            field(&text, "SAFETY BACKUP").as_deref(),
+            Some("o-safety"),
+            "{text}"
+        );
+        assert_eq!(
+            field(&text, "DEADLINE").as_deref(),
+            Some("2026-11-27 02:30:05Z (in 5h)"),
+            "{text}"
+        );
+        assert!(!text.contains("EMERGENCY"), "{text}");
+
+        // Waiting for another order to end: no time to promise.
+        order.held_until_unix_ms = 0;
+        assert_eq!(
+            held_note(&order, Some(NOW)).as_deref(),
+            Some("no maintenance window is open for pg1/shop")
+        );
+        order.state = v1::OrderState::Running.into();
+        order.emergency = true;
+        assert_eq!(held_note(&order, Some(NOW)), None);
+        let text = detail_table(&order, NOW).trim_fmt();
+        assert_eq!(
+            field(&text, "STATE").as_deref(),
+            Some("running (emergency)"),
+            "{text}"
+        );
+        assert!(field(&text, "EMERGENCY").is_some(), "{text}");
+    }
+
+    #[test]
+    fn windows_show_now_and_next() {
+        let window = v1::WindowInfo {
+            name: "prod-sunday".into(),
+            kind: "maintenance".into(),
+            selector: String::new(),
+            timezone: "Europe/Berlin".into(),
+            recurrence: "weekly sun 02:00-04:00".into(),
+            open_until_unix_ms: NOW + 20 * 60_000,
+            next_start_unix_ms: NOW + 7 * 86_400_000,
+            next_end_unix_ms: NOW + 7 * 86_400_000 + 7_200_000,
+        };
+        let row = window.row(NOW);
+        assert_eq!(row[2], "(all)");
+        assert_eq!(row[5], "open until 2026-11-26 21:50:05Z (in 20m)");
+        assert_eq!(
+            row[6],
+            "2026-12-03 21:30:05Z – 2026-12-03 23:30:05Z (in 7d)"
+        );
+        let freeze = v1::WindowInfo {
+            kind: "freeze".into(),
+            selector: "env=prod".into(),
+            open_until_unix_ms: 0,
+            next_start_unix_ms: 0,
+            ..window
+        };
+        let row = freeze.row(NOW);
+        assert_eq!(
+            (row[2].as_str(), row[5].as_str(), row[6].as_str()),
+            ("env=prod", "not in force", "none within a year")
+        );
+    }
+
+    #[test]
+    fn next_window_answers_when() {
+        let frozen = v1::NextWindowResponse {
+            database: "pg1/shop".into(),
+            allowed_now: false,
+            freeze_window: "xmas".into(),
+            freeze_until_unix_ms: NOW + 86_400_000,
+            next_window: "prod-sunday".into(),
+            next_start_unix_ms: NOW + 2 * 86_400_000,
+            next_end_unix_ms: NOW + 2 * 86_400_000 + 7_200_000,
+            ..Default::default()
+        };
+        let fields: HashMap<_, _> = next_window_fields(&frozen, NOW).into_iter().collect();
+        assert_eq!(fields["ALLOWED NOW"], "no");
+        assert_eq!(fields["WINDOW"], "none open");
+        assert_eq!(fields["FREEZE"], "xmas until 2026-11-27 21:30:05Z (in 1d)");
+        assert_eq!(
+            fields["NEXT OPENING"],
+            "prod-sunday 2026-11-28 21:30:05Z – 2026-11-28 23:30:05Z (in 2d)"
+        );
+        let open = v1::NextWindowResponse {
+            database: "pg1/shop".into(),
+            allowed_now: true,
+            open_window: "prod-sunday".into(),
+            open_until_unix_ms: NOW + 3_600_000,
+            ..Default::default()
+        };
+        let fields: HashMap<_, _> = next_window_fields(&open, NOW).into_iter().collect();
+        assert_eq!(fields["ALLOWED NOW"], "yes");
+        assert_eq!(
+            fields["WINDOW"],
+            "prod-sunday open until 2026-11-26 22:30:05Z (in 1h)"
+        );
+        assert_eq!(fields["FREEZE"], "-");
+        assert_eq!(fields["NEXT OPENING"], "none within a year");
+    }
+
+    fn change(op: &str, what: &str, name: &str, detail: &str) -> v1::PolicyChange {
+        v1::PolicyChange {
+            op: op.into(),
+            what: what.into(),
+            name: name.into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn policy_changes_one_per_line() {
+        let mut response = v1::ApplyPolicyResponse {
+            changes: vec![
+                change("added", "window", "prod-sunday", ""),
+                change(
+                    "changed",
+                    "schedule",
+                    "nightly",
+                    "cron: 0 3 * * * -> 0 4 * * *",
+                ),
+                change("removed", "retention", "old", ""),
+                change("changed", "limits", "", "max_concurrent: 2 -> 3"),
+            ],
+            version: 7,
+            applied: true,
+        };
+        assert_eq!(
+            policy_result_text(&response, false),
+            "+ window prod-sunday\n~ schedule nightly: cron: 0 3 * * * -> 0 4 * * *\n- retention old\n~ limits: max_concurrent: 2 -> 3\napplied: policy version 7 is in force"
+        );
+        response.applied = false;
+        response.version = 6;
+        assert!(
+            policy_result_text(&response, true)
+                .ends_with("\ndry run: nothing was applied; policy version 6 stays in force")
+        );
+        response.changes.clear();
+        assert_eq!(
+            policy_result_text(&response, false),
+            "no changes: policy version 6 stays in force"
+        );
+    }
+
+    fn decision(id: &str, prune: bool, why: &str) -> v1::PruneDecision {
+        v1::PruneDecision {
+            artifact_id: id.into(),
+            database: "pg1/shop".into(),
+            created_unix_ms: NOW,
+            size_bytes: 2048,
+            prune,
+            why: why.into(),
+        }
+    }
+
+    #[test]
+    fn prune_shows_what_goes_and_counts_what_stays() {
+        let mut response = v1::PruneResponse {
+            decisions: vec![
+                decision("a-1", true, "older than every rule keeps"),
+                decision("a-2", true, "older than every rule keeps"),
+                decision("a-3", false, "daily: newest of 2026-11-26"),
+            ],
+            order_ids: vec![],
+        };
+        let table = prune_table(&response.decisions, false)
+            .expect("rows")
+            .trim_fmt();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("ARTIFACT  DATABASE"), "{table}");
+        assert!(!lines[0].contains("DECISION"), "{table}");
+        assert!(lines[1].contains("older than every rule keeps"), "{table}");
+        let all = prune_table(&response.decisions, true)
+            .expect("rows")
+            .trim_fmt();
+        assert_eq!(all.lines().count(), 4, "{all}");
+        assert!(
+            all.contains("keep") && all.contains("daily: newest"),
+            "{all}"
+        );
+        assert_eq!(
+            prune_summary(&response, true),
+            "dry run: would prune 2 artifacts (4.0 KiB) and keep 1 artifact; nothing was removed"
+        );
+        response.order_ids = vec!["o-9".into()];
+        assert_eq!(
+            prune_summary(&response, false),
+            "pruning 2 artifacts (4.0 KiB), keeping 1 artifact: order o-9 removes the files (follow with `warden order ID --watch`)"
+        );
+        response.decisions.retain(|d| !d.prune);
+        assert_eq!(
+            prune_summary(&response, false),
+            "nothing to prune; 1 artifact kept"
+        );
+        assert!(prune_table(&response.decisions, false).is_none());
     }
 
     #[test]

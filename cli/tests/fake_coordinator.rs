@@ -2,7 +2,8 @@
 //!
 //! The fake answers like the coordinator would (orders that progress, refusals with
 //! messages), so these tests pin what scripts rely on: exit codes, JSON shapes, the actor
-//! metadata and the refusal to replace without confirmation.
+//! metadata, the refusal to replace without confirmation, and the policy commands (windows,
+//! apply, export, prune).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -17,12 +18,22 @@ use warden_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use warden_proto::v1::order_result::Outcome as ResultOutcome;
 
 const CREATED_MS: i64 = 1_795_728_605_250;
+/// Every scripted order ends within a few polls; a run this long is stuck.
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+const HELD_UNTIL_MS: i64 = CREATED_MS + 3 * 3_600_000;
+const HELD_REASON: &str = "no maintenance window is open for pg1/shop";
 
 #[derive(Default)]
 struct Recorded {
     actors: Vec<String>,
     polls: HashMap<String, usize>,
     restores: Vec<v1::SubmitRestoreRequest>,
+    policies: Vec<v1::ApplyPolicyRequest>,
+    windows_added: Vec<v1::AddWindowRequest>,
+    windows_removed: Vec<v1::RemoveWindowRequest>,
+    next_windows: Vec<v1::NextWindowRequest>,
+    prunes: Vec<v1::PruneRequest>,
 }
 
 struct Fake {
@@ -78,10 +89,19 @@ fn running(mut order: v1::Order, bytes: u64) -> v1::Order {
     order
 }
 
+fn held(mut order: v1::Order) -> v1::Order {
+    order.state = v1::OrderState::Held.into();
+    order.phase = HELD_REASON.into();
+    order.held_until_unix_ms = HELD_UNTIL_MS;
+    order.deadline_unix_ms = HELD_UNTIL_MS + 2 * 3_600_000;
+    order.safety_backup_order_id = "o-safety".into();
+    order
+}
+
 /// The states an order goes through, one per poll; the last one stays.
 fn script(id: &str) -> Option<Vec<v1::Order>> {
     use v1::OrderKind::{Backup, Restore};
-    use v1::OrderState::{Failed, Queued, Succeeded};
+    use v1::OrderState::{Expired, Failed, Queued, Succeeded};
     let backup = |state| order(id, Backup, "pg1/shop", state);
     match id {
         "o-ok" => Some(vec![
@@ -94,6 +114,7 @@ fn script(id: &str) -> Option<Vec<v1::Order>> {
                     artifact_id: "a-1".into(),
                     artifact_path: "pg1/shop/a-1".into(),
                     manifest_json: "{}".into(),
+                    verified: false,
                 })),
                 "",
             ),
@@ -122,6 +143,23 @@ fn script(id: &str) -> Option<Vec<v1::Order>> {
                 })),
                 "",
             ),
+        ]),
+        // A replacing restore held for its window, which stays held.
+        "o-held" => Some(vec![held(order(id, Restore, "pg1/shop", Queued))]),
+        // Held until the window closed before it could start.
+        "o-expire" => Some(vec![
+            held(order(id, Restore, "pg1/shop", Queued)),
+            held(order(id, Restore, "pg1/shop", Queued)),
+            {
+                let mut expired = held(order(id, Restore, "pg1/shop", Queued));
+                expired.state = Expired.into();
+                expired.phase = String::new();
+                expired.held_until_unix_ms = 0;
+                expired.finished_unix_ms = HELD_UNTIL_MS;
+                expired.error =
+                    "maintenance window prod-sunday closed before the restore could start".into();
+                expired
+            },
         ]),
         _ => None,
     }
@@ -202,12 +240,14 @@ impl AdminService for Fake {
         request: Request<v1::SubmitRestoreRequest>,
     ) -> Result<Response<v1::Order>, Status> {
         self.record(&request);
-        self.recorded
-            .lock()
-            .expect("lock")
-            .restores
-            .push(request.into_inner());
-        let first = script("o-restore").and_then(|s| s.into_iter().next());
+        let request = request.into_inner();
+        let id = if request.artifact_id == "a-held" {
+            "o-expire"
+        } else {
+            "o-restore"
+        };
+        self.recorded.lock().expect("lock").restores.push(request);
+        let first = script(id).and_then(|s| s.into_iter().next());
         first
             .map(Response::new)
             .ok_or_else(|| Status::internal("no script"))
@@ -306,7 +346,202 @@ impl AdminService for Fake {
             }
         }))
     }
+
+    async fn apply_policy(
+        &self,
+        request: Request<v1::ApplyPolicyRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        self.recorded
+            .lock()
+            .expect("lock")
+            .policies
+            .push(request.clone());
+        if request.toml.contains("Mars/Olympus") {
+            return Err(Status::invalid_argument(
+                "windows[0].timezone: unknown time zone \"Mars/Olympus\": use an IANA name such as Europe/Berlin",
+            ));
+        }
+        let change = |op: &str, what: &str, name: &str, detail: &str| v1::PolicyChange {
+            op: op.into(),
+            what: what.into(),
+            name: name.into(),
+            detail: detail.into(),
+        };
+        Ok(Response::new(v1::ApplyPolicyResponse {
+            changes: vec![
+                change("added", "window", "prod-sunday", ""),
+                change(
+                    "changed",
+                    "schedule",
+                    "nightly",
+                    "cron: 0 3 * * * -> 0 4 * * *",
+                ),
+                change("removed", "retention", "old", ""),
+            ],
+            version: if request.dry_run { 3 } else { 4 },
+            applied: !request.dry_run,
+        }))
+    }
+
+    async fn export_policy(
+        &self,
+        request: Request<v1::ExportPolicyRequest>,
+    ) -> Result<Response<v1::ExportPolicyResponse>, Status> {
+        self.record(&request);
+        Ok(Response::new(v1::ExportPolicyResponse {
+            toml: EXPORTED.into(),
+            version: 3,
+        }))
+    }
+
+    async fn list_windows(
+        &self,
+        request: Request<v1::ListWindowsRequest>,
+    ) -> Result<Response<v1::ListWindowsResponse>, Status> {
+        self.record(&request);
+        Ok(Response::new(v1::ListWindowsResponse {
+            windows: vec![
+                v1::WindowInfo {
+                    name: "prod-sunday".into(),
+                    kind: "maintenance".into(),
+                    selector: "env=prod".into(),
+                    timezone: "Europe/Berlin".into(),
+                    recurrence: "weekly sun 02:00-04:00".into(),
+                    open_until_unix_ms: 0,
+                    next_start_unix_ms: HELD_UNTIL_MS,
+                    next_end_unix_ms: HELD_UNTIL_MS + 7_200_000,
+                },
+                v1::WindowInfo {
+                    name: "xmas".into(),
+                    kind: "freeze".into(),
+                    selector: String::new(),
+                    timezone: "UTC".into(),
+                    recurrence: "once 2026-12-24T00:00 - 2026-12-27T00:00".into(),
+                    open_until_unix_ms: 0,
+                    next_start_unix_ms: 0,
+                    next_end_unix_ms: 0,
+                },
+            ],
+        }))
+    }
+
+    async fn add_window(
+        &self,
+        request: Request<v1::AddWindowRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        let name = request.name.clone();
+        self.recorded
+            .lock()
+            .expect("lock")
+            .windows_added
+            .push(request);
+        Ok(Response::new(v1::ApplyPolicyResponse {
+            changes: vec![v1::PolicyChange {
+                op: "added".into(),
+                what: "window".into(),
+                name,
+                detail: String::new(),
+            }],
+            version: 5,
+            applied: true,
+        }))
+    }
+
+    async fn remove_window(
+        &self,
+        request: Request<v1::RemoveWindowRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        if request.name != "prod-sunday" {
+            return Err(Status::not_found(format!(
+                "no window named {}: see warden windows",
+                request.name
+            )));
+        }
+        self.recorded
+            .lock()
+            .expect("lock")
+            .windows_removed
+            .push(request);
+        Ok(Response::new(v1::ApplyPolicyResponse {
+            changes: vec![v1::PolicyChange {
+                op: "removed".into(),
+                what: "window".into(),
+                name: "prod-sunday".into(),
+                detail: String::new(),
+            }],
+            version: 6,
+            applied: true,
+        }))
+    }
+
+    async fn next_window(
+        &self,
+        request: Request<v1::NextWindowRequest>,
+    ) -> Result<Response<v1::NextWindowResponse>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        let database = request.database.clone();
+        self.recorded
+            .lock()
+            .expect("lock")
+            .next_windows
+            .push(request);
+        Ok(Response::new(v1::NextWindowResponse {
+            database,
+            allowed_now: false,
+            open_window: String::new(),
+            open_until_unix_ms: 0,
+            freeze_window: "release-freeze".into(),
+            freeze_until_unix_ms: CREATED_MS + 3_600_000,
+            next_window: "prod-sunday".into(),
+            next_start_unix_ms: HELD_UNTIL_MS,
+            next_end_unix_ms: HELD_UNTIL_MS + 7_200_000,
+            labels: HashMap::from([("env".into(), "prod".into())]),
+        }))
+    }
+
+    async fn prune(
+        &self,
+        request: Request<v1::PruneRequest>,
+    ) -> Result<Response<v1::PruneResponse>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        let dry_run = request.dry_run;
+        self.recorded.lock().expect("lock").prunes.push(request);
+        let decision = |id: &str, created: i64, prune: bool, why: &str| v1::PruneDecision {
+            artifact_id: id.into(),
+            database: "pg1/shop".into(),
+            created_unix_ms: created,
+            size_bytes: 40_960,
+            prune,
+            why: why.into(),
+        };
+        Ok(Response::new(v1::PruneResponse {
+            decisions: vec![
+                decision(
+                    "a-old",
+                    CREATED_MS - 90 * 86_400_000,
+                    true,
+                    "kept by no rule (daily 7, weekly 4)",
+                ),
+                decision("a-1", CREATED_MS, false, "daily: newest of 2026-11-26"),
+            ],
+            order_ids: if dry_run {
+                vec![]
+            } else {
+                vec!["o-prune".into()]
+            },
+        }))
+    }
 }
+
+const EXPORTED: &str = "# fleet policy, version 3\n[[window]]\nname = \"prod-sunday\"\n";
 
 struct Server {
     url: String,
@@ -343,13 +578,18 @@ impl Run {
 }
 
 async fn warden(url: &str, args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
         .env("WARDEN_COORDINATOR", url)
         .env("USER", "tester")
         .stdin(Stdio::null())
-        .output()
+        // A CLI that never ends (a follow loop that misses a final state) fails the test
+        // instead of hanging the suite.
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RUN_LIMIT, run)
         .await
+        .unwrap_or_else(|_| panic!("warden {args:?} did not end within {RUN_LIMIT:?}"))
         .expect("run warden");
     Run {
         code: output.status.code().expect("exited"),
@@ -555,5 +795,459 @@ async fn an_absent_coordinator_is_named() {
     assert!(
         run.stderr
             .contains("set --coordinator or WARDEN_COORDINATOR")
+    );
+}
+
+/// Writes `text` to a file of its own under the test target's scratch directory.
+fn scratch_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("warden-cli-tests");
+    std::fs::create_dir_all(&dir).expect("create scratch directory");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write scratch file");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_restore_without_reason_is_refused_before_sending() {
+    let server = start(false).await;
+    for reason in [None, Some(""), Some("   ")] {
+        let mut args = vec!["restore", "a-1", "--replace", "--yes", "--emergency"];
+        if let Some(reason) = reason {
+            args.extend(["--reason", reason]);
+        }
+        let run = warden(&server.url, &args).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .starts_with("error: --emergency needs --reason TEXT"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
+    let recorded = server.recorded.lock().expect("lock");
+    assert!(recorded.restores.is_empty());
+    assert!(
+        recorded.actors.is_empty(),
+        "nothing may be sent: {:?}",
+        recorded.actors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipping_the_safety_backup_needs_an_emergency() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &[
+            "restore",
+            "a-1",
+            "--replace",
+            "--yes",
+            "--skip-safety-backup",
+            "--reason",
+            "hurry",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("error: --skip-safety-backup only goes with --emergency"),
+        "{}",
+        run.stderr
+    );
+    let new_name = warden(
+        &server.url,
+        &[
+            "restore",
+            "a-1",
+            "--new-name",
+            "copy",
+            "--emergency",
+            "--reason",
+            "hurry",
+        ],
+    )
+    .await;
+    assert_eq!(new_name.code, 2, "{}", new_name.stderr);
+    assert!(
+        new_name
+            .stderr
+            .starts_with("error: --emergency only goes with --replace"),
+        "{}",
+        new_name.stderr
+    );
+    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_restore_sends_its_flags() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &[
+            "restore",
+            "a-1",
+            "--replace",
+            "--yes",
+            "--emergency",
+            "--skip-safety-backup",
+            "--no-wait",
+            "--reason",
+            "prod is corrupt",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let restores = server.recorded.lock().expect("lock").restores.clone();
+    assert_eq!(restores.len(), 1);
+    let sent = &restores[0];
+    assert!(sent.replace && sent.emergency && sent.skip_safety_backup && sent.no_wait);
+    assert_eq!(sent.reason, "prod is corrupt");
+    // A plain replace sends none of them.
+    let plain = warden(&server.url, &["restore", "a-1", "--replace", "--yes"]).await;
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    let restores = server.recorded.lock().expect("lock").restores.clone();
+    assert!(!restores[1].emergency && !restores[1].skip_safety_backup && !restores[1].no_wait);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_order_shows_its_reason_and_when_it_may_start() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["order", "o-held"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let field = |name: &str| {
+        run.stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| rest.trim().to_owned())
+    };
+    assert_eq!(field("STATE").as_deref(), Some("held"), "{}", run.stdout);
+    let phase = field("PHASE").unwrap_or_default();
+    assert!(
+        phase.starts_with(&format!(
+            "{HELD_REASON}; may start at 2026-11-27 00:30:05Z ("
+        )),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        field("SAFETY BACKUP").as_deref(),
+        Some("o-safety"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        field("DEADLINE").is_some_and(|d| d.starts_with("2026-11-27 02:30:05Z")),
+        "{}",
+        run.stdout
+    );
+
+    let json = warden(&server.url, &["order", "o-held", "--json"])
+        .await
+        .json();
+    assert_eq!(json["state"], "held");
+    assert_eq!(json["phase"], HELD_REASON);
+    assert_eq!(json["held_until"], "2026-11-27T00:30:05.250Z");
+    assert_eq!(json["deadline"], "2026-11-27T02:30:05.250Z");
+    assert_eq!(json["safety_backup_order_id"], "o-safety");
+    assert_eq!(json["emergency"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_restore_follows_a_held_order_until_it_expires() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &["restore", "a-held", "--replace", "--yes", "--wait"],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    // Without a terminal the wait is explained on stderr, once.
+    let note = format!("order o-expire is held: {HELD_REASON}; may start at 2026-11-27 00:30:05Z");
+    assert_eq!(run.stderr.matches(&note).count(), 1, "{}", run.stderr);
+    assert!(run.stdout.contains("expired"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("maintenance window prod-sunday closed before the restore could start"),
+        "{}",
+        run.stdout
+    );
+    assert!(server.recorded.lock().expect("lock").polls["o-expire"] >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_dry_run_prints_changes_and_sends_the_document() {
+    let server = start(false).await;
+    let document = "[[window]]\nname = \"prod-sunday\"\ntimezone = \"Europe/Berlin\"\n";
+    let path = scratch_file("dry-run-fleet.toml", document);
+    let path = path.to_str().expect("utf-8 path");
+    let run = warden(&server.url, &["apply", "-f", path, "--dry-run"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "+ window prod-sunday\n\
+         ~ schedule nightly: cron: 0 3 * * * -> 0 4 * * *\n\
+         - retention old\n\
+         dry run: nothing was applied; policy version 3 stays in force\n"
+    );
+    let policies = server.recorded.lock().expect("lock").policies.clone();
+    assert_eq!(policies.len(), 1);
+    assert!(policies[0].dry_run);
+    assert_eq!(policies[0].toml, document);
+
+    let applied = warden(&server.url, &["apply", "--file", path, "--json"]).await;
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    assert_eq!(
+        applied.json(),
+        serde_json::json!({
+            "applied": true, "version": 4, "dry_run": false, "changes": [
+                {"op": "added", "what": "window", "name": "prod-sunday", "detail": null},
+                {"op": "changed", "what": "schedule", "name": "nightly",
+                 "detail": "cron: 0 3 * * * -> 0 4 * * *"},
+                {"op": "removed", "what": "retention", "name": "old", "detail": null}
+            ]
+        })
+    );
+    assert!(!server.recorded.lock().expect("lock").policies[1].dry_run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_with_an_unreadable_file_exits_two() {
+    let server = start(false).await;
+    let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-fleet.toml");
+    let missing = missing.to_str().expect("utf-8 path");
+    let run = warden(&server.url, &["apply", "-f", missing]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: cannot read the policy document {missing}: "
+        )),
+        "{}",
+        run.stderr
+    );
+    // A directory is no document either.
+    let run = warden(&server.url, &["apply", "-f", env!("CARGO_TARGET_TMPDIR")]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot read the policy document"),
+        "{}",
+        run.stderr
+    );
+    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_an_invalid_document_exits_two_with_the_coordinators_message() {
+    let server = start(false).await;
+    let path = scratch_file(
+        "invalid-fleet.toml",
+        "[[window]]\nname = \"w\"\ntimezone = \"Mars/Olympus\"\n",
+    );
+    let run = warden(&server.url, &["apply", "-f", path.to_str().expect("utf-8")]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        "error: windows[0].timezone: unknown time zone \"Mars/Olympus\": use an IANA name such as Europe/Berlin"
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_prints_the_document_as_is() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["export"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, EXPORTED);
+    let json = warden(&server.url, &["export", "--json"]).await;
+    assert_eq!(
+        json.json(),
+        serde_json::json!({"version": 3, "toml": EXPORTED})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_list_as_table_and_json() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["windows"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(lines[0].starts_with("NAME"), "{}", run.stdout);
+    for cell in [
+        "prod-sunday",
+        "maintenance",
+        "env=prod",
+        "Europe/Berlin",
+        "closed",
+        "2026-11-27 00:30:05Z – 2026-11-27 02:30:05Z",
+    ] {
+        assert!(lines[1].contains(cell), "{cell} missing in {}", lines[1]);
+    }
+    for cell in [
+        "xmas",
+        "freeze",
+        "(all)",
+        "not in force",
+        "none within a year",
+    ] {
+        assert!(lines[2].contains(cell), "{cell} missing in {}", lines[2]);
+    }
+    let json = warden(&server.url, &["windows", "--json"]).await.json();
+    assert_eq!(json.as_array().map(Vec::len), Some(2));
+    assert_eq!(json[0]["next_start"], "2026-11-27T00:30:05.250Z");
+    assert_eq!(json[1]["selector"], "");
+    assert_eq!(json[1]["next_start"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_next_json_shape() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["windows", "next", "pg1/shop", "--json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.json(),
+        serde_json::json!({
+            "database": "pg1/shop", "labels": {"env": "prod"}, "allowed_now": false,
+            "open_window": null, "open_until": null,
+            "freeze_window": "release-freeze", "freeze_until": "2026-11-26T22:30:05.250Z",
+            "next_window": "prod-sunday", "next_start": "2026-11-27T00:30:05.250Z",
+            "next_end": "2026-11-27T02:30:05.250Z"
+        })
+    );
+    let sent = server.recorded.lock().expect("lock").next_windows.clone();
+    assert_eq!(sent[0].database, "pg1/shop");
+
+    let table = warden(&server.url, &["windows", "next", "pg1/shop"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    for line in [
+        "ALLOWED NOW   no",
+        "FREEZE        release-freeze until 2026-11-26 22:30:05Z",
+        "NEXT OPENING  prod-sunday 2026-11-27 00:30:05Z – 2026-11-27 02:30:05Z",
+    ] {
+        assert!(
+            table.stdout.contains(line),
+            "{line} missing in {}",
+            table.stdout
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_add_and_rm_print_the_changes() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &[
+            "window",
+            "add",
+            "nightly-dev",
+            "--timezone",
+            "UTC",
+            "--selector",
+            "env=dev",
+            "--cron",
+            "0 1 * * *",
+            "--duration",
+            "2h",
+            "--replace",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "+ window nightly-dev\napplied: policy version 5 is in force\n"
+    );
+    let added = server.recorded.lock().expect("lock").windows_added.clone();
+    let sent = &added[0];
+    assert_eq!(
+        (
+            sent.name.as_str(),
+            sent.kind.as_str(),
+            sent.selector.as_str(),
+            sent.timezone.as_str()
+        ),
+        ("nightly-dev", "maintenance", "env=dev", "UTC")
+    );
+    assert_eq!(
+        (sent.cron.as_str(), sent.duration.as_str()),
+        ("0 1 * * *", "2h")
+    );
+    assert!(sent.weekly.is_empty() && sent.start.is_empty() && sent.end.is_empty());
+    assert!(sent.replace);
+
+    let rm = warden(&server.url, &["window", "rm", "prod-sunday", "--json"]).await;
+    assert_eq!(rm.code, 0, "{}", rm.stderr);
+    assert_eq!(rm.json()["changes"][0]["op"], "removed");
+    let unknown = warden(&server.url, &["window", "rm", "nope"]).await;
+    assert_eq!(unknown.code, 2);
+    assert_eq!(
+        unknown.stderr.trim(),
+        "error: no window named nope: see warden windows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_dry_run_json_shape() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &["prune", "--dry-run", "--database", "pg1/shop", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.json(),
+        serde_json::json!({
+            "dry_run": true,
+            "decisions": [
+                {"artifact_id": "a-old", "database": "pg1/shop",
+                 "created": "2026-08-28T21:30:05.250Z", "size_bytes": 40_960, "prune": true,
+                 "why": "kept by no rule (daily 7, weekly 4)"},
+                {"artifact_id": "a-1", "database": "pg1/shop",
+                 "created": "2026-11-26T21:30:05.250Z", "size_bytes": 40_960, "prune": false,
+                 "why": "daily: newest of 2026-11-26"}
+            ],
+            "order_ids": []
+        })
+    );
+    let prunes = server.recorded.lock().expect("lock").prunes.clone();
+    assert!(prunes[0].dry_run);
+    assert_eq!(prunes[0].database, "pg1/shop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_table_lists_what_goes() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["prune"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(lines[0].starts_with("ARTIFACT"), "{}", run.stdout);
+    assert!(lines[1].starts_with("a-old") && lines[1].contains("kept by no rule"));
+    assert_eq!(
+        lines[2],
+        "pruning 1 artifact (40.0 KiB), keeping 1 artifact: order o-prune removes the files (follow with `warden order ID --watch`)"
+    );
+    let prunes = server.recorded.lock().expect("lock").prunes.clone();
+    assert!(!prunes[0].dry_run && prunes[0].database.is_empty());
+
+    let all = warden(&server.url, &["prune", "--dry-run", "--all"]).await;
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let lines: Vec<&str> = all.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", all.stdout);
+    assert!(lines[0].contains("DECISION"), "{}", all.stdout);
+    assert!(
+        lines[2].starts_with("a-1") && lines[2].contains("keep"),
+        "{}",
+        all.stdout
+    );
+    assert!(
+        lines[3].starts_with("dry run: would prune 1 artifact"),
+        "{}",
+        all.stdout
     );
 }

@@ -752,6 +752,7 @@ async fn orders_over_the_per_agent_limit_wait_held_with_the_reason() {
     let harness = Harness::start().await;
     let mut admin = harness.admin();
     let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let artifact_id = backed_up(&mut admin, &mut agent).await;
     let applied = admin
         .apply_policy(pb::ApplyPolicyRequest {
             toml: "[limits]\nper_agent = 1\n".to_owned(),
@@ -773,6 +774,30 @@ async fn orders_over_the_per_agent_limit_wait_held_with_the_reason() {
         .into_inner();
     let held = wait_state(&mut admin, &health.id, pb::OrderState::Held).await;
     assert!(held.phase.contains("limits.per_agent = 1"), "{held:?}");
+
+    // A restore cancelled while its safety backup waits for a slot takes that backup along.
+    let urgent = admin
+        .submit_restore(replace(&artifact_id, true, "incident 44"))
+        .await
+        .expect("emergency restore")
+        .into_inner();
+    let waiting = wait_state(&mut admin, &urgent.id, pb::OrderState::Held).await;
+    assert!(waiting.phase.contains("safety backup"), "{waiting:?}");
+    let safety = wait_state(
+        &mut admin,
+        &waiting.safety_backup_order_id,
+        pb::OrderState::Held,
+    )
+    .await;
+    admin
+        .cancel_order(pb::CancelOrderRequest {
+            id: urgent.id.clone(),
+            reason: "not needed".to_owned(),
+        })
+        .await
+        .expect("cancel");
+    let dropped = wait_state(&mut admin, &safety.id, pb::OrderState::Cancelled).await;
+    assert!(dropped.error.contains(&urgent.id), "{dropped:?}");
 
     agent
         .send(agent_message::Msg::Result(backup_result(
@@ -821,7 +846,9 @@ async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
         .into_inner();
     assert!(applied.applied, "{applied:?}");
 
-    let harness = harness.restart_after(last + chrono::TimeDelta::milliseconds(1500)).await;
+    let harness = harness
+        .restart_after(last + chrono::TimeDelta::milliseconds(1500))
+        .await;
     let mut admin = harness.admin();
     let deadline = tokio::time::Instant::now() + WAIT;
     let fired = loop {
@@ -864,6 +891,10 @@ async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
         Some(last.to_rfc3339().as_str()),
         "the newest missed slot fires: {params}"
     );
-    assert_eq!(params["orders"].as_array().map(Vec::len), Some(1), "{params}");
+    assert_eq!(
+        params["orders"].as_array().map(Vec::len),
+        Some(1),
+        "{params}"
+    );
     assert_chain_intact(&mut admin).await;
 }

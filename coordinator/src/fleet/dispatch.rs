@@ -216,14 +216,16 @@ impl Fleet {
                 None => return Ok(outside_window(&verdict)),
             }
         }
+        // Nothing is started for an offline agent, not even a safety backup: the order may
+        // still expire or be cancelled before the agent is back.
+        if !self.registry.is_online(&order.agent) {
+            return Ok(Decision::Skip);
+        }
         if destructive
             && !order.skip_safety_backup
             && let Some(decision) = self.safety_backup(tx, order, created).await?
         {
             return Ok(decision);
-        }
-        if !self.registry.is_online(&order.agent) {
-            return Ok(Decision::Skip);
         }
         if is_exclusive(order.kind)
             && let Some(holder) = running
@@ -330,6 +332,34 @@ fn outside_window(verdict: &policy::Verdict) -> Decision {
             .map(|n| n.start.timestamp_millis())
             .unwrap_or(0),
     }
+}
+
+/// Cancels the safety backup of a destructive order that ended without running, if that
+/// backup has not started: it was taken for a restore that will not happen.
+pub(super) async fn drop_safety_backup(
+    tx: &mut WriteTx,
+    order: &OrderRecord,
+) -> CoordinatorResult<()> {
+    if order.safety_order_id.is_empty() {
+        return Ok(());
+    }
+    let Some(mut backup) = Store::order_for_update(tx, &order.safety_order_id).await? else {
+        return Ok(());
+    };
+    if matches!(backup.state, OrderState::Queued | OrderState::Held) {
+        backup.error = format!("order {} it was taken for ended {}", order.id, order.state);
+        backup.finished_unix_ms = warden_shared::now_unix_ms();
+        let params = json!({ "for_order": order.id });
+        transition(
+            tx,
+            &mut backup,
+            OrderState::Cancelled,
+            &Actor::System,
+            params,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Puts an order in `held` (audited when it enters) or updates why it waits.

@@ -628,6 +628,7 @@ impl Fleet {
                     json!({ "reason": reason }),
                 )
                 .await?;
+                dispatch::drop_safety_backup(&mut tx, &order).await?;
                 tx.commit().await?;
             }
             OrderState::Dispatched | OrderState::Running => {

@@ -9,7 +9,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use warden_proto::v1;
-use warden_shared::{DatabaseId, Labels, OrderKind, OrderSpec, OrderState, PruneTarget};
+use warden_shared::{DatabaseId, Labels, OrderSpec, OrderState, PruneTarget};
 
 use super::{Fleet, format_unix_ms, insert_order};
 use crate::audit::{Actor, NewAuditEvent};
@@ -593,10 +593,8 @@ fn next_span(window: &Window, now: DateTime<Utc>) -> Option<Opening> {
     })
 }
 
-/// (agent, database) of scheduled backups that have not ended.
-async fn scheduled_backups_in_flight(
-    tx: &mut WriteTx,
-) -> CoordinatorResult<HashSet<(String, String)>> {
+/// Orders not ended yet (and not lost), with their specs.
+async fn unfinished_orders(tx: &mut WriteTx) -> CoordinatorResult<Vec<(OrderRecord, OrderSpec)>> {
     let orders = Store::orders_in_states(
         tx,
         &[
@@ -609,31 +607,31 @@ async fn scheduled_backups_in_flight(
     .await?;
     Ok(orders
         .into_iter()
-        .filter(|o| o.kind == OrderKind::Backup)
-        .filter(|o| {
-            matches!(o.spec(), Ok(OrderSpec::Backup { trigger, .. }) if trigger.starts_with("schedule:"))
+        .filter_map(|o| o.spec().ok().map(|spec| (o, spec)))
+        .collect())
+}
+
+/// (agent, database) of scheduled backups that have not ended.
+async fn scheduled_backups_in_flight(
+    tx: &mut WriteTx,
+) -> CoordinatorResult<HashSet<(String, String)>> {
+    Ok(unfinished_orders(tx)
+        .await?
+        .into_iter()
+        .filter(|(_, spec)| {
+            matches!(spec, OrderSpec::Backup { trigger, .. } if trigger.starts_with("schedule:"))
         })
-        .map(|o| (o.agent, o.database))
+        .map(|(o, _)| (o.agent, o.database))
         .collect())
 }
 
 /// Artifacts that restores not yet ended will read.
 async fn artifacts_of_pending_restores(tx: &mut WriteTx) -> CoordinatorResult<HashSet<String>> {
-    let orders = Store::orders_in_states(
-        tx,
-        &[
-            OrderState::Queued,
-            OrderState::Held,
-            OrderState::Dispatched,
-            OrderState::Running,
-        ],
-    )
-    .await?;
-    Ok(orders
+    Ok(unfinished_orders(tx)
+        .await?
         .into_iter()
-        .filter(|o| o.kind == OrderKind::Restore)
-        .filter_map(|o| match o.spec() {
-            Ok(OrderSpec::Restore { artifact_id, .. }) => Some(artifact_id),
+        .filter_map(|(_, spec)| match spec {
+            OrderSpec::Restore { artifact_id, .. } => Some(artifact_id),
             _ => None,
         })
         .collect())

@@ -57,7 +57,7 @@ pub struct Cli {
 }
 
 /// Order states after which nothing more happens (a `lost` order may still be retried).
-pub const SETTLED_STATES: [&str; 3] = ["succeeded", "failed", "cancelled"];
+pub const SETTLED_STATES: [&str; 4] = ["succeeded", "failed", "cancelled", "expired"];
 
 impl Cli {
     pub fn new(coordinator_url: &str) -> Self {

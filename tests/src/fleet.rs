@@ -182,6 +182,22 @@ impl Fleet {
         &self.cli
     }
 
+    /// Opens a maintenance window over the whole fleet around the clock, for tests of
+    /// destructive restores themselves rather than of the windows that gate them.
+    pub fn open_maintenance_around_the_clock(&self) {
+        self.cli
+            .run(&[
+                "window",
+                "add",
+                "around-the-clock",
+                "--timezone",
+                "UTC",
+                "--weekly",
+                "daily 00:00-24:00",
+            ])
+            .expect_code(0);
+    }
+
     /// Returns the cluster of agent `aN` (`n` counts from 1).
     pub fn cluster(&self, n: usize) -> &PgCluster {
         &self.clusters[n - 1]

@@ -111,6 +111,7 @@ fn chinook_backup_restores_identically_into_new_database() {
 #[test]
 fn replace_restore_brings_back_deleted_rows_and_needs_confirmation() {
     let fleet = Fleet::builder("replace").database("app").build();
+    fleet.open_maintenance_around_the_clock();
     let cluster = fleet.cluster(1);
     load_rich_fixture(cluster, "app");
     // The replaced database keeps its owner (README).
@@ -183,6 +184,7 @@ fn replace_restore_brings_back_deleted_rows_and_needs_confirmation() {
 #[test]
 fn corrupted_artifact_is_refused_and_nothing_is_touched() {
     let fleet = Fleet::builder("corrupt").database("app").build();
+    fleet.open_maintenance_around_the_clock();
     let cluster = fleet.cluster(1);
     load_rich_fixture(cluster, "app");
     let order = fleet.cli().backup_ok("a1/app");
@@ -293,6 +295,7 @@ fn time_of(order: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
 #[test]
 fn replace_restores_of_one_database_run_one_at_a_time() {
     let fleet = Fleet::builder("serial-replace").database("app").build();
+    fleet.open_maintenance_around_the_clock();
     let cluster = fleet.cluster(1);
     load_rich_fixture(cluster, "app");
     let state_a = DbSnapshot::take(cluster, "app");

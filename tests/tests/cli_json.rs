@@ -32,7 +32,7 @@ fn assert_time(what: &str, v: &Value) {
     assert!(shaped, "{what} is not an RFC 3339 UTC time: {s:?}");
 }
 
-const ORDER_KEYS: [&str; 18] = [
+const ORDER_KEYS: [&str; 23] = [
     "id",
     "kind",
     "database",
@@ -51,6 +51,11 @@ const ORDER_KEYS: [&str; 18] = [
     "artifact_id",
     "restore",
     "health",
+    "prune",
+    "emergency",
+    "safety_backup_order_id",
+    "held_until",
+    "deadline",
 ];
 
 fn check_finished_order(order: &Value, kind: &str) {
@@ -70,6 +75,10 @@ fn check_finished_order(order: &Value, kind: &str) {
         "a succeeded order has no error: {order:#}"
     );
     assert!(order["requested_by"].is_string(), "{order:#}");
+    assert_eq!(order["emergency"], false, "{order:#}");
+    for absent in ["held_until", "deadline", "safety_backup_order_id"] {
+        assert!(order[absent].is_null(), "{absent}: {order:#}");
+    }
 }
 
 #[test]

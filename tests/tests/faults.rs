@@ -388,6 +388,7 @@ fn failed_backups_leave_no_orphaned_data() {
 fn agent_killed_during_replace_restore_keeps_the_database_and_is_not_retried() {
     let _heavy = heavy_test_lock();
     let mut fleet = Fleet::builder("kill-agent-restore").database("app").build();
+    fleet.open_maintenance_around_the_clock();
     large_table(fleet.cluster(1), "app", LARGE_ROWS);
     fleet.cluster(1).psql(
         "app",

@@ -393,6 +393,11 @@ EOF
                                      (SELECT count(*) FROM orders) AS orders"
   done
 
+  step "Applying the fleet policy in deploy/fleet.toml (windows, schedules, retention, limits)"
+  show warden apply -f "$ROOT/deploy/fleet.toml"
+  show warden windows
+  show warden windows next pg1/shop
+
   step "Checking the audit chain"
   show warden audit verify
   trap - EXIT
@@ -413,6 +418,9 @@ Then try:
   warden artifacts --json
   warden audit
   warden audit verify
+  warden export
+  warden prune --dry-run
+  warden restore ARTIFACT --replace --yes   (waits in held for the demo-nightly window)
 
 PostgreSQL: psql -h 127.0.0.1 -p $PG1_PORT -U postgres shop   (pg2: port $PG2_PORT, inventory)
 Logs: $DEMO/coordinator.log, $DEMO/agent-pg1.log, $DEMO/agent-pg2.log

@@ -420,7 +420,7 @@ Then try:
   warden audit verify
   warden export
   warden prune --dry-run
-  warden restore ARTIFACT --replace --yes   (waits in held for the demo-nightly window)
+  warden restore ARTIFACT --replace --yes   (runs only inside demo-nightly: warden windows next pg1/shop)
 
 PostgreSQL: psql -h 127.0.0.1 -p $PG1_PORT -U postgres shop   (pg2: port $PG2_PORT, inventory)
 Logs: $DEMO/coordinator.log, $DEMO/agent-pg1.log, $DEMO/agent-pg2.log

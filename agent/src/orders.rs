@@ -133,7 +133,16 @@ pub fn failed_result(order_id: &str, error: &AgentError) -> v1::OrderResult {
         success: false,
         error: error.to_string(),
         cancelled: matches!(error, AgentError::Cancelled),
-        outcome: None,
+        // A prune that failed part-way still removed some artifacts: the coordinator records
+        // those as deleted.
+        outcome: match error {
+            AgentError::PruneIncomplete { removed, .. } => {
+                Some(v1::order_result::Outcome::Prune(v1::PruneOutcome {
+                    removed_artifact_ids: removed.clone(),
+                }))
+            }
+            _ => None,
+        },
     }
 }
 

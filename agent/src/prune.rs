@@ -19,6 +19,8 @@ pub async fn run(
     params: &v1::PruneParams,
     cancel: &CancellationToken,
 ) -> AgentResult<v1::PruneOutcome> {
+    // An unmounted share must not read as "every artifact already gone".
+    repository.check_root()?;
     let mut removed = Vec::new();
     let mut failed = Vec::new();
     for artifact in &params.artifacts {

@@ -333,6 +333,19 @@ impl Session {
             tracing::info!(order_id = %order_id, "not taking the order: agent is stopping");
             return;
         }
+        if assignment.not_after_unix_ms > 0 && now_unix_ms() > assignment.not_after_unix_ms {
+            let error = AgentError::InvalidOrder(format!(
+                "its maintenance window closed at {} before this agent got it; it was not started",
+                chrono::DateTime::from_timestamp_millis(assignment.not_after_unix_ms)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            ));
+            tracing::warn!(order_id = %order_id, %error, "order refused");
+            let result = failed_result(&order_id, &error);
+            self.outbox.insert(order_id, result.clone());
+            send(outbound, AgentMsg::Result(result));
+            return;
+        }
         let target = match self
             .ctx
             .order_target(&assignment.database, assignment.spec.as_ref())

@@ -146,6 +146,17 @@ impl ScriptedAgent {
     async fn send(&self, message: agent_message::Msg) {
         self.tx.send(msg(message)).await.expect("send");
     }
+
+    /// Sends heartbeats in the background, for tests that wait longer than a lease.
+    fn keep_alive(&self) -> tokio::task::JoinHandle<()> {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let beat = agent_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_ms: 0 });
+            while tx.send(msg(beat.clone())).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
 }
 
 fn msg(message: agent_message::Msg) -> pb::AgentMessage {
@@ -897,4 +908,141 @@ async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
         "{params}"
     );
     assert_chain_intact(&mut admin).await;
+}
+
+/// A one-off window in UTC from `start` to `end`, as a policy document with `limits`.
+fn once_window(
+    kind: &str,
+    start: chrono::DateTime<chrono::Utc>,
+    end: chrono::DateTime<chrono::Utc>,
+    limits: &str,
+) -> String {
+    let local = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    format!(
+        "{limits}\n[[window]]\nname = \"w\"\nkind = \"{kind}\"\ntimezone = \"UTC\"\nstart = \"{}\"\nend = \"{}\"\n",
+        local(start),
+        local(end)
+    )
+}
+
+async fn apply(admin: &mut AdminServiceClient<Channel>, toml: String) {
+    let applied = admin
+        .apply_policy(pb::ApplyPolicyRequest {
+            toml,
+            dry_run: false,
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert!(applied.applied, "{applied:?}");
+}
+
+#[tokio::test]
+async fn a_restore_whose_window_closes_expires_and_its_waiting_safety_backup_is_cancelled() {
+    use chrono::Timelike;
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let artifact_id = backed_up(&mut admin, &mut agent).await;
+    let now = chrono::Utc::now().with_nanosecond(0).expect("whole second");
+    let closes = now + chrono::TimeDelta::seconds(4);
+    apply(
+        &mut admin,
+        once_window(
+            "maintenance",
+            now - chrono::TimeDelta::hours(1),
+            closes,
+            "[limits]\nper_agent = 1\n",
+        ),
+    )
+    .await;
+
+    let _beats = agent.keep_alive();
+    // The agent is busy, so the safety backup waits for a slot, and the window closes.
+    let busy = submit_backup(&mut admin).await;
+    assert_eq!(agent.next_order().await.order_id, busy.id);
+    agent
+        .send(agent_message::Msg::Started(pb::OrderStarted {
+            order_id: busy.id.clone(),
+        }))
+        .await;
+    let restore = admin
+        .submit_restore(replace(&artifact_id, false, ""))
+        .await
+        .expect("restore")
+        .into_inner();
+    let waiting = wait_state(&mut admin, &restore.id, pb::OrderState::Held).await;
+    assert_eq!(waiting.deadline_unix_ms, closes.timestamp_millis());
+    let expired = wait_state(&mut admin, &restore.id, pb::OrderState::Expired).await;
+    assert!(expired.error.contains("window closed"), "{expired:?}");
+    let safety = wait_state(
+        &mut admin,
+        &expired.safety_backup_order_id,
+        pb::OrderState::Cancelled,
+    )
+    .await;
+    assert!(safety.error.contains(&restore.id), "{safety:?}");
+    // The slot frees up and nothing else goes out: the cancelled backup is not dispatched.
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &busy.id,
+            &uuid::Uuid::now_v7().to_string(),
+        )))
+        .await;
+    wait_state(&mut admin, &busy.id, pb::OrderState::Succeeded).await;
+    let next = tokio::time::timeout(Duration::from_millis(1500), agent.next_order()).await;
+    assert!(next.is_err(), "nothing should be dispatched: {next:?}");
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn a_dispatched_restore_carries_its_window_close_and_a_freeze_holds_new_name_restores() {
+    use chrono::Timelike;
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let artifact_id = backed_up(&mut admin, &mut agent).await;
+    let now = chrono::Utc::now().with_nanosecond(0).expect("whole second");
+    let closes = now + chrono::TimeDelta::hours(1);
+    apply(
+        &mut admin,
+        once_window("maintenance", now - chrono::TimeDelta::hours(1), closes, ""),
+    )
+    .await;
+    let restore = admin
+        .submit_restore(replace(&artifact_id, false, ""))
+        .await
+        .expect("restore")
+        .into_inner();
+    let safety = agent.next_order().await;
+    assert_eq!(safety.not_after_unix_ms, 0, "a backup may run any time");
+    agent
+        .send(agent_message::Msg::Result(verified_backup_result(
+            &safety.order_id,
+            &uuid::Uuid::now_v7().to_string(),
+            true,
+        )))
+        .await;
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, restore.id);
+    assert_eq!(assignment.not_after_unix_ms, closes.timestamp_millis());
+
+    // A freeze lets only backups and health checks through.
+    apply(
+        &mut admin,
+        once_window("freeze", now - chrono::TimeDelta::hours(1), closes, ""),
+    )
+    .await;
+    let copy = admin
+        .submit_restore(pb::SubmitRestoreRequest {
+            artifact_id: artifact_id.clone(),
+            new_name: "copy".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("restore as new")
+        .into_inner();
+    let held = wait_state(&mut admin, &copy.id, pb::OrderState::Held).await;
+    assert!(held.phase.contains("frozen by window w"), "{held:?}");
+    assert_eq!(held.held_until_unix_ms, closes.timestamp_millis());
 }

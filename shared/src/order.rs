@@ -113,6 +113,8 @@ impl OrderState {
             // A lost order whose agent comes back still running it or with a result, or a
             // retried lost order.
             (Lost, Running | Succeeded | Failed | Dispatched) => true,
+            // A lost order the dispatcher would retry can be called off.
+            (Lost, Cancelled) => true,
             _ => false,
         }
     }
@@ -224,7 +226,7 @@ mod tests {
             }
         }
         assert!(OrderState::Lost.can_become(OrderState::Dispatched));
-        assert!(!OrderState::Lost.can_become(OrderState::Cancelled));
+        assert!(OrderState::Lost.can_become(OrderState::Cancelled));
         assert!(OrderState::Queued.can_become(OrderState::Dispatched));
         assert!(!OrderState::Queued.can_become(OrderState::Running));
     }

@@ -12,7 +12,7 @@
 //! 6. its agent runs `limits.per_agent` orders already;
 //! 7. it is a backup and the fleet runs `limits.fleet_backups` backups already.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -21,9 +21,9 @@ use warden_shared::{Labels, OrderKind, OrderSpec, OrderState};
 use super::policy::{database_labels, window_refusal};
 use super::{Fleet, assignment, format_unix_ms, insert_order, is_exclusive, transition};
 use crate::audit::Actor;
-use crate::error::CoordinatorResult;
+use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::policy::{self, Limits};
-use crate::store::{OrderRecord, Store, WriteTx};
+use crate::store::{OrderRecord, Store, StoreError, WriteTx};
 
 /// What a pass decided for one order.
 enum Decision {
@@ -86,22 +86,23 @@ impl Fleet {
         {
             running.add(&order);
         }
-        let pending = Store::orders_in_states(
-            &mut tx,
-            &[OrderState::Queued, OrderState::Held, OrderState::Lost],
-        )
-        .await?;
+        let mut pending =
+            Store::pending_orders(&mut tx, i64::from(self.settings.max_attempts)).await?;
         if pending.is_empty() {
             return Ok(false);
         }
+        // Safety backups first: a destructive order waits on them inside its window, so they
+        // must not queue behind the fleet's scheduled backups (the sort is stable: oldest
+        // first otherwise).
+        pending.sort_by_key(|o| !is_safety_backup(o));
         let labels = database_labels(&mut tx).await?;
         let mut created = false;
         let mut assignments = Vec::new();
+        // Orders this pass changed out of turn (a dropped safety backup): their copy in
+        // `pending` is stale.
+        let mut changed: HashSet<String> = HashSet::new();
         for mut order in pending {
-            if order.state == OrderState::Lost
-                && (!order.kind.is_idempotent()
-                    || order.attempts >= i64::from(self.settings.max_attempts))
-            {
+            if changed.contains(&order.id) {
                 continue;
             }
             let db_labels = labels
@@ -118,7 +119,15 @@ impl Fleet {
                     now,
                     &mut created,
                 )
-                .await?;
+                .await;
+            let decision = match decision {
+                // One order whose spec no longer parses (say, after a downgrade) fails alone
+                // instead of stopping dispatch for the fleet.
+                Err(CoordinatorError::Store(StoreError::Corrupt { why, .. })) => {
+                    Decision::Fail(format!("its stored spec cannot be read: {why}"))
+                }
+                other => other?,
+            };
             match decision {
                 Decision::Skip => {}
                 Decision::Dispatch => {
@@ -153,6 +162,7 @@ impl Fleet {
                         json!({}),
                     )
                     .await?;
+                    changed.extend(drop_safety_backup(&mut tx, &order).await?);
                 }
                 Decision::Fail(why) => {
                     order.error = why;
@@ -165,6 +175,7 @@ impl Fleet {
                         json!({}),
                     )
                     .await?;
+                    changed.extend(drop_safety_backup(&mut tx, &order).await?);
                 }
             }
         }
@@ -203,23 +214,52 @@ impl Fleet {
                 until_unix_ms: order.not_before_unix_ms,
             });
         }
-        let destructive = is_destructive(order)?;
-        if destructive && !order.emergency {
+        let spec = order.spec()?;
+        let destructive = matches!(spec, OrderSpec::Restore { new_name: None, .. });
+        if !order.emergency && !matches!(spec, OrderSpec::Backup { .. } | OrderSpec::Health) {
             let verdict = policy::window::evaluate(&self.policy().policy.windows, labels, now);
-            match verdict.open {
-                Some(open) => {
-                    if order.deadline_unix_ms == 0 {
-                        order.deadline_unix_ms = open.end.timestamp_millis();
-                        Store::save_order(tx, order).await?;
+            if destructive {
+                match verdict.open {
+                    Some(open) => {
+                        if order.deadline_unix_ms == 0 {
+                            order.deadline_unix_ms = open.end.timestamp_millis();
+                            Store::save_order(tx, order).await?;
+                        }
                     }
+                    None => return Ok(outside_window(&verdict)),
                 }
-                None => return Ok(outside_window(&verdict)),
+            } else if let Some(freeze) = &verdict.freeze {
+                // A freeze lets only backups and health checks through: no restore into a
+                // new database and no removal of backups either.
+                return Ok(Decision::Hold {
+                    reason: format!(
+                        "frozen by window {} until {}",
+                        freeze.window,
+                        freeze.end.to_rfc3339()
+                    ),
+                    until_unix_ms: freeze.end.timestamp_millis(),
+                });
             }
+        }
+        if let OrderSpec::Restore { artifact_id, .. } = &spec
+            && let Some(state) = Store::artifact_state(tx, artifact_id).await?
+            && state != "complete"
+        {
+            return Ok(Decision::Fail(format!(
+                "artifact {artifact_id} is {state} now (retention expired it after the restore was submitted); nothing was changed"
+            )));
         }
         // Nothing is started for an offline agent, not even a safety backup: the order may
         // still expire or be cancelled before the agent is back.
         if !self.registry.is_online(&order.agent) {
-            return Ok(Decision::Skip);
+            return Ok(if order.state == OrderState::Lost {
+                Decision::Skip
+            } else {
+                Decision::Hold {
+                    reason: format!("agent {} is offline", order.agent),
+                    until_unix_ms: 0,
+                }
+            });
         }
         if destructive
             && !order.skip_safety_backup
@@ -276,7 +316,7 @@ impl Fleet {
                     verify: true,
                 },
                 &Actor::System.to_string(),
-                &format!("safety backup before order {}", order.id),
+                &format!("{SAFETY_REASON}{}", order.id),
             );
             insert_order(tx, &Actor::System, &backup).await?;
             order.safety_order_id = backup.id.clone();
@@ -314,14 +354,6 @@ fn waiting_for_safety(backup_id: &str) -> Decision {
     }
 }
 
-/// Returns whether an order destroys data in place (and so needs a window).
-fn is_destructive(order: &OrderRecord) -> CoordinatorResult<bool> {
-    Ok(matches!(
-        order.spec()?,
-        OrderSpec::Restore { new_name: None, .. }
-    ))
-}
-
 /// The hold (or expiry) of a destructive order while no window lets it start.
 fn outside_window(verdict: &policy::Verdict) -> Decision {
     Decision::Hold {
@@ -335,32 +367,44 @@ fn outside_window(verdict: &policy::Verdict) -> Decision {
 }
 
 /// Cancels the safety backup of a destructive order that ended without running, if that
-/// backup has not started: it was taken for a restore that will not happen.
+/// backup has not started (or was lost and would be retried): it was taken for a restore
+/// that will not happen. Returns the id of the backup it cancelled.
 pub(super) async fn drop_safety_backup(
     tx: &mut WriteTx,
     order: &OrderRecord,
-) -> CoordinatorResult<()> {
+) -> CoordinatorResult<Option<String>> {
     if order.safety_order_id.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let Some(mut backup) = Store::order_for_update(tx, &order.safety_order_id).await? else {
-        return Ok(());
+        return Ok(None);
     };
-    if matches!(backup.state, OrderState::Queued | OrderState::Held) {
-        backup.error = format!("order {} it was taken for ended {}", order.id, order.state);
-        backup.finished_unix_ms = warden_shared::now_unix_ms();
-        let params = json!({ "for_order": order.id });
-        transition(
-            tx,
-            &mut backup,
-            OrderState::Cancelled,
-            &Actor::System,
-            params,
-        )
-        .await?;
+    if !matches!(
+        backup.state,
+        OrderState::Queued | OrderState::Held | OrderState::Lost
+    ) {
+        return Ok(None);
     }
-    Ok(())
+    backup.error = format!("order {} it was taken for ended {}", order.id, order.state);
+    backup.finished_unix_ms = warden_shared::now_unix_ms();
+    let params = json!({ "for_order": order.id });
+    transition(
+        tx,
+        &mut backup,
+        OrderState::Cancelled,
+        &Actor::System,
+        params,
+    )
+    .await?;
+    Ok(Some(backup.id))
 }
+
+fn is_safety_backup(order: &OrderRecord) -> bool {
+    order.kind == OrderKind::Backup && order.reason.starts_with(SAFETY_REASON)
+}
+
+/// How a safety backup's reason starts; the order it protects follows.
+const SAFETY_REASON: &str = "safety backup before order ";
 
 /// Puts an order in `held` (audited when it enters) or updates why it waits.
 async fn hold(

@@ -378,9 +378,8 @@ impl Fleet {
         };
         let actor = Actor::Agent(agent.to_owned());
         let mut params = json!({});
-        if let (true, Some(order_result::Outcome::Prune(pruned))) =
-            (result.success, &result.outcome)
-        {
+        // Recorded whether or not the prune failed on other artifacts.
+        if let Some(order_result::Outcome::Prune(pruned)) = &result.outcome {
             let removed = policy::record_removed_artifacts(tx, &order, pruned).await?;
             params = json!({ "removed_artifacts": removed });
         }
@@ -616,8 +615,11 @@ impl Fleet {
         let mut order = Store::order_for_update(&mut tx, order_id)
             .await?
             .ok_or_else(|| unknown_order(order_id))?;
+        let retried = order.state == OrderState::Lost
+            && order.kind.is_idempotent()
+            && order.attempts < i64::from(self.settings.max_attempts);
         match order.state {
-            OrderState::Queued | OrderState::Held => {
+            state if matches!(state, OrderState::Queued | OrderState::Held) || retried => {
                 order.finished_unix_ms = warden_shared::now_unix_ms();
                 order.error = format!("cancelled by {actor}: {reason}");
                 transition(
@@ -657,7 +659,7 @@ impl Fleet {
             }
             state => {
                 return Err(CoordinatorError::FailedPrecondition(format!(
-                    "order {order_id} is already {state}; only queued, held, dispatched or running orders can be cancelled"
+                    "order {order_id} is already {state}; only queued, held, dispatched or running orders, and lost ones that would be retried, can be cancelled"
                 )));
             }
         }
@@ -882,6 +884,7 @@ fn assignment(order: &OrderRecord) -> CoordinatorResult<CoordinatorMessage> {
             database: order.database.clone(),
             attempt: u32::try_from(order.attempts).unwrap_or(u32::MAX),
             spec: Some(v1::OrderSpec::from(&spec)),
+            not_after_unix_ms: order.deadline_unix_ms,
         })),
     })
 }

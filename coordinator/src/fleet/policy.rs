@@ -103,7 +103,7 @@ impl Fleet {
         dry_run: bool,
     ) -> CoordinatorResult<Applied> {
         let next = FleetPolicy::parse(text).map_err(invalid_policy)?;
-        self.install_policy(actor, next, dry_run, "policy.applied")
+        self.install_policy(actor, dry_run, "policy.applied", |_| Ok(next))
             .await
     }
 
@@ -126,54 +126,62 @@ impl Fleet {
             .and_then(toml::Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let current = self.policy();
-        if !replace && current.policy.windows.iter().any(|w| w.name == name) {
-            return Err(CoordinatorError::FailedPrecondition(format!(
-                "window {name:?} exists; pass --replace to replace it, or `warden window rm {name}` first"
-            )));
-        }
-        let mut document: toml::Table = toml::from_str(&current.policy.to_toml()).map_err(|e| {
-            CoordinatorError::FailedPrecondition(format!("the policy in force does not print: {e}"))
-        })?;
-        let windows = document
-            .entry("window")
-            .or_insert_with(|| toml::Value::Array(Vec::new()));
-        if let toml::Value::Array(windows) = windows {
-            windows.retain(|w| w.get("name").and_then(toml::Value::as_str) != Some(name.as_str()));
-            windows.push(toml::Value::Table(fields));
-        }
-        let text = toml::to_string(&document).map_err(|e| {
-            CoordinatorError::InvalidArgument(format!("the window does not print as TOML: {e}"))
-        })?;
-        let next = FleetPolicy::parse(&text).map_err(invalid_policy)?;
-        self.install_policy(actor, next, false, "window.added")
-            .await
+        self.install_policy(actor, false, "window.added", |current| {
+            if !replace && current.windows.iter().any(|w| w.name == name) {
+                return Err(CoordinatorError::FailedPrecondition(format!(
+                    "window {name:?} exists; pass --replace to replace it, or `warden window rm {name}` first"
+                )));
+            }
+            let mut document: toml::Table = toml::from_str(&current.to_toml()).map_err(|e| {
+                CoordinatorError::FailedPrecondition(format!(
+                    "the policy in force does not print: {e}"
+                ))
+            })?;
+            let windows = document
+                .entry("window")
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            if let toml::Value::Array(windows) = windows {
+                windows.retain(|w| {
+                    w.get("name").and_then(toml::Value::as_str) != Some(name.as_str())
+                });
+                windows.push(toml::Value::Table(fields));
+            }
+            let text = toml::to_string(&document).map_err(|e| {
+                CoordinatorError::InvalidArgument(format!("the window does not print as TOML: {e}"))
+            })?;
+            FleetPolicy::parse(&text).map_err(invalid_policy)
+        })
+        .await
     }
 
     pub async fn remove_window(&self, actor: &Actor, name: &str) -> CoordinatorResult<Applied> {
-        let mut next = self.policy().policy.clone();
-        let before = next.windows.len();
-        next.windows.retain(|w| w.name != name);
-        if next.windows.len() == before {
-            return Err(CoordinatorError::NotFound(format!(
-                "no window named {name:?}; `warden windows` lists them"
-            )));
-        }
-        self.install_policy(actor, next, false, "window.removed")
-            .await
+        self.install_policy(actor, false, "window.removed", |current| {
+            let mut next = current.clone();
+            next.windows.retain(|w| w.name != name);
+            if next.windows.len() == current.windows.len() {
+                return Err(CoordinatorError::NotFound(format!(
+                    "no window named {name:?}; `warden windows` lists them"
+                )));
+            }
+            Ok(next)
+        })
+        .await
     }
 
-    /// Stores `next` as a new version (with its audit event) and puts it in force.
+    /// Builds the next policy from the one in force and, unless `dry_run`, stores it as a new
+    /// version (with its audit event) and puts it in force. Building happens under the lock,
+    /// so two operators editing windows at once cannot undo each other's edit.
     async fn install_policy(
         &self,
         actor: &Actor,
-        next: FleetPolicy,
         dry_run: bool,
         action: &str,
+        build: impl FnOnce(&FleetPolicy) -> CoordinatorResult<FleetPolicy>,
     ) -> CoordinatorResult<Applied> {
         // Installs are serialized with dispatch passes so no pass mixes two policies.
         let _pass = self.dispatch_lock.lock().await;
         let current = self.policy();
+        let next = build(&current.policy)?;
         let changes = current.policy.diff(&next);
         if dry_run || changes.is_empty() {
             return Ok(Applied {

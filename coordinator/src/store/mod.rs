@@ -391,6 +391,28 @@ impl Store {
         .await?)
     }
 
+    /// Orders waiting to be dispatched, oldest first: queued, held, and lost ones that may be
+    /// retried (idempotent kinds with attempts left).
+    pub async fn pending_orders(
+        tx: &mut SqliteConnection,
+        max_attempts: i64,
+    ) -> StoreResult<Vec<OrderRecord>> {
+        let retried: Vec<&str> = warden_shared::OrderKind::ALL
+            .into_iter()
+            .filter(|kind| kind.is_idempotent())
+            .map(|kind| kind.as_str())
+            .collect();
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE state IN ('queued', 'held')
+                OR (state = 'lost' AND kind IN (SELECT value FROM json_each(?)) AND attempts < ?)
+             ORDER BY created_unix_ms, id",
+        )
+        .bind(serde_json::to_string(&retried).unwrap_or_default())
+        .bind(max_attempts)
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
     /// Orders held by agents that have been offline since before `cutoff_unix_ms`.
     pub async fn orders_of_agents_offline_since(
         tx: &mut SqliteConnection,
@@ -522,6 +544,17 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?)
+    }
+
+    pub async fn artifact_state(
+        tx: &mut SqliteConnection,
+        id: &str,
+    ) -> StoreResult<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM artifacts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(row.map(|r| r.0))
     }
 
     pub async fn expire_artifact(

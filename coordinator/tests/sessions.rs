@@ -740,19 +740,11 @@ async fn a_replace_waits_for_a_window_and_breaking_glass_takes_a_verified_safety
     // The order without a window is still waiting.
     wait_state(&mut admin, &waiting.id, pb::OrderState::Held).await;
 
-    let audit = admin
-        .list_audit(pb::ListAuditRequest {
-            after_seq: 0,
-            limit: 10_000,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let audit = audit_events(&mut admin, "order.emergency").await;
     assert!(
-        audit.iter().any(|e| e.action == "order.emergency"
-            && e.params_json.contains("incident 43")
-            && e.params_json.contains(&urgent.id)),
+        audit
+            .iter()
+            .any(|e| e.params_json.contains("incident 43") && e.params_json.contains(&urgent.id)),
         "no emergency event with the reason"
     );
     assert_chain_intact(&mut admin).await;
@@ -863,18 +855,7 @@ async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
     let mut admin = harness.admin();
     let deadline = tokio::time::Instant::now() + WAIT;
     let fired = loop {
-        let fired: Vec<pb::AuditEvent> = admin
-            .list_audit(pb::ListAuditRequest {
-                after_seq: 0,
-                limit: 10_000,
-            })
-            .await
-            .expect("audit")
-            .into_inner()
-            .events
-            .into_iter()
-            .filter(|e| e.action == "schedule.fired")
-            .collect();
+        let fired = audit_events(&mut admin, "schedule.fired").await;
         if !fired.is_empty() || tokio::time::Instant::now() > deadline {
             break fired;
         }
@@ -882,18 +863,7 @@ async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
     };
     // Give further (wrong) firings a few policy ticks to show up.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let all_fired = admin
-        .list_audit(pb::ListAuditRequest {
-            after_seq: 0,
-            limit: 10_000,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events
-        .into_iter()
-        .filter(|e| e.action == "schedule.fired")
-        .count();
+    let all_fired = audit_events(&mut admin, "schedule.fired").await.len();
     assert_eq!(fired.len(), 1, "{fired:#?}");
     assert_eq!(all_fired, 1, "four missed slots fire once");
     let params: serde_json::Value = serde_json::from_str(&fired[0].params_json).expect("json");
@@ -1045,4 +1015,90 @@ async fn a_dispatched_restore_carries_its_window_close_and_a_freeze_holds_new_na
     let held = wait_state(&mut admin, &copy.id, pb::OrderState::Held).await;
     assert!(held.phase.contains("frozen by window w"), "{held:?}");
     assert_eq!(held.held_until_unix_ms, closes.timestamp_millis());
+}
+
+async fn audit_events(
+    admin: &mut AdminServiceClient<Channel>,
+    action: &str,
+) -> Vec<pb::AuditEvent> {
+    admin
+        .list_audit(pb::ListAuditRequest {
+            after_seq: 0,
+            limit: 10_000,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|e| e.action == action)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_database_never_has_two_scheduled_backups_at_once() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let _beats = agent.keep_alive();
+    apply(
+        &mut admin,
+        "[[schedule]]\nname = \"every-second\"\nselector = \"\"\ncron = \"* * * * * *\"\ntimezone = \"UTC\"\n"
+            .to_owned(),
+    )
+    .await;
+    // The first scheduled backup runs and does not end while slots keep coming.
+    let first = agent.next_order().await;
+    agent
+        .send(agent_message::Msg::Started(pb::OrderStarted {
+            order_id: first.order_id.clone(),
+        }))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let fired = loop {
+        let fired = audit_events(&mut admin, "schedule.fired").await;
+        if fired.len() >= 4 || tokio::time::Instant::now() > deadline {
+            break fired;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        fired.len() >= 4,
+        "the schedule fires every second: {fired:#?}"
+    );
+    let orders: usize = fired
+        .iter()
+        .map(|e| {
+            let params: serde_json::Value = serde_json::from_str(&e.params_json).expect("json");
+            let skipped = params["skipped"].as_array().cloned().unwrap_or_default();
+            let orders = params["orders"].as_array().map_or(0, Vec::len);
+            if orders == 0 {
+                assert_eq!(skipped.len(), 1, "{params}");
+                assert_eq!(skipped[0]["database"], "a1/app", "{params}");
+            }
+            orders
+        })
+        .sum();
+    assert_eq!(
+        orders, 1,
+        "one scheduled backup while the first runs: {fired:#?}"
+    );
+    let next = tokio::time::timeout(Duration::from_millis(500), agent.next_order()).await;
+    assert!(next.is_err(), "no second backup was dispatched: {next:?}");
+
+    // Once it ended, the next slot backs the database up again.
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &first.order_id,
+            &uuid::Uuid::now_v7().to_string(),
+        )))
+        .await;
+    let second = agent.next_order().await;
+    assert_ne!(second.order_id, first.order_id);
+    match second.spec.and_then(|s| s.params) {
+        Some(pb::order_spec::Params::Backup(params)) => {
+            assert_eq!(params.trigger, "schedule:every-second")
+        }
+        other => panic!("expected the next scheduled backup, got {other:?}"),
+    }
 }

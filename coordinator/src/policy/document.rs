@@ -213,38 +213,27 @@ impl FleetPolicy {
             None => default,
         };
 
-        let mut names = UniqueNames::new("window", "window");
-        let windows = raw
-            .windows
-            .into_iter()
-            .enumerate()
-            .map(|(index, raw)| {
-                let name = names.claim(index, raw.name.as_deref())?;
-                window(name, raw)
-            })
-            .collect::<Result<_, _>>()?;
-
-        let mut names = UniqueNames::new("schedule", "schedule");
-        let schedules = raw
-            .schedules
-            .into_iter()
-            .enumerate()
-            .map(|(index, raw)| {
-                let name = names.claim(index, raw.name.as_deref())?;
-                schedule(name, raw)
-            })
-            .collect::<Result<_, _>>()?;
-
-        let mut names = UniqueNames::new("retention", "retention rule");
-        let retention = raw
-            .retention
-            .into_iter()
-            .enumerate()
-            .map(|(index, raw)| {
-                let name = names.claim(index, raw.name.as_deref())?;
-                retention_rule(name, raw)
-            })
-            .collect::<Result<_, _>>()?;
+        let windows = named_entries(
+            "window",
+            "window",
+            raw.windows,
+            |r| r.name.as_deref(),
+            window,
+        )?;
+        let schedules = named_entries(
+            "schedule",
+            "schedule",
+            raw.schedules,
+            |r| r.name.as_deref(),
+            schedule,
+        )?;
+        let retention = named_entries(
+            "retention",
+            "retention rule",
+            raw.retention,
+            |r| r.name.as_deref(),
+            retention_rule,
+        )?;
 
         Ok(Self {
             limits,
@@ -256,6 +245,25 @@ impl FleetPolicy {
 }
 
 /// Hands out the names of one kind of entry, refusing invalid and repeated ones.
+/// Validates the entries of one table: each gets a unique, valid name first, then `build`
+/// checks the rest of it.
+fn named_entries<R, T>(
+    what: &'static str,
+    noun: &'static str,
+    raw: Vec<R>,
+    name_of: impl Fn(&R) -> Option<&str>,
+    build: impl Fn(String, R) -> Result<T, PolicyError>,
+) -> Result<Vec<T>, PolicyError> {
+    let mut names = UniqueNames::new(what, noun);
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let name = names.claim(index, name_of(&raw))?;
+            build(name, raw)
+        })
+        .collect()
+}
+
 struct UniqueNames {
     /// The table, e.g. `retention`, which error fields start with.
     what: &'static str,

@@ -27,6 +27,9 @@ pub struct CoordinatorConfig {
     /// How often retention runs on its own (`warden prune` runs it at once).
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// How often agents report the health of their databases.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
     pub log_json: bool,
 }
 
@@ -40,6 +43,7 @@ impl Default for CoordinatorConfig {
             max_attempts: 3,
             policy_tick: Duration::from_secs(1),
             prune_interval: Duration::from_secs(300),
+            health_interval: Duration::from_secs(30),
             log_json: false,
         }
     }
@@ -58,9 +62,12 @@ impl CoordinatorConfig {
                 humantime::format_duration(self.heartbeat_interval)
             )));
         }
-        if self.policy_tick.is_zero() || self.prune_interval.is_zero() {
+        if self.policy_tick.is_zero()
+            || self.prune_interval.is_zero()
+            || self.health_interval.is_zero()
+        {
             return Err(ConfigError::new(
-                "policy_tick and prune_interval must be more than 0s",
+                "policy_tick, prune_interval and health_interval must be more than 0s",
             ));
         }
         if self.max_attempts == 0 {

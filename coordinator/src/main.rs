@@ -48,6 +48,10 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     prune_interval: Option<Duration>,
+    /// How often agents report the health of their databases, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    health_interval: Option<Duration>,
     /// Log JSON lines.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -63,6 +63,7 @@ pub async fn serve(
             max_attempts: config.max_attempts,
             policy_tick: config.policy_tick,
             prune_interval: config.prune_interval,
+            health_interval: config.health_interval,
         },
     ));
     fleet.started().await?;

@@ -18,6 +18,7 @@ impl From<OrderKind> for v1::OrderKind {
             OrderKind::Restore => v1::OrderKind::Restore,
             OrderKind::Health => v1::OrderKind::Health,
             OrderKind::Prune => v1::OrderKind::Prune,
+            OrderKind::Drill => v1::OrderKind::Drill,
         }
     }
 }
@@ -31,6 +32,7 @@ impl TryFrom<v1::OrderKind> for OrderKind {
             v1::OrderKind::Restore => Ok(OrderKind::Restore),
             v1::OrderKind::Health => Ok(OrderKind::Health),
             v1::OrderKind::Prune => Ok(OrderKind::Prune),
+            v1::OrderKind::Drill => Ok(OrderKind::Drill),
             v1::OrderKind::Unspecified => Err("order kind is unspecified".to_owned()),
         }
     }
@@ -90,6 +92,23 @@ impl From<&OrderSpec> for v1::OrderSpec {
                     .map(|a| v1::PruneArtifact {
                         artifact_id: a.artifact_id.clone(),
                         artifact_path: a.artifact_path.clone(),
+                    })
+                    .collect(),
+            }),
+            OrderSpec::Drill {
+                artifact_id,
+                artifact_path,
+                sha256,
+                checks,
+            } => Params::Drill(v1::DrillParams {
+                artifact_id: artifact_id.clone(),
+                artifact_path: artifact_path.clone(),
+                sha256: sha256.clone(),
+                checks: checks
+                    .iter()
+                    .map(|c| v1::DrillCheck {
+                        name: c.name.clone(),
+                        sql: c.sql.clone(),
                     })
                     .collect(),
             }),

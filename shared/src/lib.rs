@@ -15,7 +15,7 @@ pub mod telemetry;
 pub use labels::{Labels, Selector, SelectorError};
 pub use manifest::ArtifactManifest;
 pub use names::{DatabaseId, NameError, validate_agent_name, validate_database_name};
-pub use order::{OrderKind, OrderSpec, OrderState, PruneTarget};
+pub use order::{DrillCheck, OrderKind, OrderSpec, OrderState, PruneTarget};
 
 /// Milliseconds since the Unix epoch, the time unit on the wire and in the store.
 pub fn now_unix_ms() -> i64 {

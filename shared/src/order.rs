@@ -14,14 +14,17 @@ pub enum OrderKind {
     Health,
     /// Removes expired artifacts from an agent's repository.
     Prune,
+    /// Restores an artifact into a scratch database, verifies and times it, drops it.
+    Drill,
 }
 
 impl OrderKind {
-    pub const ALL: [OrderKind; 4] = [
+    pub const ALL: [OrderKind; 5] = [
         OrderKind::Backup,
         OrderKind::Restore,
         OrderKind::Health,
         OrderKind::Prune,
+        OrderKind::Drill,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +33,7 @@ impl OrderKind {
             OrderKind::Restore => "restore",
             OrderKind::Health => "health",
             OrderKind::Prune => "prune",
+            OrderKind::Drill => "drill",
         }
     }
 
@@ -37,7 +41,7 @@ impl OrderKind {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            OrderKind::Backup | OrderKind::Health | OrderKind::Prune
+            OrderKind::Backup | OrderKind::Health | OrderKind::Prune | OrderKind::Drill
         )
     }
 }
@@ -145,6 +149,23 @@ pub enum OrderSpec {
     Prune {
         artifacts: Vec<PruneTarget>,
     },
+    Drill {
+        artifact_id: String,
+        /// Directory of the artifact relative to the repository root.
+        artifact_path: String,
+        /// sha256 of the compressed dump as the catalog recorded it.
+        sha256: String,
+        /// SQL checks from the fleet policy that must return true in the restored copy.
+        #[serde(default)]
+        checks: Vec<DrillCheck>,
+    },
+}
+
+/// A named SQL query that must return `true` in a drill's restored copy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DrillCheck {
+    pub name: String,
+    pub sql: String,
 }
 
 /// An artifact a prune order removes.
@@ -162,6 +183,7 @@ impl OrderSpec {
             OrderSpec::Restore { .. } => OrderKind::Restore,
             OrderSpec::Health => OrderKind::Health,
             OrderSpec::Prune { .. } => OrderKind::Prune,
+            OrderSpec::Drill { .. } => OrderKind::Drill,
         }
     }
 }
@@ -232,8 +254,9 @@ mod tests {
     }
 
     #[test]
-    fn only_backup_and_health_are_idempotent() {
+    fn only_restore_is_not_idempotent() {
         assert!(OrderKind::Backup.is_idempotent());
+        assert!(OrderKind::Drill.is_idempotent());
         assert!(OrderKind::Health.is_idempotent());
         assert!(OrderKind::Prune.is_idempotent());
         assert!(!OrderKind::Restore.is_idempotent());

@@ -34,6 +34,8 @@ pub struct FleetSettings {
     pub max_attempts: u32,
     pub policy_tick: Duration,
     pub prune_interval: Duration,
+    /// How often agents report the health of their databases.
+    pub health_interval: Duration,
 }
 
 pub use policy::{Applied, PolicyState, PruneOutcome, PruneRow, WindowStatus, kind_name};

@@ -2,6 +2,9 @@
 //! the agent log: it names the value that was wrong and, where there is one, what to do next.
 //! No variant ever holds a database URL, so credentials cannot leak through an error.
 
+use std::path::PathBuf;
+
+use warden_proto::v1;
 use warden_shared::NameError;
 use warden_shared::config::ConfigError;
 
@@ -45,6 +48,17 @@ pub enum AgentError {
         "artifact {artifact_id} is corrupt: {detail}; refusing to restore, nothing was changed"
     )]
     CorruptArtifact { artifact_id: String, detail: String },
+    /// A file of an artifact is not in the repository, although the repository holds the
+    /// directory of the agent that took it: the artifact was removed or never completed.
+    #[error(
+        "{} is missing: artifact {artifact_path} is incomplete or was removed from the repository; \
+         it cannot be restored",
+        path.display()
+    )]
+    ArtifactMissing {
+        artifact_path: String,
+        path: PathBuf,
+    },
     /// A backup read back after its commit did not match its manifest; `removed` says
     /// whether its directory could be removed afterwards.
     #[error(
@@ -76,6 +90,16 @@ pub enum AgentError {
     /// The restored database holds different row counts than the artifact's snapshot.
     #[error("restored data does not match the artifact: {0}")]
     RowCountMismatch(String),
+    /// A drill restored and verified its copy, but not every check passed; `outcome` holds
+    /// the timings and every check's result.
+    #[error("drill checks failed: {}", failed_checks(outcome))]
+    DrillChecksFailed { outcome: Box<v1::DrillOutcome> },
+    /// A drill passed but its scratch database could not be dropped.
+    #[error(
+        "the drill passed, but its scratch database {scratch:?} could not be dropped: {reason}; \
+         the agent drops it when it restarts, or drop it by hand"
+    )]
+    DrillCleanup { scratch: String, reason: String },
     /// The coordinator sent something the agent cannot act on.
     #[error("{0}")]
     InvalidOrder(String),
@@ -91,6 +115,18 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// Returns whether this error proves the artifact an order read unusable (its bytes,
+    /// its files or its data are not what the backup recorded), rather than a problem of the
+    /// server, the agent or the order.
+    pub fn proves_artifact_corrupt(&self) -> bool {
+        matches!(
+            self,
+            AgentError::CorruptArtifact { .. }
+                | AgentError::ArtifactMissing { .. }
+                | AgentError::RowCountMismatch(_)
+        )
+    }
+
     /// Returns a mapper from `io::Error` that adds `context` (what was done, on which path).
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
         let context = context.into();
@@ -109,6 +145,17 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Lists the checks of a drill that did not pass, each with why.
+fn failed_checks(outcome: &v1::DrillOutcome) -> String {
+    outcome
+        .checks
+        .iter()
+        .filter(|check| !check.passed)
+        .map(|check| format!("check {:?}: {}", check.name, check.error))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<tonic::Status> for AgentError {

@@ -1,13 +1,17 @@
 //! The Warden agent: runs backups, restores and health checks of the PostgreSQL databases in
 //! its configuration, on orders from the coordinator it dials out to.
 //!
-//! [`session`] keeps the stream to the coordinator; [`orders`] dispatches an order to the
-//! [`backup`], [`restore`], [`health`] or [`prune`] executor; those use [`pg`] for SQL, [`pgtools`] for
-//! the PostgreSQL client binaries, [`codec`] to move dumps in and out of the [`repository`].
+//! [`session`] keeps the stream to the coordinator and sends periodic health reports;
+//! [`orders`] dispatches an order to the [`backup`], [`restore`], [`drill`], [`health`] or
+//! [`prune`] executor; restores and drills share [`copy`]; the executors use [`pg`] for SQL,
+//! [`pgtools`] for the PostgreSQL client binaries, [`codec`] to move dumps in and out of the
+//! [`repository`].
 
 pub mod backup;
 pub mod codec;
 pub mod config;
+pub mod copy;
+pub mod drill;
 pub mod error;
 pub mod health;
 pub mod orders;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use warden_agent::{AgentConfig, AgentContext, restore, session};
+use warden_agent::{AgentConfig, AgentContext, copy, drill, session};
 
 /// Warden agent: backs up, restores and checks the PostgreSQL databases it is configured for.
 #[derive(Debug, Parser)]
@@ -23,12 +23,26 @@ struct Args {
     /// Logs one JSON object per line.
     #[arg(long)]
     log_json: bool,
+    /// Also exports spans over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "WARDEN_AGENT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    warden_shared::telemetry::init(args.log_json);
+    // Held to the end: dropping it flushes the spans not yet exported.
+    let _telemetry = match warden_shared::telemetry::init(
+        "warden-agent",
+        args.log_json,
+        args.otlp_endpoint.as_deref(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -53,13 +67,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .cleanup_incomplete(&ctx.config.name)
         .context("cannot clean up unfinished artifacts")?;
     let staged =
-        restore::clear_staging(&ctx.staging_dir).context("cannot clear the staging directory")?;
+        copy::clear_staging(&ctx.staging_dir).context("cannot clear the staging directory")?;
+    // Servers that are down are skipped (and logged): their leftovers go at the next start.
+    let scratch = drill::drop_leftover_scratch_databases(&ctx).await;
     tracing::info!(
         agent = %ctx.config.name,
         version = env!("CARGO_PKG_VERSION"),
         databases = ctx.config.databases.len(),
         removed_unfinished_artifacts = removed.len(),
         removed_staged_dumps = staged.len(),
+        dropped_drill_databases = scratch.len(),
         "agent starting"
     );
 

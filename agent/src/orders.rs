@@ -1,5 +1,6 @@
-//! Running one order: resolves its database, dispatches to the backup, restore, health or
-//! prune executor, and turns the outcome into the agent's final word, an [`v1::OrderResult`].
+//! Running one order: resolves its database, dispatches to the backup, restore, drill,
+//! health or prune executor, and turns the outcome into the agent's final word, an
+//! [`v1::OrderResult`].
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -9,21 +10,24 @@ use tokio_util::sync::CancellationToken;
 use warden_proto::v1;
 use warden_proto::v1::order_result::Outcome;
 use warden_proto::v1::order_spec::Params;
-use warden_shared::DatabaseId;
+use warden_shared::{DatabaseId, OrderKind};
 
 use crate::config::AgentConfig;
+use crate::drill::RunningDrills;
 use crate::error::{AgentError, AgentResult};
 use crate::pg::PgDatabase;
 use crate::progress::ProgressReporter;
 use crate::repository::Repository;
-use crate::{backup, health, prune, restore};
+use crate::{backup, drill, health, prune, restore};
 
-/// What every executor needs: the configuration and where artifacts and staged files go.
+/// What every executor needs: the configuration, where artifacts and staged files go, and
+/// the drills running in this process.
 #[derive(Debug)]
 pub struct AgentContext {
     pub config: AgentConfig,
     pub repository: Repository,
     pub staging_dir: PathBuf,
+    pub drills: RunningDrills,
 }
 
 impl AgentContext {
@@ -35,6 +39,7 @@ impl AgentContext {
             config,
             repository,
             staging_dir,
+            drills: RunningDrills::default(),
         })
     }
 
@@ -46,7 +51,7 @@ impl AgentContext {
         name: &str,
         spec: Option<&v1::OrderSpec>,
     ) -> AgentResult<Option<OrderTarget>> {
-        if matches!(spec.and_then(|s| s.params.as_ref()), Some(Params::Prune(_))) {
+        if order_kind(spec) == Some(OrderKind::Prune) {
             self.local_database_name(name)?;
             return Ok(None);
         }
@@ -102,6 +107,17 @@ pub struct OrderTarget {
     pub db: PgDatabase,
 }
 
+/// Returns the kind of order `spec` describes, if it describes one.
+pub fn order_kind(spec: Option<&v1::OrderSpec>) -> Option<OrderKind> {
+    Some(match spec?.params.as_ref()? {
+        Params::Backup(_) => OrderKind::Backup,
+        Params::Restore(_) => OrderKind::Restore,
+        Params::Health(_) => OrderKind::Health,
+        Params::Prune(_) => OrderKind::Prune,
+        Params::Drill(_) => OrderKind::Drill,
+    })
+}
+
 /// Runs one order to its end and returns the result to report; a malformed order becomes a
 /// failed result. `target` is `None` only for orders that need no database (see
 /// [`AgentContext::order_target`]).
@@ -120,6 +136,7 @@ pub async fn run_order(
             success: true,
             error: String::new(),
             cancelled: false,
+            artifact_corrupt: false,
             outcome: Some(outcome),
         },
         Err(error) => failed_result(order_id, &error),
@@ -133,14 +150,16 @@ pub fn failed_result(order_id: &str, error: &AgentError) -> v1::OrderResult {
         success: false,
         error: error.to_string(),
         cancelled: matches!(error, AgentError::Cancelled),
-        // A prune that failed part-way still removed some artifacts: the coordinator records
-        // those as deleted.
+        artifact_corrupt: error.proves_artifact_corrupt(),
         outcome: match error {
-            AgentError::PruneIncomplete { removed, .. } => {
-                Some(v1::order_result::Outcome::Prune(v1::PruneOutcome {
-                    removed_artifact_ids: removed.clone(),
-                }))
-            }
+            // A prune that failed part-way still removed some artifacts: the coordinator
+            // records those as deleted.
+            AgentError::PruneIncomplete { removed, .. } => Some(Outcome::Prune(v1::PruneOutcome {
+                removed_artifact_ids: removed.clone(),
+            })),
+            // A drill whose checks failed still measured the restore, and says which checks
+            // failed and why.
+            AgentError::DrillChecksFailed { outcome } => Some(Outcome::Drill((**outcome).clone())),
             _ => None,
         },
     }
@@ -177,7 +196,10 @@ async fn execute(
                 .await
                 .map(Outcome::Restore)
         }
-        Params::Health(_) => health::run(&database()?.db, cancel)
+        Params::Drill(params) => drill::run(ctx, database()?, order_id, &params, progress, cancel)
+            .await
+            .map(Outcome::Drill),
+        Params::Health(_) => health::run(&database()?.db, &ctx.repository, cancel)
             .await
             .map(Outcome::Health),
         Params::Prune(params) => prune::run(&ctx.repository, order_id, &params, cancel)
@@ -317,5 +339,97 @@ mod tests {
             "{}",
             result.error
         );
+    }
+
+    #[test]
+    fn failures_that_prove_the_artifact_unusable_are_flagged() {
+        let corrupt = [
+            AgentError::CorruptArtifact {
+                artifact_id: "a1".to_owned(),
+                detail: "sha256 of dump.zst is 00, catalog says ff".to_owned(),
+            },
+            AgentError::ArtifactMissing {
+                artifact_path: "db1/a1".to_owned(),
+                path: PathBuf::from("/repo/db1/a1/dump.zst"),
+            },
+            AgentError::RowCountMismatch("\"public\".\"t\" has 1 rows, the artifact 2".to_owned()),
+        ];
+        for error in &corrupt {
+            let result = failed_result("o1", error);
+            assert!(result.artifact_corrupt, "{error}");
+            assert!(!result.success && !result.cancelled);
+            assert_eq!(result.error, error.to_string());
+        }
+        let not_corrupt = [
+            AgentError::Cancelled,
+            AgentError::Postgres {
+                context: "cannot connect to db1/app".to_owned(),
+                message: "connection refused".to_owned(),
+            },
+            AgentError::Subprocess {
+                tool: "pg_restore".to_owned(),
+                status: "exit status: 1".to_owned(),
+                stderr_tail: "role \"app\" does not exist".to_owned(),
+            },
+            AgentError::Io {
+                context: "cannot read /repo/db1/a1/manifest.json (is the repository shared?)"
+                    .to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
+            AgentError::DrillCleanup {
+                scratch: "warden_drill_x_1".to_owned(),
+                reason: "server closed the connection".to_owned(),
+            },
+        ];
+        for error in &not_corrupt {
+            assert!(!failed_result("o1", error).artifact_corrupt, "{error}");
+        }
+        assert!(failed_result("o1", &AgentError::Cancelled).cancelled);
+    }
+
+    #[test]
+    fn a_drill_with_failed_checks_reports_its_outcome_and_names_the_checks() {
+        let outcome = v1::DrillOutcome {
+            scratch_database: "warden_drill_x_1".to_owned(),
+            checks: vec![
+                v1::CheckResult {
+                    name: "orders".to_owned(),
+                    passed: true,
+                    error: String::new(),
+                },
+                v1::CheckResult {
+                    name: "balance".to_owned(),
+                    passed: false,
+                    error: "returned false".to_owned(),
+                },
+                v1::CheckResult {
+                    name: "ledger".to_owned(),
+                    passed: false,
+                    error: "SQL error: relation \"ledger\" does not exist".to_owned(),
+                },
+            ],
+            ..v1::DrillOutcome::default()
+        };
+        let error = AgentError::DrillChecksFailed {
+            outcome: Box::new(outcome.clone()),
+        };
+        let result = failed_result("o1", &error);
+        assert_eq!(
+            result.error,
+            "drill checks failed: check \"balance\": returned false; check \"ledger\": SQL \
+             error: relation \"ledger\" does not exist"
+        );
+        assert!(!result.success && !result.artifact_corrupt);
+        assert_eq!(result.outcome, Some(Outcome::Drill(outcome)));
+    }
+
+    #[test]
+    fn order_kinds_come_from_the_parameters() {
+        let drill = v1::OrderSpec {
+            params: Some(Params::Drill(v1::DrillParams::default())),
+        };
+        assert_eq!(order_kind(Some(&drill)), Some(OrderKind::Drill));
+        assert_eq!(order_kind(Some(&v1::OrderSpec::default())), None);
+        assert_eq!(order_kind(None), None);
     }
 }

@@ -206,16 +206,53 @@ impl Repository {
         Ok(removal)
     }
 
-    /// Reads and parses an artifact's manifest.
+    /// Reads and parses an artifact's manifest. A manifest that is not valid JSON of a
+    /// manifest makes the artifact corrupt.
     pub fn read_manifest(&self, artifact_path: &str) -> AgentResult<ArtifactManifest> {
-        let path = self.resolve(artifact_path)?.join(MANIFEST_FILE);
-        let bytes = fs::read(&path).map_err(AgentError::io(format!(
-            "cannot read {} (is the repository shared with the agent that took the backup?)",
-            path.display()
-        )))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            AgentError::InvalidOrder(format!("manifest {} is not valid: {e}", path.display()))
+        let path = self.artifact_file(artifact_path, MANIFEST_FILE)?;
+        let bytes =
+            fs::read(&path).map_err(AgentError::io(format!("cannot read {}", path.display())))?;
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::CorruptArtifact {
+            artifact_id: artifact_path
+                .rsplit('/')
+                .next()
+                .unwrap_or(artifact_path)
+                .to_owned(),
+            detail: format!("{} is not a valid manifest: {e}", path.display()),
         })
+    }
+
+    /// Returns the path of file `name` of the artifact at `artifact_path`, which must exist.
+    ///
+    /// A missing file is [`AgentError::ArtifactMissing`] (the artifact is unusable) only when
+    /// the directory of the agent that took it is there: without that directory, this
+    /// repository is not the one the artifact was written to (not shared with that agent,
+    /// or not mounted), which says nothing about the artifact.
+    pub fn artifact_file(&self, artifact_path: &str, name: &str) -> AgentResult<PathBuf> {
+        let dir = self.resolve(artifact_path)?;
+        let path = dir.join(name);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(path),
+            Ok(_) => Err(AgentError::ArtifactMissing {
+                artifact_path: artifact_path.to_owned(),
+                path,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if dir.parent().is_some_and(Path::is_dir) {
+                    Err(AgentError::ArtifactMissing {
+                        artifact_path: artifact_path.to_owned(),
+                        path,
+                    })
+                } else {
+                    Err(AgentError::io(format!(
+                        "cannot read {} (is the repository shared with the agent that took \
+                         the backup, and mounted?)",
+                        path.display()
+                    ))(e))
+                }
+            }
+            Err(e) => Err(AgentError::io(format!("cannot inspect {}", path.display()))(e)),
+        }
     }
 
     /// Removes every directory of `agent` that has no manifest (backups interrupted by a
@@ -494,5 +531,53 @@ mod tests {
         let r = repo(tmp.path());
         r.create_artifact_dir("db1/a").expect("first");
         assert!(r.create_artifact_dir("db1/a").is_err());
+    }
+
+    #[test]
+    fn a_missing_file_of_an_artifact_is_told_apart_from_a_foreign_repository() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = repo(tmp.path());
+        let dir = committed(&r, "db1/a1");
+        assert_eq!(
+            r.artifact_file("db1/a1", "dump.zst").expect("present"),
+            dir.join("dump.zst")
+        );
+        fs::remove_file(dir.join("dump.zst")).expect("remove");
+        for (path, file) in [("db1/a1", "dump.zst"), ("db1/gone", MANIFEST_FILE)] {
+            match r.artifact_file(path, file) {
+                Err(error @ AgentError::ArtifactMissing { .. }) => {
+                    assert!(error.to_string().contains("cannot be restored"), "{error}");
+                }
+                other => panic!("{path}/{file}: expected ArtifactMissing, got {other:?}"),
+            }
+        }
+        // No directory of agent db2 here: this repository is not the one it writes to.
+        match r.read_manifest("db2/a1") {
+            Err(error @ AgentError::Io { .. }) => {
+                assert!(
+                    error.to_string().contains("is the repository shared"),
+                    "{error}"
+                );
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unreadable_manifest_makes_the_artifact_corrupt() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = repo(tmp.path());
+        let dir = r.create_artifact_dir("db1/a1").expect("create");
+        write_file_atomically(&dir, MANIFEST_FILE, b"{\"format\": ").expect("manifest");
+        match r.read_manifest("db1/a1") {
+            Err(AgentError::CorruptArtifact {
+                artifact_id,
+                detail,
+            }) => {
+                assert_eq!(artifact_id, "a1");
+                assert!(detail.contains("is not a valid manifest"), "{detail}");
+            }
+            other => panic!("expected CorruptArtifact, got {other:?}"),
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The restore executor: verifies an artifact, restores it into a new database, checks
-//! every table's row count against the manifest, and for `replace` swaps it in by renames.
+//! The restore executor: restores an artifact into a new database (see [`crate::copy`]),
+//! and for `replace` swaps the verified copy in by renames.
 //!
 //! Nothing on the server changes until the dump's sha256 matches the catalog. A restore into
 //! a new name leaves nothing behind when it fails. A replace never exposes a half-restored
@@ -7,29 +7,19 @@
 //! away once the copy is complete and verified; any failure before that point undoes the
 //! renames and drops the side database, so the original stays as it was.
 
-use std::ffi::OsString;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Instant;
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use tokio_util::sync::CancellationToken;
 use warden_proto::v1;
-use warden_shared::manifest::DUMP_FILE;
-use warden_shared::{ArtifactManifest, validate_database_name};
+use warden_shared::validate_database_name;
 
-use crate::backup::dbname_arg;
-use crate::codec;
+use crate::copy::{self, ArtifactRef, CopyPlan, InTheWay, phase};
 use crate::error::{AgentError, AgentResult};
-use crate::orders::{AgentContext, OrderTarget, blocking, cancellable, elapsed_ms};
-use crate::pg::{self, PgDatabase};
-use crate::pgtools::{PgTools, PgVersion, Subprocess, ToolRequirement};
+use crate::orders::{AgentContext, OrderTarget, cancellable};
+use crate::pg;
 use crate::progress::ProgressReporter;
-
-/// Extension of staged (decompressed) dumps in the staging directory.
-const STAGED_EXTENSION: &str = "dump";
 
 /// Restores the artifact of `params` on the server of `target`.
 pub async fn run(
@@ -45,20 +35,20 @@ pub async fn run(
         %order_id,
         database = %target.db.label,
         artifact_id = %params.artifact_id,
-        into = %plan.restore_into,
+        into = %plan.copy.into,
         replace = plan.replace,
         "restore started"
     );
-    let staged = staging_file(&ctx.staging_dir, order_id);
+    let staged = copy::staging_file(&ctx.staging_dir, order_id);
     let mut created = None;
     let mut phases = Vec::new();
 
     let restored = cancellable(
         cancel,
-        restore_copy(
+        copy::restore_copy(
             ctx,
-            &plan,
-            params,
+            &plan.copy,
+            &ArtifactRef::from(params),
             &staged,
             progress,
             &mut created,
@@ -66,40 +56,51 @@ pub async fn run(
         ),
     )
     .await;
-    // The staged dump is only needed by pg_restore; it can be large, so it goes right away.
-    if let Err(e) = tokio::fs::remove_file(&staged).await
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(%order_id, path = %staged.display(), error = %e, "cannot remove staged dump");
-    }
+    copy::remove_staged(&staged).await;
     // The swap is a handful of quick statements that must not stop halfway, so a cancel
     // arriving now is too late.
     let result = match restored {
-        Ok(verified) if plan.replace => {
-            let phase = Instant::now();
+        Ok(restored) if plan.replace => {
+            let started = Instant::now();
             let swapped = swap(&plan).await;
             if swapped.is_ok() {
                 // The side database now carries the target's name.
                 created = None;
             }
-            record(&mut phases, "swap", phase);
-            swapped.map(|()| verified)
+            copy::record(&mut phases, phase::SWAP, started);
+            swapped.map(|()| restored)
         }
         other => other,
     };
     match result {
-        Ok((tables_verified, rows_verified)) => {
-            tracing::info!(%order_id, database = %target.db.label, tables_verified, rows_verified, "restore finished");
+        Ok(restored) => {
+            tracing::info!(
+                %order_id,
+                database = %target.db.label,
+                tables_verified = restored.tables_verified,
+                rows_verified = restored.rows_verified,
+                "restore finished"
+            );
             Ok(v1::RestoreOutcome {
                 database: plan.target_name.clone(),
-                tables_verified,
-                rows_verified,
+                tables_verified: restored.tables_verified,
+                rows_verified: restored.rows_verified,
                 phases,
             })
         }
         Err(error) => {
             if let Some(name) = created {
-                drop_leftover(&plan, &name).await;
+                match copy::drop_database(&plan.copy, &name).await {
+                    Ok(()) => {
+                        tracing::info!(database = %target.db.label, dropped = %name, "dropped the unfinished restore")
+                    }
+                    Err(error) => tracing::error!(
+                        database = %target.db.label,
+                        leftover = %name,
+                        %error,
+                        "cannot drop the unfinished restore; drop it by hand"
+                    ),
+                }
             }
             Err(error)
         }
@@ -108,12 +109,8 @@ pub async fn run(
 
 /// Names and connections of one restore, fixed before anything runs.
 struct RestorePlan {
-    /// The order's database; its server receives the restore.
-    target: PgDatabase,
-    /// The maintenance database on the same server, for CREATE/ALTER/DROP DATABASE.
-    maintenance: PgDatabase,
-    /// Database pg_restore writes into: the new name, or the side database of a replace.
-    restore_into: String,
+    /// The copy: into the new name, or into the side database of a replace.
+    copy: CopyPlan,
     /// Database that holds the data at the end.
     target_name: String,
     /// Name the original gets while it is being replaced.
@@ -128,23 +125,17 @@ impl RestorePlan {
         params: &v1::RestoreParams,
     ) -> AgentResult<Self> {
         let maintenance_db = &ctx.config.maintenance_db;
-        let maintenance = target.db.sibling(maintenance_db);
-        // Side and old names carry the artifact id's random tail (a UUIDv7's head is its
-        // timestamp, shared by artifacts taken close together), so a leftover is recognisable.
-        let hex: Vec<char> = params
-            .artifact_id
-            .chars()
-            .filter(char::is_ascii_hexdigit)
-            .map(|c| c.to_ascii_lowercase())
-            .collect();
-        let short_id: String = hex[hex.len().saturating_sub(12)..].iter().collect();
         match (params.new_name.is_empty(), params.replace) {
             (false, false) => {
                 validate_database_name(&params.new_name)?;
+                let refuse = vec![(params.new_name.clone(), "choose another --new-name")];
                 Ok(Self {
-                    target: target.db.clone(),
-                    maintenance,
-                    restore_into: params.new_name.clone(),
+                    copy: CopyPlan::new(
+                        ctx,
+                        target,
+                        params.new_name.clone(),
+                        InTheWay::Refuse(refuse),
+                    ),
                     target_name: params.new_name.clone(),
                     old_name: String::new(),
                     replace: false,
@@ -164,12 +155,28 @@ impl RestorePlan {
                         target.db.label
                     )));
                 }
+                // Side and old names carry the artifact id's tail, so a leftover is
+                // recognisable.
+                let short_id = copy::short_artifact_id(&params.artifact_id);
+                let side = format!("warden_restore_{short_id}");
+                let old_name = format!("warden_old_{short_id}");
+                let refuse = vec![
+                    (
+                        side.clone(),
+                        "an interrupted restore left it behind; drop it and try again",
+                    ),
+                    // The swap's undo reads the names on the server, which only works if the
+                    // old name is free before the swap starts.
+                    (
+                        old_name.clone(),
+                        "an interrupted replace left it behind; check whether it holds data \
+                         you need, drop it and try again",
+                    ),
+                ];
                 Ok(Self {
-                    target: target.db.clone(),
-                    maintenance,
-                    restore_into: format!("warden_restore_{short_id}"),
+                    copy: CopyPlan::new(ctx, target, side, InTheWay::Refuse(refuse)),
                     target_name: name,
-                    old_name: format!("warden_old_{short_id}"),
+                    old_name,
                     replace: true,
                 })
             }
@@ -180,200 +187,14 @@ impl RestorePlan {
     }
 }
 
-/// Verifies the artifact, restores it into `plan.restore_into` and checks its row counts.
-/// Returns the tables and rows verified. `created` names the database once this restore
-/// may have created it, so the caller can drop it on failure.
-async fn restore_copy(
-    ctx: &AgentContext,
-    plan: &RestorePlan,
-    params: &v1::RestoreParams,
-    staged: &Path,
-    progress: &ProgressReporter,
-    created: &mut Option<String>,
-    phases: &mut Vec<v1::PhaseTiming>,
-) -> AgentResult<(u32, u64)> {
-    let phase = Instant::now();
-    let manifest = fetch_and_verify(ctx, params, staged, progress).await?;
-    record(phases, "fetch+verify", phase);
-
-    let phase = Instant::now();
-    let mut maintenance = plan.maintenance.connect().await?;
-    let server = pg::server_version(&plan.maintenance, &mut maintenance).await?;
-    let tools = PgTools::find(
-        ctx.config.pg_bindir.as_deref(),
-        &requirement(&plan.target, &server, &manifest),
-    )
-    .await?;
-    if pg::database_exists(&plan.maintenance, &mut maintenance, &plan.restore_into).await? {
-        return Err(AgentError::DatabaseExists {
-            name: plan.restore_into.clone(),
-            database: plan.target.label.clone(),
-            hint: if plan.replace {
-                "an interrupted restore left it behind; drop it and try again"
-            } else {
-                "choose another --new-name"
-            },
-        });
-    }
-    // The swap's undo reads the names on the server, which only works if the old name is
-    // free before the swap starts.
-    if plan.replace
-        && pg::database_exists(&plan.maintenance, &mut maintenance, &plan.old_name).await?
-    {
-        return Err(AgentError::DatabaseExists {
-            name: plan.old_name.clone(),
-            database: plan.target.label.clone(),
-            hint: "an interrupted replace left it behind; check whether it holds data you need, \
-                   drop it and try again",
-        });
-    }
-    // Marked before CREATE: if this is cancelled mid-statement, the database may exist.
-    *created = Some(plan.restore_into.clone());
-    if let Err(error) =
-        pg::create_database(&plan.maintenance, &mut maintenance, &plan.restore_into).await
-    {
-        *created = None;
-        return Err(error);
-    }
-    let _ = maintenance.close().await;
-    let into = plan.target.sibling(&plan.restore_into);
-    let args = vec![
-        OsString::from("--exit-on-error"),
-        OsString::from(format!("--jobs={}", ctx.config.restore_jobs)),
-        OsString::from("--no-password"),
-        dbname_arg(&into.url),
-        staged.as_os_str().to_owned(),
-    ];
-    let pg_restore = tools.path("pg_restore");
-    progress
-        .track("restore", |_| async {
-            Subprocess::spawn(&pg_restore, &args, Some(&into.url), Stdio::null())?
-                .wait()
-                .await
-        })
-        .await?;
-    record(phases, "restore", phase);
-
-    let phase = Instant::now();
-    let verified = verify_rows(&into, &manifest).await?;
-    record(phases, "verify_rows", phase);
-    Ok(verified)
-}
-
-/// Checks the manifest against the catalog, then decompresses `dump.zst` into `staged`
-/// while hashing it. Any mismatch fails before a database is touched.
-async fn fetch_and_verify(
-    ctx: &AgentContext,
-    params: &v1::RestoreParams,
-    staged: &Path,
-    progress: &ProgressReporter,
-) -> AgentResult<ArtifactManifest> {
-    let corrupt = |detail: String| AgentError::CorruptArtifact {
-        artifact_id: params.artifact_id.clone(),
-        detail,
-    };
-    let repository = ctx.repository.clone();
-    let artifact_path = params.artifact_path.clone();
-    let manifest = blocking(move || repository.read_manifest(&artifact_path)).await?;
-    if manifest.artifact_id != params.artifact_id {
-        return Err(corrupt(format!(
-            "its manifest names artifact {}",
-            manifest.artifact_id
-        )));
-    }
-    if manifest.dump.sha256 != params.sha256 {
-        return Err(corrupt(format!(
-            "manifest.json says the sha256 of {DUMP_FILE} is {}, catalog says {}",
-            manifest.dump.sha256, params.sha256
-        )));
-    }
-    let dump = ctx
-        .repository
-        .resolve(&params.artifact_path)?
-        .join(DUMP_FILE);
-    let staging_dir = ctx.staging_dir.clone();
-    blocking(move || {
-        fs::create_dir_all(&staging_dir).map_err(AgentError::io(format!(
-            "cannot create {}",
-            staging_dir.display()
-        )))
-    })
-    .await?;
-    let read = progress
-        .track("fetch+verify", |counter| {
-            codec::decompress_to_file(&dump, staged, counter)
-        })
-        .await?;
-    let mismatch = if read.sha256 != params.sha256 {
-        Some(corrupt(format!(
-            "sha256 of {DUMP_FILE} is {}, catalog says {}",
-            read.sha256, params.sha256
-        )))
-    } else {
-        read.decoded
-            .err()
-            .map(|e| corrupt(format!("{DUMP_FILE} cannot be decompressed: {e}")))
-    };
-    if let Some(error) = mismatch {
-        let _ = tokio::fs::remove_file(staged).await;
-        return Err(error);
-    }
-    Ok(manifest)
-}
-
-/// pg_restore must be at least as new as the server it writes to, and as the pg_dump that
-/// wrote the archive (older ones cannot read newer archive formats).
-fn requirement(
-    target: &PgDatabase,
-    server: &pg::ServerVersion,
-    manifest: &ArtifactManifest,
-) -> ToolRequirement {
-    let server_version = PgVersion(server.num);
-    match PgVersion::parse(&manifest.pg_dump_version) {
-        Some(archive) if archive.major() > server_version.major() => ToolRequirement {
-            version: archive,
-            what: format!(
-                "pg_dump {archive} that wrote artifact {}",
-                manifest.artifact_id
-            ),
-        },
-        _ => ToolRequirement {
-            version: server_version,
-            what: format!("server {server_version} of {}", target.label),
-        },
-    }
-}
-
-/// Counts every manifest table in the restored database; all must match.
-async fn verify_rows(into: &PgDatabase, manifest: &ArtifactManifest) -> AgentResult<(u32, u64)> {
-    let mut conn = into.connect().await?;
-    let mut mismatches = Vec::new();
-    for table in &manifest.tables {
-        let rows = pg::count_rows(into, &mut conn, &table.schema, &table.table).await?;
-        if rows != table.rows {
-            mismatches.push(format!(
-                "{:?}.{:?} has {rows} rows, the artifact {}",
-                table.schema, table.table, table.rows
-            ));
-        }
-    }
-    // The swap renames this database, which needs every session on it gone.
-    let _ = conn.close().await;
-    if !mismatches.is_empty() {
-        return Err(AgentError::RowCountMismatch(mismatches.join("; ")));
-    }
-    let tables = u32::try_from(manifest.tables.len()).unwrap_or(u32::MAX);
-    Ok((tables, manifest.total_rows()))
-}
-
 /// Puts the verified side database in place of the target: the target stops accepting
 /// connections, its sessions end, it is renamed away, the side database takes its name and
 /// owner, and the old one is dropped. Failing before the end undoes the renames.
 async fn swap(plan: &RestorePlan) -> AgentResult<()> {
-    let m = &plan.maintenance;
+    let m = &plan.copy.maintenance;
     let mut conn = m.connect().await?;
     let original = pg::database_settings(m, &mut conn, &plan.target_name).await?;
-    let (target, side, old) = (&plan.target_name, &plan.restore_into, &plan.old_name);
+    let (target, side, old) = (&plan.target_name, &plan.copy.into, &plan.old_name);
     let swapped = async {
         pg::allow_connections(m, &mut conn, target, false).await?;
         pg::terminate_backends(m, &mut conn, target).await?;
@@ -389,7 +210,7 @@ async fn swap(plan: &RestorePlan) -> AgentResult<()> {
     }
     // The new data is in place: the order succeeded even if the old copy cannot be dropped.
     if let Err(error) = pg::drop_database(m, &mut conn, old).await {
-        tracing::warn!(database = %plan.target.label, old = %old, %error, "cannot drop the replaced database; drop it by hand");
+        tracing::warn!(database = %plan.copy.target.label, old = %old, %error, "cannot drop the replaced database; drop it by hand");
     }
     let _ = conn.close().await;
     Ok(())
@@ -398,8 +219,8 @@ async fn swap(plan: &RestorePlan) -> AgentResult<()> {
 /// Restores the names the swap changed, judging from what exists on the server (a failed
 /// statement may or may not have taken effect), and the target's connection setting.
 async fn undo_swap(plan: &RestorePlan, allow_connections: bool) {
-    let m = &plan.maintenance;
-    let (target, side, old) = (&plan.target_name, &plan.restore_into, &plan.old_name);
+    let m = &plan.copy.maintenance;
+    let (target, side, old) = (&plan.target_name, &plan.copy.into, &plan.old_name);
     let undo = async {
         // A fresh connection: the swap's may be what failed.
         let mut conn: PgConnection = m.connect().await?;
@@ -417,96 +238,13 @@ async fn undo_swap(plan: &RestorePlan, allow_connections: bool) {
     };
     match undo.await {
         Ok(()) => {
-            tracing::info!(database = %plan.target.label, "replace undone, original database kept")
+            tracing::info!(database = %plan.copy.target.label, "replace undone, original database kept")
         }
         Err(error) => tracing::error!(
-            database = %plan.target.label,
+            database = %plan.copy.target.label,
             old = %old,
             %error,
             "cannot undo the replace; the original may be named as in `old`"
         ),
-    }
-}
-
-/// Drops a database this restore created, after a failure or cancellation.
-async fn drop_leftover(plan: &RestorePlan, name: &str) {
-    let m = &plan.maintenance;
-    let dropped = async {
-        let mut conn = m.connect().await?;
-        pg::drop_database(m, &mut conn, name).await
-    };
-    match dropped.await {
-        Ok(()) => {
-            tracing::info!(database = %plan.target.label, dropped = %name, "dropped the unfinished restore")
-        }
-        Err(error) => tracing::error!(
-            database = %plan.target.label,
-            leftover = %name,
-            %error,
-            "cannot drop the unfinished restore; drop it by hand"
-        ),
-    }
-}
-
-/// Returns where an order's decompressed dump is staged.
-fn staging_file(staging_dir: &Path, order_id: &str) -> PathBuf {
-    // Order ids come from the coordinator; keep only characters safe in a file name.
-    let safe: String = order_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    staging_dir.join(format!("{safe}.{STAGED_EXTENSION}"))
-}
-
-/// Creates the staging directory if needed and removes the dumps staged by restores that a
-/// crash interrupted. Only staged dumps are touched, in case the directory is shared.
-pub fn clear_staging(staging_dir: &Path) -> AgentResult<Vec<PathBuf>> {
-    fs::create_dir_all(staging_dir).map_err(AgentError::io(format!(
-        "cannot create {}",
-        staging_dir.display()
-    )))?;
-    let list_error = || AgentError::io(format!("cannot list {}", staging_dir.display()));
-    let mut removed = Vec::new();
-    for entry in fs::read_dir(staging_dir).map_err(list_error())? {
-        let path = entry.map_err(list_error())?.path();
-        if path.is_file() && path.extension().is_some_and(|e| e == STAGED_EXTENSION) {
-            fs::remove_file(&path)
-                .map_err(AgentError::io(format!("cannot remove {}", path.display())))?;
-            tracing::info!(path = %path.display(), "removed leftover staged dump");
-            removed.push(path);
-        }
-    }
-    Ok(removed)
-}
-
-fn record(phases: &mut Vec<v1::PhaseTiming>, phase: &str, started: Instant) {
-    phases.push(v1::PhaseTiming {
-        phase: phase.to_owned(),
-        millis: elapsed_ms(started),
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staging_files_are_named_safely_and_cleared() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("staging");
-        let staged = staging_file(&dir, "../0191-abc");
-        assert_eq!(staged.parent(), Some(dir.as_path()));
-        assert!(clear_staging(&dir).expect("creates").is_empty());
-        fs::write(&staged, b"x").expect("write");
-        fs::write(dir.join("keep.txt"), b"x").expect("write");
-        assert_eq!(clear_staging(&dir).expect("clears"), vec![staged.clone()]);
-        assert!(!staged.exists());
-        assert!(dir.join("keep.txt").exists());
     }
 }

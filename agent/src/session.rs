@@ -5,6 +5,10 @@
 //! finished order's result stays in the outbox until the coordinator acknowledges it, so a
 //! result produced during an outage is delivered in the next `Hello`. Assignments are
 //! idempotent by order id: a repeated one never runs twice.
+//!
+//! While a stream is up, a task of its own collects the health of every configured database
+//! every `Welcome.health_interval_ms` and sends it up; it never holds up heartbeats or
+//! orders, and stops with the stream.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,9 +19,10 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Streaming;
 use tonic::transport::Endpoint;
+use tracing::Instrument;
 use warden_proto::v1;
 use warden_proto::v1::agent_message::Msg as AgentMsg;
 use warden_proto::v1::agent_service_client::AgentServiceClient;
@@ -25,7 +30,8 @@ use warden_proto::v1::coordinator_message::Msg as CoordinatorMsg;
 use warden_shared::now_unix_ms;
 
 use crate::error::{AgentError, AgentResult, error_chain};
-use crate::orders::{AgentContext, failed_result, run_order};
+use crate::health;
+use crate::orders::{AgentContext, failed_result, order_kind, run_order};
 use crate::progress::{ProgressReporter, ProgressUpdate};
 
 /// How long to wait for the coordinator's `Welcome` after connecting.
@@ -41,6 +47,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a closing stream may take to flush the last messages.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a periodic health report waits for one database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the coordinator until `shutdown` fires and running orders have been cancelled
 /// (or [`SHUTDOWN_GRACE`] passed).
@@ -61,6 +69,8 @@ struct Stream {
     outbound: Outbound,
     inbound: Streaming<v1::CoordinatorMessage>,
     heartbeat: Duration,
+    /// Stops the stream's health reports when dropped; `None` when they are off.
+    health_reports: Option<DropGuard>,
 }
 
 struct Session {
@@ -200,14 +210,26 @@ impl Session {
             coordinator = %url,
             heartbeat_ms = heartbeat.as_millis() as u64,
             lease_ms = welcome.lease_ms,
+            health_interval_ms = welcome.health_interval_ms,
             running_orders = self.running.len(),
             unacknowledged_results = self.outbox.len(),
             "connected to the coordinator"
         );
+        let health_reports = (welcome.health_interval_ms > 0).then(|| {
+            let stop = CancellationToken::new();
+            tokio::spawn(report_health(
+                self.ctx.clone(),
+                Duration::from_millis(welcome.health_interval_ms),
+                outbound.clone(),
+                stop.clone(),
+            ));
+            stop.drop_guard()
+        });
         Ok(Stream {
             outbound,
             inbound,
             heartbeat,
+            health_reports,
         })
     }
 
@@ -369,6 +391,13 @@ impl Session {
             .as_ref()
             .map_or_else(|| assignment.database.clone(), |t| t.id.to_string());
         tracing::info!(order_id = %order_id, database = %database, attempt = assignment.attempt, "order started");
+        let span = tracing::info_span!(
+            "order",
+            order_id = %order_id,
+            agent = %self.ctx.config.name,
+            database = %database,
+            kind = order_kind(assignment.spec.as_ref()).map_or("unknown", |kind| kind.as_str()),
+        );
 
         let cancel = self.shutdown.child_token();
         let progress = {
@@ -383,9 +412,10 @@ impl Session {
             order_id.clone(),
             cancel.clone(),
         );
-        let task = self.tasks.spawn(async move {
-            run_order(&ctx, target.as_ref(), &id, spec, &progress, &token).await
-        });
+        let task = self.tasks.spawn(
+            async move { run_order(&ctx, target.as_ref(), &id, spec, &progress, &token).await }
+                .instrument(span),
+        );
         self.task_orders.insert(task.id(), order_id.clone());
         self.running
             .insert(order_id, RunningOrder { database, cancel });
@@ -451,9 +481,118 @@ async fn close(stream: Stream) {
     let Stream {
         outbound,
         mut inbound,
+        health_reports,
         ..
     } = stream;
+    // The health task holds a sender too: our half only ends once it has stopped.
+    drop(health_reports);
     drop(outbound);
     let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
+}
+
+/// Sends the health of every configured database every `every`, the first right away, until
+/// `stop` fires or the stream closes. Each database gets at most `every` (and at most
+/// [`HEALTH_TIMEOUT`]), so one hung server delays neither the others nor the next report.
+async fn report_health(
+    ctx: Arc<AgentContext>,
+    every: Duration,
+    outbound: Outbound,
+    stop: CancellationToken,
+) {
+    let timeout = every.min(HEALTH_TIMEOUT);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let reports = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => tokio::select! {
+                _ = stop.cancelled() => return,
+                reports = health::collect_all(&ctx, timeout) => reports,
+            },
+        };
+        if outbound.send(message(AgentMsg::Health(reports))).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use url::Url;
+
+    use super::*;
+    use crate::config::{AgentConfig, DatabaseConfig};
+
+    fn context(repository: &Path) -> Arc<AgentContext> {
+        // Port 1 on loopback refuses connections: a server that is down.
+        let database = |name: &str| DatabaseConfig {
+            name: name.to_owned(),
+            url: format!("postgres://warden:s3cret@127.0.0.1:1/{name}"),
+            labels: Default::default(),
+        };
+        let config = AgentConfig {
+            name: "db1".to_owned(),
+            repository: Url::from_file_path(repository)
+                .expect("absolute path")
+                .to_string(),
+            databases: vec![database("app"), database("billing")],
+            ..AgentConfig::default()
+        };
+        Arc::new(AgentContext::new(config).expect("context"))
+    }
+
+    #[tokio::test]
+    async fn health_reports_start_at_once_repeat_and_stop_with_the_stream() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (outbound, mut sent) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let every = Duration::from_secs(1);
+        let started = Instant::now();
+        let task = tokio::spawn(report_health(
+            context(tmp.path()),
+            every,
+            outbound,
+            stop.clone(),
+        ));
+
+        for round in 0..2 {
+            let message = tokio::time::timeout(Duration::from_secs(10), sent.recv())
+                .await
+                .expect("a report in time")
+                .expect("the task is still sending");
+            let Some(AgentMsg::Health(reports)) = message.msg else {
+                panic!("expected health reports, got {message:?}");
+            };
+            let names: Vec<&str> = reports
+                .databases
+                .iter()
+                .map(|d| d.database.as_str())
+                .collect();
+            assert_eq!(names, ["app", "billing"]);
+            for database in &reports.databases {
+                assert!(database.report.is_none());
+                assert!(
+                    database.error.contains("cannot connect to db1/"),
+                    "{}",
+                    database.error
+                );
+                assert!(!database.error.contains("s3cret"), "{}", database.error);
+            }
+            if round == 0 {
+                assert!(
+                    started.elapsed() < every,
+                    "the first report comes right away"
+                );
+            }
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task stops")
+            .expect("no panic");
+        assert!(sent.recv().await.is_none(), "its sender is gone with it");
+    }
 }

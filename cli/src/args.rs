@@ -11,7 +11,7 @@ use warden_shared::{DatabaseId, Selector, validate_agent_name, validate_database
 /// Where the coordinator listens unless `--coordinator` or `WARDEN_COORDINATOR` say otherwise.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7717";
 
-/// Operate a Warden fleet: backups, restores, health checks, policy and the audit log.
+/// Operate a Warden fleet: backups, restores, drills, health checks, policy and the audit log.
 #[derive(Debug, Parser)]
 #[command(name = "warden", version, about, propagate_version = true)]
 pub struct Cli {
@@ -66,6 +66,29 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Drills a restore: restores an artifact into a scratch database on the database's
+    /// server, verifies it (row counts, then the policy's checks), times every phase and drops
+    /// the scratch database again. The database itself is never touched.
+    Drill {
+        /// The database, as AGENT/DBNAME.
+        #[arg(value_name = "DB", value_parser = parse_database_id)]
+        database: DatabaseId,
+        /// The artifact to drill (default: the database's newest complete one).
+        #[arg(long, value_name = "ID")]
+        artifact: Option<String>,
+        /// Why the drill is run; recorded in the audit log.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Shows progress and waits until the drill has ended; exits 1 when it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Shows each database's recovery time and point against its targets, worst first; exits
+    /// 2 when any database breaches its target.
+    Rto,
+    /// Shows the fleet at a glance: agents online, then each database's health, newest backup
+    /// and RTO status, worst first.
+    Status,
     /// Lists recent orders, newest first.
     Orders {
         /// Only orders against this database (AGENT/DBNAME).
@@ -96,7 +119,7 @@ pub enum Command {
         /// Only artifacts of this database (AGENT/DBNAME).
         #[arg(value_name = "DB", value_parser = parse_database_id)]
         database: Option<DatabaseId>,
-        /// Includes expired and deleted artifacts.
+        /// Includes expired, deleted and corrupt artifacts.
         #[arg(long)]
         all: bool,
     },
@@ -487,6 +510,59 @@ mod tests {
         };
         assert!(dry_run && all);
         assert_eq!(database.map(|d| d.to_string()).as_deref(), Some("pg1/shop"));
+    }
+
+    #[test]
+    fn drill_takes_an_artifact_a_reason_and_wait() {
+        let cli = parse(&[
+            "drill",
+            "pg1/shop",
+            "--artifact",
+            "a-1",
+            "--reason",
+            "quarterly",
+            "--wait",
+        ])
+        .expect("drill");
+        let Command::Drill {
+            database,
+            artifact,
+            reason,
+            wait,
+        } = cli.command
+        else {
+            panic!("expected drill, got {:?}", cli.command)
+        };
+        assert_eq!(database.to_string(), "pg1/shop");
+        assert_eq!(artifact.as_deref(), Some("a-1"));
+        assert_eq!(reason.as_deref(), Some("quarterly"));
+        assert!(wait);
+        let plain = parse(&["drill", "pg1/shop"]).expect("drill without flags");
+        assert!(matches!(
+            plain.command,
+            Command::Drill {
+                artifact: None,
+                reason: None,
+                wait: false,
+                ..
+            }
+        ));
+        assert!(parse(&["drill", "shop"]).is_err());
+        assert!(parse(&["drill"]).is_err());
+        assert!(parse(&["drill", "pg1/shop", "--on", "pg2"]).is_err());
+    }
+
+    #[test]
+    fn rto_and_status_take_no_arguments() {
+        assert!(matches!(
+            parse(&["rto", "--json"]).expect("rto").command,
+            Command::Rto
+        ));
+        assert!(matches!(
+            parse(&["status"]).expect("status").command,
+            Command::Status
+        ));
+        assert!(parse(&["rto", "pg1/shop"]).is_err());
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::follow::{Followed, follow};
 use crate::format;
 use crate::json::order_state;
 use crate::render::{
-    held_note, print_export, print_list, print_next_window, print_one, print_policy_result,
-    print_prune, print_verify,
+    RTO_BREACH, held_note, print_export, print_list, print_next_window, print_one,
+    print_policy_result, print_prune, print_rto, print_status, print_verify,
 };
 
 /// Runs the command line and returns how it ended.
@@ -67,6 +67,29 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
             };
             let order = c.answer(c.admin().submit_health(request).await)?;
             return show_order(c, order, wait, json).await;
+        }
+        Command::Drill {
+            database,
+            artifact,
+            reason,
+            wait,
+        } => {
+            let request = v1::SubmitDrillRequest {
+                database: database.to_string(),
+                artifact_id: artifact.unwrap_or_default(),
+                reason: reason.unwrap_or_default(),
+            };
+            let order = c.answer(c.admin().submit_drill(request).await)?;
+            return show_order(c, order, wait, json).await;
+        }
+        Command::Rto => {
+            let report = c.answer(c.admin().rto_report(v1::RtoReportRequest {}).await)?;
+            print_rto(&report, json)?;
+            return Ok(rto_outcome(&report));
+        }
+        Command::Status => {
+            let status = c.answer(c.admin().fleet_status(v1::FleetStatusRequest {}).await)?;
+            print_status(&status, json)?;
         }
         Command::Orders { database, limit } => {
             let request = v1::ListOrdersRequest {
@@ -145,6 +168,16 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         }
     }
     Ok(Outcome::Success)
+}
+
+/// Returns how `warden rto` ends: a breach anywhere fails it, for cron and CI; a database at
+/// risk or of unknown status does not.
+fn rto_outcome(report: &v1::RtoReportResponse) -> Outcome {
+    if report.rows.iter().any(|row| row.status == RTO_BREACH) {
+        Outcome::TargetBreached
+    } else {
+        Outcome::Success
+    }
 }
 
 /// Reads the policy document `warden apply` sends; `-` is standard input.
@@ -463,6 +496,21 @@ mod tests {
             warning.contains("WITHOUT a safety backup of pg1/shop"),
             "{warning}"
         );
+    }
+
+    #[test]
+    fn only_a_breach_fails_the_rto_report() {
+        let row = |status: &str| v1::RtoRow {
+            status: status.into(),
+            ..Default::default()
+        };
+        let mut report = v1::RtoReportResponse::default();
+        assert_eq!(rto_outcome(&report), Outcome::Success);
+        report.rows = vec![row("at_risk"), row("unknown"), row("ok")];
+        assert_eq!(rto_outcome(&report), Outcome::Success);
+        report.rows.push(row("breach"));
+        assert_eq!(rto_outcome(&report), Outcome::TargetBreached);
+        assert_eq!(rto_outcome(&report).exit_code(), 2);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Exit codes are part of the CLI's contract with scripts: `0` success, `1` the work ran and
 //! failed (an order ended failed, cancelled, lost or expired; the audit chain is broken), `2`
-//! the request was refused or the coordinator could not be reached.
+//! the request was refused or the coordinator could not be reached, and for `warden rto` a
+//! database breaches its recovery target.
 
 use std::error::Error as _;
 
@@ -13,6 +14,10 @@ use warden_shared::OrderState;
 pub const EXIT_REFUSED: u8 = 2;
 /// The exit code of work that ran and failed.
 pub const EXIT_FAILED: u8 = 1;
+/// The exit code of `warden rto` when a database breaches its target, for cron and CI gates.
+/// It is a refusal's code too: only a breach prints a report on stdout, so a script that
+/// needs to tell them apart looks there.
+pub const EXIT_BREACH: u8 = 2;
 /// The exit code after Ctrl-C, as shells report death by SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -99,6 +104,8 @@ pub enum Outcome {
     Success,
     /// The work ran and failed: exit code 1.
     WorkFailed,
+    /// A database breaches its recovery target (`warden rto`): exit code 2.
+    TargetBreached,
     /// The operator pressed Ctrl-C while following an order, which keeps running.
     Interrupted,
 }
@@ -116,6 +123,7 @@ impl Outcome {
         match self {
             Outcome::Success => 0,
             Outcome::WorkFailed => EXIT_FAILED,
+            Outcome::TargetBreached => EXIT_BREACH,
             Outcome::Interrupted => EXIT_INTERRUPTED,
         }
     }
@@ -186,6 +194,7 @@ mod tests {
         }
         assert_eq!(Outcome::of_final_state(None).exit_code(), 1);
         assert_eq!(Outcome::Interrupted.exit_code(), 130);
+        assert_eq!(Outcome::TargetBreached.exit_code(), 2);
     }
 
     #[test]

@@ -110,6 +110,12 @@ fn span(seconds: u64) -> String {
     }
 }
 
+/// Formats a duration in its two largest units, to the second: "45s", "30m", "3h 20m",
+/// "2d 4h". For targets and ages, where `millis` would be needlessly precise.
+pub fn duration(ms: u64) -> String {
+    span(ms / 1000)
+}
+
 /// Formats a duration in milliseconds: "340ms", "1.2s", "3m 05s", "1h 02m".
 pub fn millis(ms: u64) -> String {
     match ms {
@@ -226,6 +232,10 @@ mod tests {
         assert_eq!(millis(1250), "1.2s");
         assert_eq!(millis(185_000), "3m 05s");
         assert_eq!(millis(3_720_000), "1h 02m");
+        assert_eq!(duration(999), "0s");
+        assert_eq!(duration(1_800_000), "30m");
+        assert_eq!(duration(4 * 3_600_000 + 20 * 60_000 + 59_999), "4h 20m");
+        assert_eq!(duration(2 * 86_400_000 + 3 * 3_600_000), "2d 3h");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use warden_proto::v1;
 use warden_proto::v1::order_result::Outcome as ResultOutcome;
+use warden_proto::v1::order_spec::Params;
 use warden_shared::{OrderKind, OrderState};
 
 use crate::format::datetime;
@@ -21,6 +22,11 @@ pub fn rfc3339(unix_ms: i64) -> Option<String> {
 
 fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// The wire's 0 for "unknown" or "none" as `null`.
+fn non_zero(value: u64) -> Option<u64> {
+    (value != 0).then_some(value)
 }
 
 fn sorted(labels: &HashMap<String, String>) -> BTreeMap<String, String> {
@@ -137,9 +143,13 @@ pub struct OrderJson {
     pub deadline: Option<String>,
     /// The artifact a backup produced.
     pub artifact_id: Option<String>,
+    /// The failure proved the artifact unusable (checksum, decompression, missing files or
+    /// row counts), not the server or the agent.
+    pub artifact_corrupt: bool,
     pub restore: Option<RestoreJson>,
     pub health: Option<HealthJson>,
     pub prune: Option<PruneOutcomeJson>,
+    pub drill: Option<DrillJson>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -161,6 +171,43 @@ pub struct PhaseJson {
     pub millis: u64,
 }
 
+fn phases(timings: &[v1::PhaseTiming]) -> Vec<PhaseJson> {
+    timings
+        .iter()
+        .map(|p| PhaseJson {
+            phase: p.phase.clone(),
+            millis: p.millis,
+        })
+        .collect()
+}
+
+/// What a drill found: its result, the scratch copy it verified, and how long each phase took.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillJson {
+    /// The artifact drilled.
+    pub artifact_id: Option<String>,
+    /// Restored, verified and every check passed.
+    pub passed: bool,
+    /// The scratch database the drill restored into (dropped again).
+    pub scratch_database: String,
+    pub tables_verified: u32,
+    pub rows_verified: u64,
+    /// Time to a usable copy, every phase but cleanup: the measured RTO.
+    pub restore_millis: u64,
+    /// Uncompressed dump bytes restored.
+    pub raw_bytes: u64,
+    pub phases: Vec<PhaseJson>,
+    pub checks: Vec<CheckJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckJson {
+    pub name: String,
+    pub passed: bool,
+    /// Why it did not pass.
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthJson {
     pub connected: bool,
@@ -171,6 +218,18 @@ pub struct HealthJson {
     pub connections_used: u32,
     pub connections_max: u32,
     pub in_recovery: bool,
+    pub uptime_seconds: u64,
+    /// `primary` or `standby`.
+    pub replication_role: Option<String>,
+    /// A standby's time since its last replayed transaction; a primary's largest standby lag.
+    pub replication_lag_ms: u64,
+    /// Age of the oldest open transaction (0 when none).
+    pub oldest_transaction_seconds: u64,
+    /// `age(datfrozenxid)` of the database.
+    pub wraparound_age: u64,
+    /// The file system of the agent's repository (null when it is not a local path).
+    pub repository_free_bytes: Option<u64>,
+    pub repository_total_bytes: Option<u64>,
 }
 
 impl From<&v1::RestoreOutcome> for RestoreJson {
@@ -179,12 +238,29 @@ impl From<&v1::RestoreOutcome> for RestoreJson {
             database: restore.database.clone(),
             tables_verified: restore.tables_verified,
             rows_verified: restore.rows_verified,
-            phases: restore
-                .phases
+            phases: phases(&restore.phases),
+        }
+    }
+}
+
+impl DrillJson {
+    fn new(order: &v1::Order, drill: &v1::DrillOutcome) -> Self {
+        Self {
+            artifact_id: source_artifact_id(order).map(str::to_owned),
+            passed: result_succeeded(order),
+            scratch_database: drill.scratch_database.clone(),
+            tables_verified: drill.tables_verified,
+            rows_verified: drill.rows_verified,
+            restore_millis: drill.restore_millis,
+            raw_bytes: drill.raw_bytes,
+            phases: phases(&drill.phases),
+            checks: drill
+                .checks
                 .iter()
-                .map(|p| PhaseJson {
-                    phase: p.phase.clone(),
-                    millis: p.millis,
+                .map(|check| CheckJson {
+                    name: check.name.clone(),
+                    passed: check.passed,
+                    error: non_empty(&check.error),
                 })
                 .collect(),
         }
@@ -202,6 +278,14 @@ impl From<&v1::HealthReport> for HealthJson {
             connections_used: health.connections_used,
             connections_max: health.connections_max,
             in_recovery: health.in_recovery,
+            uptime_seconds: health.uptime_seconds,
+            replication_role: non_empty(&health.replication_role),
+            replication_lag_ms: health.replication_lag_ms,
+            oldest_transaction_seconds: health.oldest_transaction_seconds,
+            wraparound_age: health.wraparound_age,
+            repository_free_bytes: non_zero(health.repository_total_bytes)
+                .map(|_| health.repository_free_bytes),
+            repository_total_bytes: non_zero(health.repository_total_bytes),
         }
     }
 }
@@ -209,6 +293,26 @@ impl From<&v1::HealthReport> for HealthJson {
 /// Returns what the order's agent reported back, once there is a result.
 pub fn order_outcome(order: &v1::Order) -> Option<&ResultOutcome> {
     order.result.as_ref().and_then(|r| r.outcome.as_ref())
+}
+
+/// Returns the artifact a restore or drill reads.
+pub fn source_artifact_id(order: &v1::Order) -> Option<&str> {
+    let id = match order.spec.as_ref()?.params.as_ref()? {
+        Params::Restore(restore) => &restore.artifact_id,
+        Params::Drill(drill) => &drill.artifact_id,
+        _ => return None,
+    };
+    (!id.is_empty()).then_some(id.as_str())
+}
+
+/// Returns whether the order's agent reported success: for a drill, that it passed.
+pub fn result_succeeded(order: &v1::Order) -> bool {
+    order.result.as_ref().is_some_and(|r| r.success)
+}
+
+/// Returns whether the order's failure proved the artifact it read unusable.
+pub fn artifact_corrupt(order: &v1::Order) -> bool {
+    order.result.as_ref().is_some_and(|r| r.artifact_corrupt)
 }
 
 impl From<&v1::Order> for OrderJson {
@@ -238,6 +342,7 @@ impl From<&v1::Order> for OrderJson {
                 Some(ResultOutcome::Backup(backup)) => non_empty(&backup.artifact_id),
                 _ => None,
             },
+            artifact_corrupt: artifact_corrupt(order),
             restore: match outcome {
                 Some(ResultOutcome::Restore(restore)) => Some(restore.into()),
                 _ => None,
@@ -250,6 +355,10 @@ impl From<&v1::Order> for OrderJson {
                 Some(ResultOutcome::Prune(prune)) => Some(PruneOutcomeJson {
                     removed_artifact_ids: prune.removed_artifact_ids.clone(),
                 }),
+                _ => None,
+            },
+            drill: match outcome {
+                Some(ResultOutcome::Drill(drill)) => Some(DrillJson::new(order, drill)),
                 _ => None,
             },
         }
@@ -270,7 +379,12 @@ pub struct ArtifactJson {
     pub server_version: String,
     pub pg_dump_version: String,
     pub path: String,
+    /// Read back after commit, or restored by a passing drill.
     pub verified: bool,
+    /// When a drill last restored it successfully.
+    pub drilled_at: Option<String>,
+    /// Why it is corrupt (state `corrupt`): the drill or restore that proved it unusable.
+    pub corrupt_reason: Option<String>,
     /// The parsed manifest document.
     pub manifest: Value,
 }
@@ -291,6 +405,8 @@ impl From<&v1::Artifact> for ArtifactJson {
             pg_dump_version: artifact.pg_dump_version.clone(),
             path: artifact.path.clone(),
             verified: artifact.verified,
+            drilled_at: rfc3339(artifact.drilled_unix_ms),
+            corrupt_reason: non_empty(&artifact.corrupt_reason),
             manifest: embedded_json(&artifact.manifest_json),
         }
     }
@@ -513,6 +629,121 @@ impl PruneJson {
     }
 }
 
+/// `warden rto`: every database against its recovery targets, worst first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RtoReportJson {
+    pub generated_at: Option<String>,
+    pub databases: Vec<RtoRowJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RtoRowJson {
+    pub database: String,
+    pub tier: Option<String>,
+    /// `ok`, `at_risk`, `breach` or `unknown`.
+    pub status: String,
+    /// Why the status is what it is.
+    pub reasons: Vec<String>,
+    /// The targets (null when none applies).
+    pub rto_ms: Option<u64>,
+    pub rpo_ms: Option<u64>,
+    /// The newest drill (all null when the database was never drilled).
+    pub last_drill_at: Option<String>,
+    pub last_drill_ms: Option<u64>,
+    pub last_drill_passed: Option<bool>,
+    pub last_drill_artifact_id: Option<String>,
+    /// The newest backup's size over the drill throughput (null when unknown).
+    pub predicted_restore_ms: Option<u64>,
+    /// The newest complete backup (null when there is none).
+    pub newest_backup_at: Option<String>,
+    pub newest_backup_age_ms: Option<u64>,
+}
+
+impl From<&v1::RtoReportResponse> for RtoReportJson {
+    fn from(report: &v1::RtoReportResponse) -> Self {
+        Self {
+            generated_at: rfc3339(report.generated_unix_ms),
+            databases: report.rows.iter().map(RtoRowJson::from).collect(),
+        }
+    }
+}
+
+impl From<&v1::RtoRow> for RtoRowJson {
+    fn from(row: &v1::RtoRow) -> Self {
+        let drilled = row.last_drill_unix_ms != 0;
+        let backed_up = row.newest_backup_unix_ms != 0;
+        Self {
+            database: row.database.clone(),
+            tier: non_empty(&row.tier),
+            status: row.status.clone(),
+            reasons: row.reasons.clone(),
+            rto_ms: non_zero(row.rto_ms),
+            rpo_ms: non_zero(row.rpo_ms),
+            last_drill_at: rfc3339(row.last_drill_unix_ms),
+            last_drill_ms: drilled.then_some(row.last_drill_ms),
+            last_drill_passed: drilled.then_some(row.last_drill_passed),
+            last_drill_artifact_id: non_empty(&row.last_drill_artifact_id),
+            predicted_restore_ms: non_zero(row.predicted_restore_ms),
+            newest_backup_at: rfc3339(row.newest_backup_unix_ms),
+            newest_backup_age_ms: backed_up.then_some(row.newest_backup_age_ms),
+        }
+    }
+}
+
+/// `warden status`: the fleet at a glance, databases worst first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetStatusJson {
+    pub generated_at: Option<String>,
+    pub agents_online: u32,
+    pub agents_total: u32,
+    pub databases: Vec<DatabaseStatusJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatabaseStatusJson {
+    pub database: String,
+    pub agent_online: bool,
+    /// `healthy`, `degraded`, `down` or `unknown`.
+    pub health: String,
+    pub health_reasons: Vec<String>,
+    /// When the newest health report was taken, and the report (null when there is none).
+    pub health_at: Option<String>,
+    pub report: Option<HealthJson>,
+    pub newest_backup_at: Option<String>,
+    /// `ok`, `at_risk`, `breach` or `unknown`, as `warden rto` reports it.
+    pub rto_status: String,
+}
+
+impl From<&v1::FleetStatusResponse> for FleetStatusJson {
+    fn from(status: &v1::FleetStatusResponse) -> Self {
+        Self {
+            generated_at: rfc3339(status.generated_unix_ms),
+            agents_online: status.agents_online,
+            agents_total: status.agents_total,
+            databases: status
+                .databases
+                .iter()
+                .map(DatabaseStatusJson::from)
+                .collect(),
+        }
+    }
+}
+
+impl From<&v1::DatabaseStatus> for DatabaseStatusJson {
+    fn from(database: &v1::DatabaseStatus) -> Self {
+        Self {
+            database: database.database.clone(),
+            agent_online: database.agent_online,
+            health: database.health.clone(),
+            health_reasons: database.health_reasons.clone(),
+            health_at: rfc3339(database.health_unix_ms),
+            report: database.report.as_ref().map(HealthJson::from),
+            newest_backup_at: rfc3339(database.newest_backup_unix_ms),
+            rto_status: database.rto_status.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -544,6 +775,7 @@ mod tests {
                 success: true,
                 error: String::new(),
                 cancelled: false,
+                artifact_corrupt: false,
                 outcome: Some(outcome),
             }),
             error: String::new(),
@@ -607,7 +839,8 @@ mod tests {
                 "started_at": null, "finished_at": null, "phase": null, "progress_bytes": 0,
                 "progress_bytes_per_sec": 0.0, "error": null, "emergency": false,
                 "safety_backup_order_id": null, "held_until": null, "deadline": null,
-                "artifact_id": null, "restore": null, "health": null, "prune": null
+                "artifact_id": null, "artifact_corrupt": false, "restore": null,
+                "health": null, "prune": null, "drill": null
             })
         );
     }
@@ -787,6 +1020,13 @@ mod tests {
                 connections_used: 5,
                 connections_max: 100,
                 in_recovery: false,
+                uptime_seconds: 86_400,
+                replication_role: "primary".into(),
+                replication_lag_ms: 0,
+                oldest_transaction_seconds: 12,
+                wraparound_age: 150_000_000,
+                repository_free_bytes: 0,
+                repository_total_bytes: 0,
             })),
         );
         assert_eq!(
@@ -794,7 +1034,155 @@ mod tests {
             json!({
                 "connected": true, "latency_ms": 2, "server_version": "15.18",
                 "database_size_bytes": 8_000_000, "table_count": 3, "connections_used": 5,
-                "connections_max": 100, "in_recovery": false
+                "connections_max": 100, "in_recovery": false, "uptime_seconds": 86_400,
+                "replication_role": "primary", "replication_lag_ms": 0,
+                "oldest_transaction_seconds": 12, "wraparound_age": 150_000_000,
+                "repository_free_bytes": null, "repository_total_bytes": null
+            })
+        );
+    }
+
+    fn drill_order(success: bool, corrupt: bool) -> v1::Order {
+        let mut drill = order(
+            if success {
+                v1::OrderState::Succeeded
+            } else {
+                v1::OrderState::Failed
+            },
+            Some(ResultOutcome::Drill(v1::DrillOutcome {
+                scratch_database: "pg1/warden_drill_1".into(),
+                tables_verified: 3,
+                rows_verified: 950,
+                phases: vec![
+                    v1::PhaseTiming {
+                        phase: "pg_restore".into(),
+                        millis: 1200,
+                    },
+                    v1::PhaseTiming {
+                        phase: "cleanup".into(),
+                        millis: 30,
+                    },
+                ],
+                checks: vec![v1::CheckResult {
+                    name: "has_orders".into(),
+                    passed: success,
+                    error: if success { "" } else { "returned false" }.into(),
+                }],
+                restore_millis: 1500,
+                raw_bytes: 204_800,
+            })),
+        );
+        drill.kind = v1::OrderKind::Drill.into();
+        drill.spec = Some(v1::OrderSpec {
+            params: Some(Params::Drill(v1::DrillParams {
+                artifact_id: "a-1".into(),
+                ..Default::default()
+            })),
+        });
+        if let Some(result) = drill.result.as_mut() {
+            result.success = success;
+            result.artifact_corrupt = corrupt;
+        }
+        drill
+    }
+
+    #[test]
+    fn drill_outcome_shape() {
+        let json = OrderJson::from(&drill_order(true, false));
+        assert_eq!(json.kind, "drill");
+        assert!(!json.artifact_corrupt);
+        assert_eq!(
+            serde_json::to_value(json.drill).expect("serializes"),
+            json!({
+                "artifact_id": "a-1", "passed": true, "scratch_database": "pg1/warden_drill_1",
+                "tables_verified": 3, "rows_verified": 950, "restore_millis": 1500,
+                "raw_bytes": 204_800,
+                "phases": [{"phase": "pg_restore", "millis": 1200},
+                           {"phase": "cleanup", "millis": 30}],
+                "checks": [{"name": "has_orders", "passed": true, "error": null}]
+            })
+        );
+        let failed = OrderJson::from(&drill_order(false, true));
+        assert!(failed.artifact_corrupt);
+        let drill = failed.drill.expect("a drill outcome");
+        assert!(!drill.passed);
+        assert_eq!(drill.checks[0].error.as_deref(), Some("returned false"));
+    }
+
+    #[test]
+    fn rto_report_shape() {
+        let report = v1::RtoReportResponse {
+            rows: vec![
+                v1::RtoRow {
+                    database: "pg1/shop".into(),
+                    tier: "critical".into(),
+                    rto_ms: 1_800_000,
+                    rpo_ms: 86_400_000,
+                    last_drill_unix_ms: CREATED_MS,
+                    last_drill_ms: 0,
+                    last_drill_passed: false,
+                    last_drill_artifact_id: "a-1".into(),
+                    predicted_restore_ms: 0,
+                    newest_backup_unix_ms: CREATED_MS,
+                    newest_backup_age_ms: 0,
+                    status: "breach".into(),
+                    reasons: vec!["last drill failed".into(), "no prediction".into()],
+                },
+                v1::RtoRow {
+                    database: "pg2/new".into(),
+                    status: "unknown".into(),
+                    ..Default::default()
+                },
+            ],
+            generated_unix_ms: CREATED_MS,
+        };
+        assert_eq!(
+            serde_json::to_value(RtoReportJson::from(&report)).expect("serializes"),
+            json!({
+                "generated_at": CREATED,
+                "databases": [
+                    {"database": "pg1/shop", "tier": "critical", "status": "breach",
+                     "reasons": ["last drill failed", "no prediction"],
+                     "rto_ms": 1_800_000, "rpo_ms": 86_400_000,
+                     "last_drill_at": CREATED, "last_drill_ms": 0, "last_drill_passed": false,
+                     "last_drill_artifact_id": "a-1", "predicted_restore_ms": null,
+                     "newest_backup_at": CREATED, "newest_backup_age_ms": 0},
+                    {"database": "pg2/new", "tier": null, "status": "unknown", "reasons": [],
+                     "rto_ms": null, "rpo_ms": null, "last_drill_at": null,
+                     "last_drill_ms": null, "last_drill_passed": null,
+                     "last_drill_artifact_id": null, "predicted_restore_ms": null,
+                     "newest_backup_at": null, "newest_backup_age_ms": null}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn fleet_status_shape() {
+        let status = v1::FleetStatusResponse {
+            agents_online: 1,
+            agents_total: 2,
+            databases: vec![v1::DatabaseStatus {
+                database: "pg2/inventory".into(),
+                agent_online: false,
+                health: "down".into(),
+                health_reasons: vec!["agent pg2 is offline".into()],
+                report: None,
+                health_unix_ms: 0,
+                newest_backup_unix_ms: CREATED_MS,
+                rto_status: "at_risk".into(),
+            }],
+            generated_unix_ms: CREATED_MS,
+        };
+        assert_eq!(
+            serde_json::to_value(FleetStatusJson::from(&status)).expect("serializes"),
+            json!({
+                "generated_at": CREATED, "agents_online": 1, "agents_total": 2,
+                "databases": [
+                    {"database": "pg2/inventory", "agent_online": false, "health": "down",
+                     "health_reasons": ["agent pg2 is offline"], "health_at": null,
+                     "report": null, "newest_backup_at": CREATED, "rto_status": "at_risk"}
+                ]
             })
         );
     }
@@ -838,11 +1226,15 @@ mod tests {
             verified: true,
             manifest_json: r#"{"format":1,"tables":[{"schema":"public","table":"t","rows":3}]}"#
                 .into(),
+            drilled_unix_ms: 0,
+            corrupt_reason: String::new(),
         };
         let value = serde_json::to_value(ArtifactJson::from(&artifact)).expect("serializes");
         assert_eq!(value["manifest"]["tables"][0]["rows"], json!(3));
         assert_eq!(value["created_at"], json!(CREATED));
         assert_eq!(value["order_id"], json!("o-1"));
+        assert_eq!(value["drilled_at"], Value::Null);
+        assert_eq!(value["corrupt_reason"], Value::Null);
         let keys: Vec<&str> = value
             .as_object()
             .expect("an object")
@@ -863,6 +1255,8 @@ mod tests {
             "pg_dump_version",
             "path",
             "verified",
+            "drilled_at",
+            "corrupt_reason",
             "manifest",
         ];
         expected.sort_unstable();

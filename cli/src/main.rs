@@ -1,8 +1,8 @@
 //! `warden`: the operator CLI of a Warden fleet.
 //!
 //! It talks to the coordinator's AdminService only; agents and databases are never contacted
-//! directly. Exit codes: 0 success, 1 the work ran and failed, 2 the request was refused or the
-//! coordinator could not be reached (see `error`).
+//! directly. Exit codes: 0 success, 1 the work ran and failed, 2 the request was refused, the
+//! coordinator could not be reached or `rto` found a breached target (see `error`).
 
 mod args;
 mod client;

@@ -9,18 +9,26 @@ use comfy_table::{ColumnConstraint, ContentArrangement, Table, presets};
 use serde::Serialize;
 use warden_proto::v1;
 use warden_proto::v1::order_result::Outcome as ResultOutcome;
-use warden_shared::OrderState;
+use warden_shared::{OrderKind, OrderState};
 
 use crate::error::CliError;
 use crate::format;
 use crate::json::{
-    AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, DatabaseJson, ExportJson,
-    NextWindowJson, OrderJson, PolicyResultJson, PruneJson, WindowJson, order_kind_name,
-    order_outcome, order_state, order_state_name,
+    AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, DatabaseJson, DatabaseStatusJson,
+    ExportJson, FleetStatusJson, NextWindowJson, OrderJson, PolicyResultJson, PruneJson,
+    RtoReportJson, RtoRowJson, WindowJson, artifact_corrupt, order_kind, order_kind_name,
+    order_outcome, order_state, order_state_name, result_succeeded, source_artifact_id,
 };
 
+/// The RTO status of a database that misses its target.
+pub const RTO_BREACH: &str = "breach";
+/// RTO statuses as the coordinator names them, from good to bad, unknown last.
+const RTO_STATUSES: [&str; 4] = ["ok", "at_risk", RTO_BREACH, "unknown"];
+/// Database health verdicts as the coordinator names them, from good to bad, unknown last.
+const HEALTH_STATES: [&str; 4] = ["healthy", "degraded", "down", "unknown"];
+
 /// One kind of thing the CLI shows: agents, databases, orders, artifacts, audit events,
-/// windows.
+/// windows, RTO rows, database statuses.
 pub trait Entity {
     type Json: Serialize;
 
@@ -273,6 +281,61 @@ pub fn prune_summary(response: &v1::PruneResponse, dry_run: bool) -> String {
         "pruning {pruning} ({bytes}), keeping {kept}: {noun} {} {verb} the files (follow with `warden order ID --watch`)",
         response.order_ids.join(", ")
     )
+}
+
+/// Prints the RTO report: one row per database, worst first (the coordinator's order).
+pub fn print_rto(report: &v1::RtoReportResponse, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&RtoReportJson::from(report));
+    }
+    print_list(&report.rows, false)
+}
+
+/// Prints the fleet status: agents online and databases counted by health and RTO status,
+/// then one row per database, worst first.
+pub fn print_status(status: &v1::FleetStatusResponse, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&FleetStatusJson::from(status));
+    }
+    let table = if status.databases.is_empty() {
+        "no databases".to_owned()
+    } else {
+        list_table(&status.databases, warden_shared::now_unix_ms()).trim_fmt()
+    };
+    print_text(&format!("{}\n\n{table}", status_summary(status)))
+}
+
+/// The head of `warden status`: agents online, databases by health, databases by RTO status.
+pub fn status_summary(status: &v1::FleetStatusResponse) -> String {
+    let databases = &status.databases;
+    format!(
+        "agents: {} of {} online\ndatabases: {}\nrto: {}",
+        status.agents_online,
+        status.agents_total,
+        tally(databases.iter().map(|d| d.health.as_str()), &HEALTH_STATES),
+        tally(
+            databases.iter().map(|d| d.rto_status.as_str()),
+            &RTO_STATUSES
+        ),
+    )
+}
+
+/// Counts values by name: "2 healthy, 0 degraded, 1 down, 0 unknown". The `known` names come
+/// first and always, then any other name the coordinator sent; an empty value is "unknown".
+fn tally<'a>(values: impl Iterator<Item = &'a str>, known: &[&'a str]) -> String {
+    let mut counts: Vec<(&str, usize)> = known.iter().map(|name| (*name, 0)).collect();
+    for value in values {
+        let value = if value.is_empty() { "unknown" } else { value };
+        match counts.iter_mut().find(|(name, _)| *name == value) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((value, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(name, count)| format!("{count} {name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// "1 artifact", "3 artifacts".
@@ -530,6 +593,29 @@ impl Entity for v1::Order {
         if !self.error.is_empty() {
             details.push(("ERROR", self.error.clone()));
         }
+        let source_artifact = source_artifact_id(self);
+        if let Some(artifact) = source_artifact {
+            details.push(("ARTIFACT", artifact.to_owned()));
+        }
+        // Also for a drill that failed before it had an outcome to report (a corrupt artifact).
+        if order_kind(self) == Some(OrderKind::Drill) && self.result.is_some() {
+            let verdict = if result_succeeded(self) {
+                "passed"
+            } else {
+                "FAILED"
+            };
+            details.push(("DRILL", verdict.to_owned()));
+        }
+        if artifact_corrupt(self) {
+            details.push((
+                "ARTIFACT CORRUPT",
+                format!(
+                    "yes: the failure proves {} unusable and it is marked corrupt; pick another with `warden artifacts {}`",
+                    source_artifact.unwrap_or("the artifact"),
+                    self.database
+                ),
+            ));
+        }
         match order_outcome(self) {
             Some(ResultOutcome::Backup(backup)) => {
                 details.push(("ARTIFACT", format::or_none(&backup.artifact_id)));
@@ -551,37 +637,138 @@ impl Entity for v1::Order {
                 details.push(("RESTORED INTO", format::or_none(&restore.database)));
                 details.push((
                     "VERIFIED",
-                    format!(
-                        "{} tables, {} rows",
-                        restore.tables_verified, restore.rows_verified
-                    ),
+                    verified(restore.tables_verified, restore.rows_verified),
                 ));
                 if !restore.phases.is_empty() {
-                    let phases: Vec<String> = restore
-                        .phases
+                    details.push(("PHASES", phase_timings(&restore.phases)));
+                }
+            }
+            Some(ResultOutcome::Drill(drill)) => {
+                details.push(("SCRATCH DATABASE", format::or_none(&drill.scratch_database)));
+                details.push((
+                    "VERIFIED",
+                    verified(drill.tables_verified, drill.rows_verified),
+                ));
+                if drill.restore_millis != 0 {
+                    details.push(("RESTORE TIME", restore_time(drill)));
+                }
+                if !drill.phases.is_empty() {
+                    details.push(("PHASES", phase_timings(&drill.phases)));
+                }
+                details.extend(
+                    drill
+                        .checks
                         .iter()
-                        .map(|p| format!("{} {}", p.phase, format::millis(p.millis)))
-                        .collect();
-                    details.push(("PHASES", phases.join(", ")));
-                }
+                        .map(|check| ("CHECK", check_line(check))),
+                );
             }
-            Some(ResultOutcome::Health(health)) => {
-                details.push(("CONNECTED", format::yes_no(health.connected)));
-                if health.connected {
-                    details.push(("LATENCY", format!("{}ms", health.latency_ms)));
-                    details.push(("SERVER VERSION", format::or_none(&health.server_version)));
-                    details.push(("SIZE", format::bytes(health.database_size_bytes)));
-                    details.push(("TABLES", health.table_count.to_string()));
-                    details.push((
-                        "CONNECTIONS",
-                        format!("{} of {}", health.connections_used, health.connections_max),
-                    ));
-                    details.push(("IN RECOVERY", format::yes_no(health.in_recovery)));
-                }
-            }
+            Some(ResultOutcome::Health(health)) => details.extend(health_fields(health)),
             None => {}
         }
         details
+    }
+}
+
+/// "3 tables, 950 rows".
+fn verified(tables: u32, rows: u64) -> String {
+    format!("{tables} tables, {rows} rows")
+}
+
+/// "fetch 12ms, pg_restore 1.2s, cleanup 30ms".
+fn phase_timings(phases: &[v1::PhaseTiming]) -> String {
+    phases
+        .iter()
+        .map(|p| format!("{} {}", p.phase, format::millis(p.millis)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A drill's time to a usable copy, with the throughput that predicts bigger restores:
+/// "1.5s for 200.0 KiB (133.3 KiB/s)".
+fn restore_time(drill: &v1::DrillOutcome) -> String {
+    let took = format::millis(drill.restore_millis);
+    if drill.raw_bytes == 0 || drill.restore_millis == 0 {
+        return took;
+    }
+    // Precision loss above 2^53 bytes is far below what a rate shows.
+    #[allow(clippy::cast_precision_loss)]
+    let per_sec = drill.raw_bytes as f64 * 1000.0 / drill.restore_millis as f64;
+    let size = format::bytes(drill.raw_bytes);
+    match format::rate(per_sec) {
+        Some(rate) => format!("{took} for {size} ({rate})"),
+        None => format!("{took} for {size}"),
+    }
+}
+
+/// "has_orders: passed", "fk_intact: FAILED: returned false".
+fn check_line(check: &v1::CheckResult) -> String {
+    match (check.passed, check.error.is_empty()) {
+        (true, _) => format!("{}: passed", check.name),
+        (false, true) => format!("{}: FAILED", check.name),
+        (false, false) => format!("{}: FAILED: {}", check.name, check.error),
+    }
+}
+
+/// "2ms".
+fn latency(health: &v1::HealthReport) -> String {
+    format!("{}ms", health.latency_ms)
+}
+
+/// "5 of 100".
+fn connections(health: &v1::HealthReport) -> String {
+    format!("{} of {}", health.connections_used, health.connections_max)
+}
+
+/// The fields of a health report, each only when the report has it.
+fn health_fields(health: &v1::HealthReport) -> Vec<(&'static str, String)> {
+    let mut fields = vec![("CONNECTED", format::yes_no(health.connected))];
+    if health.connected {
+        fields.extend([
+            ("LATENCY", latency(health)),
+            ("SERVER VERSION", format::or_none(&health.server_version)),
+            ("SIZE", format::bytes(health.database_size_bytes)),
+            ("TABLES", health.table_count.to_string()),
+            ("CONNECTIONS", connections(health)),
+            ("IN RECOVERY", format::yes_no(health.in_recovery)),
+        ]);
+        if health.uptime_seconds != 0 {
+            let uptime = format::duration(health.uptime_seconds.saturating_mul(1000));
+            fields.push(("UPTIME", uptime));
+        }
+        if !health.replication_role.is_empty() {
+            fields.push(("REPLICATION", replication(health)));
+        }
+        fields.push((
+            "OLDEST TRANSACTION",
+            if health.oldest_transaction_seconds == 0 {
+                "none open".to_owned()
+            } else {
+                format::duration(health.oldest_transaction_seconds.saturating_mul(1000))
+            },
+        ));
+        fields.push(("WRAPAROUND AGE", health.wraparound_age.to_string()));
+    }
+    // The repository's file system is the agent's, reachable whether the database is or not.
+    if health.repository_total_bytes != 0 {
+        fields.push((
+            "REPOSITORY",
+            format!(
+                "{} free of {}",
+                format::bytes(health.repository_free_bytes),
+                format::bytes(health.repository_total_bytes)
+            ),
+        ));
+    }
+    fields
+}
+
+/// "standby, 1.2s behind", "primary, standbys up to 340ms behind", "primary".
+fn replication(health: &v1::HealthReport) -> String {
+    let lag = format::millis(health.replication_lag_ms);
+    match (health.replication_role.as_str(), health.replication_lag_ms) {
+        ("standby", _) => format!("standby, {lag} behind"),
+        ("primary", 1..) => format!("primary, standbys up to {lag} behind"),
+        (role, _) => role.to_owned(),
     }
 }
 
@@ -600,7 +787,12 @@ impl Entity for v1::Artifact {
         vec![
             self.id.clone(),
             self.database.clone(),
-            format::or_none(&self.state),
+            // Shouted, so a corrupt artifact is not missed among complete ones.
+            if self.state == "corrupt" {
+                "CORRUPT".to_owned()
+            } else {
+                format::or_none(&self.state)
+            },
             format::or_none(&self.trigger),
             format::time(self.created_unix_ms),
             format::bytes(self.size_bytes),
@@ -695,6 +887,105 @@ impl Entity for v1::WindowInfo {
             next,
         ]
     }
+}
+
+impl Entity for v1::RtoRow {
+    type Json = RtoRowJson;
+    const PLURAL: &'static str = "databases";
+    const COLUMNS: &'static [&'static str] = &[
+        "DATABASE",
+        "TIER",
+        "STATUS",
+        "RTO",
+        "LAST DRILL",
+        "PREDICTED",
+        "RPO",
+        "BACKUP AGE",
+        "WHY",
+    ];
+
+    fn to_json(&self) -> RtoRowJson {
+        self.into()
+    }
+
+    fn row(&self, now_ms: i64) -> Vec<String> {
+        let last_drill = match (self.last_drill_unix_ms, self.last_drill_passed) {
+            (0, _) => "never".to_owned(),
+            (at, true) => format!(
+                "{} ({})",
+                format::millis(self.last_drill_ms),
+                format::ago(at, now_ms)
+            ),
+            (at, false) => format!("failed ({})", format::ago(at, now_ms)),
+        };
+        let backup_age = if self.newest_backup_unix_ms == 0 {
+            "never".to_owned()
+        } else {
+            format::duration(self.newest_backup_age_ms)
+        };
+        vec![
+            self.database.clone(),
+            format::or_none(&self.tier),
+            format::or_none(&self.status),
+            known(self.rto_ms, format::duration),
+            last_drill,
+            known(self.predicted_restore_ms, format::millis),
+            known(self.rpo_ms, format::duration),
+            backup_age,
+            reasons(&self.reasons),
+        ]
+    }
+}
+
+impl Entity for v1::DatabaseStatus {
+    type Json = DatabaseStatusJson;
+    const PLURAL: &'static str = "databases";
+    // WHY last: free text wraps there, see `arrange_columns`.
+    const COLUMNS: &'static [&'static str] = &[
+        "DATABASE",
+        "HEALTH",
+        "LATENCY",
+        "SIZE",
+        "CONNECTIONS",
+        "NEWEST BACKUP",
+        "RTO",
+        "WHY",
+    ];
+
+    fn to_json(&self) -> DatabaseStatusJson {
+        self.into()
+    }
+
+    fn row(&self, now_ms: i64) -> Vec<String> {
+        let connected = self.report.as_ref().filter(|report| report.connected);
+        let measured = |show: fn(&v1::HealthReport) -> String| {
+            connected.map_or_else(|| format::NONE.to_owned(), show)
+        };
+        vec![
+            self.database.clone(),
+            format::or_none(&self.health),
+            measured(latency),
+            measured(|report| format::bytes(report.database_size_bytes)),
+            measured(connections),
+            format::ago(self.newest_backup_unix_ms, now_ms),
+            format::or_none(&self.rto_status),
+            reasons(&self.health_reasons),
+        ]
+    }
+}
+
+/// Formats a wire value whose 0 means unknown or none, "-" then.
+fn known(value: u64, show: fn(u64) -> String) -> String {
+    if value == 0 {
+        format::NONE.to_owned()
+    } else {
+        show(value)
+    }
+}
+
+/// Joins reasons with "; ", or "-" when there are none.
+fn reasons(reasons: &[String]) -> String {
+    format::or_none(&reasons.join("; "))
 }
 
 /// Shows audit parameters on one line; an empty object says nothing, so it shows as "-".
@@ -1007,6 +1298,279 @@ mod tests {
             "nothing to prune; 1 artifact kept"
         );
         assert!(prune_table(&response.decisions, false).is_none());
+    }
+
+    fn drill(success: bool, corrupt: bool) -> v1::Order {
+        v1::Order {
+            id: "o-drill".into(),
+            kind: v1::OrderKind::Drill.into(),
+            database: "pg1/shop".into(),
+            state: if success {
+                v1::OrderState::Succeeded
+            } else {
+                v1::OrderState::Failed
+            }
+            .into(),
+            spec: Some(v1::OrderSpec {
+                params: Some(v1::order_spec::Params::Drill(v1::DrillParams {
+                    artifact_id: "a-1".into(),
+                    ..Default::default()
+                })),
+            }),
+            result: Some(v1::OrderResult {
+                success,
+                artifact_corrupt: corrupt,
+                outcome: Some(ResultOutcome::Drill(v1::DrillOutcome {
+                    scratch_database: "pg1/warden_drill_1".into(),
+                    tables_verified: 3,
+                    rows_verified: 950,
+                    phases: vec![
+                        v1::PhaseTiming {
+                            phase: "pg_restore".into(),
+                            millis: 1200,
+                        },
+                        v1::PhaseTiming {
+                            phase: "cleanup".into(),
+                            millis: 30,
+                        },
+                    ],
+                    checks: vec![
+                        v1::CheckResult {
+                            name: "has_orders".into(),
+                            passed: true,
+                            error: String::new(),
+                        },
+                        v1::CheckResult {
+                            name: "fk_intact".into(),
+                            passed: success,
+                            error: if success { "" } else { "returned false" }.into(),
+                        },
+                    ],
+                    restore_millis: 1500,
+                    raw_bytes: 200 * 1024,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn drills_show_phases_checks_and_restore_time() {
+        let text = detail_table(&drill(true, false), NOW).trim_fmt();
+        for (name, value) in [
+            ("ARTIFACT ", "a-1"),
+            ("DRILL ", "passed"),
+            ("SCRATCH DATABASE", "pg1/warden_drill_1"),
+            ("VERIFIED", "3 tables, 950 rows"),
+            ("RESTORE TIME", "1.5s for 200.0 KiB (133.3 KiB/s)"),
+            ("PHASES", "pg_restore 1.2s, cleanup 30ms"),
+        ] {
+            assert_eq!(field(&text, name).as_deref(), Some(value), "{text}");
+        }
+        let checks: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("CHECK "))
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            checks,
+            ["has_orders: passed", "fk_intact: passed"],
+            "{text}"
+        );
+        assert!(!text.contains("CORRUPT"), "{text}");
+
+        let text = detail_table(&drill(false, true), NOW).trim_fmt();
+        assert_eq!(field(&text, "DRILL ").as_deref(), Some("FAILED"), "{text}");
+        assert!(text.contains("fk_intact: FAILED: returned false"), "{text}");
+        assert_eq!(
+            field(&text, "ARTIFACT CORRUPT").as_deref(),
+            Some(
+                "yes: the failure proves a-1 unusable and it is marked corrupt; pick another with `warden artifacts pg1/shop`"
+            ),
+            "{text}"
+        );
+
+        // A corrupt artifact fails the drill before there is an outcome to report.
+        let mut corrupt = drill(false, true);
+        if let Some(result) = corrupt.result.as_mut() {
+            result.outcome = None;
+        }
+        corrupt.error = "sha256 mismatch".into();
+        let text = detail_table(&corrupt, NOW).trim_fmt();
+        assert_eq!(field(&text, "DRILL ").as_deref(), Some("FAILED"), "{text}");
+        assert!(field(&text, "ARTIFACT CORRUPT").is_some(), "{text}");
+        assert!(!text.contains("SCRATCH DATABASE"), "{text}");
+    }
+
+    #[test]
+    fn health_reports_show_the_server_and_the_repository() {
+        let mut health = v1::HealthReport {
+            connected: true,
+            latency_ms: 2,
+            server_version: "15.18".into(),
+            connections_used: 5,
+            connections_max: 100,
+            uptime_seconds: 3 * 86_400 + 4 * 3600,
+            replication_role: "standby".into(),
+            replication_lag_ms: 1250,
+            oldest_transaction_seconds: 0,
+            wraparound_age: 150_000_000,
+            repository_free_bytes: 10 * 1024 * 1024 * 1024,
+            repository_total_bytes: 100 * 1024 * 1024 * 1024,
+            ..Default::default()
+        };
+        let fields: HashMap<_, _> = health_fields(&health).into_iter().collect();
+        assert_eq!(fields["LATENCY"], "2ms");
+        assert_eq!(fields["CONNECTIONS"], "5 of 100");
+        assert_eq!(fields["UPTIME"], "3d 4h");
+        assert_eq!(fields["REPLICATION"], "standby, 1.2s behind");
+        assert_eq!(fields["OLDEST TRANSACTION"], "none open");
+        assert_eq!(fields["WRAPAROUND AGE"], "150000000");
+        assert_eq!(fields["REPOSITORY"], "10.0 GiB free of 100.0 GiB");
+
+        health.replication_role = "primary".into();
+        health.oldest_transaction_seconds = 2 * 3600 + 5 * 60;
+        let fields: HashMap<_, _> = health_fields(&health).into_iter().collect();
+        assert_eq!(fields["REPLICATION"], "primary, standbys up to 1.2s behind");
+        assert_eq!(fields["OLDEST TRANSACTION"], "2h 5m");
+        health.replication_lag_ms = 0;
+        assert_eq!(replication(&health), "primary");
+
+        // Unreachable: only what the agent knows without the database.
+        health.connected = false;
+        let names: Vec<&str> = health_fields(&health).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["CONNECTED", "REPOSITORY"]);
+    }
+
+    #[test]
+    fn corrupt_artifacts_stand_out() {
+        let artifact = v1::Artifact {
+            id: "a-1".into(),
+            state: "corrupt".into(),
+            ..Default::default()
+        };
+        assert_eq!(artifact.row(NOW)[2], "CORRUPT");
+        let complete = v1::Artifact {
+            state: "complete".into(),
+            ..artifact
+        };
+        assert_eq!(complete.row(NOW)[2], "complete");
+    }
+
+    #[test]
+    fn rto_rows_show_targets_drills_and_why() {
+        let mut row = v1::RtoRow {
+            database: "pg1/shop".into(),
+            tier: "critical".into(),
+            rto_ms: 1_800_000,
+            rpo_ms: 86_400_000,
+            last_drill_unix_ms: NOW - 3 * 86_400_000,
+            last_drill_ms: 754_000,
+            last_drill_passed: true,
+            predicted_restore_ms: 1_260_000,
+            newest_backup_unix_ms: NOW - 5 * 3_600_000,
+            newest_backup_age_ms: 5 * 3_600_000 + 20 * 60_000,
+            status: "at_risk".into(),
+            reasons: vec![
+                "predicted restore is 70% of the RTO".into(),
+                "last drill 3d ago".into(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            row.row(NOW),
+            [
+                "pg1/shop",
+                "critical",
+                "at_risk",
+                "30m",
+                "12m 34s (3d ago)",
+                "21m 00s",
+                "1d",
+                "5h 20m",
+                "predicted restore is 70% of the RTO; last drill 3d ago",
+            ]
+        );
+        row.last_drill_passed = false;
+        assert_eq!(row.row(NOW)[4], "failed (3d ago)");
+        let never = v1::RtoRow {
+            database: "pg2/new".into(),
+            status: "unknown".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            never.row(NOW),
+            [
+                "pg2/new", "-", "unknown", "-", "never", "-", "-", "never", "-"
+            ]
+        );
+    }
+
+    #[test]
+    fn status_counts_databases_by_health_and_rto() {
+        let database = |name: &str, health: &str, rto: &str| v1::DatabaseStatus {
+            database: name.into(),
+            health: health.into(),
+            rto_status: rto.into(),
+            ..Default::default()
+        };
+        let status = v1::FleetStatusResponse {
+            agents_online: 2,
+            agents_total: 3,
+            databases: vec![
+                database("pg3/a", "down", "breach"),
+                database("pg1/b", "degraded", "at_risk"),
+                database("pg1/c", "healthy", "ok"),
+                database("pg2/d", "healthy", ""),
+                database("pg2/e", "melting", "ok"),
+            ],
+            generated_unix_ms: NOW,
+        };
+        assert_eq!(
+            status_summary(&status),
+            "agents: 2 of 3 online\n\
+             databases: 2 healthy, 1 degraded, 1 down, 0 unknown, 1 melting\n\
+             rto: 2 ok, 1 at_risk, 1 breach, 1 unknown"
+        );
+    }
+
+    #[test]
+    fn status_rows_show_measurements_only_when_connected() {
+        let mut status = v1::DatabaseStatus {
+            database: "pg1/shop".into(),
+            agent_online: true,
+            health: "degraded".into(),
+            health_reasons: vec!["latency 800ms".into(), "connections 95 of 100".into()],
+            report: Some(v1::HealthReport {
+                connected: true,
+                latency_ms: 800,
+                database_size_bytes: 8 * 1024 * 1024,
+                connections_used: 95,
+                connections_max: 100,
+                ..Default::default()
+            }),
+            health_unix_ms: NOW,
+            newest_backup_unix_ms: NOW - 2 * 3_600_000,
+            rto_status: "ok".into(),
+        };
+        assert_eq!(
+            status.row(NOW),
+            [
+                "pg1/shop",
+                "degraded",
+                "800ms",
+                "8.0 MiB",
+                "95 of 100",
+                "2h ago",
+                "ok",
+                "latency 800ms; connections 95 of 100",
+            ]
+        );
+        status.report = None;
+        status.newest_backup_unix_ms = 0;
+        let row = status.row(NOW);
+        assert_eq!(&row[2..6], ["-", "-", "-", "never"]);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! The fake answers like the coordinator would (orders that progress, refusals with
 //! messages), so these tests pin what scripts rely on: exit codes, JSON shapes, the actor
-//! metadata, the refusal to replace without confirmation, and the policy commands (windows,
-//! apply, export, prune).
+//! metadata, the refusal to replace without confirmation, the policy commands (windows,
+//! apply, export, prune) and the recovery commands (drill, rto, status).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -34,10 +34,12 @@ struct Recorded {
     windows_removed: Vec<v1::RemoveWindowRequest>,
     next_windows: Vec<v1::NextWindowRequest>,
     prunes: Vec<v1::PruneRequest>,
+    drills: Vec<v1::SubmitDrillRequest>,
 }
 
 struct Fake {
-    audit_broken: bool,
+    /// A fleet in trouble: its audit chain is broken and a database breaches its RTO.
+    troubled: bool,
     recorded: Arc<Mutex<Recorded>>,
 }
 
@@ -76,6 +78,7 @@ fn finished(mut order: v1::Order, outcome: Option<ResultOutcome>, error: &str) -
         success: error.is_empty(),
         error: error.into(),
         cancelled: false,
+        artifact_corrupt: false,
         outcome,
     });
     order
@@ -87,6 +90,44 @@ fn running(mut order: v1::Order, bytes: u64) -> v1::Order {
     order.progress_bytes = bytes;
     order.progress_bytes_per_sec = 1024.0 * 1024.0;
     order
+}
+
+/// A drill of artifact a-1.
+fn drill(id: &str, database: &str, state: v1::OrderState) -> v1::Order {
+    v1::Order {
+        spec: Some(v1::OrderSpec {
+            params: Some(v1::order_spec::Params::Drill(v1::DrillParams {
+                artifact_id: "a-1".into(),
+                artifact_path: "pg1/shop/a-1".into(),
+                sha256: "ab".repeat(32),
+                checks: vec![],
+            })),
+        }),
+        ..order(id, v1::OrderKind::Drill, database, state)
+    }
+}
+
+const CORRUPT_ERROR: &str =
+    "sha256 of pg1/shop/a-1/dump.zst does not match the catalog: the artifact is corrupt";
+
+fn health_report() -> v1::HealthReport {
+    v1::HealthReport {
+        connected: true,
+        latency_ms: 3,
+        server_version: "15.18".into(),
+        database_size_bytes: 8 * 1024 * 1024,
+        table_count: 3,
+        connections_used: 7,
+        connections_max: 100,
+        in_recovery: true,
+        uptime_seconds: 2 * 86_400 + 3 * 3600,
+        replication_role: "standby".into(),
+        replication_lag_ms: 1250,
+        oldest_transaction_seconds: 300,
+        wraparound_age: 150_000_000,
+        repository_free_bytes: 10 * 1024 * 1024 * 1024,
+        repository_total_bytes: 100 * 1024 * 1024 * 1024,
+    }
 }
 
 fn held(mut order: v1::Order) -> v1::Order {
@@ -146,6 +187,58 @@ fn script(id: &str) -> Option<Vec<v1::Order>> {
         ]),
         // A replacing restore held for its window, which stays held.
         "o-held" => Some(vec![held(order(id, Restore, "pg1/shop", Queued))]),
+        "o-drill" => Some(vec![
+            drill(id, "pg1/shop", Queued),
+            {
+                let mut restoring = running(drill(id, "pg1/shop", Queued), 100 * 1024);
+                restoring.phase = "pg_restore".into();
+                restoring
+            },
+            finished(
+                drill(id, "pg1/shop", Succeeded),
+                Some(ResultOutcome::Drill(v1::DrillOutcome {
+                    scratch_database: "pg1/warden_drill_3f_a1".into(),
+                    tables_verified: 3,
+                    rows_verified: 950,
+                    phases: [
+                        ("fetch", 12),
+                        ("verify_checksum", 30),
+                        ("decompress", 80),
+                        ("pg_restore", 1200),
+                        ("verify_rows", 90),
+                        ("checks", 88),
+                        ("cleanup", 40),
+                    ]
+                    .into_iter()
+                    .map(|(phase, millis)| v1::PhaseTiming {
+                        phase: phase.into(),
+                        millis,
+                    })
+                    .collect(),
+                    checks: vec![v1::CheckResult {
+                        name: "orders_have_customers".into(),
+                        passed: true,
+                        error: String::new(),
+                    }],
+                    restore_millis: 1500,
+                    raw_bytes: 200 * 1024,
+                })),
+                "",
+            ),
+        ]),
+        // The checksum proves the artifact corrupt before anything is restored.
+        "o-drill-corrupt" => Some(vec![drill(id, "pg1/shop", Queued), {
+            let mut failed = finished(drill(id, "pg1/shop", Failed), None, CORRUPT_ERROR);
+            if let Some(result) = failed.result.as_mut() {
+                result.artifact_corrupt = true;
+            }
+            failed
+        }]),
+        "o-health" => Some(vec![finished(
+            order(id, v1::OrderKind::Health, "pg1/shop", Succeeded),
+            Some(ResultOutcome::Health(health_report())),
+            "",
+        )]),
         // Held until the window closed before it could start.
         "o-expire" => Some(vec![
             held(order(id, Restore, "pg1/shop", Queued)),
@@ -181,7 +274,56 @@ fn artifact() -> v1::Artifact {
         path: "pg1/shop/a-1".into(),
         verified: true,
         manifest_json: r#"{"format":1,"tables":[]}"#.into(),
+        drilled_unix_ms: CREATED_MS + 3_600_000,
+        corrupt_reason: String::new(),
     }
+}
+
+fn corrupt_artifact() -> v1::Artifact {
+    v1::Artifact {
+        id: "a-0".into(),
+        state: "corrupt".into(),
+        created_unix_ms: CREATED_MS - 86_400_000,
+        verified: false,
+        drilled_unix_ms: 0,
+        corrupt_reason: CORRUPT_ERROR.into(),
+        ..artifact()
+    }
+}
+
+/// The RTO report, worst first; pg1/broken breaches its RPO in a troubled fleet.
+fn rto_rows(troubled: bool) -> Vec<v1::RtoRow> {
+    vec![
+        v1::RtoRow {
+            database: "pg1/broken".into(),
+            tier: "critical".into(),
+            rto_ms: 1_800_000,
+            rpo_ms: 86_400_000,
+            newest_backup_unix_ms: CREATED_MS - 26 * 3_600_000,
+            newest_backup_age_ms: 26 * 3_600_000,
+            status: if troubled { "breach" } else { "at_risk" }.into(),
+            reasons: vec![
+                "newest backup is 26h old, RPO 24h".into(),
+                "never drilled: run `warden drill pg1/broken`".into(),
+            ],
+            ..Default::default()
+        },
+        v1::RtoRow {
+            database: "pg1/shop".into(),
+            tier: "standard".into(),
+            rto_ms: 3_600_000,
+            rpo_ms: 86_400_000,
+            last_drill_unix_ms: CREATED_MS,
+            last_drill_ms: 1500,
+            last_drill_passed: true,
+            last_drill_artifact_id: "a-1".into(),
+            predicted_restore_ms: 1600,
+            newest_backup_unix_ms: CREATED_MS,
+            newest_backup_age_ms: 2 * 3_600_000,
+            status: "ok".into(),
+            reasons: vec![],
+        },
+    ]
 }
 
 #[tonic::async_trait]
@@ -301,9 +443,11 @@ impl AdminService for Fake {
         request: Request<v1::ListArtifactsRequest>,
     ) -> Result<Response<v1::ListArtifactsResponse>, Status> {
         self.record(&request);
-        Ok(Response::new(v1::ListArtifactsResponse {
-            artifacts: vec![artifact()],
-        }))
+        let mut artifacts = vec![artifact()];
+        if request.get_ref().include_expired {
+            artifacts.push(corrupt_artifact());
+        }
+        Ok(Response::new(v1::ListArtifactsResponse { artifacts }))
     }
 
     async fn get_artifact(
@@ -330,7 +474,7 @@ impl AdminService for Fake {
         request: Request<v1::VerifyAuditRequest>,
     ) -> Result<Response<v1::VerifyAuditResponse>, Status> {
         self.record(&request);
-        Ok(Response::new(if self.audit_broken {
+        Ok(Response::new(if self.troubled {
             v1::VerifyAuditResponse {
                 ok: false,
                 events_checked: 4,
@@ -539,6 +683,79 @@ impl AdminService for Fake {
             },
         }))
     }
+
+    async fn submit_drill(
+        &self,
+        request: Request<v1::SubmitDrillRequest>,
+    ) -> Result<Response<v1::Order>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        let id = match request.database.as_str() {
+            "pg1/shop" => "o-drill",
+            "pg1/corrupt" => "o-drill-corrupt",
+            other => {
+                return Err(Status::not_found(format!(
+                    "unknown database {other}: see warden databases"
+                )));
+            }
+        };
+        self.recorded.lock().expect("lock").drills.push(request);
+        let first = script(id).and_then(|s| s.into_iter().next());
+        first
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("no script"))
+    }
+
+    async fn rto_report(
+        &self,
+        request: Request<v1::RtoReportRequest>,
+    ) -> Result<Response<v1::RtoReportResponse>, Status> {
+        self.record(&request);
+        Ok(Response::new(v1::RtoReportResponse {
+            rows: rto_rows(self.troubled),
+            generated_unix_ms: CREATED_MS,
+        }))
+    }
+
+    async fn fleet_status(
+        &self,
+        request: Request<v1::FleetStatusRequest>,
+    ) -> Result<Response<v1::FleetStatusResponse>, Status> {
+        self.record(&request);
+        let database =
+            |name: &str, online, health: &str, reasons: &[&str], rto: &str| v1::DatabaseStatus {
+                database: name.into(),
+                agent_online: online,
+                health: health.into(),
+                health_reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+                report: online.then(health_report),
+                health_unix_ms: if online { CREATED_MS } else { 0 },
+                newest_backup_unix_ms: CREATED_MS,
+                rto_status: rto.into(),
+            };
+        Ok(Response::new(v1::FleetStatusResponse {
+            agents_online: 1,
+            agents_total: 2,
+            databases: vec![
+                database(
+                    "pg2/inventory",
+                    false,
+                    "down",
+                    &["agent pg2 is offline"],
+                    "unknown",
+                ),
+                database(
+                    "pg1/broken",
+                    true,
+                    "degraded",
+                    &["replication lag 1.2s", "oldest transaction 5m"],
+                    "breach",
+                ),
+                database("pg1/shop", true, "healthy", &[], "ok"),
+            ],
+            generated_unix_ms: CREATED_MS,
+        }))
+    }
 }
 
 const EXPORTED: &str = "# fleet policy, version 3\n[[window]]\nname = \"prod-sunday\"\n";
@@ -548,12 +765,13 @@ struct Server {
     recorded: Arc<Mutex<Recorded>>,
 }
 
-async fn start(audit_broken: bool) -> Server {
+/// Starts the fake; `troubled` breaks its audit chain and has a database breach its RTO.
+async fn start(troubled: bool) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("local addr"));
     let recorded = Arc::new(Mutex::new(Recorded::default()));
     let fake = Fake {
-        audit_broken,
+        troubled,
         recorded: recorded.clone(),
     };
     tokio::spawn(
@@ -1250,4 +1468,376 @@ async fn prune_table_lists_what_goes() {
         "{}",
         all.stdout
     );
+}
+
+/// The value of one "FIELD  value" line of a single view, the first when there are several.
+fn field(stdout: &str, name: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with(' '))
+        .map(|rest| rest.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_wait_follows_and_prints_phases_and_checks() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["drill", "pg1/shop", "--wait"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = &run.stdout;
+    for (name, value) in [
+        ("KIND", "drill"),
+        ("STATE", "succeeded"),
+        ("ARTIFACT", "a-1"),
+        ("DRILL", "passed"),
+        ("SCRATCH DATABASE", "pg1/warden_drill_3f_a1"),
+        ("VERIFIED", "3 tables, 950 rows"),
+        ("RESTORE TIME", "1.5s for 200.0 KiB (133.3 KiB/s)"),
+        (
+            "PHASES",
+            "fetch 12ms, verify_checksum 30ms, decompress 80ms, pg_restore 1.2s, verify_rows 90ms, checks 88ms, cleanup 40ms",
+        ),
+        ("CHECK", "orders_have_customers: passed"),
+    ] {
+        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
+    }
+    assert!(!out.contains("CORRUPT"), "{out}");
+    assert!(server.recorded.lock().expect("lock").polls["o-drill"] >= 2);
+    let sent = server.recorded.lock().expect("lock").drills.clone();
+    assert_eq!(sent[0].database, "pg1/shop");
+    assert!(sent[0].artifact_id.is_empty() && sent[0].reason.is_empty());
+
+    let json = warden(
+        &server.url,
+        &[
+            "drill",
+            "pg1/shop",
+            "--artifact",
+            "a-1",
+            "--reason",
+            "quarterly drill",
+            "--wait",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let order = json.json();
+    assert_eq!(order["kind"], "drill");
+    assert_eq!(order["state"], "succeeded");
+    assert_eq!(order["artifact_corrupt"], false);
+    let drill = &order["drill"];
+    assert_eq!(drill["artifact_id"], "a-1");
+    assert_eq!(drill["passed"], true);
+    assert_eq!(drill["scratch_database"], "pg1/warden_drill_3f_a1");
+    assert_eq!(drill["restore_millis"], 1500);
+    assert_eq!(drill["raw_bytes"], 200 * 1024);
+    assert_eq!(drill["phases"].as_array().map(Vec::len), Some(7));
+    assert_eq!(
+        drill["phases"][3],
+        serde_json::json!({"phase": "pg_restore", "millis": 1200})
+    );
+    assert_eq!(
+        drill["checks"],
+        serde_json::json!([{"name": "orders_have_customers", "passed": true, "error": null}])
+    );
+    let sent = server.recorded.lock().expect("lock").drills.clone();
+    assert_eq!(
+        (sent[1].artifact_id.as_str(), sent[1].reason.as_str()),
+        ("a-1", "quarterly drill")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_without_wait_prints_the_submitted_order() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["drill", "pg1/shop", "--json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let order = run.json();
+    assert_eq!(order["state"], "queued");
+    assert_eq!(order["drill"], Value::Null);
+    assert!(
+        !server
+            .recorded
+            .lock()
+            .expect("lock")
+            .polls
+            .contains_key("o-drill")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_drill_exits_one_and_names_the_corrupt_artifact() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["drill", "pg1/corrupt", "--wait"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let out = &run.stdout;
+    assert_eq!(field(out, "STATE").as_deref(), Some("failed"), "{out}");
+    assert_eq!(field(out, "DRILL").as_deref(), Some("FAILED"), "{out}");
+    assert_eq!(field(out, "ERROR").as_deref(), Some(CORRUPT_ERROR), "{out}");
+    assert_eq!(
+        field(out, "ARTIFACT CORRUPT").as_deref(),
+        Some(
+            "yes: the failure proves a-1 unusable and it is marked corrupt; pick another with `warden artifacts pg1/shop`"
+        ),
+        "{out}"
+    );
+
+    let json = warden(
+        &server.url,
+        &["order", "o-drill-corrupt", "--watch", "--json"],
+    )
+    .await;
+    assert_eq!(json.code, 1, "{}", json.stderr);
+    let order = json.json();
+    assert_eq!(order["state"], "failed");
+    assert_eq!(order["artifact_corrupt"], true);
+    assert_eq!(order["error"], CORRUPT_ERROR);
+    assert_eq!(order["drill"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_of_a_bad_database_exits_two() {
+    let server = start(false).await;
+    let malformed = warden(&server.url, &["drill", "shop", "--wait"]).await;
+    assert_eq!(malformed.code, 2, "{}", malformed.stderr);
+    assert!(
+        malformed
+            .stderr
+            .starts_with("error: invalid value 'shop' for '<DB>': "),
+        "{}",
+        malformed.stderr
+    );
+    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+
+    let unknown = warden(&server.url, &["drill", "pg9/x", "--wait"]).await;
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert_eq!(
+        unknown.stderr.trim(),
+        "error: unknown database pg9/x: see warden databases"
+    );
+    assert!(unknown.stdout.is_empty(), "{}", unknown.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rto_exits_two_on_a_breach() {
+    let server = start(true).await;
+    let run = warden(&server.url, &["rto"]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    for column in [
+        "DATABASE",
+        "TIER",
+        "STATUS",
+        "RTO",
+        "LAST DRILL",
+        "PREDICTED",
+        "RPO",
+        "BACKUP AGE",
+        "WHY",
+    ] {
+        assert!(
+            lines[0].contains(column),
+            "{column} missing in {}",
+            lines[0]
+        );
+    }
+    // Worst first, as the coordinator sent them.
+    for cell in [
+        "pg1/broken",
+        "critical",
+        "breach",
+        "30m",
+        "never",
+        "1d",
+        "1d 2h",
+        "newest backup is 26h old, RPO 24h; never drilled: run `warden drill pg1/broken`",
+    ] {
+        assert!(lines[1].contains(cell), "{cell} missing in {}", lines[1]);
+    }
+    for cell in ["pg1/shop", "standard", "ok", "1h", "1.5s (", "1.6s", "2h"] {
+        assert!(lines[2].contains(cell), "{cell} missing in {}", lines[2]);
+    }
+
+    let json = warden(&server.url, &["rto", "--json"]).await;
+    assert_eq!(json.code, 2, "{}", json.stderr);
+    let report = json.json();
+    assert_eq!(report["generated_at"], "2026-11-26T21:30:05.250Z");
+    assert_eq!(
+        report["databases"][0],
+        serde_json::json!({
+            "database": "pg1/broken", "tier": "critical", "status": "breach",
+            "reasons": ["newest backup is 26h old, RPO 24h",
+                        "never drilled: run `warden drill pg1/broken`"],
+            "rto_ms": 1_800_000, "rpo_ms": 86_400_000,
+            "last_drill_at": null, "last_drill_ms": null, "last_drill_passed": null,
+            "last_drill_artifact_id": null, "predicted_restore_ms": null,
+            "newest_backup_at": "2026-11-25T19:30:05.250Z",
+            "newest_backup_age_ms": 93_600_000
+        })
+    );
+    assert_eq!(
+        report["databases"][1]["last_drill_at"],
+        "2026-11-26T21:30:05.250Z"
+    );
+    assert_eq!(report["databases"][1]["last_drill_passed"], true);
+    assert_eq!(report["databases"][1]["predicted_restore_ms"], 1600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rto_exits_zero_without_a_breach() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["rto"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("at_risk"))
+    );
+    let json = warden(&server.url, &["rto", "--json"]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let report = json.json();
+    assert_eq!(report["databases"].as_array().map(Vec::len), Some(2));
+    assert_eq!(report["databases"][0]["status"], "at_risk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_fleet_at_a_glance() {
+    let server = start(true).await;
+    let run = warden(&server.url, &["status"]).await;
+    // A breach or a database down does not fail `status`: `rto` is the gate.
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "agents: 1 of 2 online",
+            "databases: 1 healthy, 1 degraded, 1 down, 0 unknown",
+            "rto: 1 ok, 0 at_risk, 1 breach, 1 unknown",
+            "",
+        ],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(lines.len(), 8, "{}", run.stdout);
+    for column in [
+        "DATABASE",
+        "HEALTH",
+        "LATENCY",
+        "SIZE",
+        "CONNECTIONS",
+        "NEWEST BACKUP",
+        "RTO",
+        "WHY",
+    ] {
+        assert!(
+            lines[4].contains(column),
+            "{column} missing in {}",
+            lines[4]
+        );
+    }
+    assert!(lines[5].starts_with("pg2/inventory"), "{}", run.stdout);
+    assert!(lines[5].contains("agent pg2 is offline"), "{}", lines[5]);
+    for cell in [
+        "pg1/broken",
+        "degraded",
+        "3ms",
+        "8.0 MiB",
+        "7 of 100",
+        "breach",
+        "replication lag 1.2s; oldest transaction 5m",
+    ] {
+        assert!(lines[6].contains(cell), "{cell} missing in {}", lines[6]);
+    }
+    assert!(lines[7].starts_with("pg1/shop"), "{}", run.stdout);
+
+    let json = warden(&server.url, &["status", "--json"]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let status = json.json();
+    assert_eq!(status["generated_at"], "2026-11-26T21:30:05.250Z");
+    assert_eq!(
+        (
+            status["agents_online"].as_u64(),
+            status["agents_total"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let down = &status["databases"][0];
+    assert_eq!(down["database"], "pg2/inventory");
+    assert_eq!(down["agent_online"], false);
+    assert_eq!(down["health"], "down");
+    assert_eq!(
+        down["health_reasons"],
+        serde_json::json!(["agent pg2 is offline"])
+    );
+    assert_eq!(down["report"], Value::Null);
+    assert_eq!(down["health_at"], Value::Null);
+    assert_eq!(down["rto_status"], "unknown");
+    let degraded = &status["databases"][1];
+    assert_eq!(degraded["health_at"], "2026-11-26T21:30:05.250Z");
+    assert_eq!(degraded["report"]["replication_role"], "standby");
+    assert_eq!(degraded["report"]["replication_lag_ms"], 1250);
+    assert_eq!(
+        degraded["report"]["repository_total_bytes"],
+        100_u64 * 1024 * 1024 * 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_shows_the_new_health_fields() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["order", "o-health"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = &run.stdout;
+    for (name, value) in [
+        ("LATENCY", "3ms"),
+        ("CONNECTIONS", "7 of 100"),
+        ("UPTIME", "2d 3h"),
+        ("REPLICATION", "standby, 1.2s behind"),
+        ("OLDEST TRANSACTION", "5m"),
+        ("WRAPAROUND AGE", "150000000"),
+        ("REPOSITORY", "10.0 GiB free of 100.0 GiB"),
+    ] {
+        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
+    }
+    let json = warden(&server.url, &["order", "o-health", "--json"])
+        .await
+        .json();
+    assert_eq!(json["health"]["uptime_seconds"], 2 * 86_400 + 3 * 3600);
+    assert_eq!(json["health"]["oldest_transaction_seconds"], 300);
+    assert_eq!(json["health"]["wraparound_age"], 150_000_000);
+    assert_eq!(
+        json["health"]["repository_free_bytes"],
+        10_u64 * 1024 * 1024 * 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_artifacts_stand_out() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["artifacts", "--all"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let corrupt = run
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("a-0"))
+        .unwrap_or_else(|| panic!("no corrupt artifact in {}", run.stdout));
+    assert!(corrupt.contains("CORRUPT"), "{corrupt}");
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.starts_with("a-1") && l.contains("CORRUPT"))
+    );
+
+    let json = warden(&server.url, &["artifacts", "--all", "--json"])
+        .await
+        .json();
+    assert_eq!(json[0]["drilled_at"], "2026-11-26T22:30:05.250Z");
+    assert_eq!(json[0]["corrupt_reason"], Value::Null);
+    assert_eq!(json[1]["state"], "corrupt");
+    assert_eq!(json[1]["corrupt_reason"], CORRUPT_ERROR);
+    assert_eq!(json[1]["drilled_at"], Value::Null);
 }

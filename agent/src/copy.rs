@@ -1,0 +1,498 @@
+//! Restoring an artifact into a new database on a server: the part the restore and drill
+//! executors share.
+//!
+//! A copy goes through fixed phases, each timed (they are the RTO measurements): `fetch`
+//! reads the manifest and locates the dump, `verify_checksum` hashes `dump.zst` and compares
+//! it with the catalog, `decompress` stages the plain dump, `pg_restore` creates the database
+//! and restores into it, `verify_rows` compares every table's row count with the manifest.
+//! Nothing on the server changes before the checksum matched: the first statement that
+//! changes anything runs in `pg_restore`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use sqlx::Connection;
+use warden_proto::v1;
+use warden_shared::ArtifactManifest;
+use warden_shared::manifest::DUMP_FILE;
+
+use crate::backup::dbname_arg;
+use crate::codec;
+use crate::error::{AgentError, AgentResult};
+use crate::orders::{AgentContext, OrderTarget, blocking, elapsed_ms};
+use crate::pg::{self, PgDatabase};
+use crate::pgtools::{PgTools, PgVersion, Subprocess, ToolRequirement};
+use crate::progress::ProgressReporter;
+
+/// Names of the phases of restores and drills, in timings and progress reports.
+pub mod phase {
+    pub const FETCH: &str = "fetch";
+    pub const VERIFY_CHECKSUM: &str = "verify_checksum";
+    pub const DECOMPRESS: &str = "decompress";
+    pub const PG_RESTORE: &str = "pg_restore";
+    pub const VERIFY_ROWS: &str = "verify_rows";
+    /// Restore `replace` only: the verified copy takes the target's name.
+    pub const SWAP: &str = "swap";
+    /// Drills only: the policy's SQL checks in the copy.
+    pub const CHECKS: &str = "checks";
+    /// Drills only: dropping the scratch database.
+    pub const CLEANUP: &str = "cleanup";
+}
+
+/// Extension of staged (decompressed) dumps in the staging directory.
+const STAGED_EXTENSION: &str = "dump";
+
+/// How many hex digits of an artifact id go into the names of databases derived from it.
+const SHORT_ID_DIGITS: usize = 12;
+
+/// The artifact an order restores, as the catalog records it.
+#[derive(Debug, Clone, Copy)]
+pub struct ArtifactRef<'a> {
+    pub id: &'a str,
+    /// Directory of the artifact relative to the repository root.
+    pub path: &'a str,
+    /// sha256 of `dump.zst`.
+    pub sha256: &'a str,
+}
+
+impl<'a> From<&'a v1::RestoreParams> for ArtifactRef<'a> {
+    fn from(params: &'a v1::RestoreParams) -> Self {
+        Self {
+            id: &params.artifact_id,
+            path: &params.artifact_path,
+            sha256: &params.sha256,
+        }
+    }
+}
+
+impl<'a> From<&'a v1::DrillParams> for ArtifactRef<'a> {
+    fn from(params: &'a v1::DrillParams) -> Self {
+        Self {
+            id: &params.artifact_id,
+            path: &params.artifact_path,
+            sha256: &params.sha256,
+        }
+    }
+}
+
+impl ArtifactRef<'_> {
+    fn corrupt(&self, detail: String) -> AgentError {
+        AgentError::CorruptArtifact {
+            artifact_id: self.id.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// Where a copy goes, fixed before anything runs.
+#[derive(Debug, Clone)]
+pub struct CopyPlan {
+    /// The order's database: its server receives the copy, its label names it in messages.
+    pub target: PgDatabase,
+    /// The maintenance database on the same server, for CREATE/ALTER/DROP DATABASE.
+    pub maintenance: PgDatabase,
+    /// The database pg_restore writes into.
+    pub into: String,
+    /// What to do about databases already on the server under names the copy needs.
+    pub in_the_way: InTheWay,
+}
+
+/// What a copy does about existing databases under the names it needs.
+#[derive(Debug, Clone)]
+pub enum InTheWay {
+    /// Refuses if any of these databases exists, saying what to do (the hint).
+    Refuse(Vec<(String, &'static str)>),
+    /// `into` can only be a leftover of this agent's own earlier run: it is dropped.
+    DropLeftover,
+}
+
+impl CopyPlan {
+    /// Plans a copy into database `into` on the server of `target`.
+    pub fn new(
+        ctx: &AgentContext,
+        target: &OrderTarget,
+        into: String,
+        in_the_way: InTheWay,
+    ) -> Self {
+        Self {
+            target: target.db.clone(),
+            maintenance: target.db.sibling(&ctx.config.maintenance_db),
+            into,
+            in_the_way,
+        }
+    }
+
+    /// Returns the database the copy is restored into.
+    pub fn copy_db(&self) -> PgDatabase {
+        self.target.sibling(&self.into)
+    }
+}
+
+/// What a finished copy holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredCopy {
+    pub tables_verified: u32,
+    pub rows_verified: u64,
+    /// Bytes of the decompressed dump.
+    pub raw_bytes: u64,
+}
+
+/// Restores `artifact` into `plan.into` through the phases in the module doc, each recorded
+/// in `phases` when it finishes, using `staged` for the decompressed dump. `created` names
+/// the database once this copy may have created it (or dropped a leftover of that name), so
+/// the caller can drop it after a failure or cancellation; the caller also removes
+/// `staged` ([`remove_staged`]) whatever happened.
+pub async fn restore_copy(
+    ctx: &AgentContext,
+    plan: &CopyPlan,
+    artifact: &ArtifactRef<'_>,
+    staged: &Path,
+    progress: &ProgressReporter,
+    created: &mut Option<String>,
+    phases: &mut Vec<v1::PhaseTiming>,
+) -> AgentResult<RestoredCopy> {
+    let (manifest, dump) = timed(phases, phase::FETCH, fetch(ctx, artifact)).await?;
+    timed(
+        phases,
+        phase::VERIFY_CHECKSUM,
+        verify_checksum(artifact, &dump, progress),
+    )
+    .await?;
+    let raw_bytes = timed(
+        phases,
+        phase::DECOMPRESS,
+        decompress(ctx, artifact, &dump, staged, progress),
+    )
+    .await?;
+    timed(
+        phases,
+        phase::PG_RESTORE,
+        create_and_restore(ctx, plan, &manifest, staged, progress, created),
+    )
+    .await?;
+    let (tables_verified, rows_verified) = timed(
+        phases,
+        phase::VERIFY_ROWS,
+        verify_rows(&plan.copy_db(), &manifest),
+    )
+    .await?;
+    Ok(RestoredCopy {
+        tables_verified,
+        rows_verified,
+        raw_bytes,
+    })
+}
+
+/// Runs one phase and records its duration if it succeeds.
+async fn timed<T>(
+    phases: &mut Vec<v1::PhaseTiming>,
+    phase: &str,
+    work: impl Future<Output = AgentResult<T>>,
+) -> AgentResult<T> {
+    let started = Instant::now();
+    let output = work.await?;
+    record(phases, phase, started);
+    Ok(output)
+}
+
+/// Records that `phase` ran from `started` until now.
+pub fn record(phases: &mut Vec<v1::PhaseTiming>, phase: &str, started: Instant) {
+    phases.push(v1::PhaseTiming {
+        phase: phase.to_owned(),
+        millis: elapsed_ms(started),
+    });
+}
+
+/// Reads the manifest, checks it against the catalog, and returns it with the path of the
+/// dump.
+async fn fetch(
+    ctx: &AgentContext,
+    artifact: &ArtifactRef<'_>,
+) -> AgentResult<(ArtifactManifest, PathBuf)> {
+    let repository = ctx.repository.clone();
+    let path = artifact.path.to_owned();
+    let (manifest, dump) = blocking(move || {
+        Ok((
+            repository.read_manifest(&path)?,
+            repository.artifact_file(&path, DUMP_FILE)?,
+        ))
+    })
+    .await?;
+    if manifest.artifact_id != artifact.id {
+        return Err(artifact.corrupt(format!(
+            "its manifest names artifact {}",
+            manifest.artifact_id
+        )));
+    }
+    if manifest.dump.sha256 != artifact.sha256 {
+        return Err(artifact.corrupt(format!(
+            "manifest.json says the sha256 of {DUMP_FILE} is {}, catalog says {}",
+            manifest.dump.sha256, artifact.sha256
+        )));
+    }
+    Ok((manifest, dump))
+}
+
+/// Hashes the compressed dump and compares it with the catalog, before any of it is
+/// decompressed or reaches a server.
+async fn verify_checksum(
+    artifact: &ArtifactRef<'_>,
+    dump: &Path,
+    progress: &ProgressReporter,
+) -> AgentResult<()> {
+    let sha256 = progress
+        .track(phase::VERIFY_CHECKSUM, |counter| {
+            codec::sha256_file(dump, counter)
+        })
+        .await?;
+    if sha256 == artifact.sha256 {
+        Ok(())
+    } else {
+        Err(artifact.corrupt(format!(
+            "sha256 of {DUMP_FILE} is {sha256}, catalog says {}",
+            artifact.sha256
+        )))
+    }
+}
+
+/// Decompresses the verified dump into `staged` and returns its size. The bytes are hashed
+/// again on the way: the file must not have changed since it was verified.
+async fn decompress(
+    ctx: &AgentContext,
+    artifact: &ArtifactRef<'_>,
+    dump: &Path,
+    staged: &Path,
+    progress: &ProgressReporter,
+) -> AgentResult<u64> {
+    let staging_dir = ctx.staging_dir.clone();
+    blocking(move || {
+        fs::create_dir_all(&staging_dir).map_err(AgentError::io(format!(
+            "cannot create {}",
+            staging_dir.display()
+        )))
+    })
+    .await?;
+    let read = progress
+        .track(phase::DECOMPRESS, |counter| {
+            codec::decompress_to_file(dump, staged, counter)
+        })
+        .await?;
+    if read.sha256 != artifact.sha256 {
+        return Err(artifact.corrupt(format!(
+            "{DUMP_FILE} changed while it was read: its sha256 is now {}, catalog says {}",
+            read.sha256, artifact.sha256
+        )));
+    }
+    read.decoded
+        .map_err(|e| artifact.corrupt(format!("{DUMP_FILE} cannot be decompressed: {e}")))
+}
+
+/// Clears the way per `plan.in_the_way`, creates `plan.into` and runs pg_restore into it.
+async fn create_and_restore(
+    ctx: &AgentContext,
+    plan: &CopyPlan,
+    manifest: &ArtifactManifest,
+    staged: &Path,
+    progress: &ProgressReporter,
+    created: &mut Option<String>,
+) -> AgentResult<()> {
+    let m = &plan.maintenance;
+    let mut maintenance = m.connect().await?;
+    let server = pg::server_version(m, &mut maintenance).await?;
+    let tools = PgTools::find(
+        ctx.config.pg_bindir.as_deref(),
+        &requirement(&plan.target, &server, manifest),
+    )
+    .await?;
+    match &plan.in_the_way {
+        InTheWay::Refuse(names) => {
+            for (name, hint) in names {
+                if pg::database_exists(m, &mut maintenance, name).await? {
+                    return Err(AgentError::DatabaseExists {
+                        name: name.clone(),
+                        database: plan.target.label.clone(),
+                        hint,
+                    });
+                }
+            }
+        }
+        InTheWay::DropLeftover => {
+            if pg::database_exists(m, &mut maintenance, &plan.into).await? {
+                *created = Some(plan.into.clone());
+                pg::drop_database(m, &mut maintenance, &plan.into).await?;
+                tracing::info!(database = %plan.target.label, dropped = %plan.into, "dropped a leftover of an earlier run");
+            }
+        }
+    }
+    // Marked before CREATE: if this is cancelled mid-statement, the database may exist.
+    *created = Some(plan.into.clone());
+    if let Err(error) = pg::create_database(m, &mut maintenance, &plan.into).await {
+        *created = None;
+        return Err(error);
+    }
+    let _ = maintenance.close().await;
+    let into = plan.copy_db();
+    let args = vec![
+        OsString::from("--exit-on-error"),
+        OsString::from(format!("--jobs={}", ctx.config.restore_jobs)),
+        OsString::from("--no-password"),
+        dbname_arg(&into.url),
+        staged.as_os_str().to_owned(),
+    ];
+    let pg_restore = tools.path("pg_restore");
+    progress
+        .track(phase::PG_RESTORE, |_| async {
+            Subprocess::spawn(&pg_restore, &args, Some(&into.url), Stdio::null())?
+                .wait()
+                .await
+        })
+        .await
+}
+
+/// pg_restore must be at least as new as the server it writes to, and as the pg_dump that
+/// wrote the archive (older ones cannot read newer archive formats).
+fn requirement(
+    target: &PgDatabase,
+    server: &pg::ServerVersion,
+    manifest: &ArtifactManifest,
+) -> ToolRequirement {
+    let server_version = PgVersion(server.num);
+    match PgVersion::parse(&manifest.pg_dump_version) {
+        Some(archive) if archive.major() > server_version.major() => ToolRequirement {
+            version: archive,
+            what: format!(
+                "pg_dump {archive} that wrote artifact {}",
+                manifest.artifact_id
+            ),
+        },
+        _ => ToolRequirement {
+            version: server_version,
+            what: format!("server {server_version} of {}", target.label),
+        },
+    }
+}
+
+/// Counts every manifest table in the restored database; all must match.
+async fn verify_rows(into: &PgDatabase, manifest: &ArtifactManifest) -> AgentResult<(u32, u64)> {
+    let mut conn = into.connect().await?;
+    let mut mismatches = Vec::new();
+    for table in &manifest.tables {
+        let rows = pg::count_rows(into, &mut conn, &table.schema, &table.table).await?;
+        if rows != table.rows {
+            mismatches.push(format!(
+                "{:?}.{:?} has {rows} rows, the artifact {}",
+                table.schema, table.table, table.rows
+            ));
+        }
+    }
+    // A swap renames this database and a drill drops it, which needs every session gone.
+    let _ = conn.close().await;
+    if !mismatches.is_empty() {
+        return Err(AgentError::RowCountMismatch(mismatches.join("; ")));
+    }
+    let tables = u32::try_from(manifest.tables.len()).unwrap_or(u32::MAX);
+    Ok((tables, manifest.total_rows()))
+}
+
+/// Drops database `name` on the server of `plan`, over a fresh connection (the copy's own
+/// may be what failed).
+pub async fn drop_database(plan: &CopyPlan, name: &str) -> AgentResult<()> {
+    let m = &plan.maintenance;
+    let mut conn = m.connect().await?;
+    pg::drop_database(m, &mut conn, name).await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Returns the last hex digits of an artifact id, lowercase: the random tail of a UUIDv7
+/// (its head is a timestamp, shared by artifacts taken close together), so the names of
+/// databases derived from it tell artifacts apart and a leftover is recognisable.
+pub fn short_artifact_id(artifact_id: &str) -> String {
+    let hex: Vec<char> = artifact_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    hex[hex.len().saturating_sub(SHORT_ID_DIGITS)..]
+        .iter()
+        .collect()
+}
+
+/// Returns where an order's decompressed dump is staged.
+pub fn staging_file(staging_dir: &Path, order_id: &str) -> PathBuf {
+    // Order ids come from the coordinator; keep only characters safe in a file name.
+    let safe: String = order_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    staging_dir.join(format!("{safe}.{STAGED_EXTENSION}"))
+}
+
+/// Removes a staged dump once pg_restore no longer needs it: it can be large.
+pub async fn remove_staged(staged: &Path) {
+    if let Err(e) = tokio::fs::remove_file(staged).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %staged.display(), error = %e, "cannot remove staged dump");
+    }
+}
+
+/// Creates the staging directory if needed and removes the dumps staged by restores that a
+/// crash interrupted. Only staged dumps are touched, in case the directory is shared.
+pub fn clear_staging(staging_dir: &Path) -> AgentResult<Vec<PathBuf>> {
+    fs::create_dir_all(staging_dir).map_err(AgentError::io(format!(
+        "cannot create {}",
+        staging_dir.display()
+    )))?;
+    let list_error = || AgentError::io(format!("cannot list {}", staging_dir.display()));
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(staging_dir).map_err(list_error())? {
+        let path = entry.map_err(list_error())?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == STAGED_EXTENSION) {
+            fs::remove_file(&path)
+                .map_err(AgentError::io(format!("cannot remove {}", path.display())))?;
+            tracing::info!(path = %path.display(), "removed leftover staged dump");
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_files_are_named_safely_and_cleared() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("staging");
+        let staged = staging_file(&dir, "../0191-abc");
+        assert_eq!(staged.parent(), Some(dir.as_path()));
+        assert!(clear_staging(&dir).expect("creates").is_empty());
+        fs::write(&staged, b"x").expect("write");
+        fs::write(dir.join("keep.txt"), b"x").expect("write");
+        assert_eq!(clear_staging(&dir).expect("clears"), vec![staged.clone()]);
+        assert!(!staged.exists());
+        assert!(dir.join("keep.txt").exists());
+    }
+
+    #[test]
+    fn short_ids_are_the_random_tail_of_the_artifact_id() {
+        assert_eq!(
+            short_artifact_id("0191F3A2-7C4B-7D2E-9A1B-4C5D6E7F8A9B"),
+            "4c5d6e7f8a9b"
+        );
+        assert_eq!(short_artifact_id("a-1"), "a1");
+        assert_eq!(short_artifact_id("xyz"), "");
+    }
+}

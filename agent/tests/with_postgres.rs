@@ -1,0 +1,413 @@
+//! The agent against real PostgreSQL clusters. Drills and restores: a good artifact passes
+//! and leaves nothing behind, a damaged or incomplete one fails as corrupt before the server
+//! changes, failing checks fail the drill by name, and leftovers of a crash go at startup.
+//! Health: every report field is filled, and a stopped cluster reports its error.
+
+mod support;
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use warden_agent::copy::phase;
+use warden_agent::orders::run_order;
+use warden_agent::progress::ProgressReporter;
+use warden_agent::{drill, health};
+use warden_proto::v1;
+use warden_proto::v1::order_result::Outcome;
+use warden_proto::v1::order_spec::Params;
+use warden_shared::manifest::DUMP_FILE;
+use warden_tests::{PgCluster, TestDir};
+
+use support::{AGENT, Artifact, Setup, context, quiet};
+
+fn drill_spec(artifact: &Artifact, checks: &[(&str, &str)]) -> v1::OrderSpec {
+    v1::OrderSpec {
+        params: Some(Params::Drill(v1::DrillParams {
+            artifact_id: artifact.id.clone(),
+            artifact_path: artifact.path.clone(),
+            sha256: artifact.sha256.clone(),
+            checks: checks
+                .iter()
+                .map(|(name, sql)| v1::DrillCheck {
+                    name: (*name).to_owned(),
+                    sql: (*sql).to_owned(),
+                })
+                .collect(),
+        })),
+    }
+}
+
+fn restore_spec(artifact: &Artifact, new_name: &str) -> v1::OrderSpec {
+    v1::OrderSpec {
+        params: Some(Params::Restore(v1::RestoreParams {
+            artifact_id: artifact.id.clone(),
+            artifact_path: artifact.path.clone(),
+            sha256: artifact.sha256.clone(),
+            new_name: new_name.to_owned(),
+            replace: new_name.is_empty(),
+        })),
+    }
+}
+
+async fn run(setup: &Setup, order_id: &str, spec: v1::OrderSpec) -> v1::OrderResult {
+    run_order(
+        &setup.ctx,
+        Some(&setup.target()),
+        order_id,
+        Some(spec),
+        &quiet(),
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+fn phase_names(phases: &[v1::PhaseTiming]) -> Vec<&str> {
+    phases.iter().map(|p| p.phase.as_str()).collect()
+}
+
+/// Flips one byte in the middle of the artifact's dump.
+fn damage_dump(setup: &Setup, artifact: &Artifact) {
+    let dump = setup
+        .ctx
+        .repository
+        .root()
+        .join(&artifact.path)
+        .join(DUMP_FILE);
+    let mut bytes = std::fs::read(&dump).expect("read dump");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&dump, bytes).expect("write dump");
+}
+
+#[tokio::test]
+async fn a_drill_of_a_good_artifact_passes_and_leaves_no_scratch_database() {
+    let setup = Setup::new("drill-good");
+    let artifact = setup.backup().await;
+    let scratch = drill::scratch_database_name(AGENT, &artifact.id);
+    // A leftover of an earlier drill of the same artifact is this agent's: it goes first.
+    setup.cluster.create_database(&scratch);
+
+    let result = run(
+        &setup,
+        "o-drill",
+        drill_spec(
+            &artifact,
+            &[
+                ("three orders", "SELECT count(*) = 3 FROM orders"),
+                ("invoices", "SELECT bool_and(id > 0) FROM billing.invoices"),
+            ],
+        ),
+    )
+    .await;
+    assert!(result.success, "{}", result.error);
+    assert!(!result.artifact_corrupt);
+    let Some(Outcome::Drill(outcome)) = result.outcome else {
+        panic!("expected a drill outcome, got {:?}", result.outcome);
+    };
+    assert_eq!(outcome.scratch_database, scratch);
+    assert_eq!(
+        phase_names(&outcome.phases),
+        [
+            phase::FETCH,
+            phase::VERIFY_CHECKSUM,
+            phase::DECOMPRESS,
+            phase::PG_RESTORE,
+            phase::VERIFY_ROWS,
+            phase::CHECKS,
+            phase::CLEANUP
+        ]
+    );
+    let before_cleanup: u64 = outcome.phases[..6].iter().map(|p| p.millis).sum();
+    assert_eq!(outcome.restore_millis, before_cleanup);
+    assert!(outcome.raw_bytes > 0);
+    assert_eq!((outcome.tables_verified, outcome.rows_verified), (2, 5));
+    let checks: Vec<(&str, bool)> = outcome
+        .checks
+        .iter()
+        .map(|c| (c.name.as_str(), c.passed))
+        .collect();
+    assert_eq!(checks, [("three orders", true), ("invoices", true)]);
+
+    assert!(
+        setup.databases_starting_with("warden_drill_").is_empty(),
+        "the scratch database is dropped"
+    );
+    assert!(
+        setup.staged_files().is_empty(),
+        "{:?}",
+        setup.staged_files()
+    );
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app", "SELECT count(*) FROM orders"),
+        "3"
+    );
+}
+
+#[tokio::test]
+async fn a_drill_of_a_damaged_dump_fails_as_corrupt_before_the_server_changes() {
+    let setup = Setup::new("drill-corrupt");
+    let artifact = setup.backup().await;
+    damage_dump(&setup, &artifact);
+    let before = setup.cluster.databases();
+
+    let result = run(&setup, "o-drill", drill_spec(&artifact, &[])).await;
+    assert!(!result.success);
+    assert!(result.artifact_corrupt, "{}", result.error);
+    assert!(
+        result
+            .error
+            .contains(&format!("artifact {} is corrupt", artifact.id))
+            && result.error.contains("sha256 of dump.zst is"),
+        "{}",
+        result.error
+    );
+    assert_eq!(setup.cluster.databases(), before, "no database was created");
+    assert!(setup.staged_files().is_empty(), "nothing was decompressed");
+}
+
+#[tokio::test]
+async fn failing_checks_fail_the_drill_and_say_which_and_why() {
+    let setup = Setup::new("drill-checks");
+    let artifact = setup.backup().await;
+
+    let result = run(
+        &setup,
+        "o-drill",
+        drill_spec(
+            &artifact,
+            &[
+                ("fine", "SELECT true"),
+                ("balance", "SELECT sum(total) = 0 FROM orders"),
+                ("ledger", "SELECT count(*) > 0 FROM ledger"),
+                ("shape", "SELECT 1"),
+                ("unknown", "SELECT NULL::boolean"),
+                ("writes", "CREATE TABLE scribble (id int)"),
+                ("two", "SELECT true; SELECT true"),
+            ],
+        ),
+    )
+    .await;
+    assert!(!result.success);
+    assert!(!result.artifact_corrupt, "the artifact restored fine");
+    let error = &result.error;
+    assert!(error.starts_with("drill checks failed: "), "{error}");
+    for expected in [
+        "check \"balance\": returned false",
+        "check \"ledger\": SQL error: relation \"ledger\" does not exist;",
+        "check \"shape\": returned a value of type INT4",
+        "check \"unknown\": returned NULL, not true",
+        "check \"writes\": SQL error: cannot execute CREATE TABLE in a read-only transaction;",
+        "check \"two\": SQL error: cannot insert multiple commands into a prepared statement",
+    ] {
+        assert!(error.contains(expected), "{expected:?} missing in: {error}");
+    }
+    assert!(!error.contains("\"fine\""), "{error}");
+    let Some(Outcome::Drill(outcome)) = &result.outcome else {
+        panic!("a drill whose checks failed reports its outcome");
+    };
+    let passed: Vec<bool> = outcome.checks.iter().map(|c| c.passed).collect();
+    assert_eq!(passed, [true, false, false, false, false, false, false]);
+    assert!(outcome.checks[0].error.is_empty());
+    assert_eq!(phase_names(&outcome.phases).last(), Some(&phase::CLEANUP));
+    assert!(setup.databases_starting_with("warden_drill_").is_empty());
+}
+
+#[tokio::test]
+async fn a_cancelled_drill_drops_its_scratch_database() {
+    let setup = Setup::new("drill-cancel");
+    let artifact = setup.backup().await;
+    let cancel = CancellationToken::new();
+    // Cancels the moment pg_restore starts: the scratch database exists by then.
+    let progress = ProgressReporter::new({
+        let cancel = cancel.clone();
+        move |update| {
+            if update.phase == phase::PG_RESTORE {
+                cancel.cancel();
+            }
+        }
+    });
+
+    let result = run_order(
+        &setup.ctx,
+        Some(&setup.target()),
+        "o-drill",
+        Some(drill_spec(&artifact, &[("fine", "SELECT true")])),
+        &progress,
+        &cancel,
+    )
+    .await;
+    assert!(cancel.is_cancelled(), "pg_restore was reached");
+    assert!(result.cancelled && !result.success, "{}", result.error);
+    assert!(!result.artifact_corrupt);
+    assert!(setup.databases_starting_with("warden_drill_").is_empty());
+    assert!(
+        setup.staged_files().is_empty(),
+        "{:?}",
+        setup.staged_files()
+    );
+}
+
+#[tokio::test]
+async fn restores_time_each_phase_and_a_missing_dump_is_corrupt() {
+    let setup = Setup::new("restore-phases");
+    let artifact = setup.backup().await;
+
+    let result = run(&setup, "o-new", restore_spec(&artifact, "app copy")).await;
+    assert!(result.success, "{}", result.error);
+    let Some(Outcome::Restore(outcome)) = result.outcome else {
+        panic!("expected a restore outcome, got {:?}", result.outcome);
+    };
+    assert_eq!(
+        phase_names(&outcome.phases),
+        [
+            phase::FETCH,
+            phase::VERIFY_CHECKSUM,
+            phase::DECOMPRESS,
+            phase::PG_RESTORE,
+            phase::VERIFY_ROWS
+        ]
+    );
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app copy", "SELECT count(*) FROM billing.invoices"),
+        "2"
+    );
+
+    // Replace: the data goes back to the backup's, by way of the side database.
+    setup.cluster.psql("app", "DELETE FROM orders WHERE id > 1");
+    let result = run(&setup, "o-replace", restore_spec(&artifact, "")).await;
+    assert!(result.success, "{}", result.error);
+    let Some(Outcome::Restore(outcome)) = result.outcome else {
+        panic!("expected a restore outcome, got {:?}", result.outcome);
+    };
+    assert_eq!(phase_names(&outcome.phases).last(), Some(&phase::SWAP));
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app", "SELECT count(*) FROM orders"),
+        "3"
+    );
+    assert!(setup.databases_starting_with("warden_").is_empty());
+
+    let dump = setup
+        .ctx
+        .repository
+        .root()
+        .join(&artifact.path)
+        .join(DUMP_FILE);
+    std::fs::remove_file(&dump).expect("remove dump");
+    let result = run(&setup, "o-missing", restore_spec(&artifact, "never")).await;
+    assert!(!result.success);
+    assert!(result.artifact_corrupt, "{}", result.error);
+    assert!(
+        result.error.contains("dump.zst is missing"),
+        "{}",
+        result.error
+    );
+    assert!(!setup.cluster.database_exists("never"));
+}
+
+#[tokio::test]
+async fn leftover_scratch_databases_of_this_agent_are_dropped_at_startup() {
+    let dir = TestDir::new("drill-startup");
+    let cluster = PgCluster::start_new(dir.path(), "pg");
+    cluster.create_database("app");
+    cluster.create_database("other");
+    let mut ours = vec![
+        drill::scratch_database_name(AGENT, "0191f3a2-7c4b-7d2e-9a1b-000000000001"),
+        drill::scratch_database_name(AGENT, "0191f3a2-7c4b-7d2e-9a1b-000000000002"),
+    ];
+    // Another agent sharing the server: its drill may be running right now.
+    let theirs = drill::scratch_database_name("db2", "0191f3a2-7c4b-7d2e-9a1b-000000000001");
+    for name in ours.iter().chain([&theirs]) {
+        cluster.create_database(name);
+    }
+    cluster.create_database("warden_drill_notes");
+
+    // Two databases on the one server, and one on a server that is down.
+    let ctx = context(
+        dir.path(),
+        vec![
+            ("app".to_owned(), cluster.url("app")),
+            ("other".to_owned(), cluster.url("other")),
+            (
+                "gone".to_owned(),
+                "postgres://postgres@127.0.0.1:1/gone".to_owned(),
+            ),
+        ],
+    );
+    let mut dropped = drill::drop_leftover_scratch_databases(&ctx).await;
+    dropped.sort();
+    ours.sort();
+    assert_eq!(dropped, ours);
+    for name in &ours {
+        assert!(!cluster.database_exists(name), "{name}");
+    }
+    for name in [theirs.as_str(), "warden_drill_notes", "app", "other"] {
+        assert!(cluster.database_exists(name), "{name} is not ours to drop");
+    }
+}
+
+#[tokio::test]
+async fn health_reports_fill_every_field_and_a_stopped_cluster_reports_its_error() {
+    let dir = TestDir::new("health");
+    let mut cluster = PgCluster::start_new(dir.path(), "pg");
+    cluster.create_database("app");
+    let password = "s3cret-pw";
+    let ctx = context(
+        dir.path(),
+        vec![("app".to_owned(), cluster.url_with_password("app", password))],
+    );
+
+    // A transaction left open ages while the report is collected.
+    let mut idle = PgConnection::connect(&cluster.url("app"))
+        .await
+        .expect("connect");
+    let mut open = idle.begin().await.expect("begin");
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *open)
+        .await
+        .expect("query");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let reports = health::collect_all(&ctx, Duration::from_secs(10)).await;
+    assert!(reports.collected_unix_ms > 0);
+    assert_eq!(reports.databases.len(), 1);
+    let app = &reports.databases[0];
+    assert_eq!(app.database, "app");
+    assert!(app.error.is_empty(), "{}", app.error);
+    let report = app.report.as_ref().expect("a report");
+    assert!(report.connected);
+    assert_eq!(report.replication_role, "primary");
+    assert!(!report.in_recovery);
+    assert_eq!(report.replication_lag_ms, 0, "no standbys");
+    assert!(report.uptime_seconds < 600, "a fresh cluster: {report:?}");
+    assert!(report.oldest_transaction_seconds >= 1, "{report:?}");
+    assert!(report.wraparound_age > 0, "{report:?}");
+    assert!(report.repository_total_bytes > 0, "{report:?}");
+    assert!(report.repository_free_bytes <= report.repository_total_bytes);
+
+    // The health order reports the same fields.
+    let db = ctx.target("app").expect("configured").db;
+    let order = health::run(&db, &ctx.repository, &CancellationToken::new())
+        .await
+        .expect("health order");
+    assert!(order.repository_total_bytes > 0 && order.oldest_transaction_seconds >= 1);
+    open.rollback().await.expect("rollback");
+    idle.close().await.expect("close");
+
+    cluster.stop();
+    let reports = health::collect_all(&ctx, Duration::from_secs(10)).await;
+    let app = &reports.databases[0];
+    assert!(app.report.is_none());
+    assert!(
+        app.error.contains("cannot connect to db1/app"),
+        "{}",
+        app.error
+    );
+    assert!(!app.error.contains(password), "{}", app.error);
+}

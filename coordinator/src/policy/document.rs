@@ -9,6 +9,8 @@
 //! ```toml
 //! # Warden fleet policy
 //!
+//! default_tier = "standard"
+//!
 //! [limits]
 //! per_agent = 2
 //! fleet_backups = 4
@@ -31,11 +33,46 @@
 //! keep_days = 30
 //! daily = 7
 //!
+//! [[schedule]]
+//! name = "weekly-drill"
+//! selector = "env=prod"
+//! cron = "0 5 * * sat"
+//! timezone = "UTC"
+//! action = "drill"
+//!
 //! [[retention]]
 //! name = "default"
 //! selector = ""
 //! keep_days = 30
+//!
+//! [[tiers]]
+//! name = "standard"
+//! rto = "30m"
+//! rpo = "24h"
+//!
+//! [[tiers]]
+//! name = "critical"
+//! selector = "tier=critical"
+//! rto = "15m"
+//! rpo = "1h"
+//!
+//! [[checks]]
+//! name = "orders-present"
+//! selector = "team=payments"
+//! sql = "select count(*) > 0 from orders"
 //! ```
+//!
+//! Tiers set the RTO and RPO the recovery report holds databases to. A database gets the
+//! strictest tier whose selector matches it (smallest `rto`, then `rpo`, then name), else
+//! `default_tier` (default `standard`, and it must name a tier in force). A tier without a
+//! `selector` only applies as the default tier; `selector = ""` selects the whole fleet.
+//! Tiers are optional: a document without `[[tiers]]` gets the built-in `standard` and
+//! `critical` tiers shown above (see [`builtin_tiers`]), and `warden export` leaves them out
+//! again, so a document without tiers round-trips unchanged.
+//!
+//! A drill of a database runs every `[[checks]]` entry whose selector matches it, in
+//! document order; `sql` is one query returning one boolean. A schedule with
+//! `action = "drill"` runs restore drills instead of backups, and has no retention.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -43,19 +80,63 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use warden_shared::{DrillCheck, Labels};
+
+use super::recovery::{normalize_check_sql, select_tier};
 use super::{
-    CronExpr, Limits, PolicyError, Recurrence, Retention, RetentionRule, Schedule, ScheduleAction,
-    WeeklySpec, Window, WindowKind, format_local_time, parse_duration, parse_local_time,
-    parse_name, parse_selector, parse_timezone,
+    CheckRule, CronExpr, DEFAULT_TIER, Limits, PolicyError, Recurrence, Retention, RetentionRule,
+    Schedule, ScheduleAction, Tier, WeeklySpec, Window, WindowKind, builtin_tiers,
+    format_local_time, parse_duration, parse_local_time, parse_name, parse_selector,
+    parse_timezone,
 };
 
 /// The whole policy of the fleet.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetPolicy {
     pub limits: Limits,
     pub windows: Vec<Window>,
     pub schedules: Vec<Schedule>,
     pub retention: Vec<RetentionRule>,
+    /// The recovery tiers in force: the document's, or [`builtin_tiers`] when it defines
+    /// none. Never empty once parsed.
+    pub tiers: Vec<Tier>,
+    /// The tier of databases that no tier's selector picks; names one of `tiers`.
+    pub default_tier: String,
+    /// SQL checks for restore drills, in document order.
+    pub checks: Vec<CheckRule>,
+}
+
+impl Default for FleetPolicy {
+    /// The policy of an empty document: default limits, the built-in tiers, nothing else.
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            windows: Vec::new(),
+            schedules: Vec::new(),
+            retention: Vec::new(),
+            tiers: builtin_tiers().to_vec(),
+            default_tier: DEFAULT_TIER.to_owned(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl FleetPolicy {
+    /// The tier of a database with `labels`: the strictest tier whose selector matches
+    /// (smallest RTO, then smallest RPO, then name), else the default tier.
+    pub fn tier_for(&self, labels: &Labels) -> &Tier {
+        select_tier(&self.tiers, &self.default_tier, labels)
+    }
+
+    /// The checks a drill of a database with `labels` runs: every check whose selector
+    /// matches, in document order.
+    pub fn checks_for(&self, labels: &Labels) -> Vec<DrillCheck> {
+        self.checks
+            .iter()
+            .filter(|check| check.selector.matches(labels))
+            .map(CheckRule::to_drill_check)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +150,7 @@ pub enum ChangeOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub op: ChangeOp,
-    /// `window`, `schedule`, `retention` or `limits`.
+    /// `window`, `schedule`, `retention`, `tier`, `check`, `limits` or `default_tier`.
     pub what: String,
     pub name: String,
     /// What differs, e.g. `timezone: UTC -> Europe/Berlin`. For an added or removed entry,
@@ -97,6 +178,9 @@ const DEFAULT_KEEP_DAYS: u32 = 30;
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDocument {
+    // A plain value: TOML prints it before any table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_tier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limits: Option<RawLimits>,
     #[serde(default, rename = "window", skip_serializing_if = "Vec::is_empty")]
@@ -105,6 +189,28 @@ struct RawDocument {
     schedules: Vec<RawSchedule>,
     #[serde(default, rename = "retention", skip_serializing_if = "Vec::is_empty")]
     retention: Vec<RawRetentionRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tiers: Vec<RawTier>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    checks: Vec<RawCheck>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    selector: Option<String>,
+    rto: Option<String>,
+    rpo: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: Option<String>,
+    selector: Option<String>,
+    sql: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -234,12 +340,21 @@ impl FleetPolicy {
             |r| r.name.as_deref(),
             retention_rule,
         )?;
+        let mut tiers = named_entries("tiers", "tier", raw.tiers, |r| r.name.as_deref(), tier)?;
+        if tiers.is_empty() {
+            tiers = builtin_tiers().to_vec();
+        }
+        let default_tier = default_tier(raw.default_tier, &tiers)?;
+        let checks = named_entries("checks", "check", raw.checks, |r| r.name.as_deref(), check)?;
 
         Ok(Self {
             limits,
             windows,
             schedules,
             retention,
+            tiers,
+            default_tier,
+            checks,
         })
     }
 }
@@ -533,15 +648,22 @@ fn schedule(name: String, raw: RawSchedule) -> Result<Schedule, PolicyError> {
         None => Duration::ZERO,
     };
     let action = match raw.action.as_deref() {
-        None | Some("backup") => ScheduleAction::Backup,
-        Some(other) => {
-            return Err(PolicyError::new(
+        None => ScheduleAction::Backup,
+        Some(text) => ScheduleAction::parse(text).ok_or_else(|| {
+            PolicyError::new(
                 entry.field("action"),
-                other,
-                "unknown action; the only action is backup",
-            ));
-        }
+                text,
+                "unknown action; expected backup (takes a backup) or drill (restores the newest backup into a scratch database and times it)",
+            )
+        })?,
     };
+    if action == ScheduleAction::Drill && raw.retention.is_some() {
+        return Err(PolicyError::new(
+            entry.field("retention"),
+            "[schedule.retention]",
+            "a drill schedule takes no backups, so it has no retention; remove the retention table or give it to a backup schedule or a [[retention]] rule",
+        ));
+    }
     let retention = raw
         .retention
         .map(|raw| retention(&entry.field("retention"), raw, timezone))
@@ -595,6 +717,90 @@ fn retention_rule(name: String, raw: RawRetentionRule) -> Result<RetentionRule, 
     })
 }
 
+/// A target duration of a tier: required, longer than zero.
+fn target(
+    entry: &Entry,
+    key: &str,
+    value: Option<&str>,
+    example: &str,
+) -> Result<Duration, PolicyError> {
+    let text = entry.required(
+        key,
+        value,
+        &format!("give a duration such as {key} = \"{example}\""),
+    )?;
+    let duration = parse_duration(&entry.field(key), text)?;
+    if duration.is_zero() {
+        return Err(PolicyError::new(
+            entry.field(key),
+            text,
+            format!("must be longer than zero, e.g. {key} = \"{example}\""),
+        ));
+    }
+    Ok(duration)
+}
+
+fn tier(name: String, raw: RawTier) -> Result<Tier, PolicyError> {
+    let entry = Entry::new("tiers", &name);
+    // Unlike other entries, a missing selector is not the whole fleet: the tier then only
+    // applies as the default tier.
+    let selector = raw
+        .selector
+        .as_deref()
+        .map(|text| parse_selector(&entry.field("selector"), text))
+        .transpose()?;
+    let rto = target(&entry, "rto", raw.rto.as_deref(), "30m")?;
+    let rpo = target(&entry, "rpo", raw.rpo.as_deref(), "24h")?;
+    Ok(Tier {
+        name,
+        rto,
+        rpo,
+        selector,
+    })
+}
+
+/// `default_tier`: `standard` unless given; it must name one of `tiers`.
+fn default_tier(value: Option<String>, tiers: &[Tier]) -> Result<String, PolicyError> {
+    let given = value.is_some();
+    let name = value.unwrap_or_else(|| DEFAULT_TIER.to_owned());
+    if tiers.iter().any(|tier| tier.name == name) {
+        return Ok(name);
+    }
+    let names = tiers
+        .iter()
+        .map(|tier| tier.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let problem = if given {
+        format!("no tier has this name; name one of the tiers: {names}")
+    } else {
+        format!(
+            "no tier has this name, and it is the default tier when default_tier is not given; set default_tier to one of the tiers: {names}"
+        )
+    };
+    Err(PolicyError::new("default_tier", name, problem))
+}
+
+fn check(name: String, raw: RawCheck) -> Result<CheckRule, PolicyError> {
+    let entry = Entry::new("checks", &name);
+    let selector = parse_selector(
+        &entry.field("selector"),
+        raw.selector.as_deref().unwrap_or(""),
+    )?;
+    let text = entry.required(
+        "sql",
+        raw.sql.as_deref(),
+        "give one query that returns one boolean, e.g. sql = \"select count(*) > 0 from orders\"",
+    )?;
+    let sql = normalize_check_sql(text)
+        .map_err(|problem| PolicyError::new(entry.field("sql"), text, problem))?;
+    Ok(CheckRule {
+        name,
+        selector,
+        sql,
+    })
+}
+
 // ---- printing -----------------------------------------------------------------------------
 
 fn kind_name(kind: WindowKind) -> &'static str {
@@ -627,11 +833,16 @@ fn raw_retention(retention: &Retention, default_timezone: Tz) -> RawRetention {
 
 impl FleetPolicy {
     /// Prints the policy as a document that `parse` reads back to an equal policy: the header
-    /// comment, `[limits]`, then windows, schedules and retention rules in their order, each
-    /// with its keys in a fixed order. Defaults that say nothing are left out (a zero jitter,
-    /// the backup action, zero counts); the scope, time zone and `keep_days` always print.
+    /// comment, `default_tier`, `[limits]`, then windows, schedules, retention rules, tiers
+    /// and checks in their order, each with its keys in a fixed order. Defaults that say
+    /// nothing are left out (a zero jitter, the backup action, zero counts, the built-in
+    /// tiers, `default_tier = "standard"` when the tiers are the built-in ones); the scope,
+    /// time zone and `keep_days` always print.
     pub fn to_toml(&self) -> String {
+        let print_tiers = self.tiers != builtin_tiers();
         let raw = RawDocument {
+            default_tier: (print_tiers || self.default_tier != DEFAULT_TIER)
+                .then(|| self.default_tier.clone()),
             limits: Some(RawLimits {
                 per_agent: Some(i64::from(self.limits.per_agent)),
                 fleet_backups: Some(i64::from(self.limits.fleet_backups)),
@@ -646,7 +857,8 @@ impl FleetPolicy {
                     cron: Some(schedule.cron.as_str().to_owned()),
                     timezone: Some(schedule.timezone.name().to_owned()),
                     jitter: (!schedule.jitter.is_zero()).then(|| duration_text(schedule.jitter)),
-                    action: None,
+                    action: (schedule.action != ScheduleAction::Backup)
+                        .then(|| schedule.action.as_str().to_owned()),
                     retention: schedule
                         .retention
                         .as_ref()
@@ -668,6 +880,28 @@ impl FleetPolicy {
                         monthly: keys.monthly,
                         timezone: keys.timezone,
                     }
+                })
+                .collect(),
+            tiers: if print_tiers {
+                self.tiers
+                    .iter()
+                    .map(|tier| RawTier {
+                        name: Some(tier.name.clone()),
+                        selector: tier.selector.as_ref().map(ToString::to_string),
+                        rto: Some(duration_text(tier.rto)),
+                        rpo: Some(duration_text(tier.rpo)),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            checks: self
+                .checks
+                .iter()
+                .map(|check| RawCheck {
+                    name: Some(check.name.clone()),
+                    selector: Some(check.selector.to_string()),
+                    sql: Some(check.sql.clone()),
                 })
                 .collect(),
         };
@@ -787,6 +1021,23 @@ fn retention_rule_fields(rule: &RetentionRule) -> Fields {
     fields
 }
 
+fn tier_fields(tier: &Tier) -> Fields {
+    // A tier without a selector has no selector field: a change shows it as `(none)`.
+    let mut fields = Vec::new();
+    if let Some(selector) = &tier.selector {
+        fields.push(("selector", selector_text(selector)));
+    }
+    fields.push(("rto", duration_text(tier.rto)));
+    fields.push(("rpo", duration_text(tier.rpo)));
+    fields
+}
+
+fn check_fields(check: &CheckRule) -> Fields {
+    // A change prints on one line: white space runs in a multi-line query become one space.
+    let sql = check.sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    vec![("selector", selector_text(&check.selector)), ("sql", sql)]
+}
+
 /// `key: value; key: value`, for an added or removed entry.
 fn listed(fields: &Fields) -> String {
     fields
@@ -861,9 +1112,11 @@ fn diff_entries<T: PartialEq>(
 }
 
 impl FleetPolicy {
-    /// What applying `next` over `self` changes: limits first, then windows, schedules and
-    /// retention rules, each sorted by name. Entries are matched by name, so a renamed entry
-    /// shows as one removed and one added.
+    /// What applying `next` over `self` changes: limits first, then windows, schedules,
+    /// retention rules and tiers, each sorted by name, the default tier, then checks sorted
+    /// by name. Entries are matched by name, so a renamed entry shows as one removed and one
+    /// added. Tiers are compared as in force, so a document that drops its tiers shows the
+    /// built-in ones coming back.
     pub fn diff(&self, next: &FleetPolicy) -> Vec<Change> {
         let mut changes = Vec::new();
         if self.limits != next.limits {
@@ -898,6 +1151,33 @@ impl FleetPolicy {
             retention_rule_fields,
             &mut changes,
         );
+        diff_entries(
+            "tier",
+            &self.tiers,
+            &next.tiers,
+            |t| &t.name,
+            tier_fields,
+            &mut changes,
+        );
+        if self.default_tier != next.default_tier {
+            changes.push(Change {
+                op: ChangeOp::Changed,
+                what: "default_tier".to_owned(),
+                name: "default_tier".to_owned(),
+                detail: format!(
+                    "default_tier: {} -> {}",
+                    self.default_tier, next.default_tier
+                ),
+            });
+        }
+        diff_entries(
+            "check",
+            &self.checks,
+            &next.checks,
+            |c| &c.name,
+            check_fields,
+            &mut changes,
+        );
         changes
     }
 }
@@ -905,6 +1185,21 @@ impl FleetPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example the README and the demo point at must stay valid.
+    #[test]
+    fn the_shipped_example_parses_and_round_trips() {
+        let text = include_str!("../../../deploy/fleet.toml");
+        let policy = FleetPolicy::parse(text).expect("deploy/fleet.toml is valid");
+        assert!(
+            policy
+                .schedules
+                .iter()
+                .any(|s| s.action == ScheduleAction::Drill)
+        );
+        assert!(!policy.checks.is_empty());
+        assert_eq!(FleetPolicy::parse(&policy.to_toml()).expect("reparses"), policy);
+    }
 
     const EXAMPLE: &str = r#"
 [limits]
@@ -1228,7 +1523,7 @@ name = "nightly"
             (format!("{S}selector = \"env=prod,,\"\n"), "schedule \"s\".selector", "env=prod,,", "no '='"),
             (format!("{S}jitter = \"soon\"\n"), "schedule \"s\".jitter", "soon", "duration"),
             (format!("{S}jitter = \"2days\"\n"), "schedule \"s\".jitter", "2days", "24h"),
-            (format!("{S}action = \"restore\"\n"), "schedule \"s\".action", "restore", "only action is backup"),
+            (format!("{S}action = \"restore\"\n"), "schedule \"s\".action", "restore", "expected backup (takes a backup) or drill"),
             (format!("{S}[schedule.retention]\nkeep_days = -1\n"), "schedule \"s\".retention.keep_days", "-1", "from 0"),
             (format!("{S}[schedule.retention]\nmonthly = 4294967296\n"), "schedule \"s\".retention.monthly", "4294967296", "from 0"),
             (format!("{S}[schedule.retention]\ntimezone = \"Nowhere\"\n"), "schedule \"s\".retention.timezone", "Nowhere", "IANA"),
@@ -1290,9 +1585,31 @@ name = "nightly"
                 }),
             }],
             retention: vec![],
+            tiers: vec![
+                Tier {
+                    name: "gold".to_owned(),
+                    rto: Duration::from_secs(330),
+                    rpo: Duration::from_secs(900),
+                    selector: Some("sla=gold".parse().unwrap()),
+                },
+                Tier {
+                    name: "bronze".to_owned(),
+                    rto: Duration::from_secs(4 * 3600),
+                    rpo: Duration::from_secs(7 * 24 * 3600),
+                    selector: None,
+                },
+            ],
+            default_tier: "bronze".to_owned(),
+            checks: vec![CheckRule {
+                name: "c".to_owned(),
+                selector: warden_shared::Selector::everything(),
+                sql: "select 'line\nbreak' <> '\"quoted\"'".to_owned(),
+            }],
         };
         let text = policy.to_toml();
         assert_eq!(parse(&text), policy, "{text}");
+        assert!(text.contains("rto = \"5m 30s\""), "{text}");
+        assert!(text.contains("rpo = \"7days\""), "{text}");
         assert!(text.contains("jitter = \"1m 30s\""), "{text}");
         assert!(text.contains("duration = \"1h 30m\""), "{text}");
         assert!(text.contains("keep_days = 0"), "{text}");
@@ -1463,5 +1780,476 @@ keep_days = 30
             changes[3].detail
         );
         assert_eq!(changes[5].detail, "selector: team=payments -> team=billing");
+    }
+
+    /// A document with custom tiers, checks and a drill schedule, for the tests below.
+    const RECOVERY: &str = r#"
+default_tier = "silver"
+
+[[schedule]]
+name = "weekly-drill"
+selector = "env=prod"
+cron = "0 5 * * sat"
+action = "drill"
+jitter = "30m"
+
+[[tiers]]
+name = "gold"
+selector = "sla=gold"
+rto = "10m"
+rpo = "15m"
+
+[[tiers]]
+name = "payments"
+selector = "team=payments"
+rto = "10m"
+rpo = "1h"
+
+[[tiers]]
+name = "silver"
+rto = "1h"
+rpo = "24h"
+
+[[tiers]]
+name = "prod"
+selector = "env=prod"
+rto = "30m"
+rpo = "4h"
+
+[[checks]]
+name = "orders-present"
+selector = "team=payments"
+sql = "select count(*) > 0 from orders;"
+
+[[checks]]
+name = "no-negative-balances"
+sql = """
+select not exists (
+  select 1 from accounts where balance < 0
+)
+"""
+
+[[checks]]
+name = "prod-users"
+selector = "env=prod"
+sql = "select count(*) > 0 from users"
+"#;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_tiers_checks_and_drill_schedules() {
+        let policy = parse(RECOVERY);
+        assert_eq!(policy.default_tier, "silver");
+        let tiers: Vec<(&str, u64, u64, Option<String>)> = policy
+            .tiers
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    t.rto.as_secs(),
+                    t.rpo.as_secs(),
+                    t.selector.as_ref().map(ToString::to_string),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tiers,
+            [
+                ("gold", 600, 900, Some("sla=gold".to_owned())),
+                ("payments", 600, 3600, Some("team=payments".to_owned())),
+                ("silver", 3600, 86400, None),
+                ("prod", 1800, 14400, Some("env=prod".to_owned())),
+            ]
+        );
+        let schedule = &policy.schedules[0];
+        assert_eq!(schedule.action, ScheduleAction::Drill);
+        assert_eq!(schedule.retention, None);
+        assert_eq!(schedule.jitter, Duration::from_secs(1800));
+        let checks: Vec<(&str, String, &str)> = policy
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.selector.to_string(), c.sql.as_str()))
+            .collect();
+        assert_eq!(
+            checks,
+            [
+                // The trailing semicolon and surrounding white space are dropped.
+                (
+                    "orders-present",
+                    "team=payments".to_owned(),
+                    "select count(*) > 0 from orders"
+                ),
+                (
+                    "no-negative-balances",
+                    String::new(),
+                    "select not exists (\n  select 1 from accounts where balance < 0\n)"
+                ),
+                (
+                    "prod-users",
+                    "env=prod".to_owned(),
+                    "select count(*) > 0 from users"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn tier_for_picks_the_strictest_matching_tier_else_the_default() {
+        let policy = parse(RECOVERY);
+        let tier = |pairs: &[(&str, &str)]| policy.tier_for(&labels(pairs)).name.clone();
+        assert_eq!(tier(&[]), "silver");
+        assert_eq!(tier(&[("env", "dev")]), "silver");
+        assert_eq!(tier(&[("env", "prod")]), "prod");
+        // gold and payments share the smallest RTO; gold's RPO is smaller.
+        assert_eq!(tier(&[("env", "prod"), ("team", "payments")]), "payments");
+        assert_eq!(
+            tier(&[("env", "prod"), ("team", "payments"), ("sla", "gold")]),
+            "gold"
+        );
+        // A label that names a tier does not pick it: only selectors do.
+        assert_eq!(tier(&[("tier", "gold")]), "silver");
+    }
+
+    #[test]
+    fn without_tiers_the_builtin_ones_apply() {
+        for text in ["", "[limits]\nper_agent = 1\n"] {
+            let policy = parse(text);
+            assert_eq!(policy.tiers, builtin_tiers(), "{text:?}");
+            assert_eq!(policy.default_tier, "standard");
+            let standard = policy.tier_for(&labels(&[("env", "prod")]));
+            assert_eq!(
+                (standard.name.as_str(), standard.rto, standard.rpo),
+                (
+                    "standard",
+                    Duration::from_secs(1800),
+                    Duration::from_secs(86400)
+                )
+            );
+            let critical = policy.tier_for(&labels(&[("tier", "critical")]));
+            assert_eq!(
+                (critical.name.as_str(), critical.rto, critical.rpo),
+                (
+                    "critical",
+                    Duration::from_secs(900),
+                    Duration::from_secs(3600)
+                )
+            );
+        }
+        // default_tier may name a built-in tier.
+        let policy = parse("default_tier = \"critical\"\n");
+        assert_eq!(policy.tiers, builtin_tiers());
+        assert_eq!(policy.tier_for(&labels(&[])).name, "critical");
+        // Defining tiers replaces the built-in ones: `critical` is gone.
+        let policy = parse(
+            "default_tier = \"only\"\n[[tiers]]\nname = \"only\"\nrto = \"1h\"\nrpo = \"1h\"\n",
+        );
+        assert_eq!(policy.tiers.len(), 1);
+        assert_eq!(
+            policy.tier_for(&labels(&[("tier", "critical")])).name,
+            "only"
+        );
+    }
+
+    #[test]
+    fn checks_for_returns_the_matching_checks_in_document_order() {
+        let policy = parse(RECOVERY);
+        let names = |pairs: &[(&str, &str)]| -> Vec<String> {
+            policy
+                .checks_for(&labels(pairs))
+                .into_iter()
+                .map(|c| c.name)
+                .collect()
+        };
+        assert_eq!(names(&[]), ["no-negative-balances"]);
+        assert_eq!(
+            names(&[("env", "prod"), ("team", "payments")]),
+            ["orders-present", "no-negative-balances", "prod-users"]
+        );
+        assert_eq!(
+            policy.checks_for(&labels(&[("team", "payments")]))[0],
+            DrillCheck {
+                name: "orders-present".to_owned(),
+                sql: "select count(*) > 0 from orders".to_owned(),
+            }
+        );
+        assert_eq!(FleetPolicy::default().checks_for(&labels(&[])), []);
+    }
+
+    /// A tier and a check that are valid so far, for the cases below to extend.
+    const T: &str = "[[tiers]]\nname = \"gold\"\n";
+    const C: &str = "[[checks]]\nname = \"c\"\n";
+
+    #[test]
+    fn rejects_bad_tiers_checks_and_drill_schedules() {
+        const RPO: &str = "rpo = \"1h\"\n";
+        const RTO: &str = "rto = \"30m\"\n";
+        const SILVER: &str = "[[tiers]]\nname = \"silver\"\nrto = \"1h\"\nrpo = \"1h\"\n";
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str, &str, &str)> = vec![
+            (format!("{T}rto = \"5x\"\n{RPO}"), "tiers \"gold\".rto", "5x", "not a duration such as 2h or 90m"),
+            (format!("{T}{RTO}rpo = \"soon\"\n"), "tiers \"gold\".rpo", "soon", "not a duration"),
+            (format!("{T}{RPO}"), "tiers \"gold\".rto", "", "missing; give a duration such as rto = \"30m\""),
+            (format!("{T}{RTO}"), "tiers \"gold\".rpo", "", "missing; give a duration such as rpo = \"24h\""),
+            (format!("{T}rto = \"0s\"\n{RPO}"), "tiers \"gold\".rto", "0s", "longer than zero"),
+            (format!("{T}{RTO}rpo = \"0m\"\n"), "tiers \"gold\".rpo", "0m", "longer than zero"),
+            (format!("{T}{RTO}{RPO}selector = \"tier\"\n"), "tiers \"gold\".selector", "tier", "no '='"),
+            (format!("{T}{RTO}rpo = 3600\n"), "fleet.toml", "3600", "invalid type"),
+            (format!("{T}{RTO}{RPO}rt0 = \"1m\"\n"), "fleet.toml", "rt0", "unknown field `rt0`"),
+            ("[[tiers]]\nrto = \"1h\"\n".into(), "tiers[0].name", "", "missing; every tier needs a name"),
+            (format!("{SILVER}[[tiers]]\nname = \"silver\"\n"), "tiers[1].name", "silver", "unique among tiers"),
+            (format!("{SILVER}[[tiers]]\nname = \"gold medal\"\n"), "tiers[1].name", "gold medal", "' '"),
+            ("[[tier]]\nname = \"gold\"\n".into(), "fleet.toml", "tier", "unknown field `tier`"),
+            // default_tier names a tier in force.
+            ("default_tier = \"platinum\"\n".into(), "default_tier", "platinum", "no tier has this name; name one of the tiers: standard, critical"),
+            (format!("default_tier = \"gold\"\n{SILVER}"), "default_tier", "gold", "name one of the tiers: silver"),
+            (SILVER.into(), "default_tier", "standard", "when default_tier is not given; set default_tier to one of the tiers: silver"),
+            ("default_tier = 1\n".into(), "fleet.toml", "1", "invalid type"),
+            // Checks.
+            (C.into(), "checks \"c\".sql", "", "missing; give one query"),
+            (format!("{C}sql = \"  \"\n"), "checks \"c\".sql", "  ", "the query is empty"),
+            (format!("{C}sql = \"select 1; select 2\"\n"), "checks \"c\".sql", "select 1; select 2", "more than one statement"),
+            (format!("{C}sql = \"select true\"\nselector = \"env=\"\n"), "checks \"c\".selector", "env=", "empty value"),
+            (format!("{C}sql = \"select true\"\n{C}sql = \"select true\"\n"), "checks[1].name", "c", "unique among checks"),
+            ("[[checks]]\nsql = \"select true\"\n".into(), "checks[0].name", "", "missing; every check needs a name"),
+            (format!("{C}sql = \"select true\"\ntimeout = \"1m\"\n"), "fleet.toml", "timeout", "unknown field `timeout`"),
+            // Drill schedules.
+            (format!("{S}action = \"drill\"\n[schedule.retention]\nkeep_days = 7\n"), "schedule \"s\".retention", "[schedule.retention]", "a drill schedule takes no backups, so it has no retention"),
+            (format!("{S}action = \"drill\"\n[schedule.retention]\n"), "schedule \"s\".retention", "[schedule.retention]", "no retention"),
+            (format!("{S}action = \"Drill\"\n"), "schedule \"s\".action", "Drill", "expected backup (takes a backup) or drill"),
+        ];
+        assert_rejected(&cases);
+        // How the error reads as a whole (the rest is humantime's own words).
+        let message = error(&format!("{T}rto = \"5x\"\n{RPO}")).to_string();
+        assert!(
+            message.starts_with(
+                "tiers \"gold\".rto = \"5x\": not a duration such as 2h or 90m: unknown time unit \"x\""
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn round_trips_tiers_checks_and_drill_schedules() {
+        let policy = parse(RECOVERY);
+        let text = policy.to_toml();
+        assert_eq!(parse(&text), policy, "{text}");
+        assert_eq!(parse(&text).to_toml(), text);
+        // `warden window add` edits the printed document as a generic TOML table, which
+        // sorts the keys; the result still reads back the same.
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let reprinted = toml::to_string(&table).unwrap();
+        assert_eq!(parse(&reprinted), policy, "{reprinted}");
+        // The default tier alone, with the built-in tiers.
+        for text in [
+            "default_tier = \"critical\"\n",
+            "default_tier = \"standard\"\n",
+            "",
+        ] {
+            let policy = parse(text);
+            assert_eq!(parse(&policy.to_toml()), policy, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn export_leaves_the_builtin_tiers_out() {
+        let default = FleetPolicy::default().to_toml();
+        assert!(
+            !default.contains("tiers") && !default.contains("default_tier"),
+            "{default}"
+        );
+        // The built-in tiers written out are the policy of a document without them.
+        let explicit = r#"
+default_tier = "standard"
+[[tiers]]
+name = "standard"
+rto = "30m"
+rpo = "24h"
+[[tiers]]
+name = "critical"
+selector = "tier=critical"
+rto = "15m"
+rpo = "1h"
+"#;
+        assert_eq!(parse(explicit), FleetPolicy::default());
+        assert_eq!(parse(explicit).to_toml(), default);
+        // Another default tier prints alone, before every table.
+        assert_eq!(
+            parse("default_tier = \"critical\"\n").to_toml(),
+            "# Warden fleet policy\n\ndefault_tier = \"critical\"\n\n[limits]\nper_agent = 2\nfleet_backups = 4\n"
+        );
+        // Custom tiers print with their default tier, even the default one.
+        let text =
+            parse("[[tiers]]\nname = \"standard\"\nrto = \"20m\"\nrpo = \"24h\"\n").to_toml();
+        assert!(text.contains("default_tier = \"standard\"\n"), "{text}");
+        assert!(
+            text.contains("[[tiers]]\nname = \"standard\"\nrto = \"20m\"\nrpo = \"1day\"\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn prints_tiers_checks_and_drill_schedules_canonically() {
+        let policy = parse(RECOVERY);
+        let expected = r#"# Warden fleet policy
+
+default_tier = "silver"
+
+[limits]
+per_agent = 2
+fleet_backups = 4
+
+[[schedule]]
+name = "weekly-drill"
+selector = "env=prod"
+cron = "0 5 * * sat"
+timezone = "UTC"
+jitter = "30m"
+action = "drill"
+
+[[tiers]]
+name = "gold"
+selector = "sla=gold"
+rto = "10m"
+rpo = "15m"
+
+[[tiers]]
+name = "payments"
+selector = "team=payments"
+rto = "10m"
+rpo = "1h"
+
+[[tiers]]
+name = "silver"
+rto = "1h"
+rpo = "1day"
+
+[[tiers]]
+name = "prod"
+selector = "env=prod"
+rto = "30m"
+rpo = "4h"
+
+[[checks]]
+name = "orders-present"
+selector = "team=payments"
+sql = "select count(*) > 0 from orders"
+
+[[checks]]
+name = "no-negative-balances"
+selector = ""
+sql = """
+select not exists (
+  select 1 from accounts where balance < 0
+)"""
+
+[[checks]]
+name = "prod-users"
+selector = "env=prod"
+sql = "select count(*) > 0 from users"
+"#;
+        assert_eq!(policy.to_toml(), expected);
+    }
+
+    #[test]
+    fn diff_reports_tiers_checks_and_the_default_tier() {
+        let before = parse(RECOVERY);
+        let after = parse(
+            &RECOVERY
+                .replace("default_tier = \"silver\"", "default_tier = \"prod\"")
+                .replace(
+                    "rto = \"10m\"\nrpo = \"15m\"",
+                    "rto = \"5m\"\nrpo = \"15m\"",
+                )
+                .replace("selector = \"team=payments\"\nrto", "rto")
+                .replace(
+                    "[[tiers]]\nname = \"silver\"\nrto = \"1h\"\nrpo = \"24h\"\n",
+                    "",
+                )
+                .replace("from users", "from users where active")
+                .replace("balance < 0\n", "balance < 0 or balance is null\n")
+                .replace("name = \"orders-present\"", "name = \"orders-exist\"")
+                .replace("action = \"drill\"\n", ""),
+        );
+        let changes = before.diff(&after);
+        let summary: Vec<(ChangeOp, &str, &str, &str)> = changes
+            .iter()
+            .map(|c| (c.op, c.what.as_str(), c.name.as_str(), c.detail.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    ChangeOp::Changed,
+                    "schedule",
+                    "weekly-drill",
+                    "action: drill -> backup"
+                ),
+                (ChangeOp::Changed, "tier", "gold", "rto: 10m -> 5m"),
+                (
+                    ChangeOp::Changed,
+                    "tier",
+                    "payments",
+                    "selector: team=payments -> (none)"
+                ),
+                (ChangeOp::Removed, "tier", "silver", "rto: 1h; rpo: 1day"),
+                (
+                    ChangeOp::Changed,
+                    "default_tier",
+                    "default_tier",
+                    "default_tier: silver -> prod"
+                ),
+                (
+                    ChangeOp::Changed,
+                    "check",
+                    "no-negative-balances",
+                    "sql: select not exists ( select 1 from accounts where balance < 0 ) -> select not exists ( select 1 from accounts where balance < 0 or balance is null )"
+                ),
+                (
+                    ChangeOp::Added,
+                    "check",
+                    "orders-exist",
+                    "selector: team=payments; sql: select count(*) > 0 from orders"
+                ),
+                (
+                    ChangeOp::Removed,
+                    "check",
+                    "orders-present",
+                    "selector: team=payments; sql: select count(*) > 0 from orders"
+                ),
+                (
+                    ChangeOp::Changed,
+                    "check",
+                    "prod-users",
+                    "sql: select count(*) > 0 from users -> select count(*) > 0 from users where active"
+                ),
+            ]
+        );
+        // Dropping every tier brings the built-in ones back, and the diff says so.
+        let mut without = before.clone();
+        without.tiers = builtin_tiers().to_vec();
+        without.default_tier = "standard".to_owned();
+        let summary: Vec<(ChangeOp, String)> = before
+            .diff(&without)
+            .into_iter()
+            .map(|c| (c.op, format!("{} {}", c.what, c.name)))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (ChangeOp::Added, "tier critical".to_owned()),
+                (ChangeOp::Removed, "tier gold".to_owned()),
+                (ChangeOp::Removed, "tier payments".to_owned()),
+                (ChangeOp::Removed, "tier prod".to_owned()),
+                (ChangeOp::Removed, "tier silver".to_owned()),
+                (ChangeOp::Added, "tier standard".to_owned()),
+                (ChangeOp::Changed, "default_tier default_tier".to_owned()),
+            ]
+        );
     }
 }

@@ -1,11 +1,13 @@
-//! Fleet policy: maintenance windows and freezes, backup schedules, retention and concurrency
-//! limits. Everything here is pure: functions take the time as an argument, so they are
-//! tested with a fake clock, and the dispatcher and scheduler call them with the real one.
+//! Fleet policy: maintenance windows and freezes, backup and drill schedules, retention,
+//! recovery tiers (RTO/RPO targets), drill checks and concurrency limits. Everything here is
+//! pure: functions take the time as an argument, so they are tested with a fake clock, and the
+//! dispatcher and scheduler call them with the real one.
 //!
 //! The policy is one declarative document (`fleet.toml`, see [`document`]); the coordinator
 //! stores each applied version and evaluates the newest.
 
 pub mod document;
+pub mod recovery;
 pub mod retention;
 pub mod schedule;
 pub mod window;
@@ -18,6 +20,7 @@ use chrono_tz::Tz;
 use warden_shared::Selector;
 
 pub use document::{Change, ChangeOp, FleetPolicy};
+pub use recovery::{CheckRule, DEFAULT_TIER, Tier, builtin_tiers};
 pub use retention::{Candidate, PruneDecision, Retention, RetentionRule};
 pub use schedule::{Schedule, ScheduleAction};
 pub use window::{Opening, Recurrence, Verdict, WeeklySpec, Window, WindowKind};
@@ -115,11 +118,11 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, PolicyError> 
     })
 }
 
-/// The longest name a window, schedule or retention rule may have.
+/// The longest name a window, schedule, retention rule, tier or check may have.
 pub const MAX_NAME_LEN: usize = 63;
 
-/// Checks the name of a window, schedule or retention rule: 1 to 63 letters, digits, `-`, `_`
-/// or `.`, so that it prints and quotes the same everywhere.
+/// Checks the name of a window, schedule, retention rule, tier or check: 1 to 63 letters,
+/// digits, `-`, `_` or `.`, so that it prints and quotes the same everywhere.
 pub fn parse_name(field: &str, text: &str) -> Result<String, PolicyError> {
     const EXPECTED: &str = "use 1 to 63 letters, digits, '-', '_' or '.', e.g. prod-nightly";
     if text.is_empty() {

@@ -1,4 +1,4 @@
-//! Backup schedules: when the coordinator fires them.
+//! Schedules: when the coordinator fires backups and restore drills.
 //!
 //! A schedule's cron expression is read on the wall clock of its time zone, so `0 3 * * *` in
 //! `Europe/Berlin` fires at 03:00 Berlin time in summer and in winter. The scheduler keeps,
@@ -13,9 +13,14 @@ use warden_shared::Selector;
 
 use super::{CronExpr, Retention};
 
+/// What a schedule runs on each selected database when a slot fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleAction {
+    /// Takes a backup.
     Backup,
+    /// Restores the newest complete backup into a scratch database, verifies and times it
+    /// (a restore drill). Takes no backup, so such a schedule has no retention.
+    Drill,
 }
 
 impl ScheduleAction {
@@ -23,7 +28,15 @@ impl ScheduleAction {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Backup => "backup",
+            Self::Drill => "drill",
         }
+    }
+
+    /// Reads the name used in `fleet.toml`.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Backup, Self::Drill]
+            .into_iter()
+            .find(|action| action.as_str() == text)
     }
 }
 
@@ -36,7 +49,8 @@ pub struct Schedule {
     /// Each database's run is delayed by a stable pseudo-random part of this.
     pub jitter: Duration,
     pub action: ScheduleAction,
-    /// Retention for the databases this schedule selects, if it has its own.
+    /// Retention for the databases this schedule selects, if it has its own. Always `None`
+    /// for a drill schedule.
     pub retention: Option<Retention>,
 }
 
@@ -288,6 +302,16 @@ mod tests {
             let database = format!("db-{i}");
             s.jitter_for(&database, slot) != renamed.jitter_for(&database, slot)
         }));
+    }
+
+    #[test]
+    fn actions_read_back_their_names() {
+        for action in [ScheduleAction::Backup, ScheduleAction::Drill] {
+            assert_eq!(ScheduleAction::parse(action.as_str()), Some(action));
+        }
+        assert_eq!(ScheduleAction::parse("drill"), Some(ScheduleAction::Drill));
+        assert_eq!(ScheduleAction::parse("Drill"), None);
+        assert_eq!(ScheduleAction::parse("restore"), None);
     }
 
     #[test]

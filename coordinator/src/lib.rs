@@ -6,8 +6,12 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod notify;
 pub mod policy;
 pub mod registry;
+pub mod rto;
 pub mod server;
 pub mod store;
 

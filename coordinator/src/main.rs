@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
+use url::Url;
 use warden_coordinator::CoordinatorConfig;
 
 #[derive(Debug, Parser, Serialize)]
@@ -24,6 +25,10 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
+    /// HTTP listen address of /metrics and /healthz (port 0: any free port, logged).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_listen: Option<SocketAddr>,
     /// State store, sqlite://PATH.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,6 +61,10 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     log_json: bool,
+    /// Export spans over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<Url>,
 }
 
 #[tokio::main]
@@ -67,11 +76,16 @@ async fn main() -> anyhow::Result<()> {
     if args.dump_config {
         print!(
             "{}",
-            toml::to_string(&config).context("printing the config")?
+            config.to_redacted_toml().context("printing the config")?
         );
         return Ok(());
     }
-    warden_shared::telemetry::init(config.log_json);
+    // Held to the end: dropping it flushes the spans not yet exported.
+    let _telemetry = warden_shared::telemetry::init(
+        "warden-coordinator",
+        config.log_json,
+        config.otlp_endpoint.as_ref().map(Url::as_str),
+    )?;
     warden_coordinator::server::run(config, warden_shared::shutdown::signal()).await?;
     Ok(())
 }

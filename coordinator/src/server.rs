@@ -1,11 +1,14 @@
-//! Runs the coordinator: store, fleet, gRPC services (agents, admin, health, reflection)
-//! and the reaper, until shutdown.
+//! Runs the coordinator: store, fleet, gRPC services (agents, admin, health, reflection),
+//! the HTTP port (metrics, health), webhooks and the reaper, until shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warden_proto::v1::admin_service_server::AdminServiceServer;
 use warden_proto::v1::agent_service_server::AgentServiceServer;
@@ -14,7 +17,13 @@ use crate::config::CoordinatorConfig;
 use crate::fleet::{Fleet, FleetSettings};
 use crate::grpc::admin::AdminApi;
 use crate::grpc::agent::AgentApi;
+use crate::http::metrics::ORDER_DURATION_BUCKETS;
+use crate::http::{DatabaseMetrics, Histogram, MetricsSnapshot, MetricsSource, OrderCount};
+use crate::notify::{DeliverySettings, Notifier, NotifyError};
 use crate::store::{Store, StoreError};
+
+/// How long alerts queued at shutdown may still take to go out.
+const ALERT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -24,39 +33,56 @@ pub enum ServerError {
     Coordinator(#[from] crate::error::CoordinatorError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Binds `config.listen` and serves until `shutdown` resolves.
+/// Binds `config.listen` (gRPC) and `config.http_listen` (HTTP) and serves until `shutdown`
+/// resolves.
 pub async fn run(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-    serve(config, listener, shutdown).await
+    let grpc = bind(config.listen).await?;
+    let http = bind(config.http_listen).await?;
+    serve(config, grpc, http, shutdown).await
 }
 
-/// Serves on an already bound listener until `shutdown` resolves.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })
+}
+
+/// The address a listener is bound to, as logged (the port matters when it was 0).
+fn bound_addr(listener: &TcpListener) -> String {
+    listener.local_addr().map_or_else(
+        |error| format!("unknown ({error})"),
+        |addr| addr.to_string(),
+    )
+}
+
+/// Serves gRPC on `grpc` and the HTTP port on `http`, both already bound (tests bind
+/// 127.0.0.1:0 and read the ports first), until `shutdown` resolves.
 pub async fn serve(
     config: CoordinatorConfig,
-    listener: TcpListener,
+    grpc: TcpListener,
+    http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.store).await?;
+    let notifier = Notifier::start(&config.webhooks, DeliverySettings::default())?;
     let fleet = Arc::new(Fleet::new(
-        store,
+        store.clone(),
         FleetSettings {
             heartbeat_interval: config.heartbeat_interval,
             lease: config.lease,
@@ -65,11 +91,13 @@ pub async fn serve(
             prune_interval: config.prune_interval,
             health_interval: config.health_interval,
         },
+        notifier.clone(),
     ));
     fleet.started().await?;
 
     let reaper = tokio::spawn(reap_forever(fleet.clone()));
     let policy = tokio::spawn(enforce_policy_forever(fleet.clone()));
+    let monitor = tokio::spawn(monitor_forever(fleet.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
@@ -79,24 +107,126 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // Either server ending (shutdown, or the HTTP server failing) stops both.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => info!("shutting down"),
+                () = stop.cancelled() => {}
+            }
+            stop.cancel();
+        }
+    });
+
+    info!(
+        grpc = %bound_addr(&grpc),
+        http = %bound_addr(&http),
+        store = %config.store,
+        webhooks = config.webhooks.len(),
+        "coordinator listening"
+    );
+    let http_server = tokio::spawn({
+        let stop = stop.clone();
+        let fleet = fleet.clone();
+        async move {
+            let result =
+                crate::http::serve(http, fleet_metrics(fleet), stop.clone().cancelled_owned())
+                    .await;
+            stop.cancel();
+            result
+        }
+    });
     let closer = fleet.clone();
-    let local = listener.local_addr().ok();
-    info!(addr = ?local, store = %config.store, "coordinator listening");
-    let result = tonic::transport::Server::builder()
+    let grpc_result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AgentServiceServer::new(AgentApi::new(fleet.clone())))
         .add_service(AdminServiceServer::new(AdminApi::new(fleet.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            info!("shutting down: closing agent streams");
-            closer.close_sessions();
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
+            let stop = stop.clone();
+            async move {
+                stop.cancelled().await;
+                info!("closing agent streams");
+                closer.close_sessions();
+            }
         })
         .await;
+    // The gRPC server may have failed on its own: stop the HTTP server too.
+    stop.cancel();
+    let http_result = http_server.await;
     reaper.abort();
     policy.abort();
+    monitor.abort();
+    notifier.shutdown(ALERT_GRACE).await;
     info!("coordinator stopped");
-    Ok(result?)
+    grpc_result?;
+    match http_result {
+        Ok(result) => result.map_err(ServerError::Http),
+        // Only a panic ends the task otherwise: pass it on.
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// The metrics of a scrape: agents, orders, run times and backup bytes from the store; each
+/// database's backup age, recovery status and health from the fleet.
+fn fleet_metrics(fleet: Arc<Fleet>) -> MetricsSource {
+    Arc::new(move || {
+        let fleet = fleet.clone();
+        Box::pin(async move {
+            let metrics = fleet.store().metrics(ORDER_DURATION_BUCKETS).await?;
+            let status = fleet.fleet_status().await?;
+            Ok(MetricsSnapshot {
+                agents_total: metrics.agents_total,
+                agents_online: metrics.agents_online,
+                orders: metrics
+                    .orders
+                    .into_iter()
+                    .map(|(kind, state, count)| OrderCount {
+                        kind: kind.as_str().to_owned(),
+                        state: state.as_str().to_owned(),
+                        count,
+                    })
+                    .collect(),
+                order_durations: metrics
+                    .durations
+                    .into_iter()
+                    .map(|(kind, durations)| {
+                        let histogram = Histogram {
+                            buckets: ORDER_DURATION_BUCKETS
+                                .iter()
+                                .copied()
+                                .zip(durations.at_most)
+                                .collect(),
+                            sum: durations.sum_seconds,
+                            count: durations.count,
+                        };
+                        (kind.as_str().to_owned(), histogram)
+                    })
+                    .collect(),
+                backup_bytes: metrics.complete_backup_bytes,
+                newest_backup_bytes: metrics.newest_backup_bytes,
+                databases: status
+                    .databases
+                    .iter()
+                    .map(|db| {
+                        let recovery = db.recovery.as_ref();
+                        DatabaseMetrics {
+                            database: db.database.clone(),
+                            newest_backup_age_seconds: recovery
+                                .and_then(|a| a.backup_age_ms)
+                                .map(|ms| ms as f64 / 1000.0),
+                            rpo_target_seconds: recovery.map(|a| a.rpo.as_secs_f64()),
+                            rto_target_seconds: recovery.map(|a| a.rto.as_secs_f64()),
+                            rto_status: db.rto_status().as_str().to_owned(),
+                            health: db.health.as_str().to_owned(),
+                        }
+                    })
+                    .collect(),
+            })
+        })
+    })
 }
 
 async fn reap_forever(fleet: Arc<Fleet>) {
@@ -107,6 +237,24 @@ async fn reap_forever(fleet: Arc<Fleet>) {
         tick.tick().await;
         if let Err(error) = fleet.reap().await {
             warn!(%error, "reaper pass failed");
+        }
+    }
+}
+
+/// Alerts on databases, agents and recovery targets that changed, every health interval.
+/// The first pass waits one lease, so agents reconnecting after a coordinator restart are
+/// not announced as down.
+async fn monitor_forever(fleet: Arc<Fleet>) {
+    let settings = fleet.settings();
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.lease,
+        settings.health_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(error) = fleet.monitor().await {
+            warn!(%error, "monitoring pass failed");
         }
     }
 }

@@ -58,10 +58,18 @@ impl Harness {
             lease: Duration::from_millis(800),
             ..CoordinatorConfig::default()
         };
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind http");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(warden_coordinator::server::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(warden_coordinator::server::serve(
+            config,
+            listener,
+            http,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .connect()
@@ -178,6 +186,7 @@ fn backup_result(order_id: &str, artifact_id: &str) -> pb::OrderResult {
         success: true,
         error: String::new(),
         cancelled: false,
+        artifact_corrupt: false,
         outcome: Some(pb::order_result::Outcome::Backup(pb::BackupOutcome {
             artifact_id: artifact_id.to_owned(),
             artifact_path: format!("a1/{artifact_id}"),

@@ -98,6 +98,7 @@ impl Fleet {
         let labels = database_labels(&mut tx).await?;
         let mut created = false;
         let mut assignments = Vec::new();
+        let mut failed = Vec::new();
         // Orders this pass changed out of turn (a dropped safety backup): their copy in
         // `pending` is stale.
         let mut changed: HashSet<String> = HashSet::new();
@@ -176,10 +177,14 @@ impl Fleet {
                     )
                     .await?;
                     changed.extend(drop_safety_backup(&mut tx, &order).await?);
+                    failed.push(order);
                 }
             }
         }
         tx.commit().await?;
+        for order in &failed {
+            self.alert_order_failed(order);
+        }
         for (agent, message) in assignments {
             // If the session vanished meanwhile, the reaper or the next Hello reconciles.
             self.registry.send(&agent, message);
@@ -241,12 +246,13 @@ impl Fleet {
                 });
             }
         }
-        if let OrderSpec::Restore { artifact_id, .. } = &spec
+        if let OrderSpec::Restore { artifact_id, .. } | OrderSpec::Drill { artifact_id, .. } = &spec
             && let Some(state) = Store::artifact_state(tx, artifact_id).await?
             && state != "complete"
         {
             return Ok(Decision::Fail(format!(
-                "artifact {artifact_id} is {state} now (retention expired it after the restore was submitted); nothing was changed"
+                "artifact {artifact_id} is {state} now (it changed after the {} was submitted); nothing was changed",
+                order.kind
             )));
         }
         // Nothing is started for an offline agent, not even a safety backup: the order may

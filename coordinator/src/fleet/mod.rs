@@ -4,7 +4,9 @@
 //! messages to agents are sent only after that transaction committed.
 
 mod dispatch;
+mod monitor;
 mod policy;
+mod recovery;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -23,6 +25,7 @@ use warden_shared::{ArtifactManifest, DatabaseId, OrderKind, OrderSpec, OrderSta
 
 use crate::audit::{Actor, ChainReport, NewAuditEvent, verify_chain};
 use crate::error::{CoordinatorError, CoordinatorResult};
+use crate::notify::Notifier;
 use crate::registry::Registry;
 use crate::store::{AgentRecord, ArtifactRecord, OrderRecord, Store, WriteTx};
 
@@ -38,6 +41,7 @@ pub struct FleetSettings {
     pub health_interval: Duration,
 }
 
+pub use monitor::{DatabaseStatus, FleetStatus, HealthEntry};
 pub use policy::{Applied, PolicyState, PruneOutcome, PruneRow, WindowStatus, kind_name};
 
 /// What an operator asks a restore to do.
@@ -65,10 +69,14 @@ pub struct Fleet {
     dispatch_lock: tokio::sync::Mutex<()>,
     /// Cancelled when the coordinator shuts down: session tasks stop reading their streams.
     closing: CancellationToken,
+    /// Health reports and the alert state between monitoring passes.
+    monitor: std::sync::Mutex<monitor::MonitorState>,
+    /// Delivers alerts to the webhooks in the background.
+    notifier: Notifier,
 }
 
 impl Fleet {
-    pub fn new(store: Store, settings: FleetSettings) -> Self {
+    pub fn new(store: Store, settings: FleetSettings, notifier: Notifier) -> Self {
         Self {
             store,
             registry: Registry::default(),
@@ -76,6 +84,8 @@ impl Fleet {
             policy: RwLock::new(Arc::new(PolicyState::default())),
             dispatch_lock: tokio::sync::Mutex::new(()),
             closing: CancellationToken::new(),
+            monitor: std::sync::Mutex::default(),
+            notifier,
         }
     }
 
@@ -210,6 +220,7 @@ impl Fleet {
         let welcome = coordinator_message::Msg::Welcome(v1::Welcome {
             heartbeat_interval_ms: millis(self.settings.heartbeat_interval),
             lease_ms: millis(self.settings.lease),
+            health_interval_ms: millis(self.settings.health_interval),
         });
         // The channel is fresh, so the Welcome and acks fit in it.
         let _ = outbox.try_send(CoordinatorMessage { msg: Some(welcome) });
@@ -235,6 +246,9 @@ impl Fleet {
         }
         match message.msg {
             None | Some(agent_message::Msg::Heartbeat(_)) => {}
+            Some(agent_message::Msg::Health(reports)) => {
+                self.record_health(agent, reports).await?;
+            }
             Some(agent_message::Msg::Hello(_)) => {
                 return Err(CoordinatorError::InvalidArgument(
                     "Hello is only valid as the first message of a stream".to_owned(),
@@ -265,6 +279,13 @@ impl Fleet {
                 let applied = self.apply_result(&mut tx, agent, &result).await?;
                 tx.commit().await?;
                 if applied {
+                    if !result.success
+                        && !result.cancelled
+                        && let Some(order) = self.store.get_order(&result.order_id).await?
+                        && order.state == OrderState::Failed
+                    {
+                        self.alert_order_failed(&order);
+                    }
                     self.registry.send(agent, ack(result.order_id));
                     // A database or a concurrency slot may be free now for a held order.
                     self.dispatch().await?;
@@ -385,6 +406,9 @@ impl Fleet {
             let removed = policy::record_removed_artifacts(tx, &order, pruned).await?;
             params = json!({ "removed_artifacts": removed });
         }
+        if matches!(order.kind, OrderKind::Drill | OrderKind::Restore) {
+            params = recovery::record_recovery_result(tx, &order, result).await?;
+        }
         if let (true, Some(order_result::Outcome::Backup(backup))) =
             (result.success, &result.outcome)
         {
@@ -468,6 +492,8 @@ impl Fleet {
             expired_unix_ms: 0,
             expire_reason: String::new(),
             prune_order_id: String::new(),
+            drilled_unix_ms: 0,
+            corrupt_reason: String::new(),
         };
         Store::insert_artifact(tx, &artifact)
             .await

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use sqlx::SqliteConnection;
 use tracing::{info, warn};
 use warden_proto::v1;
 use warden_shared::{DatabaseId, Labels, OrderSpec, OrderState, PruneTarget};
@@ -15,7 +16,8 @@ use super::{Fleet, format_unix_ms, insert_order};
 use crate::audit::{Actor, NewAuditEvent};
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::policy::{
-    Change, ChangeOp, FleetPolicy, Opening, PolicyError, Verdict, Window, WindowKind, retention,
+    Change, ChangeOp, FleetPolicy, Opening, PolicyError, ScheduleAction, Verdict, Window,
+    WindowKind, retention,
 };
 use crate::store::{ArtifactRecord, OrderRecord, Store, WriteTx};
 
@@ -297,7 +299,7 @@ impl Fleet {
         let mut tx = self.store.begin().await?;
         let slots = Store::schedule_slots(&mut tx).await?;
         let mut fired = false;
-        let mut busy: Option<HashSet<(String, String)>> = None;
+        let mut busy: Option<HashSet<(&str, String, String)>> = None;
         let mut databases = None;
         for schedule in &state.policy.schedules {
             let Some(since) = slots
@@ -315,7 +317,7 @@ impl Fleet {
                 databases = Some(database_labels(&mut tx).await?);
             }
             if busy.is_none() {
-                busy = Some(scheduled_backups_in_flight(&mut tx).await?);
+                busy = Some(scheduled_orders_in_flight(&mut tx).await?);
             }
             let (Some(databases), Some(busy)) = (&databases, &mut busy) else {
                 continue;
@@ -327,20 +329,36 @@ impl Fleet {
                     continue;
                 }
                 let target = format!("{agent}/{database}");
-                if !busy.insert((agent.clone(), database.clone())) {
+                let action = schedule.action.as_str();
+                if !busy.insert((action, agent.clone(), database.clone())) {
                     skipped.push(json!({
                         "database": target,
-                        "why": "its previous scheduled backup has not ended",
+                        "why": format!("its previous scheduled {action} has not ended"),
                     }));
                     continue;
                 }
-                let mut order = OrderRecord::new(
-                    agent,
-                    database,
-                    &OrderSpec::Backup {
+                let spec = match schedule.action {
+                    ScheduleAction::Backup => OrderSpec::Backup {
                         trigger: format!("schedule:{}", schedule.name),
                         verify: false,
                     },
+                    ScheduleAction::Drill => {
+                        match Store::newest_complete_artifact(&mut tx, agent, database).await? {
+                            Some(artifact) => self.drill_spec(&artifact, labels),
+                            None => {
+                                skipped.push(json!({
+                                    "database": target,
+                                    "why": "it has no complete backup to drill",
+                                }));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let mut order = OrderRecord::new(
+                    agent,
+                    database,
+                    &spec,
                     &Actor::Scheduler.to_string(),
                     &format!("schedule {} slot {}", schedule.name, slot.to_rfc3339()),
                 );
@@ -527,10 +545,11 @@ pub(super) async fn record_removed_artifacts(
 /// plus `agent` and `database` unless set. Databases no longer reported carry `present=false`
 /// under the reserved key `warden.present`, so schedules skip them.
 pub(super) async fn database_labels(
-    tx: &mut WriteTx,
+    conn: &mut SqliteConnection,
 ) -> CoordinatorResult<HashMap<(String, String), Labels>> {
     let mut out = HashMap::new();
-    for (agent, database, agent_labels, own_labels, present) in Store::database_labels(tx).await? {
+    for (agent, database, agent_labels, own_labels, present) in Store::database_labels(conn).await?
+    {
         let mut labels: Labels = serde_json::from_str(&agent_labels).unwrap_or_default();
         let own: Labels = serde_json::from_str(&own_labels).unwrap_or_default();
         labels.extend(own);
@@ -548,7 +567,7 @@ pub(super) async fn database_labels(
     Ok(out)
 }
 
-const ABSENT_KEY: &str = "warden.absent";
+pub(super) const ABSENT_KEY: &str = "warden.absent";
 
 fn labels_present(labels: &Labels) -> bool {
     !labels.contains_key(ABSENT_KEY)
@@ -620,26 +639,35 @@ async fn unfinished_orders(tx: &mut WriteTx) -> CoordinatorResult<Vec<(OrderReco
 }
 
 /// (agent, database) of scheduled backups that have not ended.
-async fn scheduled_backups_in_flight(
+/// (action, agent, database) of every scheduled backup or drill not ended yet.
+async fn scheduled_orders_in_flight(
     tx: &mut WriteTx,
-) -> CoordinatorResult<HashSet<(String, String)>> {
+) -> CoordinatorResult<HashSet<(&'static str, String, String)>> {
+    let scheduler = Actor::Scheduler.to_string();
     Ok(unfinished_orders(tx)
         .await?
         .into_iter()
-        .filter(|(_, spec)| {
-            matches!(spec, OrderSpec::Backup { trigger, .. } if trigger.starts_with("schedule:"))
+        .filter(|(order, _)| order.requested_by == scheduler)
+        .filter_map(|(order, spec)| {
+            let action = match spec {
+                OrderSpec::Backup { .. } => ScheduleAction::Backup,
+                OrderSpec::Drill { .. } => ScheduleAction::Drill,
+                _ => return None,
+            };
+            Some((action.as_str(), order.agent, order.database))
         })
-        .map(|(o, _)| (o.agent, o.database))
         .collect())
 }
 
-/// Artifacts that restores not yet ended will read.
+/// Artifacts that restores or drills not yet ended will read.
 async fn artifacts_of_pending_restores(tx: &mut WriteTx) -> CoordinatorResult<HashSet<String>> {
     Ok(unfinished_orders(tx)
         .await?
         .into_iter()
         .filter_map(|(_, spec)| match spec {
-            OrderSpec::Restore { artifact_id, .. } => Some(artifact_id),
+            OrderSpec::Restore { artifact_id, .. } | OrderSpec::Drill { artifact_id, .. } => {
+                Some(artifact_id)
+            }
             _ => None,
         })
         .collect())

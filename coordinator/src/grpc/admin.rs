@@ -14,6 +14,7 @@ use crate::audit::{Actor, AuditEvent};
 use crate::error::CoordinatorError;
 use crate::fleet::{Applied, Fleet, RestoreRequest, kind_name};
 use crate::policy::{ChangeOp, Opening};
+use crate::rto::Assessment;
 use crate::store::{AgentRecord, ArtifactRecord, DatabaseRecord, OrderRecord};
 
 /// Metadata key naming the operator; bearer-token authentication replaces it later.
@@ -436,6 +437,67 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn submit_drill(
+        &self,
+        request: Request<pb::SubmitDrillRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let artifact_id = (!request.artifact_id.is_empty()).then_some(request.artifact_id.as_str());
+        let result = self
+            .fleet
+            .submit_drill(&actor, &request.database, artifact_id, &request.reason)
+            .await;
+        let params = json!({ "artifact_id": request.artifact_id, "reason": request.reason });
+        let order = self
+            .audited(&actor, "drill.submit", &request.database, params, result)
+            .await?;
+        Ok(Response::new(order_to_proto(order)))
+    }
+
+    async fn rto_report(
+        &self,
+        _request: Request<pb::RtoReportRequest>,
+    ) -> Result<Response<pb::RtoReportResponse>, Status> {
+        let now = warden_shared::now_unix_ms();
+        let rows = self.fleet.rto_report(now).await?;
+        Ok(Response::new(pb::RtoReportResponse {
+            rows: rows.into_iter().map(rto_row_to_proto).collect(),
+            generated_unix_ms: now,
+        }))
+    }
+
+    async fn fleet_status(
+        &self,
+        _request: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        let now = warden_shared::now_unix_ms();
+        let status = self.fleet.fleet_status().await?;
+        Ok(Response::new(pb::FleetStatusResponse {
+            agents_online: status.agents_online,
+            agents_total: status.agents_total,
+            databases: status
+                .databases
+                .into_iter()
+                .map(|db| pb::DatabaseStatus {
+                    rto_status: db.rto_status().as_str().to_owned(),
+                    newest_backup_unix_ms: db
+                        .recovery
+                        .as_ref()
+                        .and_then(|a| a.newest_backup.as_ref())
+                        .map_or(0, |b| b.created_unix_ms),
+                    database: db.database,
+                    agent_online: db.agent_online,
+                    health: db.health.as_str().to_owned(),
+                    health_reasons: db.health_reasons,
+                    health_unix_ms: db.entry.as_ref().map_or(0, |e| e.reported_unix_ms),
+                    report: db.entry.and_then(|e| e.report),
+                })
+                .collect(),
+            generated_unix_ms: now,
+        }))
+    }
+
     async fn prune(
         &self,
         request: Request<pb::PruneRequest>,
@@ -571,7 +633,32 @@ fn artifact_to_proto(artifact: ArtifactRecord) -> pb::Artifact {
         path: artifact.path,
         verified: artifact.verified,
         manifest_json: artifact.manifest_json,
+        drilled_unix_ms: artifact.drilled_unix_ms,
+        corrupt_reason: artifact.corrupt_reason,
     }
+}
+
+fn rto_row_to_proto(row: Assessment) -> pb::RtoRow {
+    let drill = row.last_drill.as_ref();
+    pb::RtoRow {
+        database: row.database,
+        tier: row.tier,
+        rto_ms: duration_ms(row.rto),
+        rpo_ms: duration_ms(row.rpo),
+        last_drill_unix_ms: drill.map_or(0, |d| d.finished_unix_ms),
+        last_drill_ms: drill.map_or(0, |d| d.restore_ms),
+        last_drill_passed: drill.is_some_and(|d| d.passed),
+        last_drill_artifact_id: drill.map(|d| d.artifact_id.clone()).unwrap_or_default(),
+        predicted_restore_ms: row.predicted_restore_ms.unwrap_or(0),
+        newest_backup_unix_ms: row.newest_backup.as_ref().map_or(0, |b| b.created_unix_ms),
+        newest_backup_age_ms: row.backup_age_ms.unwrap_or(0),
+        status: row.status.as_str().to_owned(),
+        reasons: row.reasons,
+    }
+}
+
+fn duration_ms(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn audit_to_proto(event: AuditEvent) -> pb::AuditEvent {

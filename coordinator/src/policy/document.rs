@@ -1198,7 +1198,10 @@ mod tests {
                 .any(|s| s.action == ScheduleAction::Drill)
         );
         assert!(!policy.checks.is_empty());
-        assert_eq!(FleetPolicy::parse(&policy.to_toml()).expect("reparses"), policy);
+        assert_eq!(
+            FleetPolicy::parse(&policy.to_toml()).expect("reparses"),
+            policy
+        );
     }
 
     const EXAMPLE: &str = r#"

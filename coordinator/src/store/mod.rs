@@ -6,15 +6,18 @@
 //! writers can never chain onto the same previous event. Reads use a separate pool and see
 //! committed data only.
 
+pub mod metrics;
 mod records;
+mod recovery;
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-pub use records::{AgentRecord, ArtifactRecord, DatabaseRecord, OrderRecord};
+pub use records::{AgentRecord, ArtifactRecord, DatabaseRecord, DrillRecord, OrderRecord};
 
 use crate::audit::{AuditEvent, GENESIS_HASH, NewAuditEvent};
 
@@ -65,6 +68,11 @@ impl Store {
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self { writer, reader })
+    }
+
+    /// A read-only connection: sees committed data and never waits for writers.
+    pub async fn read(&self) -> StoreResult<PoolConnection<Sqlite>> {
+        Ok(self.reader.acquire().await?)
     }
 
     /// Starts a write transaction; waits while another one is open.

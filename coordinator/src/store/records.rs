@@ -140,4 +140,26 @@ pub struct ArtifactRecord {
     pub expire_reason: String,
     #[sqlx(default)]
     pub prune_order_id: String,
+    /// When a drill last restored it successfully (0 = never).
+    #[sqlx(default)]
+    pub drilled_unix_ms: i64,
+    /// Why it is `corrupt`.
+    #[sqlx(default)]
+    pub corrupt_reason: String,
+}
+
+/// One finished restore drill.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DrillRecord {
+    pub order_id: String,
+    pub agent: String,
+    pub database: String,
+    pub artifact_id: String,
+    pub finished_unix_ms: i64,
+    pub passed: bool,
+    /// Time to a usable copy, every phase but cleanup.
+    pub restore_ms: i64,
+    pub raw_bytes: i64,
+    pub error: String,
+    pub phases_json: String,
 }

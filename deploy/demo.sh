@@ -334,7 +334,7 @@ start_demo() {
   echo "$PGBIN" >"$DEMO/pgbin"
   trap on_failed_start EXIT
 
-  read -r PG1_PORT PG2_PORT COORDINATOR_PORT <<<"$(free_ports 3)"
+  read -r PG1_PORT PG2_PORT COORDINATOR_PORT HTTP_PORT <<<"$(free_ports 4)"
   COORDINATOR_URL="http://127.0.0.1:$COORDINATOR_PORT"
   export WARDEN_COORDINATOR=$COORDINATOR_URL
 
@@ -356,7 +356,8 @@ start_demo() {
 
   step "Starting the coordinator on $COORDINATOR_URL and two agents"
   start_background "$DEMO/coordinator.log" \
-    "$BIN/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --store sqlite://.demo/warden.db >/dev/null
+    "$BIN/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
+    --store sqlite://.demo/warden.db --health-interval 5s >/dev/null
   write_agent_config pg1 shop "$PG1_PORT"
   write_agent_config pg2 inventory "$PG2_PORT"
   start_background "$DEMO/agent-pg1.log" "$BIN/warden-agent" --config "$DEMO/agent-pg1.toml" >/dev/null
@@ -398,6 +399,13 @@ EOF
   show warden windows
   show warden windows next pg1/shop
 
+  step "Drilling the newest backup of pg1/shop: restore into a scratch database, verify, time, drop"
+  show warden drill pg1/shop --wait
+
+  step "Recovery targets (pg2/inventory has no backup yet, so it breaches its RPO: exit 2)"
+  show warden rto || true
+  show warden status
+
   step "Checking the audit chain"
   show warden audit verify
   trap - EXIT
@@ -420,6 +428,9 @@ Then try:
   warden audit verify
   warden export
   warden prune --dry-run
+  warden drill pg2/inventory --wait     (after its backup)
+  warden rto --json
+  python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$HTTP_PORT/metrics').read().decode())"
   warden restore ARTIFACT --replace --yes   (runs only inside demo-nightly: warden windows next pg1/shop)
 
 PostgreSQL: psql -h 127.0.0.1 -p $PG1_PORT -U postgres shop   (pg2: port $PG2_PORT, inventory)

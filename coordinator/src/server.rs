@@ -242,12 +242,12 @@ async fn reap_forever(fleet: Arc<Fleet>) {
 }
 
 /// Alerts on databases, agents and recovery targets that changed, every health interval.
-/// The first pass waits one lease, so agents reconnecting after a coordinator restart are
-/// not announced as down.
+/// The first pass waits two leases, so agents reconnecting (with backoff) after a
+/// coordinator restart are not announced as down.
 async fn monitor_forever(fleet: Arc<Fleet>) {
     let settings = fleet.settings();
     let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + settings.lease,
+        tokio::time::Instant::now() + settings.lease * 2,
         settings.health_interval,
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1111,3 +1111,132 @@ async fn a_database_never_has_two_scheduled_backups_at_once() {
         other => panic!("expected the next scheduled backup, got {other:?}"),
     }
 }
+
+fn drill_request(artifact_id: &str) -> pb::SubmitDrillRequest {
+    pb::SubmitDrillRequest {
+        database: "a1/app".to_owned(),
+        artifact_id: artifact_id.to_owned(),
+        reason: String::new(),
+    }
+}
+
+async fn artifact(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Artifact {
+    admin
+        .get_artifact(pb::GetArtifactRequest { id: id.to_owned() })
+        .await
+        .expect("artifact")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn drills_run_one_at_a_time_and_their_results_verify_or_condemn_the_artifact() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let artifact_id = backed_up(&mut admin, &mut agent).await;
+
+    // A second drill of the database waits for the first: both would restore the same
+    // artifact into the same scratch database.
+    let first = admin
+        .submit_drill(drill_request(""))
+        .await
+        .expect("drill")
+        .into_inner();
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, first.id);
+    let Some(pb::order_spec::Params::Drill(params)) = assignment.spec.and_then(|s| s.params) else {
+        panic!("a drill order carries drill parameters");
+    };
+    assert_eq!(
+        params.artifact_id, artifact_id,
+        "the newest complete artifact"
+    );
+    let second = admin
+        .submit_drill(drill_request(&artifact_id))
+        .await
+        .expect("drill")
+        .into_inner();
+    let held = wait_state(&mut admin, &second.id, pb::OrderState::Held).await;
+    assert!(held.phase.contains(&first.id), "{held:?}");
+
+    let passed = pb::OrderResult {
+        order_id: first.id.clone(),
+        success: true,
+        outcome: Some(pb::order_result::Outcome::Drill(pb::DrillOutcome {
+            scratch_database: "warden_drill_x".to_owned(),
+            restore_millis: 1500,
+            raw_bytes: 3000,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    agent.send(agent_message::Msg::Result(passed.clone())).await;
+    wait_state(&mut admin, &first.id, pb::OrderState::Succeeded).await;
+    let verified = artifact(&mut admin, &artifact_id).await;
+    assert!(
+        verified.verified && verified.drilled_unix_ms > 0,
+        "{verified:?}"
+    );
+    let report = admin
+        .rto_report(pb::RtoReportRequest {})
+        .await
+        .expect("report")
+        .into_inner();
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.database == "a1/app")
+        .expect("a1/app is in the report");
+    assert_eq!(row.last_drill_ms, 1500, "{row:?}");
+    assert!(row.last_drill_passed, "{row:?}");
+    // A duplicate of the result changes nothing.
+    agent.send(agent_message::Msg::Result(passed)).await;
+    assert_eq!(audit_events(&mut admin, "artifact.verified").await.len(), 1);
+
+    // The held drill goes out now; its failure proves the artifact corrupt.
+    assert_eq!(agent.next_order().await.order_id, second.id);
+    agent
+        .send(agent_message::Msg::Result(pb::OrderResult {
+            order_id: second.id.clone(),
+            success: false,
+            error: "sha256 of dump.zst is 00, catalog says ff".to_owned(),
+            artifact_corrupt: true,
+            ..Default::default()
+        }))
+        .await;
+    wait_state(&mut admin, &second.id, pb::OrderState::Failed).await;
+    let corrupt = artifact(&mut admin, &artifact_id).await;
+    assert_eq!(corrupt.state, "corrupt", "{corrupt:?}");
+    assert!(!corrupt.verified, "a corrupt artifact is not verified");
+    assert!(corrupt.corrupt_reason.contains("sha256"), "{corrupt:?}");
+    assert_eq!(audit_events(&mut admin, "artifact.corrupt").await.len(), 1);
+
+    // A corrupt artifact is neither drilled nor restored again, and no longer counts as a
+    // recovery point.
+    let refused = admin
+        .submit_drill(drill_request(&artifact_id))
+        .await
+        .expect_err("corrupt artifact");
+    assert!(refused.message().contains("corrupt"), "{refused:?}");
+    let refused = admin
+        .submit_drill(drill_request(""))
+        .await
+        .expect_err("no complete backup left");
+    assert!(
+        refused.message().contains("no complete backup"),
+        "{refused:?}"
+    );
+    let report = admin
+        .rto_report(pb::RtoReportRequest {})
+        .await
+        .expect("report")
+        .into_inner();
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.database == "a1/app")
+        .expect("a1/app is in the report");
+    assert_eq!(row.status, "breach", "{row:?}");
+    assert_eq!(row.newest_backup_unix_ms, 0, "{row:?}");
+    assert_chain_intact(&mut admin).await;
+}

@@ -8,7 +8,7 @@
 //!    the order has until that window closes to start; after that it expires, never late;
 //! 3. it is destructive and its safety backup has not succeeded yet (it is taken first);
 //! 4. its agent is offline;
-//! 5. another backup or restore holds its database;
+//! 5. another backup or restore holds its database (for a drill: another drill of it);
 //! 6. its agent runs `limits.per_agent` orders already;
 //! 7. it is a backup and the fleet runs `limits.fleet_backups` backups already.
 
@@ -45,6 +45,9 @@ struct Running {
     backups: u32,
     /// (agent, database) -> the backup or restore that holds it.
     exclusive: HashMap<(String, String), String>,
+    /// (agent, database) -> the drill running for it: one at a time, or two drills of the
+    /// same artifact would restore into the same scratch database.
+    drills: HashMap<(String, String), String>,
 }
 
 impl Running {
@@ -53,11 +56,11 @@ impl Running {
         if order.kind == OrderKind::Backup {
             self.backups += 1;
         }
+        let key = (order.agent.clone(), order.database.clone());
         if is_exclusive(order.kind) {
-            self.exclusive.insert(
-                (order.agent.clone(), order.database.clone()),
-                order.id.clone(),
-            );
+            self.exclusive.insert(key, order.id.clone());
+        } else if order.kind == OrderKind::Drill {
+            self.drills.insert(key, order.id.clone());
         }
     }
 }
@@ -183,7 +186,7 @@ impl Fleet {
         }
         tx.commit().await?;
         for order in &failed {
-            self.alert_order_failed(order);
+            self.alert_if_failed(order);
         }
         for (agent, message) in assignments {
             // If the session vanished meanwhile, the reaper or the next Hello reconciles.
@@ -280,6 +283,16 @@ impl Fleet {
         {
             return Ok(Decision::Hold {
                 reason: format!("waiting for order {holder} on this database"),
+                until_unix_ms: 0,
+            });
+        }
+        if order.kind == OrderKind::Drill
+            && let Some(holder) = running
+                .drills
+                .get(&(order.agent.clone(), order.database.clone()))
+        {
+            return Ok(Decision::Hold {
+                reason: format!("waiting for drill {holder} of this database"),
                 until_unix_ms: 0,
             });
         }

@@ -181,10 +181,10 @@ impl Fleet {
         )
         .await?;
         let mut acks = Vec::new();
+        let mut finished = Vec::new();
         for result in &hello.unacknowledged_results {
-            if self.apply_result(&mut tx, &agent.name, result).await? {
-                acks.push(result.order_id.clone());
-            }
+            finished.extend(self.apply_result(&mut tx, &agent.name, result).await?);
+            acks.push(result.order_id.clone());
         }
         let running: HashSet<&str> = hello.running_order_ids.iter().map(String::as_str).collect();
         let held = Store::orders_of_agent(
@@ -216,6 +216,9 @@ impl Fleet {
             }
         }
         tx.commit().await?;
+        for order in &finished {
+            self.alert_if_failed(order);
+        }
 
         let welcome = coordinator_message::Msg::Welcome(v1::Welcome {
             heartbeat_interval_ms: millis(self.settings.heartbeat_interval),
@@ -276,17 +279,11 @@ impl Fleet {
             }
             Some(agent_message::Msg::Result(result)) => {
                 let mut tx = self.store.begin().await?;
-                let applied = self.apply_result(&mut tx, agent, &result).await?;
+                let finished = self.apply_result(&mut tx, agent, &result).await?;
                 tx.commit().await?;
-                if applied {
-                    if !result.success
-                        && !result.cancelled
-                        && let Some(order) = self.store.get_order(&result.order_id).await?
-                        && order.state == OrderState::Failed
-                    {
-                        self.alert_order_failed(&order);
-                    }
-                    self.registry.send(agent, ack(result.order_id));
+                self.registry.send(agent, ack(result.order_id));
+                if let Some(order) = finished {
+                    self.alert_if_failed(&order);
                     // A database or a concurrency slot may be free now for a held order.
                     self.dispatch().await?;
                 }
@@ -374,23 +371,24 @@ impl Fleet {
         Ok(())
     }
 
-    /// Records an agent's final word on an order. Returns whether the result is now durable
-    /// (so the agent may forget it); a duplicate of an applied result counts as durable.
+    /// Records an agent's final word on an order; once the transaction commits, the agent
+    /// may forget it. Returns the order it finished, or `None` for a duplicate of a result
+    /// already recorded (or of an order this agent does not hold), which changes nothing.
     async fn apply_result(
         &self,
         tx: &mut WriteTx,
         agent: &str,
         result: &v1::OrderResult,
-    ) -> CoordinatorResult<bool> {
+    ) -> CoordinatorResult<Option<OrderRecord>> {
         let Some(mut order) = owned_order(tx, agent, &result.order_id).await? else {
             warn!(agent, order_id = %result.order_id, "result for an order this agent does not hold");
-            return Ok(true);
+            return Ok(None);
         };
         if matches!(
             order.state,
             OrderState::Succeeded | OrderState::Failed | OrderState::Cancelled
         ) {
-            return Ok(true);
+            return Ok(None);
         }
         let next = if result.success {
             OrderState::Succeeded
@@ -426,7 +424,7 @@ impl Fleet {
                     order.result = Some(result.encode_to_vec());
                     order.finished_unix_ms = warden_shared::now_unix_ms();
                     transition(tx, &mut order, OrderState::Failed, &actor, json!({})).await?;
-                    return Ok(true);
+                    return Ok(Some(order));
                 }
             }
         }
@@ -436,7 +434,7 @@ impl Fleet {
         // A finished order has no current phase; its state says how it ended.
         order.phase.clear();
         transition(tx, &mut order, next, &actor, params).await?;
-        Ok(true)
+        Ok(Some(order))
     }
 
     /// Adds the artifact a backup produced to the catalog, as `complete`.

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::json;
 use tracing::info;
 use warden_proto::v1;
+use warden_shared::{ArtifactManifest, OrderState};
 
 use super::Fleet;
 use super::policy::database_labels;
@@ -182,11 +183,15 @@ impl Fleet {
             .await?
             .into_iter()
             .map(|a| {
+                // The recovery point is when the dump's snapshot was taken, not when it was
+                // written out: a 3 h dump is 3 h old when it completes.
+                let snapshot_unix_ms = serde_json::from_str::<ArtifactManifest>(&a.manifest_json)
+                    .map_or(a.created_unix_ms, |m| m.started_unix_ms);
                 (
                     (a.agent.clone(), a.database.clone()),
                     BackupFact {
                         artifact_id: a.id,
-                        created_unix_ms: a.created_unix_ms,
+                        created_unix_ms: snapshot_unix_ms,
                         raw_bytes: u64::try_from(a.raw_bytes).unwrap_or(0),
                     },
                 )
@@ -266,7 +271,9 @@ impl Fleet {
             }
         }
         let status = self.fleet_status().await?;
-        for db in &status.databases {
+        // While an agent is offline its databases cannot be judged: `agent_down` says so once
+        // instead of one `database_down` per database.
+        for db in status.databases.iter().filter(|db| db.agent_online) {
             self.announce_health(&db.database, db.health, &db.health_reasons);
         }
         for agent in self.store.list_agents().await? {
@@ -307,11 +314,11 @@ impl Fleet {
                 format!("{database} is down: {}", reasons.join("; ")),
                 details,
             );
-        } else if previous == HealthState::Down.as_str() && health == HealthState::Healthy {
+        } else if previous == HealthState::Down.as_str() {
             self.alert(
                 AlertEvent::DatabaseRecovered,
                 database,
-                format!("{database} is healthy again"),
+                format!("{database} answers again (health: {})", health.as_str()),
                 details,
             );
         }
@@ -331,7 +338,10 @@ impl Fleet {
     }
 
     /// Alerts on an order that failed.
-    pub(super) fn alert_order_failed(&self, order: &OrderRecord) {
+    pub(super) fn alert_if_failed(&self, order: &OrderRecord) {
+        if order.state != OrderState::Failed {
+            return;
+        }
         self.alert(
             AlertEvent::OrderFailed,
             &order.target(),

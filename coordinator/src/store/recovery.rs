@@ -35,7 +35,9 @@ impl Store {
         id: &str,
         at_unix_ms: i64,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE artifacts SET verified = 1, drilled_unix_ms = ? WHERE id = ?")
+        sqlx::query(
+            "UPDATE artifacts SET verified = 1, drilled_unix_ms = ? WHERE id = ? AND state = 'complete'",
+        )
             .bind(at_unix_ms)
             .bind(id)
             .execute(&mut *tx)

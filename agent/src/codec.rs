@@ -173,12 +173,7 @@ pub async fn sha256_file(path: &Path, read_counter: Arc<AtomicU64>) -> AgentResu
     let file =
         File::open(path).map_err(AgentError::io(format!("cannot open {}", path.display())))?;
     let abort = AbortOnDrop(Arc::new(AtomicBool::new(false)));
-    let hashing = HashingReader {
-        inner: file,
-        hasher: Sha256::new(),
-        counter: read_counter,
-        aborted: abort.0.clone(),
-    };
+    let hashing = HashingReader::new(file, read_counter, abort.0.clone());
     let path = path.to_path_buf();
     blocking(move || {
         let mut reader = BufReader::with_capacity(CHUNK_BYTES, hashing);
@@ -198,20 +193,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Decompresses `input` (the file at `src`) into `output` (the file at `dest`). Only a
+/// decode failure on bytes that were read without error says the file is damaged: a failed
+/// read (EIO on a network mount) or write is an [`AgentError::Io`], whatever zstd made of it.
 fn read_decompressed(
-    input: File,
+    input: impl Read,
     output: File,
     src: &Path,
     dest: &Path,
     read_counter: Arc<AtomicU64>,
     aborted: Arc<AtomicBool>,
 ) -> AgentResult<Decompressed> {
-    let hashing = HashingReader {
-        inner: input,
-        hasher: Sha256::new(),
-        counter: read_counter,
-        aborted,
-    };
+    let hashing = HashingReader::new(input, read_counter, aborted);
     let mut decoder = zstd::Decoder::with_buffer(BufReader::with_capacity(CHUNK_BYTES, hashing))
         .map_err(AgentError::io("cannot start zstd"))?;
     let mut writer = WriteSide {
@@ -222,6 +215,13 @@ fn read_decompressed(
     // A failed write (a full staging disk) is the agent's problem, not a damaged artifact.
     if let Some(error) = writer.error.take() {
         return Err(AgentError::io(format!("cannot write {}", dest.display()))(
+            error,
+        ));
+    }
+    // Neither is a failed read: zstd passes it on as its own error, which would otherwise
+    // read as a damaged file.
+    if let Some(error) = decoder.get_mut().get_mut().error.take() {
+        return Err(AgentError::io(format!("cannot read {}", src.display()))(
             error,
         ));
     }
@@ -296,20 +296,45 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Passes reads through while hashing them and counting them into a shared counter; fails
-/// once `aborted` is set.
+/// once `aborted` is set. Remembers the first read that failed (other than an interrupted
+/// one, which is retried), so a caller can tell a failed read from what a decoder made of it.
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
     counter: Arc<AtomicU64>,
     aborted: Arc<AtomicBool>,
+    error: Option<io::Error>,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R, counter: Arc<AtomicU64>, aborted: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            counter,
+            aborted,
+            error: None,
+        }
+    }
+
+    /// Remembers `error` unless an earlier one is already remembered, and returns a copy.
+    fn failed(&mut self, error: io::Error) -> io::Error {
+        let copy = io::Error::new(error.kind(), error.to_string());
+        self.error.get_or_insert(error);
+        copy
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.aborted.load(Ordering::Relaxed) {
-            return Err(io::Error::other("aborted"));
+            return Err(self.failed(io::Error::other("aborted")));
         }
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => return Err(self.failed(e)),
+        };
         self.hasher.update(&buf[..n]);
         self.counter.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
@@ -381,6 +406,65 @@ mod tests {
             }
             Err(other) => panic!("expected an I/O error, got {other}"),
             Ok(_) => panic!("expected an I/O error, got a decoded result"),
+        }
+    }
+
+    /// Yields `data`, but fails with EIO once `fail_at` bytes were read.
+    struct FailingRead {
+        data: io::Cursor<Vec<u8>>,
+        fail_at: u64,
+    }
+
+    impl Read for FailingRead {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let left = self.fail_at.saturating_sub(self.data.position());
+            if left == 0 {
+                return Err(io::Error::from_raw_os_error(EIO));
+            }
+            let limit = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.data.read(&mut buf[..limit])
+        }
+    }
+
+    /// EIO, the same on every Unix.
+    const EIO: i32 = 5;
+
+    #[tokio::test]
+    async fn a_failed_read_is_an_io_error_not_a_corrupt_artifact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stored_path = dir.path().join("dump.zst");
+        compress_to_file(&sample()[..], &stored_path, Arc::default())
+            .await
+            .expect("compress");
+        let bytes = std::fs::read(&stored_path).expect("read");
+        // The read fails in the middle of a frame, and at the very start.
+        for fail_at in [bytes.len() as u64 / 2, 0] {
+            let input = FailingRead {
+                data: io::Cursor::new(bytes.clone()),
+                fail_at,
+            };
+            let dest = dir.path().join(format!("out-{fail_at}"));
+            let output = File::create_new(&dest).expect("create");
+            let result = read_decompressed(
+                input,
+                output,
+                &stored_path,
+                &dest,
+                Arc::default(),
+                Arc::new(AtomicBool::new(false)),
+            );
+            match result {
+                Err(error @ AgentError::Io { .. }) => {
+                    assert!(!error.proves_artifact_corrupt());
+                    let AgentError::Io { context, source } = &error else {
+                        unreachable!()
+                    };
+                    assert!(context.starts_with("cannot read "), "{error}");
+                    assert_eq!(source.raw_os_error(), Some(EIO), "{error}");
+                }
+                Err(other) => panic!("expected an I/O error, got {other}"),
+                Ok(read) => panic!("expected an I/O error, got {read:?}"),
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warden_shared::{validate_agent_name, validate_database_name};
@@ -17,6 +18,11 @@ use crate::repository::Repository;
 
 /// Prefix of the environment variables that override the file (`WARDEN_AGENT_NAME`, ...).
 pub const ENV_PREFIX: &str = "WARDEN_AGENT_";
+
+/// Default of [`AgentConfig::drill_check_timeout`].
+pub const DEFAULT_DRILL_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `statement_timeout` PostgreSQL accepts: `i32::MAX` milliseconds.
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// The agent's configuration, as in the README's agent section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +45,12 @@ pub struct AgentConfig {
     pub restore_jobs: u32,
     /// Database used to create, rename and drop databases.
     pub maintenance_db: String,
+    /// The longest one SQL check of a drill may run in the drill's scratch database
+    /// (its `statement_timeout`), e.g. `"60s"`, `"5m"`, `"1m 30s"` or a number of seconds;
+    /// default 60s. A check that takes longer fails, saying so; raise this for checks that
+    /// scan large tables.
+    #[serde(with = "duration_text")]
+    pub drill_check_timeout: Duration,
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
 }
@@ -54,6 +66,7 @@ impl Default for AgentConfig {
             staging_dir: None,
             restore_jobs: 2,
             maintenance_db: "postgres".to_owned(),
+            drill_check_timeout: DEFAULT_DRILL_CHECK_TIMEOUT,
             databases: Vec::new(),
         }
     }
@@ -142,6 +155,16 @@ impl AgentConfig {
             ));
         }
         validate_database_name(&self.maintenance_db)?;
+        // Below one millisecond, `statement_timeout` would be 0, which means no limit at all.
+        if self.drill_check_timeout < Duration::from_millis(1)
+            || self.drill_check_timeout > MAX_STATEMENT_TIMEOUT
+        {
+            return Err(AgentError::Config(format!(
+                "drill_check_timeout {:?} must be between 1ms and {}",
+                duration_text::format(self.drill_check_timeout),
+                duration_text::format(MAX_STATEMENT_TIMEOUT)
+            )));
+        }
         let mut names = HashSet::new();
         for db in &self.databases {
             validate_database_name(&db.name)?;
@@ -177,6 +200,97 @@ impl AgentConfig {
         }
         toml::to_string(&shown)
             .map_err(|e| AgentError::Config(format!("cannot render the configuration: {e}")))
+    }
+}
+
+/// Durations in the configuration: a number of seconds, or text of numbers with units
+/// (`ms`, `s`, `m`, `h`, `d`; also spelled out, as in `"1m 30s"` or `"2 minutes"`), the way
+/// the coordinator's configuration writes them.
+pub mod duration_text {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer, de};
+
+    /// Renders `duration` the way [`parse`] reads it, in whole milliseconds.
+    pub fn format(duration: Duration) -> String {
+        let millis = duration.as_millis();
+        if millis % 1000 == 0 {
+            format!("{}s", millis / 1000)
+        } else {
+            format!("{millis}ms")
+        }
+    }
+
+    /// Parses `"90s"`, `"1m 30s"`, `"1500ms"`, `"2h"` and the like.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let invalid = || {
+            format!(
+                "{text:?} is not a duration; write e.g. \"60s\", \"5m\", \"1m 30s\" or \"500ms\""
+            )
+        };
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err(invalid());
+        }
+        let mut total = Duration::ZERO;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+            rest = rest[digits..].trim_start();
+            let letters = rest
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(rest.len());
+            let unit = match &rest[..letters] {
+                "ms" | "msec" | "millis" | "milliseconds" => Duration::from_millis(1),
+                "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(1),
+                "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(60),
+                "h" | "hr" | "hrs" | "hour" | "hours" => Duration::from_secs(3600),
+                "d" | "day" | "days" => Duration::from_secs(86400),
+                _ => return Err(invalid()),
+            };
+            let part = u32::try_from(number)
+                .ok()
+                .and_then(|n| unit.checked_mul(n))
+                .ok_or_else(invalid)?;
+            total = total.checked_add(part).ok_or_else(invalid)?;
+            rest = rest[letters..].trim_start();
+        }
+        Ok(total)
+    }
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"60s\" or \"5m\", or a number of seconds")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse(text).map_err(E::custom)
+        }
+
+        fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(seconds))
+        }
+
+        fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Duration, E> {
+            u64::try_from(seconds)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("{seconds} is not a duration: it is negative")))
+        }
     }
 }
 
@@ -217,6 +331,14 @@ mod tests {
         assert!(error_of(|c| c.coordinator = "https://x".to_owned()).contains("no TLS"));
         assert!(error_of(|c| c.repository = "s3://bucket".to_owned()).contains("\"s3://bucket\""));
         assert!(error_of(|c| c.restore_jobs = 0).contains("restore_jobs"));
+        for timeout in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_secs(1 << 31),
+        ] {
+            let error = error_of(|c| c.drill_check_timeout = timeout);
+            assert!(error.contains("drill_check_timeout"), "{error}");
+        }
         assert!(
             error_of(|c| c.databases[0].name = "a/b".to_owned()).contains("invalid database name")
         );
@@ -249,6 +371,32 @@ mod tests {
         let back: AgentConfig = toml::from_str(&dumped).expect("parses");
         assert_eq!(back.databases[0].name, "app");
         assert_eq!(back.restore_jobs, 2);
+        assert!(dumped.contains("drill_check_timeout = \"60s\""), "{dumped}");
+        assert_eq!(back.drill_check_timeout, DEFAULT_DRILL_CHECK_TIMEOUT);
+    }
+
+    #[test]
+    fn durations_read_like_the_coordinator_writes_them() {
+        for (text, millis) in [
+            ("60s", 60_000),
+            ("1m 30s", 90_000),
+            ("1m30s", 90_000),
+            ("2 minutes", 120_000),
+            ("1500ms", 1_500),
+            ("1h", 3_600_000),
+            (" 1d ", 86_400_000),
+        ] {
+            let parsed = duration_text::parse(text).expect(text);
+            assert_eq!(parsed, Duration::from_millis(millis), "{text}");
+            assert_eq!(
+                duration_text::parse(&duration_text::format(parsed)),
+                Ok(parsed)
+            );
+        }
+        for bad in ["", "60", "s", "1.5s", "-1s", "5 fortnights", "99999999999h"] {
+            let error = duration_text::parse(bad).expect_err(bad);
+            assert!(error.contains("is not a duration"), "{error}");
+        }
     }
 
     #[test]
@@ -276,6 +424,7 @@ labels = { tier = "critical" }
         assert_eq!(config.restore_jobs, 2);
         assert_eq!(config.maintenance_db, "postgres");
         assert_eq!(config.pg_bindir, None);
+        assert_eq!(config.drill_check_timeout, DEFAULT_DRILL_CHECK_TIMEOUT);
         assert_eq!(config.databases[0].labels["tier"], "critical");
         assert!(AgentConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
     }

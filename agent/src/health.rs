@@ -8,6 +8,7 @@
 //! `report: None` and the error.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -17,18 +18,24 @@ use warden_proto::v1;
 use warden_shared::now_unix_ms;
 
 use crate::error::{AgentError, AgentResult};
-use crate::orders::{AgentContext, blocking, cancellable, elapsed_ms};
+use crate::orders::{AgentContext, cancellable, elapsed_ms};
 use crate::pg::{self, PgDatabase};
 use crate::repository::Repository;
 
-/// Collects a health report of `db`.
+/// The longest a health order waits for the repository's file system to answer.
+const ORDER_SPACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Collects a health report of `db`, a database of `ctx`.
 pub async fn run(
+    ctx: &AgentContext,
     db: &PgDatabase,
-    repository: &Repository,
     cancel: &CancellationToken,
 ) -> AgentResult<v1::HealthReport> {
     cancellable(cancel, async {
-        let space = repository_space(repository).await;
+        let space = ctx
+            .repository_space
+            .measure(&ctx.repository, ORDER_SPACE_TIMEOUT)
+            .await;
         collect(db, space).await
     })
     .await
@@ -38,18 +45,7 @@ pub async fn run(
 /// server that hangs delays nobody else.
 pub async fn collect_all(ctx: &AgentContext, timeout: Duration) -> v1::HealthReports {
     let collected_unix_ms = now_unix_ms();
-    let space = async {
-        tokio::time::timeout(timeout, repository_space(&ctx.repository))
-            .await
-            .unwrap_or_else(|_| {
-                tracing::warn!(
-                    repository = %ctx.repository.url(),
-                    timeout_s = timeout.as_secs_f64(),
-                    "the repository's file system did not answer"
-                );
-                RepositorySpace::default()
-            })
-    };
+    let space = ctx.repository_space.measure(&ctx.repository, timeout);
     let databases = join_all(ctx.config.databases.iter().map(|entry| async {
         let db = ctx.target(&entry.name)?.db;
         tokio::time::timeout(timeout, collect_connected(&db))
@@ -123,13 +119,15 @@ async fn collect_connected(db: &PgDatabase) -> AgentResult<v1::HealthReport> {
                 current_setting('max_connections')::int4 AS max, \
                 pg_is_in_recovery() AS in_recovery, \
                 extract(epoch FROM now() - pg_postmaster_start_time())::int8 AS uptime_seconds, \
-                (CASE WHEN pg_is_in_recovery() \
-                      THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 \
-                      ELSE (SELECT extract(epoch FROM max(replay_lag)) * 1000 \
+                (CASE WHEN NOT pg_is_in_recovery() \
+                      THEN (SELECT extract(epoch FROM max(replay_lag)) * 1000 \
                             FROM pg_stat_replication) \
+                      WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                      ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 \
                  END)::int8 AS replication_lag_ms, \
                 (SELECT extract(epoch FROM now() - min(xact_start)) FROM pg_stat_activity \
                  WHERE xact_start IS NOT NULL AND state <> 'idle' \
+                   AND backend_type = 'client backend' \
                    AND pid <> pg_backend_pid())::int8 AS oldest_transaction_seconds, \
                 (SELECT age(datfrozenxid) FROM pg_database \
                  WHERE datname = current_database())::int8 AS wraparound_age",
@@ -143,6 +141,11 @@ async fn collect_connected(db: &PgDatabase) -> AgentResult<v1::HealthReport> {
 
 /// What the statistics query returns, in its column order. Durations are `NULL` when there
 /// is nothing to measure (no standby, no open transaction, nothing replayed yet).
+///
+/// A standby's lag is 0 while it has replayed all the WAL it received: measured from the
+/// last replayed commit alone, it would grow while the primary is idle. Only client
+/// sessions count for the oldest transaction: autovacuum workers and WAL senders hold long
+/// transactions that nobody can (or needs to) end.
 #[derive(sqlx::FromRow)]
 struct ServerStats {
     size: i64,
@@ -194,15 +197,110 @@ pub struct RepositorySpace {
     pub total_bytes: u64,
 }
 
-/// Measures the file system of the repository's root, on a blocking thread (a network
-/// mount can take its time). A failure is logged and reads as zero.
-pub async fn repository_space(repository: &Repository) -> RepositorySpace {
-    let root = repository.root().to_path_buf();
-    let measured = blocking(move || file_system_space(root)).await;
-    measured.unwrap_or_else(|error| {
-        tracing::warn!(repository = %repository.url(), %error, "cannot measure the repository's file system");
-        RepositorySpace::default()
-    })
+/// Measures the file system of the repository, with at most one measurement in flight.
+///
+/// statvfs runs on a blocking thread, which cannot be stopped: on a hung network mount it
+/// stays blocked however long its caller waits. Were every health report to start its own,
+/// one thread would pile up per interval until the blocking pool was exhausted, stalling
+/// backups and restores. So a report that finds a measurement in flight does not start
+/// another; it takes the last measured value while the one in flight is still young, or
+/// zero (unknown) once it has taken longer than the report may wait.
+#[derive(Debug, Default)]
+pub struct SpaceGauge {
+    state: Arc<Mutex<GaugeState>>,
+}
+
+#[derive(Debug, Default)]
+struct GaugeState {
+    /// When the measurement in flight started; `None` when there is none.
+    in_flight_since: Option<Instant>,
+    /// The result of the last finished measurement (zero if it failed).
+    last: RepositorySpace,
+}
+
+impl SpaceGauge {
+    /// Measures the file system of `repository`'s root, waiting at most `timeout`. A
+    /// failure, a timeout or a measurement still hanging reads as zero, and is logged.
+    pub async fn measure(&self, repository: &Repository, timeout: Duration) -> RepositorySpace {
+        let root = repository.root().to_path_buf();
+        self.measure_with(repository.url(), timeout, move || file_system_space(root))
+            .await
+    }
+
+    /// [`SpaceGauge::measure`] with the measurement given, for tests.
+    async fn measure_with(
+        &self,
+        url: &str,
+        timeout: Duration,
+        measurement: impl FnOnce() -> AgentResult<RepositorySpace> + Send + 'static,
+    ) -> RepositorySpace {
+        {
+            let mut state = self.lock();
+            if let Some(since) = state.in_flight_since {
+                let waited = since.elapsed();
+                if waited < timeout {
+                    return state.last;
+                }
+                tracing::warn!(
+                    repository = %url,
+                    waited_s = waited.as_secs(),
+                    "the repository's file system has not answered yet; not measuring it again \
+                     until it does"
+                );
+                return RepositorySpace::default();
+            }
+            state.in_flight_since = Some(Instant::now());
+        }
+        // Clears the flag however the measurement ends, a panic included.
+        let in_flight = InFlight(self.state.clone());
+        let measured = tokio::task::spawn_blocking(move || {
+            let measured = measurement();
+            in_flight.finish(measured.as_ref().copied().unwrap_or_default());
+            measured
+        });
+        match tokio::time::timeout(timeout, measured).await {
+            Ok(Ok(Ok(space))) => space,
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(repository = %url, %error, "cannot measure the repository's file system");
+                RepositorySpace::default()
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(repository = %url, %error, "the measurement of the repository's file system failed");
+                RepositorySpace::default()
+            }
+            Err(_) => {
+                tracing::warn!(
+                    repository = %url,
+                    timeout_s = timeout.as_secs_f64(),
+                    "the repository's file system did not answer"
+                );
+                RepositorySpace::default()
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GaugeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The measurement in flight of a [`SpaceGauge`]; ends it when dropped.
+struct InFlight(Arc<Mutex<GaugeState>>);
+
+impl InFlight {
+    /// Records the measured value; the flag is cleared as this is dropped.
+    fn finish(self, space: RepositorySpace) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).last = space;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_flight_since = None;
+    }
 }
 
 fn file_system_space(root: PathBuf) -> AgentResult<RepositorySpace> {
@@ -219,17 +317,91 @@ fn file_system_space(root: PathBuf) -> AgentResult<RepositorySpace> {
 mod tests {
     use super::*;
 
+    const WAIT: Duration = Duration::from_secs(10);
+
     #[tokio::test]
     async fn the_repository_file_system_is_measured() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let url = url::Url::from_file_path(tmp.path()).expect("absolute path");
         let repository = Repository::from_url(url.as_str()).expect("file url");
-        let space = repository_space(&repository).await;
+        let gauge = SpaceGauge::default();
+        let space = gauge.measure(&repository, WAIT).await;
         assert!(space.total_bytes > 0, "{space:?}");
         assert!(space.free_bytes <= space.total_bytes, "{space:?}");
 
         let gone = Repository::from_url("file:///nonexistent/warden/repo").expect("file url");
-        assert_eq!(repository_space(&gone).await, RepositorySpace::default());
+        assert_eq!(gauge.measure(&gone, WAIT).await, RepositorySpace::default());
+    }
+
+    #[tokio::test]
+    async fn a_hanging_measurement_is_never_started_twice() {
+        let gauge = SpaceGauge::default();
+        let space = |free_bytes| RepositorySpace {
+            free_bytes,
+            total_bytes: 100,
+        };
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = |answer: Option<RepositorySpace>| {
+            let started = started.clone();
+            move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(answer.expect("only counted, never run"))
+            }
+        };
+        assert_eq!(
+            gauge
+                .measure_with("r", WAIT, counted(Some(space(40))))
+                .await,
+            space(40)
+        );
+
+        // A file system that does not answer until the test lets it.
+        let (answer, hanging) = std::sync::mpsc::channel::<()>();
+        let hung = {
+            let started = started.clone();
+            move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = hanging.recv();
+                Ok(space(30))
+            }
+        };
+        let short = Duration::from_millis(50);
+        assert_eq!(
+            gauge.measure_with("r", short, hung).await,
+            RepositorySpace::default(),
+            "it did not answer in time"
+        );
+        // Reports keep coming, but no second thread is started while the first hangs: a
+        // young measurement gives the last value, an overdue one zero.
+        for _ in 0..20 {
+            assert_eq!(
+                gauge.measure_with("r", WAIT, counted(None)).await,
+                space(40),
+                "the last measured value while the one in flight is young"
+            );
+            assert_eq!(
+                gauge.measure_with("r", short, counted(None)).await,
+                RepositorySpace::default(),
+                "unknown once the one in flight is overdue"
+            );
+        }
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // Once it answers, its value is kept and the next report measures again.
+        answer.send(()).expect("the measurement waits");
+        let deadline = Instant::now() + WAIT;
+        while gauge.lock().in_flight_since.is_some() {
+            assert!(Instant::now() < deadline, "the measurement never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(gauge.lock().last, space(30));
+        assert_eq!(
+            gauge
+                .measure_with("r", WAIT, counted(Some(space(20))))
+                .await,
+            space(20)
+        );
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -20,14 +20,15 @@ use crate::progress::ProgressReporter;
 use crate::repository::Repository;
 use crate::{backup, drill, health, prune, restore};
 
-/// What every executor needs: the configuration, where artifacts and staged files go, and
-/// the drills running in this process.
+/// What every executor needs: the configuration, where artifacts and staged files go, the
+/// drills running in this process, and the measurements of the repository's file system.
 #[derive(Debug)]
 pub struct AgentContext {
     pub config: AgentConfig,
     pub repository: Repository,
     pub staging_dir: PathBuf,
     pub drills: RunningDrills,
+    pub repository_space: health::SpaceGauge,
 }
 
 impl AgentContext {
@@ -40,6 +41,7 @@ impl AgentContext {
             repository,
             staging_dir,
             drills: RunningDrills::default(),
+            repository_space: health::SpaceGauge::default(),
         })
     }
 
@@ -199,7 +201,7 @@ async fn execute(
         Params::Drill(params) => drill::run(ctx, database()?, order_id, &params, progress, cancel)
             .await
             .map(Outcome::Drill),
-        Params::Health(_) => health::run(&database()?.db, &ctx.repository, cancel)
+        Params::Health(_) => health::run(ctx, &database()?.db, cancel)
             .await
             .map(Outcome::Health),
         Params::Prune(params) => prune::run(&ctx.repository, order_id, &params, cancel)

@@ -564,6 +564,44 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_with_fields_of_a_newer_agent_is_not_corrupt() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = repo(tmp.path());
+        let dir = r.create_artifact_dir("db1/a1").expect("create");
+        let file = warden_shared::manifest::ArtifactFile {
+            name: "dump.zst".to_owned(),
+            size_bytes: 10,
+            raw_bytes: 20,
+            sha256: "ab".repeat(32),
+        };
+        let manifest = ArtifactManifest {
+            format: warden_shared::manifest::MANIFEST_FORMAT,
+            artifact_id: "a1".to_owned(),
+            agent: "db1".to_owned(),
+            database: "app".to_owned(),
+            order_id: "o1".to_owned(),
+            trigger: "manual".to_owned(),
+            server_version: "17.2".to_owned(),
+            server_version_num: 170002,
+            pg_dump_version: "pg_dump (PostgreSQL) 17.2".to_owned(),
+            dump: file.clone(),
+            globals: None,
+            globals_error: None,
+            tables: Vec::new(),
+            started_unix_ms: 1,
+            finished_unix_ms: 2,
+            timings_ms: Default::default(),
+        };
+        // ArtifactManifest does not deny unknown fields: what a newer agent adds is ignored.
+        let mut json = serde_json::to_value(&manifest).expect("json");
+        json["encryption"] = serde_json::json!({"scheme": "age", "recipients": 2});
+        json["dump"]["compression"] = serde_json::json!("zstd");
+        let bytes = serde_json::to_vec(&json).expect("bytes");
+        write_file_atomically(&dir, MANIFEST_FILE, &bytes).expect("manifest");
+        assert_eq!(r.read_manifest("db1/a1").expect("parses"), manifest);
+    }
+
+    #[test]
     fn an_unreadable_manifest_makes_the_artifact_corrupt() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = repo(tmp.path());

@@ -393,7 +393,7 @@ async fn health_reports_fill_every_field_and_a_stopped_cluster_reports_its_error
 
     // The health order reports the same fields.
     let db = ctx.target("app").expect("configured").db;
-    let order = health::run(&db, &ctx.repository, &CancellationToken::new())
+    let order = health::run(&ctx, &db, &CancellationToken::new())
         .await
         .expect("health order");
     assert!(order.repository_total_bytes > 0 && order.oldest_transaction_seconds >= 1);

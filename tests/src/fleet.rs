@@ -21,6 +21,8 @@ pub struct FleetBuilder {
     env: BTreeMap<String, String>,
     extra_databases: Vec<(usize, AgentDatabase)>,
     cluster_setup: Option<Box<ClusterSetup>>,
+    coordinator_config: Option<String>,
+    repository: Option<PathBuf>,
 }
 
 /// Runs on every cluster before the agents start (e.g. to load a dataset).
@@ -73,6 +75,21 @@ impl FleetBuilder {
         self
     }
 
+    /// Writes `toml` into the coordinator's directory as `coordinator.toml` and starts the
+    /// coordinator with `--config` pointing at it (e.g. `[[webhooks]]`).
+    pub fn coordinator_config(mut self, toml: &str) -> Self {
+        self.coordinator_config = Some(toml.to_owned());
+        self
+    }
+
+    /// Puts the shared repository at `dir` (an existing directory) instead of the test
+    /// directory, e.g. on a file system with more room: agents report the repository's free
+    /// space with their health, and a nearly full disk makes every database `degraded`.
+    pub fn repository(mut self, dir: &Path) -> Self {
+        self.repository = Some(dir.to_path_buf());
+        self
+    }
+
     /// Sets an environment variable of the coordinator and agents (e.g. `RUST_LOG`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.insert(key.to_owned(), value.to_owned());
@@ -82,7 +99,10 @@ impl FleetBuilder {
     /// Starts everything and waits until every agent is online.
     pub fn build(self) -> Fleet {
         let dir = TestDir::new(&self.name);
-        let repo = dir.subdir("repo");
+        let repo = match &self.repository {
+            Some(repo) => repo.clone(),
+            None => dir.subdir("repo"),
+        };
         let mut clusters = Vec::new();
         for i in 1..=self.agents {
             let cluster = PgCluster::start_new(dir.path(), &format!("pg{i}"));
@@ -96,9 +116,17 @@ impl FleetBuilder {
             }
             clusters.push(cluster);
         }
-        let args: Vec<&str> = self.coordinator_args.iter().map(String::as_str).collect();
-        let coordinator =
-            Coordinator::start_with(&dir.path().join("coordinator"), &args, &self.env);
+        let coordinator_dir = dir.path().join("coordinator");
+        let mut coordinator_args = self.coordinator_args.clone();
+        if let Some(toml) = &self.coordinator_config {
+            std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
+            let path = coordinator_dir.join("coordinator.toml");
+            std::fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            coordinator_args.push("--config".to_owned());
+            coordinator_args.push(path.display().to_string());
+        }
+        let args: Vec<&str> = coordinator_args.iter().map(String::as_str).collect();
+        let coordinator = Coordinator::start_with(&coordinator_dir, &args, &self.env);
         let mut agents = Vec::new();
         for (i, cluster) in clusters.iter().enumerate() {
             let name = format!("a{}", i + 1);
@@ -175,6 +203,8 @@ impl Fleet {
             env: BTreeMap::new(),
             extra_databases: Vec::new(),
             cluster_setup: None,
+            coordinator_config: None,
+            repository: None,
         }
     }
 
@@ -215,6 +245,11 @@ impl Fleet {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Returns `http://127.0.0.1:PORT`, the coordinator's HTTP port (`/metrics`, `/healthz`).
+    pub fn http_url(&self) -> String {
+        self.coordinator.http_url()
     }
 
     /// Returns where an artifact lives: `<repo>/<agent>/<artifact_id>`.

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compare;
 pub mod fixtures;
 pub mod fleet;
+pub mod http;
 pub mod pg;
 pub mod process;
 pub mod repo;

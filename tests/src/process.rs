@@ -89,11 +89,13 @@ impl Drop for LoggedChild {
     }
 }
 
-/// A `warden-coordinator` process on a fixed port with a SQLite store in its own directory.
+/// A `warden-coordinator` process on fixed ports (gRPC, and HTTP for `/metrics` and
+/// `/healthz`) with a SQLite store in its own directory.
 pub struct Coordinator {
     proc: LoggedChild,
     dir: PathBuf,
     port: u16,
+    http_port: u16,
     extra_args: Vec<String>,
     env: BTreeMap<String, String>,
 }
@@ -111,6 +113,7 @@ impl Coordinator {
             proc: LoggedChild::new("coordinator", dir.join("coordinator.log")),
             dir: dir.to_path_buf(),
             port: free_port(),
+            http_port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: env.clone(),
         };
@@ -124,6 +127,10 @@ impl Coordinator {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--store")
             .arg(self.store_url())
+            // Every coordinator serves HTTP, on a port of its own: the default port would be
+            // shared by every test running at the same time.
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", self.http_port))
             .args(["--heartbeat-interval", "500ms", "--lease", "3s"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
@@ -182,6 +189,15 @@ impl Coordinator {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns `http://127.0.0.1:PORT` of the HTTP port (`/metrics`, `/healthz`).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
     }
 
     pub fn pid(&self) -> Option<u32> {

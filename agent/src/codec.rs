@@ -422,7 +422,7 @@ mod tests {
                 return Err(io::Error::from_raw_os_error(EIO));
             }
             let limit = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            self.data.read(&mut buf[..limit])
+            Read::read(&mut self.data, &mut buf[..limit])
         }
     }
 

@@ -46,10 +46,10 @@ pub struct AgentConfig {
     /// Database used to create, rename and drop databases.
     pub maintenance_db: String,
     /// The longest one SQL check of a drill may run in the drill's scratch database
-    /// (its `statement_timeout`), e.g. `"60s"`, `"5m"`, `"1m 30s"` or a number of seconds;
+    /// (its `statement_timeout`), e.g. `"60s"`, `"5m"` or `"1m 30s"`;
     /// default 60s. A check that takes longer fails, saying so; raise this for checks that
     /// scan large tables.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub drill_check_timeout: Duration,
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
@@ -160,9 +160,9 @@ impl AgentConfig {
             || self.drill_check_timeout > MAX_STATEMENT_TIMEOUT
         {
             return Err(AgentError::Config(format!(
-                "drill_check_timeout {:?} must be between 1ms and {}",
-                duration_text::format(self.drill_check_timeout),
-                duration_text::format(MAX_STATEMENT_TIMEOUT)
+                "drill_check_timeout \"{}\" must be between 1ms and {}",
+                humantime::format_duration(self.drill_check_timeout),
+                humantime::format_duration(MAX_STATEMENT_TIMEOUT)
             )));
         }
         let mut names = HashSet::new();
@@ -200,97 +200,6 @@ impl AgentConfig {
         }
         toml::to_string(&shown)
             .map_err(|e| AgentError::Config(format!("cannot render the configuration: {e}")))
-    }
-}
-
-/// Durations in the configuration: a number of seconds, or text of numbers with units
-/// (`ms`, `s`, `m`, `h`, `d`; also spelled out, as in `"1m 30s"` or `"2 minutes"`), the way
-/// the coordinator's configuration writes them.
-pub mod duration_text {
-    use std::fmt;
-    use std::time::Duration;
-
-    use serde::{Deserializer, Serializer, de};
-
-    /// Renders `duration` the way [`parse`] reads it, in whole milliseconds.
-    pub fn format(duration: Duration) -> String {
-        let millis = duration.as_millis();
-        if millis % 1000 == 0 {
-            format!("{}s", millis / 1000)
-        } else {
-            format!("{millis}ms")
-        }
-    }
-
-    /// Parses `"90s"`, `"1m 30s"`, `"1500ms"`, `"2h"` and the like.
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let invalid = || {
-            format!(
-                "{text:?} is not a duration; write e.g. \"60s\", \"5m\", \"1m 30s\" or \"500ms\""
-            )
-        };
-        let mut rest = text.trim();
-        if rest.is_empty() {
-            return Err(invalid());
-        }
-        let mut total = Duration::ZERO;
-        while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
-            rest = rest[digits..].trim_start();
-            let letters = rest
-                .find(|c: char| !c.is_ascii_alphabetic())
-                .unwrap_or(rest.len());
-            let unit = match &rest[..letters] {
-                "ms" | "msec" | "millis" | "milliseconds" => Duration::from_millis(1),
-                "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(1),
-                "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(60),
-                "h" | "hr" | "hrs" | "hour" | "hours" => Duration::from_secs(3600),
-                "d" | "day" | "days" => Duration::from_secs(86400),
-                _ => return Err(invalid()),
-            };
-            let part = u32::try_from(number)
-                .ok()
-                .and_then(|n| unit.checked_mul(n))
-                .ok_or_else(invalid)?;
-            total = total.checked_add(part).ok_or_else(invalid)?;
-            rest = rest[letters..].trim_start();
-        }
-        Ok(total)
-    }
-
-    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format(*duration))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        deserializer.deserialize_any(DurationVisitor)
-    }
-
-    struct DurationVisitor;
-
-    impl de::Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration such as \"60s\" or \"5m\", or a number of seconds")
-        }
-
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
-            parse(text).map_err(E::custom)
-        }
-
-        fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(seconds))
-        }
-
-        fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Duration, E> {
-            u64::try_from(seconds)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom(format!("{seconds} is not a duration: it is negative")))
-        }
     }
 }
 
@@ -371,32 +280,8 @@ mod tests {
         let back: AgentConfig = toml::from_str(&dumped).expect("parses");
         assert_eq!(back.databases[0].name, "app");
         assert_eq!(back.restore_jobs, 2);
-        assert!(dumped.contains("drill_check_timeout = \"60s\""), "{dumped}");
+        assert!(dumped.contains("drill_check_timeout = \"1m\""), "{dumped}");
         assert_eq!(back.drill_check_timeout, DEFAULT_DRILL_CHECK_TIMEOUT);
-    }
-
-    #[test]
-    fn durations_read_like_the_coordinator_writes_them() {
-        for (text, millis) in [
-            ("60s", 60_000),
-            ("1m 30s", 90_000),
-            ("1m30s", 90_000),
-            ("2 minutes", 120_000),
-            ("1500ms", 1_500),
-            ("1h", 3_600_000),
-            (" 1d ", 86_400_000),
-        ] {
-            let parsed = duration_text::parse(text).expect(text);
-            assert_eq!(parsed, Duration::from_millis(millis), "{text}");
-            assert_eq!(
-                duration_text::parse(&duration_text::format(parsed)),
-                Ok(parsed)
-            );
-        }
-        for bad in ["", "60", "s", "1.5s", "-1s", "5 fortnights", "99999999999h"] {
-            let error = duration_text::parse(bad).expect_err(bad);
-            assert!(error.contains("is not a duration"), "{error}");
-        }
     }
 
     #[test]

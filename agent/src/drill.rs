@@ -73,7 +73,12 @@ pub async fn run(
         )
         .await?;
         let started = Instant::now();
-        let checks = run_checks(&plan.copy_db(), &params.checks).await?;
+        let checks = run_checks(
+            &plan.copy_db(),
+            &params.checks,
+            ctx.config.drill_check_timeout,
+        )
+        .await?;
         copy::record(&mut phases, phase::CHECKS, started);
         Ok((restored, checks))
     })
@@ -88,15 +93,9 @@ pub async fn run(
     };
     copy::record(&mut phases, phase::CLEANUP, started);
 
-    let (restored, checks) = match (drilled, cleaned) {
-        (Ok(drilled), Ok(())) => drilled,
-        (Ok(_), Err(error)) => {
-            return Err(AgentError::DrillCleanup {
-                scratch,
-                reason: error.to_string(),
-            });
-        }
-        (Err(error), cleaned) => {
+    let (restored, checks) = match drilled {
+        Ok(drilled) => drilled,
+        Err(error) => {
             if let Err(cleanup) = cleaned {
                 tracing::error!(database = %target.db.label, %scratch, error = %cleanup, "cannot drop the scratch database of a failed drill; the agent drops it when it restarts");
             }
@@ -121,21 +120,34 @@ pub async fn run(
         checks_failed = outcome.checks.iter().filter(|c| !c.passed).count(),
         "drill finished"
     );
-    if outcome.checks.iter().all(|check| check.passed) {
-        Ok(outcome)
-    } else {
-        Err(AgentError::DrillChecksFailed {
+    conclude(outcome, cleaned)
+}
+
+/// Judges a drill that restored its copy and ran its checks: it passed if every check passed
+/// and its scratch database is gone. A failed drill keeps its outcome (timings and checks) in
+/// the error, for the coordinator.
+fn conclude(outcome: v1::DrillOutcome, cleaned: AgentResult<()>) -> AgentResult<v1::DrillOutcome> {
+    match cleaned {
+        Err(error) => Err(AgentError::DrillCleanup {
             outcome: Box::new(outcome),
-        })
+            reason: error.to_string(),
+        }),
+        Ok(()) if outcome.checks.iter().all(|check| check.passed) => Ok(outcome),
+        Ok(()) => Err(AgentError::DrillChecksFailed {
+            outcome: Box::new(outcome),
+        }),
     }
 }
 
-/// Returns the prefix of the scratch databases of agent `agent`: `warden_drill_` and the
+/// Prefix of every drill's scratch database, whichever agent's.
+pub const DRILL_PREFIX: &str = "warden_drill_";
+
+/// Returns the prefix of the scratch databases of agent `agent`: [`DRILL_PREFIX`] and the
 /// first 8 hex digits of the sha256 of its name (agent names may be longer than a database
 /// name allows, and hold characters that would need quoting).
 pub fn scratch_prefix(agent: &str) -> String {
     let hash = hex::encode(Sha256::digest(agent.as_bytes()));
-    format!("warden_drill_{}_", &hash[..8])
+    format!("{DRILL_PREFIX}{}_", &hash[..8])
 }
 
 /// Returns the scratch database of a drill of `artifact_id` by agent `agent`.
@@ -185,12 +197,13 @@ impl Drop for ScratchClaim<'_> {
     }
 }
 
-/// Runs every check in the copy, each in its own read-only transaction, and returns their
-/// results. Only failing to reach the copy at all is an error; a check that fails is a
-/// result.
+/// Runs every check in the copy, each in its own read-only transaction and for at most
+/// `timeout`, and returns their results. Only failing to reach the copy at all is an error;
+/// a check that fails is a result.
 async fn run_checks(
     copy: &PgDatabase,
     checks: &[v1::DrillCheck],
+    timeout: Duration,
 ) -> AgentResult<Vec<v1::CheckResult>> {
     if checks.is_empty() {
         return Ok(Vec::new());
@@ -198,7 +211,7 @@ async fn run_checks(
     let mut conn = copy.connect().await?;
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
-        let verdict = run_check(copy, &mut conn, &check.sql).await;
+        let verdict = run_check(copy, &mut conn, &check.sql, timeout).await;
         if let Err(why) = &verdict {
             tracing::warn!(check = %check.name, %why, "drill check did not pass");
         }
@@ -212,8 +225,14 @@ async fn run_checks(
     Ok(results)
 }
 
-/// Runs one check; `Err` says why it did not pass, with any password redacted.
-async fn run_check(copy: &PgDatabase, conn: &mut PgConnection, sql: &str) -> Result<(), String> {
+/// Runs one check, cancelled by the server after `timeout`; `Err` says why it did not pass,
+/// with any password redacted.
+async fn run_check(
+    copy: &PgDatabase,
+    conn: &mut PgConnection,
+    sql: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     // The server's own message says it best; sqlx adds where in the server's sources it
     // was raised.
     let sql_error = |e: sqlx::Error| {
@@ -229,13 +248,42 @@ async fn run_check(copy: &PgDatabase, conn: &mut PgConnection, sql: &str) -> Res
         .begin_with("BEGIN READ ONLY")
         .await
         .map_err(sql_error)?;
-    let rows = sqlx::query(AssertSqlSafe(sql.to_owned()))
-        .fetch_all(&mut *tx)
+    // SET LOCAL: the limit ends with the transaction. A slow check must not hold the drill,
+    // and its scratch database, for ever.
+    let limited = sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", timeout.as_millis()))
+        .execute(&mut *tx)
         .await;
+    let rows = match limited {
+        Ok(_) => {
+            sqlx::query(AssertSqlSafe(sql.to_owned()))
+                .fetch_all(&mut *tx)
+                .await
+        }
+        Err(error) => Err(error),
+    };
     let _ = tx.rollback().await;
-    let rows = rows.map_err(sql_error)?;
+    let rows = rows.map_err(|e| {
+        if is_statement_timeout(&e) {
+            format!(
+                "did not finish within {} and was cancelled; make the check faster or raise \
+                 drill_check_timeout in the agent's configuration",
+                humantime::format_duration(timeout)
+            )
+        } else {
+            sql_error(e)
+        }
+    })?;
     let answer: Vec<Vec<CheckValue>> = rows.iter().map(check_values).collect();
     verdict(&answer)
+}
+
+/// Returns whether `error` is the server cancelling a statement for `statement_timeout`
+/// (SQLSTATE 57014 is also a cancel by request, which says so in its message).
+fn is_statement_timeout(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|e| {
+        e.code().as_deref() == Some("57014") && e.message().contains("statement timeout")
+    })
 }
 
 /// One value in the answer of a check.
@@ -378,6 +426,54 @@ mod tests {
         })
         .collect();
         assert_eq!(restore_millis(&phases), 654321);
+    }
+
+    #[test]
+    fn a_drill_passes_only_with_every_check_passed_and_its_scratch_database_gone() {
+        let check = |passed: bool| v1::CheckResult {
+            name: "c".to_owned(),
+            passed,
+            error: if passed { "" } else { "returned false" }.to_owned(),
+        };
+        let outcome = |passed: bool| v1::DrillOutcome {
+            scratch_database: "warden_drill_x_1".to_owned(),
+            restore_millis: 42,
+            phases: vec![v1::PhaseTiming {
+                phase: phase::CLEANUP.to_owned(),
+                millis: 7,
+            }],
+            checks: vec![check(true), check(passed)],
+            ..v1::DrillOutcome::default()
+        };
+        let stuck = || {
+            Err(AgentError::Postgres {
+                context: "cannot drop database \"warden_drill_x_1\"".to_owned(),
+                message: "server closed the connection".to_owned(),
+            })
+        };
+
+        assert_eq!(
+            conclude(outcome(true), Ok(())).expect("passed"),
+            outcome(true)
+        );
+        match conclude(outcome(false), Ok(())) {
+            Err(AgentError::DrillChecksFailed { outcome: kept }) => {
+                assert_eq!(*kept, outcome(false))
+            }
+            other => panic!("expected DrillChecksFailed, got {other:?}"),
+        }
+        for passed in [true, false] {
+            match conclude(outcome(passed), stuck()) {
+                Err(AgentError::DrillCleanup {
+                    outcome: kept,
+                    reason,
+                }) => {
+                    assert_eq!(*kept, outcome(passed), "the timings and checks are kept");
+                    assert!(reason.contains("server closed the connection"), "{reason}");
+                }
+                other => panic!("expected DrillCleanup, got {other:?}"),
+            }
+        }
     }
 
     #[test]

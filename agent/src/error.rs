@@ -94,12 +94,14 @@ pub enum AgentError {
     /// the timings and every check's result.
     #[error("drill checks failed: {}", failed_checks(outcome))]
     DrillChecksFailed { outcome: Box<v1::DrillOutcome> },
-    /// A drill passed but its scratch database could not be dropped.
-    #[error(
-        "the drill passed, but its scratch database {scratch:?} could not be dropped: {reason}; \
-         the agent drops it when it restarts, or drop it by hand"
-    )]
-    DrillCleanup { scratch: String, reason: String },
+    /// A drill restored and verified its copy and ran its checks, but its scratch database
+    /// could not be dropped. The order fails (a leftover must not go unnoticed), yet
+    /// `outcome` holds the timings and every check's result, as measured.
+    #[error("{}", cleanup_failed(outcome, reason))]
+    DrillCleanup {
+        outcome: Box<v1::DrillOutcome>,
+        reason: String,
+    },
     /// The coordinator sent something the agent cannot act on.
     #[error("{0}")]
     InvalidOrder(String),
@@ -145,6 +147,20 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Says that the scratch database of a drill stayed behind, and how the drill went.
+fn cleanup_failed(outcome: &v1::DrillOutcome, reason: &str) -> String {
+    let drill = if outcome.checks.iter().all(|check| check.passed) {
+        "the drill passed".to_owned()
+    } else {
+        format!("drill checks failed: {}", failed_checks(outcome))
+    };
+    format!(
+        "{drill}, but its scratch database {:?} could not be dropped: {reason}; the agent drops \
+         it when it restarts, or drop it by hand",
+        outcome.scratch_database
+    )
 }
 
 /// Lists the checks of a drill that did not pass, each with why.

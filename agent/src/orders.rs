@@ -159,9 +159,10 @@ pub fn failed_result(order_id: &str, error: &AgentError) -> v1::OrderResult {
             AgentError::PruneIncomplete { removed, .. } => Some(Outcome::Prune(v1::PruneOutcome {
                 removed_artifact_ids: removed.clone(),
             })),
-            // A drill whose checks failed still measured the restore, and says which checks
-            // failed and why.
-            AgentError::DrillChecksFailed { outcome } => Some(Outcome::Drill((**outcome).clone())),
+            // A drill whose checks failed, or whose scratch database stayed behind, still
+            // measured the restore, and says which checks failed and why.
+            AgentError::DrillChecksFailed { outcome }
+            | AgentError::DrillCleanup { outcome, .. } => Some(Outcome::Drill((**outcome).clone())),
             _ => None,
         },
     }
@@ -379,7 +380,10 @@ mod tests {
                 source: std::io::ErrorKind::NotFound.into(),
             },
             AgentError::DrillCleanup {
-                scratch: "warden_drill_x_1".to_owned(),
+                outcome: Box::new(v1::DrillOutcome {
+                    scratch_database: "warden_drill_x_1".to_owned(),
+                    ..v1::DrillOutcome::default()
+                }),
                 reason: "server closed the connection".to_owned(),
             },
         ];
@@ -423,6 +427,55 @@ mod tests {
         );
         assert!(!result.success && !result.artifact_corrupt);
         assert_eq!(result.outcome, Some(Outcome::Drill(outcome)));
+    }
+
+    #[test]
+    fn a_drill_whose_scratch_database_stayed_fails_but_reports_its_outcome() {
+        let passed = v1::DrillOutcome {
+            scratch_database: "warden_drill_x_1".to_owned(),
+            restore_millis: 1234,
+            phases: vec![v1::PhaseTiming {
+                phase: "pg_restore".to_owned(),
+                millis: 1234,
+            }],
+            checks: vec![v1::CheckResult {
+                name: "orders".to_owned(),
+                passed: true,
+                error: String::new(),
+            }],
+            ..v1::DrillOutcome::default()
+        };
+        let error = AgentError::DrillCleanup {
+            outcome: Box::new(passed.clone()),
+            reason: "server closed the connection".to_owned(),
+        };
+        let result = failed_result("o1", &error);
+        assert!(!result.success && !result.artifact_corrupt && !result.cancelled);
+        assert_eq!(
+            result.error,
+            "the drill passed, but its scratch database \"warden_drill_x_1\" could not be \
+             dropped: server closed the connection; the agent drops it when it restarts, or drop \
+             it by hand"
+        );
+        assert_eq!(result.outcome, Some(Outcome::Drill(passed.clone())));
+
+        let mut failed = passed;
+        failed.checks[0].passed = false;
+        failed.checks[0].error = "returned false".to_owned();
+        let error = AgentError::DrillCleanup {
+            outcome: Box::new(failed.clone()),
+            reason: "server closed the connection".to_owned(),
+        };
+        let result = failed_result("o1", &error);
+        assert!(
+            result.error.starts_with(
+                "drill checks failed: check \"orders\": returned false, but its scratch \
+                 database \"warden_drill_x_1\" could not be dropped"
+            ),
+            "{}",
+            result.error
+        );
+        assert_eq!(result.outcome, Some(Outcome::Drill(failed)));
     }
 
     #[test]

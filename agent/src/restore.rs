@@ -16,6 +16,7 @@ use warden_proto::v1;
 use warden_shared::validate_database_name;
 
 use crate::copy::{self, ArtifactRef, CopyPlan, InTheWay, phase};
+use crate::drill::DRILL_PREFIX;
 use crate::error::{AgentError, AgentResult};
 use crate::orders::{AgentContext, OrderTarget, cancellable};
 use crate::pg;
@@ -107,6 +108,36 @@ pub async fn run(
     }
 }
 
+/// Prefix of the side database a replace restores into.
+const SIDE_PREFIX: &str = "warden_restore_";
+/// Prefix of the name the original gets while a replace swaps.
+const OLD_PREFIX: &str = "warden_old_";
+
+/// Prefixes of the databases Warden names itself, which a restore's new name may not take:
+/// the agent drops drill scratch databases it finds at startup, and a replace refuses to run
+/// (or renames over) its side and old names.
+const RESERVED_PREFIXES: [(&str, &str); 3] = [
+    (DRILL_PREFIX, "drill scratch databases"),
+    (SIDE_PREFIX, "the side databases of replace restores"),
+    (OLD_PREFIX, "the databases a replace restore swaps out"),
+];
+
+/// Refuses a new name that starts with a prefix of [`RESERVED_PREFIXES`], in any case.
+fn check_new_name(name: &str) -> AgentResult<()> {
+    validate_database_name(name)?;
+    let lower = name.to_ascii_lowercase();
+    match RESERVED_PREFIXES
+        .iter()
+        .find(|(prefix, _)| lower.starts_with(prefix))
+    {
+        Some((prefix, what)) => Err(AgentError::InvalidOrder(format!(
+            "cannot restore into {name:?}: the prefix {prefix:?} is reserved for {what}, which \
+             Warden creates and drops itself; choose another --new-name"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Names and connections of one restore, fixed before anything runs.
 struct RestorePlan {
     /// The copy: into the new name, or into the side database of a replace.
@@ -127,7 +158,7 @@ impl RestorePlan {
         let maintenance_db = &ctx.config.maintenance_db;
         match (params.new_name.is_empty(), params.replace) {
             (false, false) => {
-                validate_database_name(&params.new_name)?;
+                check_new_name(&params.new_name)?;
                 let refuse = vec![(params.new_name.clone(), "choose another --new-name")];
                 Ok(Self {
                     copy: CopyPlan::new(
@@ -158,8 +189,8 @@ impl RestorePlan {
                 // Side and old names carry the artifact id's tail, so a leftover is
                 // recognisable.
                 let short_id = copy::short_artifact_id(&params.artifact_id);
-                let side = format!("warden_restore_{short_id}");
-                let old_name = format!("warden_old_{short_id}");
+                let side = format!("{SIDE_PREFIX}{short_id}");
+                let old_name = format!("{OLD_PREFIX}{short_id}");
                 let refuse = vec![
                     (
                         side.clone(),
@@ -246,5 +277,81 @@ async fn undo_swap(plan: &RestorePlan, allow_connections: bool) {
             %error,
             "cannot undo the replace; the original may be named as in `old`"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use url::Url;
+
+    use super::*;
+    use crate::config::{AgentConfig, DatabaseConfig};
+    use crate::drill;
+
+    fn context() -> AgentContext {
+        AgentContext::new(AgentConfig {
+            name: "db1".to_owned(),
+            repository: Url::from_file_path(Path::new("/repo"))
+                .expect("absolute path")
+                .to_string(),
+            databases: vec![DatabaseConfig {
+                name: "app".to_owned(),
+                url: "postgres://warden@127.0.0.1:1/app".to_owned(),
+                labels: Default::default(),
+            }],
+            ..AgentConfig::default()
+        })
+        .expect("context")
+    }
+
+    fn restore_into(new_name: &str) -> v1::RestoreParams {
+        v1::RestoreParams {
+            artifact_id: "0191f3a2-7c4b-7d2e-9a1b-4c5d6e7f8a9b".to_owned(),
+            artifact_path: "db1/0191f3a2-7c4b-7d2e-9a1b-4c5d6e7f8a9b".to_owned(),
+            sha256: "ab".repeat(32),
+            new_name: new_name.to_owned(),
+            replace: false,
+        }
+    }
+
+    #[test]
+    fn a_new_name_may_not_take_a_reserved_prefix() {
+        let ctx = context();
+        let target = ctx.target("app").expect("configured");
+        let scratch = drill::scratch_database_name("db1", "0191f3a2-7c4b-7d2e-9a1b-4c5d6e7f8a9b");
+        for (name, prefix) in [
+            (scratch.as_str(), "warden_drill_"),
+            ("warden_drill_notes", "warden_drill_"),
+            ("Warden_Drill_x", "warden_drill_"),
+            ("warden_restore_4c5d6e7f8a9b", "warden_restore_"),
+            ("warden_old_4c5d6e7f8a9b", "warden_old_"),
+        ] {
+            let error = RestorePlan::new(&ctx, &target, &restore_into(name))
+                .err()
+                .unwrap_or_else(|| panic!("{name} was accepted"));
+            assert!(matches!(error, AgentError::InvalidOrder(_)), "{error:?}");
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!("the prefix {prefix:?} is reserved")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("{name:?}")), "{text}");
+        }
+        for name in ["app copy", "warden_drill", "my_warden_drill_x", "warden"] {
+            let plan = RestorePlan::new(&ctx, &target, &restore_into(name)).expect(name);
+            assert_eq!(plan.copy.into, name);
+            assert!(!plan.replace);
+        }
+        // A replace names its side and old databases with the reserved prefixes itself.
+        let replace = v1::RestoreParams {
+            new_name: String::new(),
+            replace: true,
+            ..restore_into("")
+        };
+        let plan = RestorePlan::new(&ctx, &target, &replace).expect("replace");
+        assert_eq!(plan.copy.into, "warden_restore_4c5d6e7f8a9b");
+        assert_eq!(plan.old_name, "warden_old_4c5d6e7f8a9b");
     }
 }

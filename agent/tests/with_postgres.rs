@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -17,9 +17,9 @@ use warden_proto::v1;
 use warden_proto::v1::order_result::Outcome;
 use warden_proto::v1::order_spec::Params;
 use warden_shared::manifest::DUMP_FILE;
-use warden_tests::{PgCluster, TestDir};
+use warden_tests::{PgCluster, TestDir, wait_for};
 
-use support::{AGENT, Artifact, Setup, context, quiet};
+use support::{AGENT, Artifact, Setup, Standby, context, quiet};
 
 fn drill_spec(artifact: &Artifact, checks: &[(&str, &str)]) -> v1::OrderSpec {
     v1::OrderSpec {
@@ -212,6 +212,47 @@ async fn failing_checks_fail_the_drill_and_say_which_and_why() {
     assert_eq!(passed, [true, false, false, false, false, false, false]);
     assert!(outcome.checks[0].error.is_empty());
     assert_eq!(phase_names(&outcome.phases).last(), Some(&phase::CLEANUP));
+    assert!(setup.databases_starting_with("warden_drill_").is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_check_is_cancelled_after_the_check_timeout_and_fails_by_name() {
+    let mut setup = Setup::new("drill-check-timeout");
+    setup.ctx.config.drill_check_timeout = Duration::from_secs(1);
+    let artifact = setup.backup().await;
+
+    let started = Instant::now();
+    let result = run(
+        &setup,
+        "o-drill",
+        drill_spec(
+            &artifact,
+            &[
+                ("slow", "SELECT pg_sleep(60) IS NOT NULL"),
+                ("after", "SELECT count(*) = 3 FROM orders"),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the slow check was not cut short"
+    );
+    assert!(!result.success);
+    assert!(!result.artifact_corrupt);
+    assert!(
+        result.error.contains(
+            "check \"slow\": did not finish within 1s and was cancelled; make the check \
+             faster or raise drill_check_timeout"
+        ),
+        "{}",
+        result.error
+    );
+    let Some(Outcome::Drill(outcome)) = &result.outcome else {
+        panic!("a drill whose checks failed reports its outcome");
+    };
+    let passed: Vec<bool> = outcome.checks.iter().map(|c| c.passed).collect();
+    assert_eq!(passed, [false, true], "the next check runs as usual");
     assert!(setup.databases_starting_with("warden_drill_").is_empty());
 }
 
@@ -410,4 +451,126 @@ async fn health_reports_fill_every_field_and_a_stopped_cluster_reports_its_error
         app.error
     );
     assert!(!app.error.contains(password), "{}", app.error);
+}
+
+#[tokio::test]
+async fn only_client_sessions_count_for_the_oldest_transaction() {
+    let dir = TestDir::new("health-autovacuum");
+    let cluster = PgCluster::start_new(dir.path(), "pg");
+    cluster.create_database("app");
+    cluster.psql("postgres", "ALTER SYSTEM SET autovacuum_naptime = 1");
+    cluster.psql("postgres", "SELECT pg_reload_conf()");
+    // Autovacuum crawls through this table, a page per 100 ms, in one long transaction.
+    cluster.psql_script(
+        "app",
+        "CREATE TABLE crawl (id int) WITH (autovacuum_vacuum_cost_delay = 100, \
+           autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_threshold = 0, \
+           autovacuum_vacuum_scale_factor = 0);
+         INSERT INTO crawl SELECT generate_series(1, 200000);
+         DELETE FROM crawl;",
+    );
+    let vacuum_age = "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::int \
+                      FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'";
+    let age = || {
+        cluster
+            .query_value("app", vacuum_age)
+            .parse::<u64>()
+            .expect("seconds")
+    };
+    wait_for(
+        "an autovacuum transaction older than 2s",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (age() >= 2).then_some(()),
+    );
+
+    let ctx = context(dir.path(), vec![("app".to_owned(), cluster.url("app"))]);
+    let reports = health::collect_all(&ctx, Duration::from_secs(10)).await;
+    let report = reports.databases[0].report.as_ref().expect("a report");
+    assert_eq!(
+        report.oldest_transaction_seconds, 0,
+        "autovacuum is not a client: {report:?}"
+    );
+    assert!(age() >= 2, "autovacuum was still running");
+}
+
+#[tokio::test]
+async fn a_standby_lags_only_while_it_has_wal_left_to_replay() {
+    let dir = TestDir::new("health-standby");
+    let primary = PgCluster::start_new(dir.path(), "pg");
+    primary.create_database("app");
+    let standby = Standby::start(dir.path(), "standby", &primary);
+    // A commit for the standby to replay: its replay timestamp then ages while the primary
+    // stays idle.
+    primary.psql("app", "CREATE TABLE t (id int)");
+    let mut conn = PgConnection::connect(&standby.url("app"))
+        .await
+        .expect("connect to the standby");
+    let caught_up = "SELECT pg_last_xact_replay_timestamp() IS NOT NULL \
+                       AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() \
+                       AND to_regclass('t') IS NOT NULL";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sqlx::query_scalar::<_, bool>(caught_up)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query the standby")
+    {
+        assert!(Instant::now() < deadline, "the standby never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let since_replay: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("query the standby");
+    assert!(since_replay >= 1.0, "{since_replay}");
+
+    let ctx = context(dir.path(), vec![("app".to_owned(), standby.url("app"))]);
+    let lag = || async {
+        let reports = health::collect_all(&ctx, Duration::from_secs(10)).await;
+        let app = &reports.databases[0];
+        let report = app
+            .report
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}", app.error));
+        assert!(report.in_recovery);
+        assert_eq!(report.replication_role, "standby");
+        report.replication_lag_ms
+    };
+    // WAL without commits (a checkpoint, a snapshot of running transactions) may be in
+    // flight for a moment: the standby is caught up at one of a few looks.
+    let mut lags = Vec::new();
+    for _ in 0..5 {
+        lags.push(lag().await);
+        if lags.last() == Some(&0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lags.last(), Some(&0), "an idle primary: {lags:?}");
+
+    // With replay paused, WAL received but not replayed is lag: since the last replayed
+    // commit.
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut conn)
+        .await
+        .expect("pause replay");
+    primary.psql("app", "INSERT INTO t VALUES (1)");
+    let behind = "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()";
+    while !sqlx::query_scalar::<_, bool>(behind)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query the standby")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never received the insert"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lagging = lag().await;
+    assert!(lagging >= 1000, "{lagging} ms");
+    let _ = conn.close().await;
 }

@@ -132,3 +132,101 @@ pub fn context(dir: &Path, databases: Vec<(String, String)>) -> AgentContext {
 pub fn quiet() -> ProgressReporter {
     ProgressReporter::new(|_| {})
 }
+
+/// A streaming standby of a [`PgCluster`], cloned with `pg_basebackup -R`; stopped when
+/// dropped.
+pub struct Standby {
+    base: std::path::PathBuf,
+    port: u16,
+}
+
+impl Standby {
+    /// Clones `primary` into `parent/<name>` and starts the copy as a hot standby that
+    /// streams from it.
+    pub fn start(parent: &Path, name: &str, primary: &PgCluster) -> Self {
+        let base = parent.join(name);
+        std::fs::create_dir_all(&base).expect("standby dir");
+        if warden_tests::is_root() {
+            run_ok(
+                std::process::Command::new("chown")
+                    .arg("-R")
+                    .arg("postgres:")
+                    .arg(&base),
+            );
+        }
+        let data = base.join("data");
+        run_ok(
+            as_cluster_owner("pg_basebackup")
+                .arg("--dbname")
+                .arg(format!(
+                    "host=127.0.0.1 port={} user=postgres",
+                    primary.port()
+                ))
+                .arg("--pgdata")
+                .arg(&data)
+                .args(["--write-recovery-conf", "--wal-method=stream"])
+                .args(["--checkpoint=fast", "--no-sync"])
+                .current_dir(&base),
+        );
+        let port = warden_tests::free_port();
+        run_ok(
+            as_cluster_owner("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-w", "-t", "120", "-l"])
+                .arg(base.join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c hot_standby=on",
+                    base.display()
+                ))
+                .arg("start")
+                .current_dir(&base),
+        );
+        Self { base, port }
+    }
+
+    /// Returns a `postgres://` URL for database `db` on the standby.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = as_cluster_owner("pg_ctl")
+            .arg("-D")
+            .arg(self.base.join("data"))
+            .args(["-w", "-m", "immediate", "stop"])
+            .current_dir(&self.base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Builds a command running PostgreSQL's `tool` as the cluster owner (`postgres` when root).
+fn as_cluster_owner(tool: &str) -> std::process::Command {
+    let program = warden_tests::pg::pg_bindir().join(tool);
+    if warden_tests::is_root() {
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+fn run_ok(cmd: &mut std::process::Command) {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

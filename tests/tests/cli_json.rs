@@ -32,7 +32,7 @@ fn assert_time(what: &str, v: &Value) {
     assert!(shaped, "{what} is not an RFC 3339 UTC time: {s:?}");
 }
 
-const ORDER_KEYS: [&str; 23] = [
+const ORDER_KEYS: [&str; 25] = [
     "id",
     "kind",
     "database",
@@ -56,6 +56,8 @@ const ORDER_KEYS: [&str; 23] = [
     "safety_backup_order_id",
     "held_until",
     "deadline",
+    "artifact_corrupt",
+    "drill",
 ];
 
 fn check_finished_order(order: &Value, kind: &str) {
@@ -181,6 +183,13 @@ fn json_documents_have_the_documented_shapes() {
             "connections_used",
             "connections_max",
             "in_recovery",
+            "uptime_seconds",
+            "replication_role",
+            "replication_lag_ms",
+            "oldest_transaction_seconds",
+            "wraparound_age",
+            "repository_free_bytes",
+            "repository_total_bytes",
         ],
     );
     assert_eq!(health["connected"], true);
@@ -246,6 +255,8 @@ fn json_documents_have_the_documented_shapes() {
             "pg_dump_version",
             "path",
             "verified",
+            "drilled_at",
+            "corrupt_reason",
             "manifest",
         ],
     );

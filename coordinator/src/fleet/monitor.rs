@@ -303,6 +303,11 @@ impl Fleet {
 
     fn announce_health(&self, database: &str, health: HealthState, reasons: &[String]) {
         let subject = format!("health:{database}");
+        // No fresh report is no news: a database that was down stays down until a report
+        // says otherwise.
+        if health == HealthState::Unknown {
+            return;
+        }
         let Some(previous) = self.announce(&subject, health.as_str()) else {
             return;
         };

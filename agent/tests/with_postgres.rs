@@ -34,6 +34,7 @@ fn drill_spec(artifact: &Artifact, checks: &[(&str, &str)]) -> v1::OrderSpec {
                     sql: (*sql).to_owned(),
                 })
                 .collect(),
+            source_database: String::new(),
         })),
     }
 }

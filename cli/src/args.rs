@@ -79,6 +79,11 @@ pub enum Command {
         /// Why the drill is run; recorded in the audit log.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Runs the drill on another agent's server: AGENT (its database of the same name,
+        /// else its first one) or AGENT/DBNAME. It must see the artifact's repository; the
+        /// database's own agent may be down.
+        #[arg(long, value_name = "AGENT")]
+        on: Option<String>,
         /// Shows progress and waits until the drill has ended; exits 1 when it failed.
         #[arg(long)]
         wait: bool,
@@ -513,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn drill_takes_an_artifact_a_reason_and_wait() {
+    fn drill_takes_an_artifact_a_reason_a_server_and_wait() {
         let cli = parse(&[
             "drill",
             "pg1/shop",
@@ -521,6 +526,8 @@ mod tests {
             "a-1",
             "--reason",
             "quarterly",
+            "--on",
+            "pg2",
             "--wait",
         ])
         .expect("drill");
@@ -528,6 +535,7 @@ mod tests {
             database,
             artifact,
             reason,
+            on,
             wait,
         } = cli.command
         else {
@@ -536,6 +544,7 @@ mod tests {
         assert_eq!(database.to_string(), "pg1/shop");
         assert_eq!(artifact.as_deref(), Some("a-1"));
         assert_eq!(reason.as_deref(), Some("quarterly"));
+        assert_eq!(on.as_deref(), Some("pg2"));
         assert!(wait);
         let plain = parse(&["drill", "pg1/shop"]).expect("drill without flags");
         assert!(matches!(
@@ -543,13 +552,13 @@ mod tests {
             Command::Drill {
                 artifact: None,
                 reason: None,
+                on: None,
                 wait: false,
                 ..
             }
         ));
         assert!(parse(&["drill", "shop"]).is_err());
         assert!(parse(&["drill"]).is_err());
-        assert!(parse(&["drill", "pg1/shop", "--on", "pg2"]).is_err());
     }
 
     #[test]

@@ -72,12 +72,14 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
             database,
             artifact,
             reason,
+            on,
             wait,
         } => {
             let request = v1::SubmitDrillRequest {
                 database: database.to_string(),
                 artifact_id: artifact.unwrap_or_default(),
                 reason: reason.unwrap_or_default(),
+                on: on.unwrap_or_default(),
             };
             let order = c.answer(c.admin().submit_drill(request).await)?;
             return show_order(c, order, wait, json).await;

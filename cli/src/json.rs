@@ -186,6 +186,9 @@ fn phases(timings: &[v1::PhaseTiming]) -> Vec<PhaseJson> {
 pub struct DrillJson {
     /// The artifact drilled.
     pub artifact_id: Option<String>,
+    /// The database drilled: the order's own, or, for a drill run on another agent's server
+    /// (`--on`), the one whose backup it restored.
+    pub drilled_database: String,
     /// Restored, verified and every check passed.
     pub passed: bool,
     /// The scratch database the drill restored into (dropped again).
@@ -247,6 +250,12 @@ impl DrillJson {
     fn new(order: &v1::Order, drill: &v1::DrillOutcome) -> Self {
         Self {
             artifact_id: source_artifact_id(order).map(str::to_owned),
+            drilled_database: match order.spec.as_ref().and_then(|s| s.params.as_ref()) {
+                Some(Params::Drill(params)) if !params.source_database.is_empty() => {
+                    params.source_database.clone()
+                }
+                _ => order.database.clone(),
+            },
             passed: result_succeeded(order),
             scratch_database: drill.scratch_database.clone(),
             tables_verified: drill.tables_verified,
@@ -1094,7 +1103,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(json.drill).expect("serializes"),
             json!({
-                "artifact_id": "a-1", "passed": true, "scratch_database": "pg1/warden_drill_1",
+                "artifact_id": "a-1", "drilled_database": "pg1/shop", "passed": true,
+                "scratch_database": "pg1/warden_drill_1",
                 "tables_verified": 3, "rows_verified": 950, "restore_millis": 1500,
                 "raw_bytes": 204_800,
                 "phases": [{"phase": "pg_restore", "millis": 1200},

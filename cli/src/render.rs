@@ -597,6 +597,18 @@ impl Entity for v1::Order {
         if let Some(artifact) = source_artifact {
             details.push(("ARTIFACT", artifact.to_owned()));
         }
+        if let Some(v1::order_spec::Params::Drill(drill)) =
+            self.spec.as_ref().and_then(|s| s.params.as_ref())
+            && !drill.source_database.is_empty()
+        {
+            details.push((
+                "DRILL OF",
+                format!(
+                    "{} (on the server of {})",
+                    drill.source_database, self.database
+                ),
+            ));
+        }
         // Also for a drill that failed before it had an outcome to report (a corrupt artifact).
         if order_kind(self) == Some(OrderKind::Drill) && self.result.is_some() {
             let verdict = if result_succeeded(self) {

@@ -101,6 +101,7 @@ fn drill(id: &str, database: &str, state: v1::OrderState) -> v1::Order {
                 artifact_path: "pg1/shop/a-1".into(),
                 sha256: "ab".repeat(32),
                 checks: vec![],
+                source_database: String::new(),
             })),
         }),
         ..order(id, v1::OrderKind::Drill, database, state)

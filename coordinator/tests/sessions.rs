@@ -1117,6 +1117,7 @@ fn drill_request(artifact_id: &str) -> pb::SubmitDrillRequest {
         database: "a1/app".to_owned(),
         artifact_id: artifact_id.to_owned(),
         reason: String::new(),
+        on: String::new(),
     }
 }
 

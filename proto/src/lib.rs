@@ -100,6 +100,7 @@ impl From<&OrderSpec> for v1::OrderSpec {
                 artifact_path,
                 sha256,
                 checks,
+                source,
             } => Params::Drill(v1::DrillParams {
                 artifact_id: artifact_id.clone(),
                 artifact_path: artifact_path.clone(),
@@ -111,6 +112,7 @@ impl From<&OrderSpec> for v1::OrderSpec {
                         sql: c.sql.clone(),
                     })
                     .collect(),
+                source_database: source.clone().unwrap_or_default(),
             }),
         };
         v1::OrderSpec {

@@ -158,6 +158,10 @@ pub enum OrderSpec {
         /// SQL checks from the fleet policy that must return true in the restored copy.
         #[serde(default)]
         checks: Vec<DrillCheck>,
+        /// `AGENT/DBNAME` drilled, when the drill runs on another agent's server (`--on`):
+        /// the order's own database then only names the server that hosts the scratch copy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
 }
 

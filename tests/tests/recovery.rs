@@ -1151,3 +1151,54 @@ fn metrics_serve_the_fleet_in_prometheus_text_format() {
         "a1/app meets its targets: {statuses:?}"
     );
 }
+
+#[test]
+fn drill_on_another_agent_restores_there_while_the_source_agent_is_down() {
+    let mut fleet = Fleet::builder("drill-on").agents(2).database("app").build();
+    load_rich_fixture(fleet.cluster(1), "app");
+    let source = DbSnapshot::take(fleet.cluster(1), "app");
+    let artifact_id = artifact_id_of(&fleet.cli().backup_ok("a1/app"));
+    let databases_on_2 = fleet.cluster(2).databases();
+
+    // The database's own agent is gone: the drill runs on a2's server from the shared
+    // repository, which is what proves the backup restorable elsewhere.
+    fleet.agent(1).kill9();
+    fleet.wait_agent_online("a1", false);
+    let refused = fleet.cli().run(&["drill", "a1/app"]);
+    assert_eq!(refused.code, 2, "a1 is offline: {refused}");
+    let out = fleet
+        .cli()
+        .run(&["drill", "a1/app", "--on", "a2", "--wait"]);
+    assert_eq!(out.code, 0, "drill --on a2: {out}\n{}", fleet.logs());
+    let order = out.json().clone();
+    assert_eq!(order["state"], "succeeded", "{order:#}");
+    assert_eq!(
+        order["database"], "a2/app",
+        "the drill ran on a2's server: {order:#}"
+    );
+    assert_eq!(order["drill"]["passed"], true, "{order:#}");
+    assert_eq!(order["drill"]["drilled_database"], "a1/app", "{order:#}");
+
+    // It counts for a1/app: its artifact is verified and its RTO row has the drill.
+    let after = artifact(&fleet, &artifact_id);
+    assert_eq!(after["verified"], true, "{after:#}");
+    let report = fleet.cli().run(&["rto"]);
+    let rows = rto_rows(&report);
+    let row = &rows["a1/app"];
+    assert_eq!(row["last_drill_passed"], true, "{row:#}");
+    assert_eq!(
+        row["last_drill_ms"], order["drill"]["restore_millis"],
+        "{row:#}"
+    );
+
+    // Nothing stays behind on either server, and a2's databases are as they were.
+    assert_no_scratch_database(&fleet, fleet.cluster(1), "a drill on a2");
+    assert_no_scratch_database(&fleet, fleet.cluster(2), "a drill on a2");
+    assert_eq!(fleet.cluster(2).databases(), databases_on_2);
+    assert_same_data(&source, &DbSnapshot::take(fleet.cluster(1), "app"));
+
+    // A server that does not exist is refused with its name.
+    let unknown = fleet.cli().run(&["drill", "a1/app", "--on", "a9"]);
+    assert_eq!(unknown.code, 2, "{unknown}");
+    assert!(unknown.stderr.contains("a9"), "{unknown}");
+}

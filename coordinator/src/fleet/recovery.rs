@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::SqliteConnection;
 use tracing::warn;
 use warden_proto::v1::{self, order_result};
-use warden_shared::{Labels, OrderKind, OrderSpec};
+use warden_shared::{DatabaseId, Labels, OrderKind, OrderSpec, validate_agent_name};
 
 use super::Fleet;
 use super::policy::database_labels;
@@ -18,23 +18,30 @@ use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::store::{ArtifactRecord, DrillRecord, OrderRecord, Store, WriteTx};
 
 impl Fleet {
-    /// Queues a drill of `database`: of the artifact given, or of its newest complete one.
+    /// Queues a drill of `database`: of the artifact given, or of its newest complete one,
+    /// on its own server or, with `on` (`AGENT` or `AGENT/DBNAME`), on another agent's.
     pub async fn submit_drill(
         &self,
         actor: &Actor,
         database: &str,
         artifact_id: Option<&str>,
+        on: Option<&str>,
         reason: &str,
     ) -> CoordinatorResult<OrderRecord> {
-        let target = self.online_database(database).await?;
+        // Drilling elsewhere works while the database's own agent is down: that is when it
+        // matters most.
+        let source = match on {
+            None => self.online_database(database).await?,
+            Some(_) => self.known_database(database).await?,
+        };
         let artifact = match artifact_id {
             Some(id) => {
                 let artifact = self.complete_artifact(id).await?;
                 if (artifact.agent.as_str(), artifact.database.as_str())
-                    != (target.agent.as_str(), target.database.as_str())
+                    != (source.agent.as_str(), source.database.as_str())
                 {
                     return Err(CoordinatorError::InvalidArgument(format!(
-                        "artifact {id} is a backup of {}/{}, not of {target}; drill that database instead",
+                        "artifact {id} is a backup of {}/{}, not of {source}; drill that database instead",
                         artifact.agent, artifact.database
                     )));
                 }
@@ -42,30 +49,81 @@ impl Fleet {
             }
             None => {
                 let mut conn = self.store.read().await?;
-                Store::newest_complete_artifact(&mut conn, &target.agent, &target.database)
+                Store::newest_complete_artifact(&mut conn, &source.agent, &source.database)
                     .await?
                     .ok_or_else(|| {
                         CoordinatorError::FailedPrecondition(format!(
-                            "{target} has no complete backup to drill; take one with `warden backup {target}`"
+                            "{source} has no complete backup to drill; take one with `warden backup {source}`"
                         ))
                     })?
             }
+        };
+        let runner = match on {
+            None => source.clone(),
+            Some(on) => self.drill_server(on, &source, &artifact).await?,
         };
         let labels = {
             let mut conn = self.store.read().await?;
             database_labels(&mut conn)
                 .await?
-                .remove(&(target.agent.clone(), target.database.clone()))
+                .remove(&(source.agent.clone(), source.database.clone()))
                 .unwrap_or_default()
         };
+        let mut spec = self.drill_spec(&artifact, &labels);
+        if runner != source
+            && let OrderSpec::Drill { source: from, .. } = &mut spec
+        {
+            *from = Some(source.to_string());
+        }
         let order = OrderRecord::new(
-            &target.agent,
-            &target.database,
-            &self.drill_spec(&artifact, &labels),
+            &runner.agent,
+            &runner.database,
+            &spec,
             &actor.to_string(),
             reason,
         );
         self.submit(actor, order).await
+    }
+
+    /// The database whose server hosts a drill run `on` another agent (`AGENT`: its database
+    /// named like the source, else its first one; or `AGENT/DBNAME`). That agent must be
+    /// online and see the artifact's repository.
+    async fn drill_server(
+        &self,
+        on: &str,
+        source: &DatabaseId,
+        artifact: &ArtifactRecord,
+    ) -> CoordinatorResult<DatabaseId> {
+        let server = if on.contains('/') {
+            self.online_database(on).await?
+        } else {
+            validate_agent_name(on)?;
+            let databases = self.store.list_databases(Some(on)).await?;
+            let Some(first) = databases.first() else {
+                return Err(CoordinatorError::NotFound(format!(
+                    "agent {on} serves no database, so it has no server to drill on; `warden databases` lists them"
+                )));
+            };
+            let chosen = databases
+                .iter()
+                .find(|d| d.name == source.database)
+                .unwrap_or(first);
+            self.online_database(&format!("{on}/{}", chosen.name))
+                .await?
+        };
+        let repository = self
+            .store
+            .get_agent(&server.agent)
+            .await?
+            .map(|a| a.repository)
+            .unwrap_or_default();
+        if repository != artifact.repository {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "artifact {} is in repository {} but agent {} uses {repository}; drill on an agent that sees that repository",
+                artifact.id, artifact.repository, server.agent
+            )));
+        }
+        Ok(server)
     }
 
     /// A drill of `artifact` with the checks the policy gives a database with `labels`.
@@ -75,6 +133,7 @@ impl Fleet {
             artifact_path: artifact.path.clone(),
             sha256: artifact.sha256.clone(),
             checks: self.policy().policy.checks_for(labels),
+            source: None,
         }
     }
 }
@@ -87,11 +146,19 @@ pub(super) async fn record_recovery_result(
     order: &OrderRecord,
     result: &v1::OrderResult,
 ) -> CoordinatorResult<serde_json::Value> {
-    let artifact_id = match order.spec() {
-        Ok(OrderSpec::Drill { artifact_id, .. } | OrderSpec::Restore { artifact_id, .. }) => {
-            artifact_id
-        }
+    let (artifact_id, source) = match order.spec() {
+        Ok(OrderSpec::Drill {
+            artifact_id,
+            source,
+            ..
+        }) => (artifact_id, source),
+        Ok(OrderSpec::Restore { artifact_id, .. }) => (artifact_id, None),
         _ => return Ok(json!({})),
+    };
+    // A drill on another agent's server measures the database it drilled.
+    let drilled = match source.as_deref().map(DatabaseId::parse) {
+        Some(Ok(id)) => id,
+        _ => DatabaseId::new(&order.agent, &order.database)?,
     };
     let mut params = json!({ "artifact_id": artifact_id });
     let now = warden_shared::now_unix_ms();
@@ -103,8 +170,8 @@ pub(super) async fn record_recovery_result(
         let passed = result.success && outcome.is_some();
         let drill = DrillRecord {
             order_id: order.id.clone(),
-            agent: order.agent.clone(),
-            database: order.database.clone(),
+            agent: drilled.agent.clone(),
+            database: drilled.database.clone(),
             artifact_id: artifact_id.clone(),
             finished_unix_ms: now,
             passed,

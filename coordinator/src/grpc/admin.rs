@@ -444,11 +444,12 @@ impl AdminService for AdminApi {
         let actor = actor_of(&request);
         let request = request.into_inner();
         let artifact_id = (!request.artifact_id.is_empty()).then_some(request.artifact_id.as_str());
+        let on = (!request.on.is_empty()).then_some(request.on.as_str());
         let result = self
             .fleet
-            .submit_drill(&actor, &request.database, artifact_id, &request.reason)
+            .submit_drill(&actor, &request.database, artifact_id, on, &request.reason)
             .await;
-        let params = json!({ "artifact_id": request.artifact_id, "reason": request.reason });
+        let params = json!({ "artifact_id": request.artifact_id, "on": request.on, "reason": request.reason });
         let order = self
             .audited(&actor, "drill.submit", &request.database, params, result)
             .await?;

@@ -1241,3 +1241,56 @@ async fn drills_run_one_at_a_time_and_their_results_verify_or_condemn_the_artifa
     assert_eq!(row.newest_backup_unix_ms, 0, "{row:?}");
     assert_chain_intact(&mut admin).await;
 }
+
+#[tokio::test]
+async fn a_drill_schedule_drills_the_newest_backup_with_the_policy_checks() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let _beats = agent.keep_alive();
+    let artifact_id = backed_up(&mut admin, &mut agent).await;
+    apply(
+        &mut admin,
+        r#"
+[[schedule]]
+name = "drill-every-second"
+selector = ""
+cron = "* * * * * *"
+timezone = "UTC"
+action = "drill"
+
+[[checks]]
+name = "has-rows"
+selector = "database=app"
+sql = "SELECT count(*) > 0 FROM t"
+"#
+        .to_owned(),
+    )
+    .await;
+    let assignment = agent.next_order().await;
+    let Some(pb::order_spec::Params::Drill(params)) = assignment.spec.and_then(|s| s.params) else {
+        panic!("the schedule sends a drill");
+    };
+    assert_eq!(
+        params.artifact_id, artifact_id,
+        "the newest complete backup"
+    );
+    assert_eq!(params.checks.len(), 1, "{params:?}");
+    assert_eq!(params.checks[0].name, "has-rows");
+    let order = admin
+        .get_order(pb::GetOrderRequest {
+            id: assignment.order_id.clone(),
+        })
+        .await
+        .expect("order")
+        .into_inner();
+    assert_eq!(order.kind, pb::OrderKind::Drill as i32);
+    assert_eq!(order.requested_by, "system:scheduler");
+    let fired = audit_events(&mut admin, "schedule.fired").await;
+    assert!(
+        fired
+            .iter()
+            .any(|e| e.params_json.contains(&assignment.order_id)),
+        "{fired:?}"
+    );
+}

@@ -730,7 +730,7 @@ fn roomy_repository() -> Option<tempfile::TempDir> {
 }
 
 #[test]
-fn health_turns_down_within_two_intervals_and_webhooks_hear_it() {
+fn health_turns_down_within_two_intervals_and_webhooks_hear_every_alert() {
     // The one timing the issue demands is tight: keep the heavy tests (Chinook, large
     // tables) from loading the machine meanwhile.
     let _heavy = heavy_test_lock();
@@ -787,6 +787,15 @@ fn health_turns_down_within_two_intervals_and_webhooks_hear_it() {
         hooks.describe()
     );
 
+    // A backup of a database whose server is down fails, and the failure is announced.
+    let backup = fleet.cli().run(&["backup", "a1/app", "--wait"]);
+    assert_eq!(
+        backup.code, 1,
+        "a backup of a stopped server fails: {backup}"
+    );
+    let failed = wait_hook(&fleet, &hooks, "order_failed", "a1/app");
+    assert_eq!(failed["details"]["kind"], "backup", "{failed:#}");
+
     // Start it again: healthy once more, and the webhook hears that too, after the alert.
     fleet.clusters[0].start();
     wait_health(&fleet, "a1/app", "healthy", HEALTH_TIMEOUT);
@@ -794,6 +803,23 @@ fn health_turns_down_within_two_intervals_and_webhooks_hear_it() {
     assert!(
         recovered["at_unix_ms"].as_i64() >= alert["at_unix_ms"].as_i64(),
         "the recovery is announced after the outage:\n{alert:#}\n{recovered:#}"
+    );
+
+    // It never had a complete backup: the monitor announces the breach of its RPO.
+    let breach = wait_hook(&fleet, &hooks, "recovery_breach", "a1/app");
+    assert!(
+        breach["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("no complete backup")),
+        "{breach:#}"
+    );
+
+    // An agent that dies is announced once, as itself.
+    fleet.agent(1).kill9();
+    let gone = wait_hook(&fleet, &hooks, "agent_down", "a1");
+    assert!(
+        gone["text"].as_str().is_some_and(|t| t.contains("offline")),
+        "{gone:#}"
     );
     assert!(hooks.errors().is_empty(), "{}", hooks.describe());
 }

@@ -236,11 +236,15 @@ impl Fleet {
     /// One monitoring pass: alerts on databases whose health or recovery status changed and
     /// on agents that went offline or came back.
     pub async fn monitor(&self) -> CoordinatorResult<()> {
-        let now = warden_shared::now_unix_ms();
-        for row in self.rto_report(now).await? {
-            let state = row.status.as_str().to_owned();
+        let status = self.fleet_status().await?;
+        for row in status
+            .databases
+            .iter()
+            .filter_map(|db| db.recovery.as_ref())
+        {
+            let state = row.status.as_str();
             let subject = format!("rto:{}", row.database);
-            if let Some(previous) = self.announce(&subject, &state) {
+            if let Some(previous) = self.announce(&subject, state) {
                 let (event, text) = if row.status == RtoStatus::Breach {
                     (
                         AlertEvent::RecoveryBreach,
@@ -255,8 +259,8 @@ impl Fleet {
                     (
                         AlertEvent::RecoveryRestored,
                         format!(
-                            "{} meets its {} recovery targets again ({})",
-                            row.database, row.tier, state
+                            "{} meets its {} recovery targets again ({state})",
+                            row.database, row.tier
                         ),
                     )
                 } else {
@@ -270,7 +274,6 @@ impl Fleet {
                 );
             }
         }
-        let status = self.fleet_status().await?;
         // While an agent is offline its databases cannot be judged: `agent_down` says so once
         // instead of one `database_down` per database.
         for db in status.databases.iter().filter(|db| db.agent_online) {

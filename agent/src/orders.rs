@@ -240,7 +240,7 @@ pub fn elapsed_ms(started: Instant) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use url::Url;
@@ -250,7 +250,8 @@ mod tests {
     use crate::config::DatabaseConfig;
     use crate::repository::write_file_atomically;
 
-    fn context(repository: &Path) -> AgentContext {
+    /// An agent `db1` serving `app`, with its repository at `repository`.
+    pub(crate) fn context(repository: &Path) -> AgentContext {
         AgentContext::new(AgentConfig {
             name: "db1".to_owned(),
             repository: Url::from_file_path(repository)

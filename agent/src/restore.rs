@@ -284,27 +284,9 @@ async fn undo_swap(plan: &RestorePlan, allow_connections: bool) {
 mod tests {
     use std::path::Path;
 
-    use url::Url;
-
     use super::*;
-    use crate::config::{AgentConfig, DatabaseConfig};
     use crate::drill;
-
-    fn context() -> AgentContext {
-        AgentContext::new(AgentConfig {
-            name: "db1".to_owned(),
-            repository: Url::from_file_path(Path::new("/repo"))
-                .expect("absolute path")
-                .to_string(),
-            databases: vec![DatabaseConfig {
-                name: "app".to_owned(),
-                url: "postgres://warden@127.0.0.1:1/app".to_owned(),
-                labels: Default::default(),
-            }],
-            ..AgentConfig::default()
-        })
-        .expect("context")
-    }
+    use crate::orders::tests::context;
 
     fn restore_into(new_name: &str) -> v1::RestoreParams {
         v1::RestoreParams {
@@ -318,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_new_name_may_not_take_a_reserved_prefix() {
-        let ctx = context();
+        let ctx = context(Path::new("/repo"));
         let target = ctx.target("app").expect("configured");
         let scratch = drill::scratch_database_name("db1", "0191f3a2-7c4b-7d2e-9a1b-4c5d6e7f8a9b");
         for (name, prefix) in [

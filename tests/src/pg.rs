@@ -320,7 +320,7 @@ impl Drop for PgCluster {
 }
 
 /// Builds a command that runs `program` as the cluster owner (`postgres` when root).
-fn as_cluster_owner(program: &Path) -> Command {
+pub fn as_cluster_owner(program: &Path) -> Command {
     if is_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program);
@@ -330,7 +330,8 @@ fn as_cluster_owner(program: &Path) -> Command {
     }
 }
 
-fn run_ok(cmd: &mut Command) {
+/// Runs `cmd` and panics with its output unless it succeeded.
+pub fn run_ok(cmd: &mut Command) {
     let out = cmd
         .stdin(Stdio::null())
         .output()

@@ -147,7 +147,7 @@ impl Standby {
         let base = parent.join(name);
         std::fs::create_dir_all(&base).expect("standby dir");
         if warden_tests::is_root() {
-            run_ok(
+            warden_tests::pg::run_ok(
                 std::process::Command::new("chown")
                     .arg("-R")
                     .arg("postgres:")
@@ -155,7 +155,7 @@ impl Standby {
             );
         }
         let data = base.join("data");
-        run_ok(
+        warden_tests::pg::run_ok(
             as_cluster_owner("pg_basebackup")
                 .arg("--dbname")
                 .arg(format!(
@@ -169,7 +169,7 @@ impl Standby {
                 .current_dir(&base),
         );
         let port = warden_tests::free_port();
-        run_ok(
+        warden_tests::pg::run_ok(
             as_cluster_owner("pg_ctl")
                 .arg("-D")
                 .arg(&data)
@@ -205,28 +205,7 @@ impl Drop for Standby {
     }
 }
 
-/// Builds a command running PostgreSQL's `tool` as the cluster owner (`postgres` when root).
+/// Builds a command running PostgreSQL's `tool` as the cluster owner.
 fn as_cluster_owner(tool: &str) -> std::process::Command {
-    let program = warden_tests::pg::pg_bindir().join(tool);
-    if warden_tests::is_root() {
-        let mut cmd = std::process::Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        std::process::Command::new(program)
-    }
-}
-
-fn run_ok(cmd: &mut std::process::Command) {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    warden_tests::pg::as_cluster_owner(&warden_tests::pg::pg_bindir().join(tool))
 }

@@ -1,7 +1,9 @@
 //! Warden's wire protocol, package `warden.v1`, and conversions between wire enums and the
 //! domain types of `warden-shared`.
 
-use warden_shared::{OrderKind, OrderSpec, OrderState};
+use warden_shared::{
+    ArtifactPointer, DrillCheck, MigrationFile, MigrationSource, OrderKind, OrderSpec, OrderState,
+};
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -19,6 +21,7 @@ impl From<OrderKind> for v1::OrderKind {
             OrderKind::Health => v1::OrderKind::Health,
             OrderKind::Prune => v1::OrderKind::Prune,
             OrderKind::Drill => v1::OrderKind::Drill,
+            OrderKind::Migrate => v1::OrderKind::Migrate,
         }
     }
 }
@@ -33,6 +36,7 @@ impl TryFrom<v1::OrderKind> for OrderKind {
             v1::OrderKind::Health => Ok(OrderKind::Health),
             v1::OrderKind::Prune => Ok(OrderKind::Prune),
             v1::OrderKind::Drill => Ok(OrderKind::Drill),
+            v1::OrderKind::Migrate => Ok(OrderKind::Migrate),
             v1::OrderKind::Unspecified => Err("order kind is unspecified".to_owned()),
         }
     }
@@ -105,18 +109,117 @@ impl From<&OrderSpec> for v1::OrderSpec {
                 artifact_id: artifact_id.clone(),
                 artifact_path: artifact_path.clone(),
                 sha256: sha256.clone(),
-                checks: checks
-                    .iter()
-                    .map(|c| v1::DrillCheck {
-                        name: c.name.clone(),
-                        sql: c.sql.clone(),
-                    })
-                    .collect(),
+                checks: checks.iter().map(v1::DrillCheck::from).collect(),
                 source_database: source.clone().unwrap_or_default(),
+            }),
+            OrderSpec::Migrate {
+                source,
+                status_only,
+                checks,
+                on_check_failure,
+                deny_commands,
+                pre_migration,
+                rollout_id,
+            } => Params::Migrate(v1::MigrateParams {
+                source: Some(v1::migrate_params::Source::from(source)),
+                status_only: *status_only,
+                checks: checks.iter().map(v1::DrillCheck::from).collect(),
+                on_check_failure: on_check_failure.as_str().to_owned(),
+                deny_commands: deny_commands.clone(),
+                pre_migration: pre_migration.as_ref().map(v1::ArtifactPointer::from),
+                rollout_id: rollout_id.clone().unwrap_or_default(),
             }),
         };
         v1::OrderSpec {
             params: Some(params),
+        }
+    }
+}
+
+impl From<&DrillCheck> for v1::DrillCheck {
+    fn from(check: &DrillCheck) -> Self {
+        v1::DrillCheck {
+            name: check.name.clone(),
+            sql: check.sql.clone(),
+        }
+    }
+}
+
+impl From<&v1::DrillCheck> for DrillCheck {
+    fn from(check: &v1::DrillCheck) -> Self {
+        DrillCheck {
+            name: check.name.clone(),
+            sql: check.sql.clone(),
+        }
+    }
+}
+
+impl From<&ArtifactPointer> for v1::ArtifactPointer {
+    fn from(artifact: &ArtifactPointer) -> Self {
+        v1::ArtifactPointer {
+            artifact_id: artifact.artifact_id.clone(),
+            artifact_path: artifact.artifact_path.clone(),
+            sha256: artifact.sha256.clone(),
+        }
+    }
+}
+
+impl From<&MigrationFile> for v1::MigrationFile {
+    fn from(file: &MigrationFile) -> Self {
+        v1::MigrationFile {
+            version: file.version.clone(),
+            name: file.name.clone(),
+            sha256: file.sha256.clone(),
+            sql: file.sql.clone(),
+        }
+    }
+}
+
+impl From<&v1::MigrationFile> for MigrationFile {
+    fn from(file: &v1::MigrationFile) -> Self {
+        MigrationFile {
+            version: file.version.clone(),
+            name: file.name.clone(),
+            sha256: file.sha256.clone(),
+            sql: file.sql.clone(),
+        }
+    }
+}
+
+impl From<&MigrationSource> for v1::migrate_params::Source {
+    fn from(source: &MigrationSource) -> Self {
+        match source {
+            MigrationSource::Sql { files } => Self::Sql(v1::SqlMigrations {
+                files: files.iter().map(v1::MigrationFile::from).collect(),
+            }),
+            MigrationSource::Command { name } => Self::Command(name.clone()),
+        }
+    }
+}
+
+impl From<&v1::migrate_params::Source> for MigrationSource {
+    fn from(source: &v1::migrate_params::Source) -> Self {
+        match source {
+            v1::migrate_params::Source::Sql(sql) => MigrationSource::Sql {
+                files: sql.files.iter().map(MigrationFile::from).collect(),
+            },
+            v1::migrate_params::Source::Command(name) => {
+                MigrationSource::Command { name: name.clone() }
+            }
+        }
+    }
+}
+
+/// The source of an admin API migration request; the same two modes as an order's.
+impl From<&v1::migration_request::Source> for MigrationSource {
+    fn from(source: &v1::migration_request::Source) -> Self {
+        match source {
+            v1::migration_request::Source::Sql(sql) => MigrationSource::Sql {
+                files: sql.files.iter().map(MigrationFile::from).collect(),
+            },
+            v1::migration_request::Source::Command(name) => {
+                MigrationSource::Command { name: name.clone() }
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod labels;
 pub mod manifest;
+pub mod migration;
 pub mod names;
 pub mod order;
 pub mod retry;
@@ -14,8 +15,12 @@ pub mod telemetry;
 
 pub use labels::{Labels, Selector, SelectorError};
 pub use manifest::ArtifactManifest;
+pub use migration::{Guard, MigrationFile};
 pub use names::{DatabaseId, NameError, validate_agent_name, validate_database_name};
-pub use order::{DrillCheck, OrderKind, OrderSpec, OrderState, PruneTarget};
+pub use order::{
+    ArtifactPointer, DrillCheck, MigrationSource, OnCheckFailure, OrderKind, OrderSpec, OrderState,
+    PruneTarget,
+};
 
 /// Milliseconds since the Unix epoch, the time unit on the wire and in the store.
 pub fn now_unix_ms() -> i64 {

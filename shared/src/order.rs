@@ -16,15 +16,18 @@ pub enum OrderKind {
     Prune,
     /// Restores an artifact into a scratch database, verifies and times it, drops it.
     Drill,
+    /// Applies migrations (or only reports their status) after a pre-migration backup.
+    Migrate,
 }
 
 impl OrderKind {
-    pub const ALL: [OrderKind; 5] = [
+    pub const ALL: [OrderKind; 6] = [
         OrderKind::Backup,
         OrderKind::Restore,
         OrderKind::Health,
         OrderKind::Prune,
         OrderKind::Drill,
+        OrderKind::Migrate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl OrderKind {
             OrderKind::Health => "health",
             OrderKind::Prune => "prune",
             OrderKind::Drill => "drill",
+            OrderKind::Migrate => "migrate",
         }
     }
 
@@ -163,6 +167,85 @@ pub enum OrderSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<String>,
     },
+    Migrate {
+        source: MigrationSource,
+        /// Only compare the files with what the database recorded (`warden migrate status`):
+        /// no window, no backup, nothing changed.
+        #[serde(default)]
+        status_only: bool,
+        /// SQL checks from the fleet policy that must return true after the migration.
+        #[serde(default)]
+        checks: Vec<DrillCheck>,
+        #[serde(default)]
+        on_check_failure: OnCheckFailure,
+        /// Command-line fragments the agent refuses to run (the destructive guard; empty when
+        /// the database is not guarded or glass was broken).
+        #[serde(default)]
+        deny_commands: Vec<String>,
+        /// The pre-migration backup; set by the coordinator when its safety backup succeeded,
+        /// just before the order is dispatched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pre_migration: Option<ArtifactPointer>,
+        /// The fleet rollout this order is part of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout_id: Option<String>,
+    },
+}
+
+/// Where a migration comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum MigrationSource {
+    /// Versioned SQL files, applied in version order, recorded in the tracking table.
+    Sql {
+        files: Vec<crate::migration::MigrationFile>,
+    },
+    /// A migration command the agent's configuration allows for the database, by name.
+    Command { name: String },
+}
+
+/// What a migration does when its post-checks fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCheckFailure {
+    /// Stop, and say how to restore the pre-migration backup.
+    #[default]
+    Stop,
+    /// Restore the pre-migration backup over the database.
+    Restore,
+}
+
+impl OnCheckFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnCheckFailure::Stop => "stop",
+            OnCheckFailure::Restore => "restore",
+        }
+    }
+}
+
+impl FromStr for OnCheckFailure {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stop" => Ok(OnCheckFailure::Stop),
+            "restore" => Ok(OnCheckFailure::Restore),
+            other => Err(format!(
+                "unknown on_check_failure {other:?}: expected \"stop\" or \"restore\""
+            )),
+        }
+    }
+}
+
+/// An artifact an order reads, as the catalog recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArtifactPointer {
+    pub artifact_id: String,
+    /// Directory of the artifact relative to the repository root.
+    pub artifact_path: String,
+    /// sha256 of the compressed dump.
+    pub sha256: String,
 }
 
 /// A named SQL query that must return `true` in a drill's restored copy.
@@ -188,7 +271,38 @@ impl OrderSpec {
             OrderSpec::Health => OrderKind::Health,
             OrderSpec::Prune { .. } => OrderKind::Prune,
             OrderSpec::Drill { .. } => OrderKind::Drill,
+            OrderSpec::Migrate { .. } => OrderKind::Migrate,
         }
+    }
+
+    /// Whether the order changes a database in place, so it needs a maintenance window and a
+    /// safety backup first: a restore over a database, or a migration that applies.
+    pub fn is_destructive(&self) -> bool {
+        matches!(
+            self,
+            OrderSpec::Restore { new_name: None, .. }
+                | OrderSpec::Migrate {
+                    status_only: false,
+                    ..
+                }
+        )
+    }
+
+    /// The spec as the audit log records it: migration files by version, name and checksum,
+    /// without their SQL.
+    pub fn audit_view(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let OrderSpec::Migrate {
+            source: MigrationSource::Sql { files },
+            ..
+        } = self
+        {
+            value["source"]["files"] = files
+                .iter()
+                .map(|f| serde_json::json!({ "version": f.version, "name": f.name, "sha256": f.sha256 }))
+                .collect();
+        }
+        value
     }
 }
 
@@ -258,11 +372,43 @@ mod tests {
     }
 
     #[test]
-    fn only_restore_is_not_idempotent() {
+    fn only_restore_and_migrate_are_not_idempotent() {
         assert!(OrderKind::Backup.is_idempotent());
         assert!(OrderKind::Drill.is_idempotent());
         assert!(OrderKind::Health.is_idempotent());
         assert!(OrderKind::Prune.is_idempotent());
         assert!(!OrderKind::Restore.is_idempotent());
+        assert!(!OrderKind::Migrate.is_idempotent());
+    }
+
+    #[test]
+    fn the_audit_view_of_a_migration_has_no_sql() {
+        let file = crate::MigrationFile::from_file(
+            "0001_a.sql",
+            "CREATE TABLE secretive (id int);".to_owned(),
+        )
+        .expect("valid");
+        let spec = OrderSpec::Migrate {
+            source: MigrationSource::Sql {
+                files: vec![file.clone()],
+            },
+            status_only: false,
+            checks: Vec::new(),
+            on_check_failure: OnCheckFailure::Restore,
+            deny_commands: Vec::new(),
+            pre_migration: None,
+            rollout_id: None,
+        };
+        assert!(spec.is_destructive());
+        let view = spec.audit_view().to_string();
+        assert!(
+            view.contains(&file.sha256) && !view.contains("secretive"),
+            "{view}"
+        );
+        let text = serde_json::to_string(&spec).expect("serializes");
+        assert_eq!(
+            serde_json::from_str::<OrderSpec>(&text).expect("parses"),
+            spec
+        );
     }
 }

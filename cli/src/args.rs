@@ -5,13 +5,17 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use warden_shared::{DatabaseId, Selector, validate_agent_name, validate_database_name};
+use warden_shared::{
+    DatabaseId, OnCheckFailure, Selector, validate_agent_name, validate_database_name,
+};
 
 /// Where the coordinator listens unless `--coordinator` or `WARDEN_COORDINATOR` say otherwise.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7717";
 
-/// Operate a Warden fleet: backups, restores, drills, health checks, policy and the audit log.
+/// Operate a Warden fleet: backups, restores, drills, migrations, health checks, policy and the
+/// audit log.
 #[derive(Debug, Parser)]
 #[command(name = "warden", version, about, propagate_version = true)]
 pub struct Cli {
@@ -88,6 +92,22 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Migrates a database: versioned SQL files from a directory (or a migration command its
+    /// agent allows), applied in a maintenance window after a pre-migration backup; with
+    /// --selector rolls the migration out over many databases in waves. `migrate status`
+    /// compares the files with what a database recorded.
+    Migrate(MigrateArgs),
+    /// Shows a rollout: its waves, and where every database stands.
+    Rollout {
+        /// The rollout id.
+        id: String,
+        /// Shows wave progress and waits until the rollout has ended; exits 1 unless it
+        /// succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Lists rollouts, one row each.
+    Rollouts,
     /// Shows each database's recovery time and point against its targets, worst first; exits
     /// 2 when any database breaches its target.
     Rto,
@@ -196,6 +216,76 @@ pub struct RestoreArgs {
     /// With --replace: refuses instead of waiting in `held` when no maintenance window is open.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+/// The default waves of a rollout: one database first, then a quarter, then the rest.
+pub const DEFAULT_WAVES: &str = "1,25%,100%";
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    group(ArgGroup::new("target").required(true).args(["database", "selector"])),
+    group(ArgGroup::new("source").required(true).args(["dir", "command"])),
+)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub subcommand: Option<MigrateCommand>,
+    /// The database, as AGENT/DBNAME.
+    #[arg(value_name = "DB", value_parser = parse_database_id)]
+    pub database: Option<DatabaseId>,
+    /// Rolls the migration out over every database these labels select (key=value terms,
+    /// `*` for the whole fleet), in waves.
+    #[arg(long, value_name = "SEL", value_parser = parse_selector)]
+    pub selector: Option<String>,
+    /// The migrations: every NNNN_name.sql file directly in this directory, applied in
+    /// version order; other files are ignored.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Runs this migration command instead, by the name the database's agent allows it under.
+    #[arg(long, value_name = "NAME")]
+    pub command: Option<String>,
+    /// With --selector: cumulative wave sizes, counts or percentages of the databases
+    /// [default: 1,25%,100%].
+    // Not `requires = "selector"`: clap drops a requirement that conflicts with an arg given,
+    // and --selector conflicts with DB through the group.
+    #[arg(long, value_name = "WAVES", conflicts_with = "database")]
+    pub waves: Option<String>,
+    /// Why the migration is run; recorded in the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Break glass: starts now whatever the maintenance windows and freezes say, and passes
+    /// the destructive guard; needs --reason.
+    #[arg(long)]
+    pub emergency: bool,
+    /// With --emergency only: takes no pre-migration backup.
+    #[arg(long)]
+    pub skip_safety_backup: bool,
+    /// Refuses instead of waiting in `held` when no maintenance window is open.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// What a failed post-migration check does: stop (and print the restore command) or
+    /// restore the pre-migration backup (default: the fleet policy's).
+    #[arg(long, value_name = "ACTION", value_parser = on_check_failure_parser())]
+    pub on_check_failure: Option<OnCheckFailure>,
+    /// Shows progress and waits until the migration (or every wave) has ended, including
+    /// while it is held for a maintenance window; exits 1 unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Compares the migration files with what the database recorded: applied, pending,
+    /// changed and unknown. Changes nothing; exits 2 when an applied file has changed since.
+    Status {
+        /// The database, as AGENT/DBNAME.
+        #[arg(value_name = "DB", value_parser = parse_database_id)]
+        database: DatabaseId,
+        /// The migrations: every NNNN_name.sql file directly in this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -318,6 +408,12 @@ fn parse_selector(text: &str) -> Result<String, String> {
     text.parse::<Selector>()
         .map(|_| text.to_owned())
         .map_err(|err| err.to_string())
+}
+
+/// Takes `stop` or `restore`, listing both in `--help` and in the error for anything else.
+fn on_check_failure_parser() -> impl TypedValueParser<Value = OnCheckFailure> {
+    PossibleValuesParser::new([OnCheckFailure::Stop, OnCheckFailure::Restore].map(|v| v.as_str()))
+        .try_map(|text| text.parse::<OnCheckFailure>())
 }
 
 fn parse_database_name(text: &str) -> Result<String, String> {
@@ -572,6 +668,122 @@ mod tests {
             Command::Status
         ));
         assert!(parse(&["rto", "pg1/shop"]).is_err());
+    }
+
+    fn migrate_args(args: &[&str]) -> Result<MigrateArgs, clap::Error> {
+        let cli = parse(&[&["migrate"], args].concat())?;
+        match cli.command {
+            Command::Migrate(args) => Ok(args),
+            other => panic!("expected migrate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn migrate_takes_a_database_and_a_source() {
+        let args = migrate_args(&[
+            "db1/app",
+            "--dir",
+            "migrations",
+            "--reason",
+            "release 42",
+            "--on-check-failure",
+            "restore",
+            "--wait",
+        ])
+        .expect("migrate one database");
+        assert!(args.subcommand.is_none());
+        assert_eq!(
+            args.database.map(|d| d.to_string()).as_deref(),
+            Some("db1/app")
+        );
+        assert_eq!(args.dir, Some(PathBuf::from("migrations")));
+        assert_eq!(args.on_check_failure, Some(OnCheckFailure::Restore));
+        assert!(args.wait && args.selector.is_none() && args.waves.is_none());
+
+        let command = migrate_args(&[
+            "db1/app",
+            "--command",
+            "artisan",
+            "--emergency",
+            "--skip-safety-backup",
+            "--no-wait",
+            "--reason",
+            "hotfix",
+        ])
+        .expect("command mode");
+        assert_eq!(command.command.as_deref(), Some("artisan"));
+        assert!(command.emergency && command.skip_safety_backup && command.no_wait);
+        assert_eq!(command.on_check_failure, None);
+
+        for (bad, kind) in [
+            (&["db1/app"][..], ErrorKind::MissingRequiredArgument),
+            (&["--dir", "d"][..], ErrorKind::MissingRequiredArgument),
+            (
+                &["db1/app", "--dir", "d", "--command", "c"][..],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["db1/app", "--selector", "env=prod", "--dir", "d"][..],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["db1/app", "--dir", "d", "--waves", "1,100%"][..],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["db1/app", "--dir", "d", "--on-check-failure", "ignore"][..],
+                ErrorKind::InvalidValue,
+            ),
+            (&["app", "--dir", "d"][..], ErrorKind::ValueValidation),
+        ] {
+            let err = migrate_args(bad).expect_err("refused");
+            assert_eq!(err.kind(), kind, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn migrate_rolls_out_over_a_selector() {
+        let args = migrate_args(&["--selector", "env=prod", "--dir", "m"]).expect("rollout");
+        assert!(args.database.is_none());
+        assert_eq!(args.selector.as_deref(), Some("env=prod"));
+        assert_eq!(args.waves, None);
+        let waves = migrate_args(&["--selector", "*", "--command", "c", "--waves", "2,100%"])
+            .expect("rollout with waves");
+        assert_eq!(waves.selector.as_deref(), Some(""));
+        assert_eq!(waves.waves.as_deref(), Some("2,100%"));
+        assert!(migrate_args(&["--selector", "env", "--dir", "m"]).is_err());
+    }
+
+    #[test]
+    fn migrate_status_is_a_subcommand() {
+        let args =
+            migrate_args(&["status", "db1/app", "--dir", "migrations", "--json"]).expect("status");
+        let Some(MigrateCommand::Status { database, dir }) = args.subcommand else {
+            panic!("expected status")
+        };
+        assert_eq!(database.to_string(), "db1/app");
+        assert_eq!(dir, PathBuf::from("migrations"));
+        assert!(args.database.is_none() && args.dir.is_none());
+        for bad in [
+            &["status", "db1/app"][..],
+            &["status", "--dir", "d"][..],
+            &["status", "db1/app", "--dir", "d", "--wait"][..],
+            &["status", "db1/app", "--dir", "d", "--command", "c"][..],
+            &["db1/app", "--dir", "d", "status"][..],
+        ] {
+            assert!(migrate_args(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn rollout_and_rollouts() {
+        let cli = parse(&["rollout", "r-1", "--wait"]).expect("rollout");
+        assert!(matches!(cli.command, Command::Rollout { id, wait: true } if id == "r-1"));
+        assert!(matches!(
+            parse(&["rollouts", "--json"]).expect("rollouts").command,
+            Command::Rollouts
+        ));
+        assert!(parse(&["rollout"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 
 use warden_proto::v1;
-use warden_shared::{DatabaseId, OrderState};
+use warden_shared::DatabaseId;
 
 use crate::args::{
     AuditArgs, AuditCommand, Cli, Command, RestoreArgs, WindowAddArgs, WindowCommand,
@@ -12,12 +12,13 @@ use crate::args::{
 };
 use crate::client::Coordinator;
 use crate::error::{CliError, Outcome};
-use crate::follow::{Followed, follow};
+use crate::follow::{Followable, Followed, follow, order_hint};
 use crate::format;
-use crate::json::order_state;
+use crate::json::order_state_name;
+use crate::migrate::MigrationPlan;
 use crate::render::{
-    RTO_BREACH, held_note, print_export, print_list, print_next_window, print_one,
-    print_policy_result, print_prune, print_rto, print_status, print_verify,
+    RTO_BREACH, held_note, print_export, print_list, print_next_window, print_one, print_order,
+    print_policy_result, print_prune, print_rollout, print_rto, print_status, print_verify,
 };
 
 /// Runs the command line and returns how it ended.
@@ -26,12 +27,14 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
     // Before connecting: refuse what no answer of the coordinator could fix, and read the
     // local input, so a typo costs no round trip.
     let mut policy_document = None;
+    let mut migration = None;
     match &cli.command {
         Command::Restore(args) => {
             check_restore_flags(args)?;
             check_confirmation_possible(args, std::io::stdin().is_terminal())?;
         }
         Command::Apply { file, .. } => policy_document = Some(read_policy_document(file)?),
+        Command::Migrate(args) => migration = Some(MigrationPlan::new(args)?),
         _ => {}
     }
     let coordinator = Coordinator::connect(&cli.coordinator).await?;
@@ -58,7 +61,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
                 reason: reason.unwrap_or_default(),
             };
             let order = c.answer(c.admin().submit_backup(request).await)?;
-            return show_order(c, order, wait, json).await;
+            return show(c, order, wait, json, print_order).await;
         }
         Command::Restore(args) => return restore(c, args, json).await,
         Command::Health { database, wait } => {
@@ -66,7 +69,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
                 database: database.to_string(),
             };
             let order = c.answer(c.admin().submit_health(request).await)?;
-            return show_order(c, order, wait, json).await;
+            return show(c, order, wait, json, print_order).await;
         }
         Command::Drill {
             database,
@@ -82,7 +85,23 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
                 on: on.unwrap_or_default(),
             };
             let order = c.answer(c.admin().submit_drill(request).await)?;
-            return show_order(c, order, wait, json).await;
+            return show(c, order, wait, json, print_order).await;
+        }
+        Command::Migrate(args) => {
+            // Read and checked before connecting, above.
+            let plan = match migration {
+                Some(plan) => plan,
+                None => MigrationPlan::new(&args)?,
+            };
+            return plan.run(c, json).await;
+        }
+        Command::Rollout { id, wait } => {
+            let rollout = c.answer(c.admin().get_rollout(v1::GetRolloutRequest { id }).await)?;
+            return show(c, rollout, wait, json, print_rollout).await;
+        }
+        Command::Rollouts => {
+            let rollouts = c.answer(c.admin().list_rollouts(v1::ListRolloutsRequest {}).await)?;
+            print_list(&rollouts.rollouts, json)?;
         }
         Command::Rto => {
             let report = c.answer(c.admin().rto_report(v1::RtoReportRequest {}).await)?;
@@ -103,7 +122,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         }
         Command::Order { id, watch } => {
             let order = c.answer(c.admin().get_order(v1::GetOrderRequest { id }).await)?;
-            return show_order(c, order, watch, json).await;
+            return show(c, order, watch, json, print_order).await;
         }
         Command::Cancel { id, reason } => {
             let request = v1::CancelOrderRequest {
@@ -214,37 +233,87 @@ fn add_window_request(args: WindowAddArgs) -> v1::AddWindowRequest {
     }
 }
 
-/// Prints an order, first following it to its end when asked to; the outcome of a followed
-/// order is its final state.
-async fn show_order(
+/// Prints an order or rollout with `print`, first following it to its end when asked to; the
+/// outcome of a followed one is how it ended.
+pub async fn show<T: Followable>(
     coordinator: &Coordinator,
-    order: v1::Order,
+    item: T,
     follow_to_end: bool,
     json: bool,
+    print: fn(&T, bool) -> Result<(), CliError>,
 ) -> Result<Outcome, CliError> {
     if !follow_to_end {
-        print_one(&order, json)?;
+        print(&item, json)?;
         return Ok(Outcome::Success);
     }
+    match wait_for_end(coordinator, item, json, print).await? {
+        Some(item) => {
+            print(&item, json)?;
+            Ok(item.outcome())
+        }
+        None => Ok(Outcome::Interrupted),
+    }
+}
+
+/// Follows an order or rollout to its end and returns it. When the operator stops waiting,
+/// prints it as it stands with `print`, says how to follow it again, and returns nothing.
+pub async fn wait_for_end<T: Followable>(
+    coordinator: &Coordinator,
+    item: T,
+    json: bool,
+    print: fn(&T, bool) -> Result<(), CliError>,
+) -> Result<Option<T>, CliError> {
     let show_progress = !json && std::io::stderr().is_terminal();
-    match follow(coordinator, order, show_progress).await? {
-        Followed::Ended(order) => {
-            print_one(&order, json)?;
-            Ok(Outcome::of_final_state(order_state(&order)))
+    match follow(coordinator, item, show_progress).await? {
+        Followed::Ended(item) => Ok(Some(item)),
+        Followed::Interrupted(item) => {
+            print(&item, json)?;
+            eprintln!("stopped waiting: {}", item.left_running());
+            Ok(None)
         }
-        Followed::Interrupted(order) => {
-            print_one(&order, json)?;
-            let keeps = if order_state(&order) == Some(OrderState::Held) {
-                "stays held and starts by itself when it may"
-            } else {
-                "keeps running"
-            };
-            eprintln!(
-                "stopped waiting: order {id} {keeps}; follow it with `warden order {id} --watch` or stop it with `warden cancel {id}`",
-                id = order.id
-            );
-            Ok(Outcome::Interrupted)
+    }
+}
+
+/// Tells the operator about an order the CLI does not wait for: why it is held and that it
+/// starts by itself, or (with `always`) its state; and how to follow or stop it.
+pub fn announce_unfollowed(order: &v1::Order, always: bool) {
+    let hint = order_hint(&order.id);
+    match held_note(order, None) {
+        Some(note) => eprintln!(
+            "order {} is held: {note}; it starts by itself when it may: {hint}",
+            order.id
+        ),
+        None if always => eprintln!("order {} is {}: {hint}", order.id, order_state_name(order)),
+        None => {}
+    }
+}
+
+/// Breaking glass: starting destructive work now, whatever the windows say.
+pub struct BreakGlass<'a> {
+    pub emergency: bool,
+    pub skip_safety_backup: bool,
+    pub reason: Option<&'a str>,
+    /// What is started: "restore", "migration".
+    pub work: &'a str,
+    /// The backup taken first: "a safety backup of the target".
+    pub backup: &'a str,
+}
+
+impl BreakGlass<'_> {
+    /// Refuses --skip-safety-backup without --emergency, and --emergency without a reason.
+    pub fn check(&self) -> Result<(), CliError> {
+        let BreakGlass { work, backup, .. } = self;
+        if self.skip_safety_backup && !self.emergency {
+            return Err(CliError::Input(format!(
+                "--skip-safety-backup only goes with --emergency: a {work} that waits for its maintenance window always takes {backup} first; drop --skip-safety-backup, or add --emergency --reason TEXT"
+            )));
         }
+        if self.emergency && self.reason.is_none_or(|r| r.trim().is_empty()) {
+            return Err(CliError::Input(format!(
+                "--emergency needs --reason TEXT: say why the {work} cannot wait for a maintenance window; the reason goes into the audit log"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -262,17 +331,14 @@ fn check_restore_flags(args: &RestoreArgs) -> Result<(), CliError> {
             )));
         }
     }
-    if args.skip_safety_backup && !args.emergency {
-        return Err(CliError::Input(
-            "--skip-safety-backup only goes with --emergency: a restore that waits for its maintenance window always takes a safety backup of the target first; drop --skip-safety-backup, or add --emergency --reason TEXT".to_owned(),
-        ));
+    BreakGlass {
+        emergency: args.emergency,
+        skip_safety_backup: args.skip_safety_backup,
+        reason: args.reason.as_deref(),
+        work: "restore",
+        backup: "a safety backup of the target",
     }
-    if args.emergency && args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-        return Err(CliError::Input(
-            "--emergency needs --reason TEXT: say why the restore cannot wait for a maintenance window; the reason goes into the audit log".to_owned(),
-        ));
-    }
-    Ok(())
+    .check()
 }
 
 /// What an emergency replace does beyond a plain one, said before the confirmation prompt.
@@ -342,13 +408,10 @@ async fn restore(
         no_wait: args.no_wait,
     };
     let order = c.answer(c.admin().submit_restore(request).await)?;
-    if let Some(note) = held_note(&order, None).filter(|_| !args.wait) {
-        eprintln!(
-            "order {id} is held: {note}; it starts by itself when it may: follow it with `warden order {id} --watch` or stop it with `warden cancel {id}`",
-            id = order.id
-        );
+    if !args.wait {
+        announce_unfollowed(&order, false);
     }
-    show_order(c, order, args.wait, json).await
+    show(c, order, args.wait, json, print_order).await
 }
 
 /// Asks the operator to type the name of the database about to be replaced.

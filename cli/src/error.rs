@@ -2,8 +2,9 @@
 //!
 //! Exit codes are part of the CLI's contract with scripts: `0` success, `1` the work ran and
 //! failed (an order ended failed, cancelled, lost or expired; the audit chain is broken), `2`
-//! the request was refused or the coordinator could not be reached, and for `warden rto` a
-//! database breaches its recovery target.
+//! the request was refused or the coordinator could not be reached, for `warden rto` a
+//! database breaches its recovery target, and for `warden migrate status` an applied migration
+//! file changed since.
 
 use std::error::Error as _;
 
@@ -18,6 +19,9 @@ pub const EXIT_FAILED: u8 = 1;
 /// It is a refusal's code too: only a breach prints a report on stdout, so a script that
 /// needs to tell them apart looks there.
 pub const EXIT_BREACH: u8 = 2;
+/// The exit code of `warden migrate status` when an applied migration file has changed since,
+/// for CI gates; like a breach, it comes with a report on stdout.
+pub const EXIT_CHANGED: u8 = 2;
 /// The exit code after Ctrl-C, as shells report death by SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -106,6 +110,8 @@ pub enum Outcome {
     WorkFailed,
     /// A database breaches its recovery target (`warden rto`): exit code 2.
     TargetBreached,
+    /// An applied migration file changed since (`warden migrate status`): exit code 2.
+    FilesChanged,
     /// The operator pressed Ctrl-C while following an order, which keeps running.
     Interrupted,
 }
@@ -124,6 +130,7 @@ impl Outcome {
             Outcome::Success => 0,
             Outcome::WorkFailed => EXIT_FAILED,
             Outcome::TargetBreached => EXIT_BREACH,
+            Outcome::FilesChanged => EXIT_CHANGED,
             Outcome::Interrupted => EXIT_INTERRUPTED,
         }
     }
@@ -195,6 +202,7 @@ mod tests {
         assert_eq!(Outcome::of_final_state(None).exit_code(), 1);
         assert_eq!(Outcome::Interrupted.exit_code(), 130);
         assert_eq!(Outcome::TargetBreached.exit_code(), 2);
+        assert_eq!(Outcome::FilesChanged.exit_code(), 2);
     }
 
     #[test]

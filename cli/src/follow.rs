@@ -1,11 +1,14 @@
-//! Following an order until it ends, for `--wait` and `order ID --watch`.
+//! Following an order or a rollout until it ends, for `--wait`, `order ID --watch` and
+//! `rollout ID --wait`.
 //!
 //! A held order (a restore waiting for its maintenance window) is followed like a running
 //! one: it starts by itself when the window opens, or ends `expired` when its deadline passes.
 //!
-//! The CLI polls `GetOrder` rather than streaming: orders live minutes to hours, a poll every
-//! 300 ms costs the coordinator one indexed read, and polling survives coordinator restarts.
+//! The CLI polls `GetOrder` (`GetRollout`) rather than streaming: orders live minutes to
+//! hours, a poll every 300 ms costs the coordinator one indexed read, and polling survives
+//! coordinator restarts.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,23 +16,130 @@ use warden_proto::v1;
 use warden_shared::OrderState;
 
 use crate::client::Coordinator;
-use crate::error::CliError;
+use crate::error::{CliError, Outcome};
 use crate::format;
-use crate::json::{order_kind_name, order_state, order_state_name};
-use crate::render::held_note;
+use crate::json::{order_state, order_state_name};
+use crate::render::{held_note, order_kind_label, rollout_progress};
 
 /// How often the order is read while it runs.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
 /// How long the coordinator may stay out of reach (a restart) before following gives up.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
+/// The state of a rollout that has not ended.
+pub const ROLLOUT_RUNNING: &str = "running";
+/// The state of a rollout whose every database migrated.
+pub const ROLLOUT_SUCCEEDED: &str = "succeeded";
 
-/// How following an order ended.
+/// How following an order or rollout ended.
 #[derive(Debug)]
-pub enum Followed {
-    /// The order reached a final state.
-    Ended(v1::Order),
-    /// The operator pressed Ctrl-C; the order itself keeps going on the coordinator.
-    Interrupted(v1::Order),
+pub enum Followed<T> {
+    /// It reached a final state.
+    Ended(T),
+    /// The operator pressed Ctrl-C; it keeps going on the coordinator.
+    Interrupted(T),
+}
+
+/// Something the coordinator works on for a while, which the CLI can follow to its end.
+pub trait Followable: Sized {
+    /// Nothing more will happen to it.
+    fn is_final(&self) -> bool;
+    /// What the spinner names: kind, database and id.
+    fn title(&self) -> String;
+    /// Where it stands, for the spinner.
+    fn progress(&self, now_ms: i64) -> String;
+    /// Where it stands without a spinner: printed to stderr each time it changes, so a log
+    /// shows what the wait is for. Only absolute times: a relative one would change, and
+    /// repeat the line, each poll.
+    fn milestone(&self) -> Option<String>;
+    /// Reads it again.
+    fn latest(&self, coordinator: &Coordinator) -> impl Future<Output = Result<Self, CliError>>;
+    /// How a command that followed it to its end ends: only success is success.
+    fn outcome(&self) -> Outcome;
+    /// What goes on after the operator stopped waiting, and how to follow it again.
+    fn left_running(&self) -> String;
+}
+
+/// How to follow or stop an order the CLI no longer waits for.
+pub fn order_hint(id: &str) -> String {
+    format!("follow it with `warden order {id} --watch` or stop it with `warden cancel {id}`")
+}
+
+impl Followable for v1::Order {
+    fn is_final(&self) -> bool {
+        is_final(self)
+    }
+
+    fn title(&self) -> String {
+        format!("{} {} {}", order_kind_label(self), self.database, self.id)
+    }
+
+    fn progress(&self, now_ms: i64) -> String {
+        progress_line(self, now_ms)
+    }
+
+    fn milestone(&self) -> Option<String> {
+        held_note(self, None).map(|note| format!("order {} is held: {note}", self.id))
+    }
+
+    async fn latest(&self, coordinator: &Coordinator) -> Result<Self, CliError> {
+        let request = v1::GetOrderRequest {
+            id: self.id.clone(),
+        };
+        coordinator.answer(coordinator.admin().get_order(request).await)
+    }
+
+    fn outcome(&self) -> Outcome {
+        Outcome::of_final_state(order_state(self))
+    }
+
+    fn left_running(&self) -> String {
+        let keeps = if order_state(self) == Some(OrderState::Held) {
+            "stays held and starts by itself when it may"
+        } else {
+            "keeps running"
+        };
+        format!("order {} {keeps}; {}", self.id, order_hint(&self.id))
+    }
+}
+
+impl Followable for v1::Rollout {
+    fn is_final(&self) -> bool {
+        self.state != ROLLOUT_RUNNING
+    }
+
+    fn title(&self) -> String {
+        format!("rollout {}", self.id)
+    }
+
+    fn progress(&self, _now_ms: i64) -> String {
+        format!("{} · {}", self.state, rollout_progress(self))
+    }
+
+    fn milestone(&self) -> Option<String> {
+        Some(format!("rollout {}: {}", self.id, rollout_progress(self)))
+    }
+
+    async fn latest(&self, coordinator: &Coordinator) -> Result<Self, CliError> {
+        let request = v1::GetRolloutRequest {
+            id: self.id.clone(),
+        };
+        coordinator.answer(coordinator.admin().get_rollout(request).await)
+    }
+
+    fn outcome(&self) -> Outcome {
+        if self.state == ROLLOUT_SUCCEEDED {
+            Outcome::Success
+        } else {
+            Outcome::WorkFailed
+        }
+    }
+
+    fn left_running(&self) -> String {
+        format!(
+            "rollout {id} keeps running, wave by wave; follow it with `warden rollout {id} --wait`",
+            id = self.id
+        )
+    }
 }
 
 /// Returns whether nothing more will happen to `order`.
@@ -37,49 +147,47 @@ pub fn is_final(order: &v1::Order) -> bool {
     order_state(order).is_some_and(OrderState::is_final)
 }
 
-/// Polls the order until it is final, showing a spinner with phase, bytes and rate when
-/// `show_progress` is set; without a spinner, why the order is held goes to stderr each time
-/// it changes, so a log shows what the wait is for.
-pub async fn follow(
+/// Polls until `submitted` is final, showing a spinner with where it stands when
+/// `show_progress` is set; without a spinner, its milestones go to stderr as they change.
+pub async fn follow<T: Followable>(
     coordinator: &Coordinator,
-    submitted: v1::Order,
+    submitted: T,
     show_progress: bool,
-) -> Result<Followed, CliError> {
-    let spinner = show_progress.then(|| new_spinner(&submitted));
+) -> Result<Followed<T>, CliError> {
+    let spinner = show_progress.then(|| new_spinner(&submitted.title()));
     // One listener for the whole wait, so a Ctrl-C during a request is not missed.
     let mut interrupt = Box::pin(tokio::signal::ctrl_c());
     let mut can_interrupt = true;
-    let mut order = submitted;
+    let mut current = submitted;
     let mut last_answer = Instant::now();
-    let mut last_held_note = None;
+    let mut last_milestone = None;
     let outcome = loop {
         if let Some(spinner) = &spinner {
-            spinner.set_message(progress_line(&order, warden_shared::now_unix_ms()));
+            spinner.set_message(current.progress(warden_shared::now_unix_ms()));
         } else {
-            // Absolute times only: a relative one would change, and repeat the line, each poll.
-            let note = held_note(&order, None);
-            if let Some(text) = note.as_ref().filter(|_| note != last_held_note) {
-                eprintln!("order {} is held: {text}", order.id);
+            let milestone = current.milestone();
+            if let Some(text) = milestone.as_ref().filter(|_| milestone != last_milestone) {
+                eprintln!("{text}");
             }
-            last_held_note = note;
+            last_milestone = milestone;
         }
-        if is_final(&order) {
-            break Ok(Followed::Ended(order));
+        if current.is_final() {
+            break Ok(Followed::Ended(current));
         }
         let answer = tokio::select! {
             signal = &mut interrupt, if can_interrupt => {
                 if signal.is_ok() {
-                    break Ok(Followed::Interrupted(order));
+                    break Ok(Followed::Interrupted(current));
                 }
                 // Without a signal handler Ctrl-C simply ends the process, which is fine.
                 can_interrupt = false;
                 continue;
             }
-            answer = poll_once(coordinator, &order.id) => answer,
+            answer = poll_once(coordinator, &current) => answer,
         };
         match answer {
             Ok(latest) => {
-                order = latest;
+                current = latest;
                 last_answer = Instant::now();
             }
             // A coordinator restart should not end a long wait: the order lives on in its
@@ -88,7 +196,7 @@ pub async fn follow(
                 if let Some(spinner) = &spinner {
                     spinner.set_message(format!(
                         "{} (coordinator unreachable, retrying)",
-                        progress_line(&order, warden_shared::now_unix_ms())
+                        current.progress(warden_shared::now_unix_ms())
                     ));
                 }
             }
@@ -101,23 +209,17 @@ pub async fn follow(
     outcome
 }
 
-async fn poll_once(coordinator: &Coordinator, id: &str) -> Result<v1::Order, CliError> {
+async fn poll_once<T: Followable>(coordinator: &Coordinator, current: &T) -> Result<T, CliError> {
     tokio::time::sleep(POLL_INTERVAL).await;
-    let request = v1::GetOrderRequest { id: id.to_owned() };
-    coordinator.answer(coordinator.admin().get_order(request).await)
+    current.latest(coordinator).await
 }
 
-fn new_spinner(order: &v1::Order) -> ProgressBar {
+fn new_spinner(title: &str) -> ProgressBar {
     let spinner = ProgressBar::new_spinner();
     let style = ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     spinner.set_style(style);
-    spinner.set_prefix(format!(
-        "{} {} {}",
-        order_kind_name(order),
-        order.database,
-        order.id
-    ));
+    spinner.set_prefix(title.to_owned());
     spinner.enable_steady_tick(Duration::from_millis(120));
     spinner
 }
@@ -178,6 +280,63 @@ mod tests {
             progress_line(&order, now),
             "held · no maintenance window is open for pg1/shop; may start at 2026-11-27 00:50:05Z (in 3h 20m)"
         );
+    }
+
+    #[test]
+    fn rollouts_end_when_they_stop_running() {
+        let mut rollout = v1::Rollout {
+            id: "r-1".into(),
+            state: ROLLOUT_RUNNING.into(),
+            current_wave: 1,
+            wave_count: 2,
+            targets: vec![v1::RolloutTarget {
+                state: "running".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(!rollout.is_final());
+        assert_eq!(
+            rollout.milestone().as_deref(),
+            Some("rollout r-1: wave 1 of 2 · 1 running")
+        );
+        assert_eq!(rollout.progress(0), "running · wave 1 of 2 · 1 running");
+        for (state, outcome) in [
+            (ROLLOUT_SUCCEEDED, Outcome::Success),
+            ("halted", Outcome::WorkFailed),
+            ("cancelled", Outcome::WorkFailed),
+        ] {
+            rollout.state = state.into();
+            assert!(rollout.is_final(), "{state}");
+            assert_eq!(rollout.outcome(), outcome, "{state}");
+        }
+        assert!(
+            rollout
+                .left_running()
+                .contains("`warden rollout r-1 --wait`")
+        );
+    }
+
+    #[test]
+    fn held_orders_are_a_milestone() {
+        let mut order = v1::Order {
+            id: "o-1".into(),
+            state: v1::OrderState::Running.into(),
+            ..Default::default()
+        };
+        assert_eq!(order.milestone(), None);
+        assert!(
+            order
+                .left_running()
+                .starts_with("order o-1 keeps running; follow it with")
+        );
+        order.state = v1::OrderState::Held.into();
+        order.phase = "no maintenance window is open".into();
+        assert_eq!(
+            order.milestone().as_deref(),
+            Some("order o-1 is held: no maintenance window is open")
+        );
+        assert!(order.left_running().starts_with("order o-1 stays held"));
     }
 
     #[test]

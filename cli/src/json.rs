@@ -150,6 +150,7 @@ pub struct OrderJson {
     pub health: Option<HealthJson>,
     pub prune: Option<PruneOutcomeJson>,
     pub drill: Option<DrillJson>,
+    pub migration: Option<MigrationJson>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -263,15 +264,169 @@ impl DrillJson {
             restore_millis: drill.restore_millis,
             raw_bytes: drill.raw_bytes,
             phases: phases(&drill.phases),
-            checks: drill
-                .checks
-                .iter()
-                .map(|check| CheckJson {
-                    name: check.name.clone(),
-                    passed: check.passed,
-                    error: non_empty(&check.error),
-                })
-                .collect(),
+            checks: checks(&drill.checks),
+        }
+    }
+}
+
+fn checks(results: &[v1::CheckResult]) -> Vec<CheckJson> {
+    results
+        .iter()
+        .map(|check| CheckJson {
+            name: check.name.clone(),
+            passed: check.passed,
+            error: non_empty(&check.error),
+        })
+        .collect()
+}
+
+/// A migration file by version and name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrationRefJson {
+    pub version: String,
+    pub name: String,
+}
+
+impl From<&v1::MigrationRef> for MigrationRefJson {
+    fn from(migration: &v1::MigrationRef) -> Self {
+        Self {
+            version: migration.version.clone(),
+            name: migration.name.clone(),
+        }
+    }
+}
+
+/// A migration the database recorded as applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppliedMigrationJson {
+    pub version: String,
+    pub name: String,
+    /// sha256 of the file as applied.
+    pub sha256: String,
+    pub applied_at: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl From<&v1::AppliedMigration> for AppliedMigrationJson {
+    fn from(migration: &v1::AppliedMigration) -> Self {
+        Self {
+            version: migration.version.clone(),
+            name: migration.name.clone(),
+            sha256: migration.sha256.clone(),
+            applied_at: rfc3339(migration.applied_unix_ms),
+            duration_ms: migration.duration_ms,
+        }
+    }
+}
+
+/// An applied migration whose file has changed since.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChangedMigrationJson {
+    pub version: String,
+    pub name: String,
+    pub recorded_sha256: String,
+    pub file_sha256: String,
+}
+
+impl From<&v1::ChangedMigration> for ChangedMigrationJson {
+    fn from(migration: &v1::ChangedMigration) -> Self {
+        Self {
+            version: migration.version.clone(),
+            name: migration.name.clone(),
+            recorded_sha256: migration.recorded_sha256.clone(),
+            file_sha256: migration.file_sha256.clone(),
+        }
+    }
+}
+
+/// A version as a number, which orders migrations (`0002` before `10`); odd ones last.
+pub fn version_number(version: &str) -> u64 {
+    version.parse().unwrap_or(u64::MAX)
+}
+
+fn all<'a, W: 'a, J: From<&'a W>>(items: &'a [W]) -> Vec<J> {
+    items.iter().map(J::from).collect()
+}
+
+/// What a migration did, also when it failed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrationJson {
+    /// The backup taken before anything changed (null when glass was broken without one).
+    pub pre_migration_artifact_id: Option<String>,
+    /// Applied by this order, in order.
+    pub applied: Vec<AppliedMigrationJson>,
+    /// Recorded before this order, with the checksum the file still has.
+    pub already_applied: Vec<AppliedMigrationJson>,
+    /// Not applied: not reached when the order failed.
+    pub pending: Vec<MigrationRefJson>,
+    /// Applied with a different checksum than the file has now.
+    pub changed: Vec<ChangedMigrationJson>,
+    /// Recorded in the database but not among the files sent.
+    pub unknown: Vec<AppliedMigrationJson>,
+    /// The version whose SQL failed.
+    pub failed_version: Option<String>,
+    pub checks: Vec<CheckJson>,
+    /// The pre-migration backup was restored over the database after a failed check.
+    pub restored: bool,
+    /// The command that brings back the pre-migration state, when the order failed after
+    /// changing the database and did not restore.
+    pub restore_command: Option<String>,
+    /// Command mode: the tail of the command's output.
+    pub command_output: Option<String>,
+    pub phases: Vec<PhaseJson>,
+}
+
+impl From<&v1::MigrateOutcome> for MigrationJson {
+    fn from(migration: &v1::MigrateOutcome) -> Self {
+        Self {
+            pre_migration_artifact_id: non_empty(&migration.pre_migration_artifact_id),
+            applied: all(&migration.applied),
+            already_applied: all(&migration.already_applied),
+            pending: all(&migration.pending),
+            changed: all(&migration.changed),
+            unknown: all(&migration.unknown),
+            failed_version: non_empty(&migration.failed_version),
+            checks: checks(&migration.checks),
+            restored: migration.restored,
+            restore_command: non_empty(&migration.restore_command),
+            command_output: non_empty(&migration.command_output),
+            phases: phases(&migration.phases),
+        }
+    }
+}
+
+/// `warden migrate status`: the files against what the database recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrationStatusJson {
+    pub database: String,
+    /// The status order that compared them.
+    pub order_id: String,
+    pub applied: Vec<AppliedMigrationJson>,
+    pub pending: Vec<MigrationRefJson>,
+    pub changed: Vec<ChangedMigrationJson>,
+    pub unknown: Vec<AppliedMigrationJson>,
+}
+
+impl MigrationStatusJson {
+    pub fn new(order: &v1::Order, status: &v1::MigrateOutcome) -> Self {
+        Self {
+            database: order.database.clone(),
+            order_id: order.id.clone(),
+            // A status order applies nothing, so whatever it reports as applied, in either
+            // list, was there before; in version order.
+            applied: {
+                let mut applied: Vec<AppliedMigrationJson> = status
+                    .applied
+                    .iter()
+                    .chain(&status.already_applied)
+                    .map(From::from)
+                    .collect();
+                applied.sort_by_key(|m| version_number(&m.version));
+                applied
+            },
+            pending: all(&status.pending),
+            changed: all(&status.changed),
+            unknown: all(&status.unknown),
         }
     }
 }
@@ -370,6 +525,97 @@ impl From<&v1::Order> for OrderJson {
                 Some(ResultOutcome::Drill(drill)) => Some(DrillJson::new(order, drill)),
                 _ => None,
             },
+            migration: migrate_outcome(order).map(MigrationJson::from),
+        }
+    }
+}
+
+/// Returns what a migrate order reported, once there is a result.
+pub fn migrate_outcome(order: &v1::Order) -> Option<&v1::MigrateOutcome> {
+    match order_outcome(order)? {
+        ResultOutcome::Migrate(migration) => Some(migration),
+        _ => None,
+    }
+}
+
+/// Returns a migrate order's parameters.
+pub fn migrate_params(order: &v1::Order) -> Option<&v1::MigrateParams> {
+    match order.spec.as_ref()?.params.as_ref()? {
+        Params::Migrate(params) => Some(params),
+        _ => None,
+    }
+}
+
+/// A fleet rollout of one migration, wave by wave.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutJson {
+    pub id: String,
+    /// `running`, `succeeded`, `halted` or `cancelled`.
+    pub state: String,
+    /// Label terms; empty selects the whole fleet.
+    pub selector: String,
+    /// Cumulative wave sizes, e.g. `1,25%,100%`.
+    pub waves: String,
+    /// The wave running now, from 1 (0 before the first starts).
+    pub current_wave: u32,
+    pub wave_count: u32,
+    pub requested_by: String,
+    pub reason: Option<String>,
+    pub created_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Why it halted.
+    pub error: Option<String>,
+    /// The files applied (empty in command mode).
+    pub migrations: Vec<MigrationRefJson>,
+    /// The migration command (null in SQL mode).
+    pub command: Option<String>,
+    pub targets: Vec<RolloutTargetJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutTargetJson {
+    pub database: String,
+    pub wave: u32,
+    /// `waiting`, `skipped` or the state of its order.
+    pub state: String,
+    pub order_id: Option<String>,
+    pub pre_migration_artifact_id: Option<String>,
+    /// Versions this database applied.
+    pub applied: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl From<&v1::Rollout> for RolloutJson {
+    fn from(rollout: &v1::Rollout) -> Self {
+        Self {
+            id: rollout.id.clone(),
+            state: rollout.state.clone(),
+            selector: rollout.selector.clone(),
+            waves: rollout.waves.clone(),
+            current_wave: rollout.current_wave,
+            wave_count: rollout.wave_count,
+            requested_by: rollout.requested_by.clone(),
+            reason: non_empty(&rollout.reason),
+            created_at: rfc3339(rollout.created_unix_ms),
+            finished_at: rfc3339(rollout.finished_unix_ms),
+            error: non_empty(&rollout.error),
+            migrations: all(&rollout.migrations),
+            command: non_empty(&rollout.command),
+            targets: all(&rollout.targets),
+        }
+    }
+}
+
+impl From<&v1::RolloutTarget> for RolloutTargetJson {
+    fn from(target: &v1::RolloutTarget) -> Self {
+        Self {
+            database: target.database.clone(),
+            wave: target.wave,
+            state: target.state.clone(),
+            order_id: non_empty(&target.order_id),
+            pre_migration_artifact_id: non_empty(&target.pre_migration_artifact_id),
+            applied: target.applied.clone(),
+            error: non_empty(&target.error),
         }
     }
 }
@@ -849,7 +1095,7 @@ mod tests {
                 "progress_bytes_per_sec": 0.0, "error": null, "emergency": false,
                 "safety_backup_order_id": null, "held_until": null, "deadline": null,
                 "artifact_id": null, "artifact_corrupt": false, "restore": null,
-                "health": null, "prune": null, "drill": null
+                "health": null, "prune": null, "drill": null, "migration": null
             })
         );
     }
@@ -1117,6 +1363,153 @@ mod tests {
         let drill = failed.drill.expect("a drill outcome");
         assert!(!drill.passed);
         assert_eq!(drill.checks[0].error.as_deref(), Some("returned false"));
+    }
+
+    fn applied(version: &str, name: &str) -> v1::AppliedMigration {
+        v1::AppliedMigration {
+            version: version.into(),
+            name: name.into(),
+            sha256: "ab".repeat(32),
+            applied_unix_ms: CREATED_MS,
+            duration_ms: 120,
+        }
+    }
+
+    #[test]
+    fn migration_outcome_shape() {
+        let mut migrate = order(
+            v1::OrderState::Failed,
+            Some(ResultOutcome::Migrate(v1::MigrateOutcome {
+                applied: vec![applied("0002", "add_email")],
+                already_applied: vec![applied("0001", "create_users")],
+                pending: vec![v1::MigrationRef {
+                    version: "0003".into(),
+                    name: "backfill".into(),
+                }],
+                changed: vec![v1::ChangedMigration {
+                    version: "0000".into(),
+                    name: "init".into(),
+                    recorded_sha256: "aa".into(),
+                    file_sha256: "bb".into(),
+                }],
+                unknown: vec![],
+                failed_version: "0003".into(),
+                checks: vec![v1::CheckResult {
+                    name: "c".into(),
+                    passed: false,
+                    error: "returned false".into(),
+                }],
+                pre_migration_artifact_id: "a-pre".into(),
+                restored: false,
+                phases: vec![v1::PhaseTiming {
+                    phase: "apply".into(),
+                    millis: 300,
+                }],
+                command_output: String::new(),
+                restore_command: "warden restore a-pre --replace".into(),
+            })),
+        );
+        migrate.kind = v1::OrderKind::Migrate.into();
+        let json = serde_json::to_value(OrderJson::from(&migrate)).expect("serializes");
+        assert_eq!(json["kind"], "migrate");
+        let entry = json!({"version": "0002", "name": "add_email", "sha256": "ab".repeat(32),
+                           "applied_at": CREATED, "duration_ms": 120});
+        assert_eq!(
+            json["migration"],
+            json!({
+                "pre_migration_artifact_id": "a-pre",
+                "applied": [entry],
+                "already_applied": [{"version": "0001", "name": "create_users",
+                                     "sha256": "ab".repeat(32), "applied_at": CREATED,
+                                     "duration_ms": 120}],
+                "pending": [{"version": "0003", "name": "backfill"}],
+                "changed": [{"version": "0000", "name": "init", "recorded_sha256": "aa",
+                             "file_sha256": "bb"}],
+                "unknown": [],
+                "failed_version": "0003",
+                "checks": [{"name": "c", "passed": false, "error": "returned false"}],
+                "restored": false,
+                "restore_command": "warden restore a-pre --replace",
+                "command_output": null,
+                "phases": [{"phase": "apply", "millis": 300}]
+            })
+        );
+        let empty = serde_json::to_value(MigrationJson::from(&v1::MigrateOutcome::default()))
+            .expect("serializes");
+        for key in [
+            "pre_migration_artifact_id",
+            "failed_version",
+            "restore_command",
+            "command_output",
+        ] {
+            assert_eq!(empty[key], Value::Null, "{key}");
+        }
+    }
+
+    #[test]
+    fn migration_status_lists_everything_recorded_as_applied_in_version_order() {
+        let status = v1::MigrateOutcome {
+            applied: vec![applied("10", "late")],
+            already_applied: vec![applied("0002", "b"), applied("0001", "a")],
+            ..Default::default()
+        };
+        let mut o = order(v1::OrderState::Succeeded, None);
+        o.id = "o-status".into();
+        let json = MigrationStatusJson::new(&o, &status);
+        let versions: Vec<&str> = json.applied.iter().map(|m| m.version.as_str()).collect();
+        assert_eq!(versions, ["0001", "0002", "10"]);
+        let value = serde_json::to_value(&json).expect("serializes");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "applied", "changed", "database", "order_id", "pending", "unknown"
+            ]
+        );
+        assert_eq!(value["order_id"], "o-status");
+        assert_eq!(value["database"], "pg1/shop");
+    }
+
+    #[test]
+    fn rollout_shape() {
+        let rollout = v1::Rollout {
+            id: "r-1".into(),
+            state: "running".into(),
+            selector: String::new(),
+            waves: "1,100%".into(),
+            requested_by: "alice@ops".into(),
+            reason: String::new(),
+            created_unix_ms: CREATED_MS,
+            finished_unix_ms: 0,
+            current_wave: 0,
+            wave_count: 2,
+            error: String::new(),
+            migrations: vec![],
+            command: "artisan".into(),
+            targets: vec![v1::RolloutTarget {
+                database: "pg1/shop".into(),
+                wave: 1,
+                state: "waiting".into(),
+                ..Default::default()
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(RolloutJson::from(&rollout)).expect("serializes"),
+            json!({
+                "id": "r-1", "state": "running", "selector": "", "waves": "1,100%",
+                "current_wave": 0, "wave_count": 2, "requested_by": "alice@ops",
+                "reason": null, "created_at": CREATED, "finished_at": null, "error": null,
+                "migrations": [], "command": "artisan",
+                "targets": [{"database": "pg1/shop", "wave": 1, "state": "waiting",
+                             "order_id": null, "pre_migration_artifact_id": null,
+                             "applied": [], "error": null}]
+            })
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! It talks to the coordinator's AdminService only; agents and databases are never contacted
 //! directly. Exit codes: 0 success, 1 the work ran and failed, 2 the request was refused, the
-//! coordinator could not be reached or `rto` found a breached target (see `error`).
+//! coordinator could not be reached, `rto` found a breached target or `migrate status` a
+//! changed migration file (see `error`).
 
 mod args;
 mod client;
@@ -11,6 +12,7 @@ mod error;
 mod follow;
 mod format;
 mod json;
+mod migrate;
 mod render;
 
 use std::process::ExitCode;

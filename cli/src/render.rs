@@ -15,9 +15,10 @@ use crate::error::CliError;
 use crate::format;
 use crate::json::{
     AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, DatabaseJson, DatabaseStatusJson,
-    ExportJson, FleetStatusJson, NextWindowJson, OrderJson, PolicyResultJson, PruneJson,
-    RtoReportJson, RtoRowJson, WindowJson, artifact_corrupt, order_kind, order_kind_name,
-    order_outcome, order_state, order_state_name, result_succeeded, source_artifact_id,
+    ExportJson, FleetStatusJson, MigrationStatusJson, NextWindowJson, OrderJson, PolicyResultJson,
+    PruneJson, RolloutJson, RolloutTargetJson, RtoReportJson, RtoRowJson, WindowJson,
+    artifact_corrupt, migrate_outcome, migrate_params, order_kind, order_kind_name, order_outcome,
+    order_state, order_state_name, result_succeeded, source_artifact_id, version_number,
 };
 
 /// The RTO status of a database that misses its target.
@@ -63,6 +64,16 @@ pub fn print_one<E: Entity>(item: &E, json: bool) -> Result<(), CliError> {
         return print_json(&item.to_json());
     }
     print_text(&detail_table(item, warden_shared::now_unix_ms()).trim_fmt())
+}
+
+/// Prints one order; for a migration that failed after changing its database and was not
+/// restored, says on stderr, where it cannot be missed, how to restore it.
+pub fn print_order(order: &v1::Order, json: bool) -> Result<(), CliError> {
+    print_one(order, json)?;
+    if let Some(note) = restore_note(order) {
+        eprintln!("{note}");
+    }
+    Ok(())
 }
 
 /// Prints the result of `audit verify`.
@@ -549,7 +560,7 @@ impl Entity for v1::Order {
         };
         vec![
             self.id.clone(),
-            order_kind_name(self).to_owned(),
+            order_kind_label(self),
             self.database.clone(),
             state,
             held_note(self, Some(now_ms)).unwrap_or_else(|| format::or_none(&self.phase)),
@@ -675,9 +686,496 @@ impl Entity for v1::Order {
                 );
             }
             Some(ResultOutcome::Health(health)) => details.extend(health_fields(health)),
-            None => {}
+            // Below, with what the order was asked to do.
+            Some(ResultOutcome::Migrate(_)) | None => {}
+        }
+        if let Some(params) = migrate_params(self) {
+            details.extend(migration_fields(self, params));
         }
         details
+    }
+}
+
+/// The kind of an order as tables show it: "migrate status" for a migrate order that only
+/// compares, so `warden orders` tells it from one that changes the database.
+pub fn order_kind_label(order: &v1::Order) -> String {
+    if migrate_params(order).is_some_and(|params| params.status_only) {
+        format!("{} status", order_kind_name(order))
+    } else {
+        order_kind_name(order).to_owned()
+    }
+}
+
+/// What a migrate order was asked to do, then what it did: the pre-migration backup, the
+/// files applied, already applied, pending, changed and unknown, the file that failed, the
+/// checks, and whether the database was restored or how to restore it.
+fn migration_fields(order: &v1::Order, params: &v1::MigrateParams) -> Vec<(&'static str, String)> {
+    use v1::migrate_params::Source;
+    let mut fields = Vec::new();
+    match &params.source {
+        Some(Source::Sql(sql)) => fields.push((
+            "FILES",
+            join_or_none(
+                sql.files
+                    .iter()
+                    .map(|f| migration_name(&f.version, &f.name)),
+            ),
+        )),
+        Some(Source::Command(name)) => fields.push(("COMMAND", name.clone())),
+        None => {}
+    }
+    if params.status_only {
+        fields.push((
+            "MODE",
+            "status only: compares the files with what the database recorded; changes nothing"
+                .to_owned(),
+        ));
+    }
+    if !params.on_check_failure.is_empty() {
+        fields.push(("ON CHECK FAILURE", params.on_check_failure.clone()));
+    }
+    if !params.rollout_id.is_empty() {
+        fields.push(("ROLLOUT", params.rollout_id.clone()));
+    }
+    let outcome = migrate_outcome(order);
+    let pre_migration = outcome
+        .map(|o| o.pre_migration_artifact_id.as_str())
+        .filter(|id| !id.is_empty())
+        .or_else(|| {
+            params
+                .pre_migration
+                .as_ref()
+                .map(|p| p.artifact_id.as_str())
+        })
+        .filter(|id| !id.is_empty());
+    if let Some(artifact) = pre_migration {
+        fields.push(("PRE-MIGRATION BACKUP", artifact.to_owned()));
+    }
+    let Some(outcome) = outcome else {
+        return fields;
+    };
+    let command_mode = matches!(params.source, Some(Source::Command(_)));
+    if command_mode && outcome.applied.is_empty() && outcome.already_applied.is_empty() {
+        // A migration command keeps its own books: nothing to count here.
+    } else if params.status_only {
+        // A status order applies nothing: whatever it found recorded was there before.
+        let recorded = outcome.applied.len() + outcome.already_applied.len();
+        fields.push(("ALREADY APPLIED", recorded.to_string()));
+    } else {
+        fields.push((
+            "APPLIED",
+            join_or_none(outcome.applied.iter().map(|m| {
+                format!(
+                    "{} ({})",
+                    migration_name(&m.version, &m.name),
+                    format::millis(m.duration_ms)
+                )
+            })),
+        ));
+        fields.push(("ALREADY APPLIED", outcome.already_applied.len().to_string()));
+    }
+    if !outcome.pending.is_empty() {
+        let pending = join_or_none(
+            outcome
+                .pending
+                .iter()
+                .map(|m| migration_name(&m.version, &m.name)),
+        );
+        fields.push((
+            "PENDING",
+            if ended_unsuccessfully(order) && !params.status_only {
+                format!("{pending} (not reached)")
+            } else {
+                pending
+            },
+        ));
+    }
+    fields.extend(outcome.changed.iter().map(|m| {
+        (
+            "CHANGED",
+            format!(
+                "{}: applied with sha256 {}, the file now has {}",
+                migration_name(&m.version, &m.name),
+                short_sha(&m.recorded_sha256),
+                short_sha(&m.file_sha256)
+            ),
+        )
+    }));
+    if !outcome.unknown.is_empty() {
+        fields.push((
+            "UNKNOWN",
+            join_or_none(
+                outcome
+                    .unknown
+                    .iter()
+                    .map(|m| migration_name(&m.version, &m.name)),
+            ),
+        ));
+    }
+    if !outcome.failed_version.is_empty() {
+        fields.push(("FAILED FILE", failed_file(params, outcome)));
+    }
+    fields.extend(
+        outcome
+            .checks
+            .iter()
+            .map(|check| ("CHECK", check_line(check))),
+    );
+    if outcome.restored {
+        fields.push((
+            "RESTORED",
+            format!(
+                "yes: the pre-migration backup {} was restored over {}, as it was before the migration",
+                pre_migration.unwrap_or("of the database"),
+                order.database
+            ),
+        ));
+    }
+    if !outcome.restore_command.is_empty() {
+        fields.push(("RESTORE WITH", outcome.restore_command.clone()));
+    }
+    if !outcome.phases.is_empty() {
+        fields.push(("PHASES", phase_timings(&outcome.phases)));
+    }
+    let output = outcome.command_output.trim_end();
+    if !output.is_empty() {
+        fields.push(("OUTPUT", output.to_owned()));
+    }
+    fields
+}
+
+/// Returns whether the order ended in any other way than success.
+fn ended_unsuccessfully(order: &v1::Order) -> bool {
+    order_state(order).is_some_and(|state| state.is_final() && state != OrderState::Succeeded)
+}
+
+/// "0001_create_users".
+fn migration_name(version: &str, name: &str) -> String {
+    if name.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{version}_{name}")
+    }
+}
+
+/// The file whose SQL failed, by its file name when the order carried it.
+fn failed_file(params: &v1::MigrateParams, outcome: &v1::MigrateOutcome) -> String {
+    let version = outcome.failed_version.as_str();
+    let name = match &params.source {
+        Some(v1::migrate_params::Source::Sql(sql)) => sql
+            .files
+            .iter()
+            .find(|f| f.version == version)
+            .map(|f| f.name.as_str()),
+        _ => None,
+    }
+    .or_else(|| {
+        outcome
+            .pending
+            .iter()
+            .find(|m| m.version == version)
+            .map(|m| m.name.as_str())
+    });
+    match name {
+        Some(name) => format!("{}.sql", migration_name(version, name)),
+        None => version.to_owned(),
+    }
+}
+
+/// The first 12 hex digits of a checksum, enough to tell two apart.
+fn short_sha(sha256: &str) -> String {
+    if sha256.is_empty() {
+        return format::NONE.to_owned();
+    }
+    sha256.chars().take(12).collect()
+}
+
+/// Joins with ", ", or "none".
+fn join_or_none(items: impl Iterator<Item = String>) -> String {
+    let joined = items.collect::<Vec<_>>().join(", ");
+    if joined.is_empty() {
+        "none".to_owned()
+    } else {
+        joined
+    }
+}
+
+/// What to say, prominently, when a migration failed after changing its database and was not
+/// restored: the exact command that brings back the state from before it.
+pub fn restore_note(order: &v1::Order) -> Option<String> {
+    let outcome = migrate_outcome(order)?;
+    if !ended_unsuccessfully(order) || outcome.restore_command.is_empty() || outcome.restored {
+        return None;
+    }
+    Some(format!(
+        "migration order {} failed after changing {} and did not restore it; to bring back the state from before the migration, run:\n\n    {}",
+        order.id, order.database, outcome.restore_command
+    ))
+}
+
+/// Prints what `warden migrate status` found.
+pub fn print_migration_status(
+    order: &v1::Order,
+    status: &v1::MigrateOutcome,
+    json: bool,
+) -> Result<(), CliError> {
+    if json {
+        return print_json(&MigrationStatusJson::new(order, status));
+    }
+    print_text(&migration_status_text(order, status))
+}
+
+/// The head of `migrate status` (database, order, counts), the files by version with what
+/// the database recorded of each, and what to do about changed files.
+pub fn migration_status_text(order: &v1::Order, status: &v1::MigrateOutcome) -> String {
+    let applied_count = status.applied.len() + status.already_applied.len();
+    let mut text = key_value_table(vec![
+        ("DATABASE", order.database.clone()),
+        ("ORDER", order.id.clone()),
+        (
+            "FILES",
+            format!(
+                "{applied_count} applied, {} pending, {} changed, {} unknown",
+                status.pending.len(),
+                status.changed.len(),
+                status.unknown.len()
+            ),
+        ),
+    ])
+    .trim_fmt();
+    let mut rows: Vec<(u64, Vec<String>)> = Vec::new();
+    let recorded = |state: &str, m: &v1::AppliedMigration| {
+        (
+            version_number(&m.version),
+            vec![
+                state.to_owned(),
+                m.version.clone(),
+                format::or_none(&m.name),
+                format::time(m.applied_unix_ms),
+                format::millis(m.duration_ms),
+                short_sha(&m.sha256),
+            ],
+        )
+    };
+    rows.extend(
+        status
+            .applied
+            .iter()
+            .chain(&status.already_applied)
+            .map(|m| recorded("applied", m)),
+    );
+    rows.extend(status.changed.iter().map(|m| {
+        (
+            version_number(&m.version),
+            vec![
+                "CHANGED".to_owned(),
+                m.version.clone(),
+                format::or_none(&m.name),
+                format::NONE.to_owned(),
+                format::NONE.to_owned(),
+                format!(
+                    "applied {}, file now {}",
+                    short_sha(&m.recorded_sha256),
+                    short_sha(&m.file_sha256)
+                ),
+            ],
+        )
+    }));
+    rows.extend(status.pending.iter().map(|m| {
+        (
+            version_number(&m.version),
+            vec![
+                "pending".to_owned(),
+                m.version.clone(),
+                format::or_none(&m.name),
+                format::NONE.to_owned(),
+                format::NONE.to_owned(),
+                format::NONE.to_owned(),
+            ],
+        )
+    }));
+    rows.extend(status.unknown.iter().map(|m| recorded("unknown", m)));
+    // Stable: a version listed twice keeps the order above.
+    rows.sort_by_key(|(number, _)| *number);
+    text.push_str("\n\n");
+    if rows.is_empty() {
+        text.push_str("no migrations: none in the directory, none recorded");
+    } else {
+        let mut table = new_table();
+        table.set_header(vec![
+            "STATUS",
+            "VERSION",
+            "NAME",
+            "APPLIED AT",
+            "TOOK",
+            "SHA256",
+        ]);
+        for (_, row) in rows {
+            table.add_row(row);
+        }
+        arrange_columns(&mut table);
+        text.push_str(&table.trim_fmt());
+    }
+    if !status.changed.is_empty() {
+        text.push_str(&format!(
+            "\n\n{} changed since it was applied: a migration that ran must stay as it ran; put it back and make the change in a new migration file",
+            count(status.changed.len(), "applied file")
+        ));
+    }
+    if !status.unknown.is_empty() {
+        text.push_str(&format!(
+            "\n\n{} recorded in the database but not in the directory: applied from elsewhere, or its file was removed",
+            count(status.unknown.len(), "migration")
+        ));
+    }
+    text
+}
+
+/// Prints a rollout: its fields, then one row per database.
+pub fn print_rollout(rollout: &v1::Rollout, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&RolloutJson::from(rollout));
+    }
+    print_text(&rollout_text(rollout, warden_shared::now_unix_ms()))
+}
+
+/// The single view of a rollout and the table of its databases.
+pub fn rollout_text(rollout: &v1::Rollout, now_ms: i64) -> String {
+    let targets = if rollout.targets.is_empty() {
+        "no databases selected".to_owned()
+    } else {
+        list_table(&rollout.targets, now_ms).trim_fmt()
+    };
+    format!("{}\n\n{targets}", detail_table(rollout, now_ms).trim_fmt())
+}
+
+/// Where a rollout stands, in one line: "wave 2 of 3 · 2 succeeded, 1 running, 5 waiting".
+pub fn rollout_progress(rollout: &v1::Rollout) -> String {
+    format!("wave {} · {}", wave(rollout), target_states(rollout))
+}
+
+/// "2 of 3".
+fn wave(rollout: &v1::Rollout) -> String {
+    format!("{} of {}", rollout.current_wave, rollout.wave_count)
+}
+
+/// The databases counted by state, in the order they first appear: "2 succeeded, 5 waiting".
+fn target_states(rollout: &v1::Rollout) -> String {
+    if rollout.targets.is_empty() {
+        return "no databases".to_owned();
+    }
+    tally(rollout.targets.iter().map(|t| t.state.as_str()), &[])
+}
+
+/// "0001_create_users" for one file, "3 files, 0001 to 0003" for more, "command NAME".
+fn migration_summary(rollout: &v1::Rollout) -> String {
+    if !rollout.command.is_empty() {
+        return format!("command {}", rollout.command);
+    }
+    match rollout.migrations.as_slice() {
+        [] => format::NONE.to_owned(),
+        [only] => migration_name(&only.version, &only.name),
+        [first, .., last] => format!(
+            "{} files, {} to {}",
+            rollout.migrations.len(),
+            first.version,
+            last.version
+        ),
+    }
+}
+
+impl Entity for v1::Rollout {
+    type Json = RolloutJson;
+    const PLURAL: &'static str = "rollouts";
+    const COLUMNS: &'static [&'static str] = &[
+        "ID",
+        "STATE",
+        "SELECTOR",
+        "WAVE",
+        "MIGRATION",
+        "CREATED",
+        "REQUESTED BY",
+        "DATABASES",
+    ];
+
+    fn to_json(&self) -> RolloutJson {
+        self.into()
+    }
+
+    fn row(&self, _now_ms: i64) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            format::or_none(&self.state),
+            selector_text(&self.selector),
+            wave(self),
+            migration_summary(self),
+            format::time(self.created_unix_ms),
+            format::or_none(&self.requested_by),
+            target_states(self),
+        ]
+    }
+
+    fn details(&self, _now_ms: i64) -> Vec<(&'static str, String)> {
+        let mut details = vec![("WAVES", format::or_none(&self.waves))];
+        if self.migrations.len() > 1 {
+            details.push((
+                "FILES",
+                join_or_none(
+                    self.migrations
+                        .iter()
+                        .map(|m| migration_name(&m.version, &m.name)),
+                ),
+            ));
+        }
+        if !self.reason.is_empty() {
+            details.push(("REASON", self.reason.clone()));
+        }
+        if self.finished_unix_ms != 0 {
+            details.push(("FINISHED", format::time(self.finished_unix_ms)));
+        }
+        if !self.error.is_empty() {
+            details.push(("ERROR", self.error.clone()));
+        }
+        details
+    }
+}
+
+impl Entity for v1::RolloutTarget {
+    type Json = RolloutTargetJson;
+    const PLURAL: &'static str = "databases";
+    const COLUMNS: &'static [&'static str] = &[
+        "WAVE",
+        "DATABASE",
+        "STATE",
+        "ORDER",
+        "PRE-MIGRATION BACKUP",
+        "APPLIED",
+        "ERROR",
+    ];
+
+    fn to_json(&self) -> RolloutTargetJson {
+        self.into()
+    }
+
+    fn row(&self, _now_ms: i64) -> Vec<String> {
+        vec![
+            self.wave.to_string(),
+            self.database.clone(),
+            format::or_none(&self.state),
+            format::or_none(&self.order_id),
+            format::or_none(&self.pre_migration_artifact_id),
+            format::or_none(&self.applied.join(", ")),
+            format::or_none(&self.error),
+        ]
+    }
+}
+
+/// A selector as tables show it: "(all)" for the whole fleet.
+fn selector_text(selector: &str) -> String {
+    if selector.trim().is_empty() {
+        "(all)".to_owned()
+    } else {
+        selector.to_owned()
     }
 }
 
@@ -888,11 +1386,7 @@ impl Entity for v1::WindowInfo {
         vec![
             self.name.clone(),
             format::or_none(&self.kind),
-            if self.selector.trim().is_empty() {
-                "(all)".to_owned()
-            } else {
-                self.selector.clone()
-            },
+            selector_text(&self.selector),
             format::or_none(&self.timezone),
             format::or_none(&self.recurrence),
             now,
@@ -1583,6 +2077,222 @@ mod tests {
         status.newest_backup_unix_ms = 0;
         let row = status.row(NOW);
         assert_eq!(&row[2..6], ["-", "-", "-", "never"]);
+    }
+
+    fn migrate_order(state: v1::OrderState, outcome: Option<v1::MigrateOutcome>) -> v1::Order {
+        let file = |version: &str, name: &str| v1::MigrationFile {
+            version: version.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        v1::Order {
+            id: "o-m".into(),
+            kind: v1::OrderKind::Migrate.into(),
+            database: "pg1/shop".into(),
+            state: state.into(),
+            spec: Some(v1::OrderSpec {
+                params: Some(v1::order_spec::Params::Migrate(v1::MigrateParams {
+                    source: Some(v1::migrate_params::Source::Sql(v1::SqlMigrations {
+                        files: vec![file("0001", "a"), file("0002", "b"), file("0003", "c")],
+                    })),
+                    rollout_id: "r-1".into(),
+                    pre_migration: Some(v1::ArtifactPointer {
+                        artifact_id: "a-spec".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            }),
+            result: outcome.map(|o| v1::OrderResult {
+                success: state == v1::OrderState::Succeeded,
+                outcome: Some(ResultOutcome::Migrate(o)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn recorded(version: &str, name: &str) -> v1::AppliedMigration {
+        v1::AppliedMigration {
+            version: version.into(),
+            name: name.into(),
+            sha256: "0123456789abcdef".repeat(4),
+            applied_unix_ms: NOW,
+            duration_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn migrate_orders_show_what_they_will_do_then_what_they_did() {
+        let queued = migrate_order(v1::OrderState::Queued, None);
+        let text = detail_table(&queued, NOW).trim_fmt();
+        assert_eq!(
+            field(&text, "FILES").as_deref(),
+            Some("0001_a, 0002_b, 0003_c")
+        );
+        assert_eq!(field(&text, "ROLLOUT").as_deref(), Some("r-1"));
+        // The coordinator's pointer until the agent reports.
+        assert_eq!(
+            field(&text, "PRE-MIGRATION BACKUP").as_deref(),
+            Some("a-spec")
+        );
+        assert!(!text.contains("APPLIED"), "{text}");
+
+        let failed = migrate_order(
+            v1::OrderState::Failed,
+            Some(v1::MigrateOutcome {
+                applied: vec![recorded("0001", "a")],
+                pending: vec![v1::MigrationRef {
+                    version: "0003".into(),
+                    name: "c".into(),
+                }],
+                failed_version: "0002".into(),
+                pre_migration_artifact_id: "a-pre".into(),
+                restore_command: "warden restore a-pre --replace --target pg1/shop".into(),
+                ..Default::default()
+            }),
+        );
+        let text = detail_table(&failed, NOW).trim_fmt();
+        for (name, value) in [
+            ("PRE-MIGRATION BACKUP", "a-pre"),
+            ("APPLIED", "0001_a (1.5s)"),
+            ("ALREADY APPLIED", "0"),
+            ("PENDING", "0003_c (not reached)"),
+            ("FAILED FILE", "0002_b.sql"),
+            (
+                "RESTORE WITH",
+                "warden restore a-pre --replace --target pg1/shop",
+            ),
+        ] {
+            assert_eq!(
+                field(&text, name).as_deref(),
+                Some(value),
+                "{name} in {text}"
+            );
+        }
+        let note = restore_note(&failed).expect("a note");
+        assert!(
+            note.ends_with("run:\n\n    warden restore a-pre --replace --target pg1/shop"),
+            "{note}"
+        );
+
+        // Restored, or not failed: nothing to restore by hand.
+        let mut restored = failed.clone();
+        if let Some(ResultOutcome::Migrate(outcome)) =
+            restored.result.as_mut().and_then(|r| r.outcome.as_mut())
+        {
+            outcome.restored = true;
+        }
+        assert_eq!(restore_note(&restored), None);
+        let text = detail_table(&restored, NOW).trim_fmt();
+        assert!(
+            field(&text, "RESTORED")
+                .is_some_and(|r| r.starts_with("yes: the pre-migration backup a-pre")),
+            "{text}"
+        );
+        let mut running = failed;
+        running.state = v1::OrderState::Running.into();
+        assert_eq!(restore_note(&running), None);
+    }
+
+    #[test]
+    fn status_orders_say_so_in_their_kind() {
+        let mut order = migrate_order(v1::OrderState::Queued, None);
+        assert_eq!(order_kind_label(&order), "migrate");
+        if let Some(v1::order_spec::Params::Migrate(params)) =
+            order.spec.as_mut().and_then(|s| s.params.as_mut())
+        {
+            params.status_only = true;
+        }
+        assert_eq!(order_kind_label(&order), "migrate status");
+        assert_eq!(order.row(NOW)[1], "migrate status");
+        assert_eq!(order_kind_label(&v1::Order::default()), "unspecified");
+    }
+
+    #[test]
+    fn migration_status_is_one_table_in_version_order() {
+        let order = migrate_order(v1::OrderState::Succeeded, None);
+        let status = v1::MigrateOutcome {
+            already_applied: vec![recorded("10", "late"), recorded("0002", "b")],
+            pending: vec![v1::MigrationRef {
+                version: "11".into(),
+                name: "next".into(),
+            }],
+            changed: vec![v1::ChangedMigration {
+                version: "0003".into(),
+                name: "c".into(),
+                recorded_sha256: "aa".repeat(32),
+                file_sha256: "bb".repeat(32),
+            }],
+            ..Default::default()
+        };
+        let text = migration_status_text(&order, &status);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "FILES     2 applied, 1 pending, 1 changed, 0 unknown"
+        );
+        let statuses: Vec<&str> = lines[5..9]
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(statuses, ["0002", "0003", "10", "11"], "{text}");
+        assert!(
+            lines[6].contains("applied aaaaaaaaaaaa, file now bbbbbbbbbbbb"),
+            "{text}"
+        );
+        assert!(text.contains("1 applied file changed since"), "{text}");
+        let none = migration_status_text(&order, &v1::MigrateOutcome::default());
+        assert!(none.ends_with("no migrations: none in the directory, none recorded"));
+    }
+
+    #[test]
+    fn rollouts_count_their_databases_by_state() {
+        let target = |state: &str| v1::RolloutTarget {
+            database: "pg1/shop".into(),
+            wave: 1,
+            state: state.into(),
+            ..Default::default()
+        };
+        let mut rollout = v1::Rollout {
+            id: "r-1".into(),
+            state: "running".into(),
+            current_wave: 1,
+            wave_count: 3,
+            migrations: vec![v1::MigrationRef {
+                version: "0001".into(),
+                name: "a".into(),
+            }],
+            targets: vec![
+                target("succeeded"),
+                target("running"),
+                target("waiting"),
+                target("waiting"),
+            ],
+            ..Default::default()
+        };
+        let row = rollout.row(NOW);
+        assert_eq!(row[2], "(all)");
+        assert_eq!(row[3], "1 of 3");
+        assert_eq!(row[4], "0001_a");
+        assert_eq!(row[7], "1 succeeded, 1 running, 2 waiting");
+        assert_eq!(
+            rollout_progress(&rollout),
+            "wave 1 of 3 · 1 succeeded, 1 running, 2 waiting"
+        );
+        rollout.migrations.clear();
+        rollout.command = "artisan".into();
+        rollout.targets.clear();
+        let row = rollout.row(NOW);
+        assert_eq!(
+            (row[4].as_str(), row[7].as_str()),
+            ("command artisan", "no databases")
+        );
+        assert!(rollout_text(&rollout, NOW).ends_with("\n\nno databases selected"));
+        assert_eq!(
+            target("skipped").row(NOW),
+            ["1", "pg1/shop", "skipped", "-", "-", "-", "-"]
+        );
     }
 
     #[test]

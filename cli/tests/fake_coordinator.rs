@@ -3,7 +3,8 @@
 //! The fake answers like the coordinator would (orders that progress, refusals with
 //! messages), so these tests pin what scripts rely on: exit codes, JSON shapes, the actor
 //! metadata, the refusal to replace without confirmation, the policy commands (windows,
-//! apply, export, prune) and the recovery commands (drill, rto, status).
+//! apply, export, prune), the recovery commands (drill, rto, status) and migrations (migrate,
+//! migrate status, rollouts).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -35,6 +36,8 @@ struct Recorded {
     next_windows: Vec<v1::NextWindowRequest>,
     prunes: Vec<v1::PruneRequest>,
     drills: Vec<v1::SubmitDrillRequest>,
+    migrates: Vec<v1::SubmitMigrateRequest>,
+    rollouts: Vec<v1::SubmitRolloutRequest>,
 }
 
 struct Fake {
@@ -253,6 +256,291 @@ fn script(id: &str) -> Option<Vec<v1::Order>> {
                 expired.error =
                     "maintenance window prod-sunday closed before the restore could start".into();
                 expired
+            },
+        ]),
+        _ => migrate_script(id),
+    }
+}
+
+const PRE_MIGRATION: &str = "a-pre";
+const MIGRATE_ERROR: &str = "0003_backfill.sql failed: ERROR: column \"emial\" does not exist";
+const RESTORE_COMMAND: &str = "warden restore a-pre --replace --target pg1/broken --yes --reason 'undo failed migration o-migrate-fail'";
+const COMMAND_OUTPUT: &str =
+    "Migrating: 2026_11_01_create_users\nMigrated:  2026_11_01_create_users (12ms)\n";
+
+/// A migrate order of the three files the tests write, or of a command.
+fn migrate_order(id: &str, database: &str, state: v1::OrderState, status_only: bool) -> v1::Order {
+    let file = |version: &str, name: &str| v1::MigrationFile {
+        version: version.into(),
+        name: name.into(),
+        sha256: version.repeat(16),
+        sql: "SELECT 1;".into(),
+    };
+    let source = if id == "o-migrate-cmd" {
+        v1::migrate_params::Source::Command("artisan".into())
+    } else {
+        v1::migrate_params::Source::Sql(v1::SqlMigrations {
+            files: vec![
+                file("0001", "create_users"),
+                file("0002", "add_email"),
+                file("0003", "backfill"),
+            ],
+        })
+    };
+    v1::Order {
+        spec: Some(v1::OrderSpec {
+            params: Some(v1::order_spec::Params::Migrate(v1::MigrateParams {
+                source: Some(source),
+                status_only,
+                on_check_failure: if status_only { "" } else { "stop" }.into(),
+                ..Default::default()
+            })),
+        }),
+        ..order(id, v1::OrderKind::Migrate, database, state)
+    }
+}
+
+fn applied(version: &str, name: &str, duration_ms: u64) -> v1::AppliedMigration {
+    v1::AppliedMigration {
+        version: version.into(),
+        name: name.into(),
+        sha256: version.repeat(16),
+        applied_unix_ms: CREATED_MS,
+        duration_ms,
+    }
+}
+
+fn pending(version: &str, name: &str) -> v1::MigrationRef {
+    v1::MigrationRef {
+        version: version.into(),
+        name: name.into(),
+    }
+}
+
+fn check(name: &str, error: &str) -> v1::CheckResult {
+    v1::CheckResult {
+        name: name.into(),
+        passed: error.is_empty(),
+        error: error.into(),
+    }
+}
+
+fn phases(timings: &[(&str, u64)]) -> Vec<v1::PhaseTiming> {
+    timings
+        .iter()
+        .map(|(phase, millis)| v1::PhaseTiming {
+            phase: (*phase).into(),
+            millis: *millis,
+        })
+        .collect()
+}
+
+fn migrate_script(id: &str) -> Option<Vec<v1::Order>> {
+    use v1::OrderState::{Failed, Queued, Succeeded};
+    let migrate = |database: &str, state| migrate_order(id, database, state, false);
+    let status = |database: &str, state| migrate_order(id, database, state, true);
+    let outcome = |o: v1::MigrateOutcome| Some(ResultOutcome::Migrate(o));
+    match id {
+        "o-migrate" => Some(vec![
+            migrate("pg1/shop", Queued),
+            {
+                let mut applying = running(migrate("pg1/shop", Queued), 0);
+                applying.phase = "apply".into();
+                applying
+            },
+            finished(
+                migrate("pg1/shop", Succeeded),
+                outcome(v1::MigrateOutcome {
+                    applied: vec![
+                        applied("0002", "add_email", 120),
+                        applied("0003", "backfill", 3200),
+                    ],
+                    already_applied: vec![applied("0001", "create_users", 40)],
+                    checks: vec![check("users_have_email", "")],
+                    pre_migration_artifact_id: PRE_MIGRATION.into(),
+                    phases: phases(&[("apply", 3320), ("checks", 15)]),
+                    ..Default::default()
+                }),
+                "",
+            ),
+        ]),
+        "o-migrate-fail" => Some(vec![
+            migrate("pg1/broken", Queued),
+            finished(
+                migrate("pg1/broken", Failed),
+                outcome(v1::MigrateOutcome {
+                    applied: vec![applied("0002", "add_email", 120)],
+                    already_applied: vec![applied("0001", "create_users", 40)],
+                    pending: vec![pending("0003", "backfill")],
+                    failed_version: "0003".into(),
+                    pre_migration_artifact_id: PRE_MIGRATION.into(),
+                    restore_command: RESTORE_COMMAND.into(),
+                    phases: phases(&[("apply", 300)]),
+                    ..Default::default()
+                }),
+                MIGRATE_ERROR,
+            ),
+        ]),
+        // A post-check failed and the pre-migration backup was restored.
+        "o-migrate-restored" => Some(vec![finished(
+            migrate("pg1/checked", Failed),
+            outcome(v1::MigrateOutcome {
+                applied: vec![applied("0001", "create_users", 40)],
+                checks: vec![check("users_have_email", "returned false")],
+                pre_migration_artifact_id: PRE_MIGRATION.into(),
+                restored: true,
+                phases: phases(&[("apply", 40), ("checks", 10), ("restore", 900)]),
+                ..Default::default()
+            }),
+            "post-migration check users_have_email returned false; restored a-pre",
+        )]),
+        "o-migrate-cmd" => Some(vec![finished(
+            migrate("pg1/shop", Succeeded),
+            outcome(v1::MigrateOutcome {
+                pre_migration_artifact_id: PRE_MIGRATION.into(),
+                command_output: COMMAND_OUTPUT.into(),
+                phases: phases(&[("apply", 1200)]),
+                ..Default::default()
+            }),
+            "",
+        )]),
+        "o-migrate-held" => Some(vec![held(migrate("pg1/held", Queued))]),
+        // An applied file changed since: status exits 2.
+        "o-status" => Some(vec![
+            status("pg1/shop", Queued),
+            finished(
+                status("pg1/shop", Succeeded),
+                outcome(v1::MigrateOutcome {
+                    already_applied: vec![applied("0001", "create_users", 40)],
+                    changed: vec![v1::ChangedMigration {
+                        version: "0002".into(),
+                        name: "add_email".into(),
+                        recorded_sha256: "0002".repeat(16),
+                        file_sha256: "ffee".repeat(16),
+                    }],
+                    pending: vec![pending("0003", "backfill")],
+                    unknown: vec![applied("0000", "legacy", 5)],
+                    ..Default::default()
+                }),
+                "",
+            ),
+        ]),
+        "o-status-clean" => Some(vec![finished(
+            status("pg1/clean", Succeeded),
+            outcome(v1::MigrateOutcome {
+                already_applied: vec![
+                    applied("0001", "create_users", 40),
+                    applied("0002", "add_email", 120),
+                ],
+                pending: vec![pending("0003", "backfill")],
+                ..Default::default()
+            }),
+            "",
+        )]),
+        _ => None,
+    }
+}
+
+fn target(database: &str, wave: u32, state: &str, order_id: &str) -> v1::RolloutTarget {
+    let done = state == "succeeded";
+    v1::RolloutTarget {
+        database: database.into(),
+        wave,
+        state: state.into(),
+        order_id: order_id.into(),
+        pre_migration_artifact_id: if done { PRE_MIGRATION } else { "" }.into(),
+        applied: if done {
+            vec!["0002".into(), "0003".into()]
+        } else {
+            vec![]
+        },
+        error: String::new(),
+    }
+}
+
+fn rollout(id: &str, state: &str, wave: u32, targets: Vec<v1::RolloutTarget>) -> v1::Rollout {
+    let finished = state != "running";
+    v1::Rollout {
+        id: id.into(),
+        state: state.into(),
+        selector: "env=prod".into(),
+        waves: "1,100%".into(),
+        requested_by: "tester@fake".into(),
+        reason: "release 42".into(),
+        created_unix_ms: CREATED_MS,
+        finished_unix_ms: if finished { CREATED_MS + 60_000 } else { 0 },
+        current_wave: wave,
+        wave_count: 2,
+        error: String::new(),
+        migrations: vec![
+            pending("0001", "create_users"),
+            pending("0002", "add_email"),
+            pending("0003", "backfill"),
+        ],
+        command: String::new(),
+        targets,
+    }
+}
+
+/// The states a rollout goes through, one per poll; the last one stays.
+fn rollout_script(id: &str) -> Option<Vec<v1::Rollout>> {
+    match id {
+        "r-1" => Some(vec![
+            rollout(
+                id,
+                "running",
+                1,
+                vec![
+                    target("pg1/shop", 1, "running", "o-r1"),
+                    target("pg2/shop", 2, "waiting", ""),
+                    target("pg3/shop", 2, "waiting", ""),
+                ],
+            ),
+            rollout(
+                id,
+                "running",
+                2,
+                vec![
+                    target("pg1/shop", 1, "succeeded", "o-r1"),
+                    target("pg2/shop", 2, "running", "o-r2"),
+                    target("pg3/shop", 2, "held", "o-r3"),
+                ],
+            ),
+            rollout(
+                id,
+                "succeeded",
+                2,
+                vec![
+                    target("pg1/shop", 1, "succeeded", "o-r1"),
+                    target("pg2/shop", 2, "succeeded", "o-r2"),
+                    target("pg3/shop", 2, "succeeded", "o-r3"),
+                ],
+            ),
+        ]),
+        "r-halt" => Some(vec![
+            rollout(
+                id,
+                "running",
+                1,
+                vec![
+                    target("pg1/broken", 1, "running", "o-migrate-fail"),
+                    target("pg2/shop", 2, "waiting", ""),
+                ],
+            ),
+            {
+                let mut failed = target("pg1/broken", 1, "failed", "o-migrate-fail");
+                failed.error = MIGRATE_ERROR.into();
+                failed.applied = vec!["0002".into()];
+                failed.pre_migration_artifact_id = PRE_MIGRATION.into();
+                let mut halted = rollout(
+                    id,
+                    "halted",
+                    1,
+                    vec![failed, target("pg2/shop", 2, "skipped", "")],
+                );
+                halted.error =
+                    "pg1/broken failed in wave 1: the rollout stopped before wave 2".into();
+                halted
             },
         ]),
         _ => None,
@@ -755,6 +1043,85 @@ impl AdminService for Fake {
                 database("pg1/shop", true, "healthy", &[], "ok"),
             ],
             generated_unix_ms: CREATED_MS,
+        }))
+    }
+
+    async fn submit_migrate(
+        &self,
+        request: Request<v1::SubmitMigrateRequest>,
+    ) -> Result<Response<v1::Order>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        let command = matches!(
+            request.migration.as_ref().and_then(|m| m.source.as_ref()),
+            Some(v1::migration_request::Source::Command(_))
+        );
+        let id = match (request.database.as_str(), request.status_only, command) {
+            ("pg1/shop", true, _) => "o-status",
+            ("pg1/clean", true, _) => "o-status-clean",
+            ("pg1/shop", false, true) => "o-migrate-cmd",
+            ("pg1/shop", false, false) => "o-migrate",
+            ("pg1/broken", false, _) => "o-migrate-fail",
+            ("pg1/checked", false, _) => "o-migrate-restored",
+            ("pg1/held", false, _) => "o-migrate-held",
+            (other, _, _) => {
+                return Err(Status::not_found(format!(
+                    "unknown database {other}: see warden databases"
+                )));
+            }
+        };
+        self.recorded.lock().expect("lock").migrates.push(request);
+        let first = script(id).and_then(|s| s.into_iter().next());
+        first
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("no script"))
+    }
+
+    async fn submit_rollout(
+        &self,
+        request: Request<v1::SubmitRolloutRequest>,
+    ) -> Result<Response<v1::Rollout>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        let id = match request.selector.as_str() {
+            "env=prod" => "r-1",
+            "env=broken" => "r-halt",
+            other => {
+                return Err(Status::failed_precondition(format!(
+                    "selector {other:?} selects no database: see warden databases"
+                )));
+            }
+        };
+        self.recorded.lock().expect("lock").rollouts.push(request);
+        let first = rollout_script(id).and_then(|s| s.into_iter().next());
+        first
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("no script"))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<v1::GetRolloutRequest>,
+    ) -> Result<Response<v1::Rollout>, Status> {
+        self.record(&request);
+        let id = request.into_inner().id;
+        let steps = rollout_script(&id)
+            .ok_or_else(|| Status::not_found(format!("no rollout with id {id}")))?;
+        let mut recorded = self.recorded.lock().expect("lock");
+        let polls = recorded.polls.entry(id).or_default();
+        let step = steps[(*polls).min(steps.len() - 1)].clone();
+        *polls += 1;
+        Ok(Response::new(step))
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<v1::ListRolloutsRequest>,
+    ) -> Result<Response<v1::ListRolloutsResponse>, Status> {
+        self.record(&request);
+        let last = |id: &str| rollout_script(id).and_then(|steps| steps.last().cloned());
+        Ok(Response::new(v1::ListRolloutsResponse {
+            rollouts: ["r-halt", "r-1"].into_iter().filter_map(last).collect(),
         }))
     }
 }
@@ -1841,4 +2208,803 @@ async fn corrupt_artifacts_stand_out() {
     assert_eq!(json[1]["state"], "corrupt");
     assert_eq!(json[1]["corrupt_reason"], CORRUPT_ERROR);
     assert_eq!(json[1]["drilled_at"], Value::Null);
+}
+
+/// A fresh directory of migration files under the test target's scratch directory.
+fn migrations_dir(name: &str, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("warden-cli-tests")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create migrations directory");
+    for (file, contents) in files {
+        std::fs::write(dir.join(file), contents).expect("write migration file");
+    }
+    dir
+}
+
+const CREATE_USERS: &[u8] = b"CREATE TABLE users (id bigint PRIMARY KEY);\n";
+const ADD_EMAIL: &[u8] = b"ALTER TABLE users ADD COLUMN email text;\n";
+const BACKFILL: &[u8] = b"UPDATE users SET email = id || '@example.com';\n";
+
+/// The three migrations the fake's scripts know, and a file that is no migration.
+fn good_migrations(name: &str) -> String {
+    let dir = migrations_dir(
+        name,
+        &[
+            ("0003_backfill.sql", BACKFILL),
+            ("0001_create_users.sql", CREATE_USERS),
+            ("0002_add_email.sql", ADD_EMAIL),
+            ("README.md", b"# not a migration"),
+        ],
+    );
+    dir.to_str().expect("utf-8 path").to_owned()
+}
+
+fn sent_versions(request: &v1::SubmitMigrateRequest) -> Vec<(String, String, String)> {
+    match request.migration.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(v1::migration_request::Source::Sql(sql)) => sql
+            .files
+            .iter()
+            .map(|f| (f.version.clone(), f.name.clone(), f.sha256.clone()))
+            .collect(),
+        other => panic!("expected SQL files, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_wait_sends_the_files_and_prints_what_was_applied() {
+    let server = start(false).await;
+    let dir = good_migrations("migrate-wait");
+    let run = warden(
+        &server.url,
+        &[
+            "migrate",
+            "pg1/shop",
+            "--dir",
+            &dir,
+            "--reason",
+            "release 42",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = &run.stdout;
+    for (name, value) in [
+        ("KIND", "migrate"),
+        ("STATE", "succeeded"),
+        ("FILES", "0001_create_users, 0002_add_email, 0003_backfill"),
+        ("ON CHECK FAILURE", "stop"),
+        ("PRE-MIGRATION BACKUP", "a-pre"),
+        ("APPLIED", "0002_add_email (120ms), 0003_backfill (3.2s)"),
+        ("ALREADY APPLIED", "1"),
+        ("CHECK", "users_have_email: passed"),
+        ("PHASES", "apply 3.3s, checks 15ms"),
+    ] {
+        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
+    }
+    assert!(
+        !out.contains("RESTORE WITH") && !out.contains("PENDING"),
+        "{out}"
+    );
+    assert!(server.recorded.lock().expect("lock").polls["o-migrate"] >= 2);
+
+    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].database, "pg1/shop");
+    assert!(!sent[0].status_only);
+    // In version order, README.md left out, each with the sha256 of its bytes.
+    assert_eq!(
+        sent_versions(&sent[0]),
+        [
+            ("0001", "create_users", CREATE_USERS),
+            ("0002", "add_email", ADD_EMAIL),
+            ("0003", "backfill", BACKFILL),
+        ]
+        .map(|(v, n, bytes)| (
+            v.to_owned(),
+            n.to_owned(),
+            warden_shared::migration::sha256_hex(bytes)
+        ))
+    );
+    let migration = sent[0].migration.clone().expect("a migration");
+    assert_eq!(migration.reason, "release 42");
+    assert!(!migration.emergency && !migration.skip_safety_backup && !migration.no_wait);
+    assert_eq!(migration.on_check_failure, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_json_shape() {
+    let server = start(false).await;
+    let dir = good_migrations("migrate-json");
+    let run = warden(
+        &server.url,
+        &["migrate", "pg1/shop", "--dir", &dir, "--wait", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let order = run.json();
+    assert_eq!(order["kind"], "migrate");
+    assert_eq!(order["state"], "succeeded");
+    assert_eq!(order["drill"], Value::Null);
+    let applied = |version: &str, name: &str, duration_ms: u64| {
+        serde_json::json!({
+            "version": version, "name": name, "sha256": version.repeat(16),
+            "applied_at": "2026-11-26T21:30:05.250Z", "duration_ms": duration_ms
+        })
+    };
+    assert_eq!(
+        order["migration"],
+        serde_json::json!({
+            "pre_migration_artifact_id": "a-pre",
+            "applied": [applied("0002", "add_email", 120), applied("0003", "backfill", 3200)],
+            "already_applied": [applied("0001", "create_users", 40)],
+            "pending": [], "changed": [], "unknown": [],
+            "failed_version": null,
+            "checks": [{"name": "users_have_email", "passed": true, "error": null}],
+            "restored": false, "restore_command": null, "command_output": null,
+            "phases": [{"phase": "apply", "millis": 3320}, {"phase": "checks", "millis": 15}]
+        })
+    );
+    // Before there is an outcome, there is no migration document.
+    let queued = warden(
+        &server.url,
+        &["migrate", "pg1/shop", "--dir", &dir, "--json"],
+    )
+    .await;
+    assert_eq!(queued.code, 0, "{}", queued.stderr);
+    assert_eq!(queued.json()["migration"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_migration_exits_one_and_says_how_to_restore() {
+    let server = start(false).await;
+    let dir = good_migrations("migrate-fail");
+    let run = warden(
+        &server.url,
+        &["migrate", "pg1/broken", "--dir", &dir, "--wait"],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let out = &run.stdout;
+    for (name, value) in [
+        ("STATE", "failed"),
+        ("ERROR", MIGRATE_ERROR),
+        ("PRE-MIGRATION BACKUP", "a-pre"),
+        ("APPLIED", "0002_add_email (120ms)"),
+        ("ALREADY APPLIED", "1"),
+        ("PENDING", "0003_backfill (not reached)"),
+        ("FAILED FILE", "0003_backfill.sql"),
+        ("RESTORE WITH", RESTORE_COMMAND),
+    ] {
+        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
+    }
+    // Prominently, on stderr too: the exact command, on a line of its own.
+    assert!(
+        run.stderr.contains(
+            "migration order o-migrate-fail failed after changing pg1/broken and did not restore it"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .lines()
+            .any(|line| line.trim() == RESTORE_COMMAND),
+        "{}",
+        run.stderr
+    );
+
+    let json = warden(
+        &server.url,
+        &["order", "o-migrate-fail", "--watch", "--json"],
+    )
+    .await;
+    assert_eq!(json.code, 1, "{}", json.stderr);
+    let migration = &json.json()["migration"];
+    assert_eq!(migration["failed_version"], "0003");
+    assert_eq!(migration["restore_command"], RESTORE_COMMAND);
+    assert_eq!(migration["restored"], false);
+    assert_eq!(
+        migration["pending"],
+        serde_json::json!([{"version": "0003", "name": "backfill"}])
+    );
+    assert!(json.stderr.contains(RESTORE_COMMAND), "{}", json.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_check_can_restore_the_pre_migration_backup() {
+    let server = start(false).await;
+    let dir = good_migrations("migrate-restored");
+    let run = warden(
+        &server.url,
+        &[
+            "migrate",
+            "pg1/checked",
+            "--dir",
+            &dir,
+            "--on-check-failure",
+            "restore",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let out = &run.stdout;
+    assert_eq!(
+        field(out, "CHECK").as_deref(),
+        Some("users_have_email: FAILED: returned false"),
+        "{out}"
+    );
+    assert_eq!(
+        field(out, "RESTORED").as_deref(),
+        Some(
+            "yes: the pre-migration backup a-pre was restored over pg1/checked, as it was before the migration"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("RESTORE WITH"), "{out}");
+    assert!(!run.stderr.contains("warden restore"), "{}", run.stderr);
+    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    assert_eq!(
+        sent[0]
+            .migration
+            .as_ref()
+            .map(|m| m.on_check_failure.as_str()),
+        Some("restore")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_migrations_show_the_output_tail() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &["migrate", "pg1/shop", "--command", "artisan", "--wait"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = &run.stdout;
+    assert_eq!(field(out, "COMMAND").as_deref(), Some("artisan"), "{out}");
+    assert_eq!(
+        field(out, "OUTPUT").as_deref(),
+        Some("Migrating: 2026_11_01_create_users"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Migrated:  2026_11_01_create_users (12ms)"),
+        "{out}"
+    );
+    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    assert!(matches!(
+        sent[0].migration.as_ref().and_then(|m| m.source.as_ref()),
+        Some(v1::migration_request::Source::Command(name)) if name == "artisan"
+    ));
+    let json = warden(&server.url, &["order", "o-migrate-cmd", "--json"]).await;
+    assert_eq!(json.json()["migration"]["command_output"], COMMAND_OUTPUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_without_wait_says_how_to_follow() {
+    let server = start(false).await;
+    let dir = good_migrations("migrate-nowait");
+    let run = warden(&server.url, &["migrate", "pg1/shop", "--dir", &dir]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(field(&run.stdout, "STATE").as_deref(), Some("queued"));
+    assert_eq!(
+        run.stderr.trim(),
+        "order o-migrate is queued: follow it with `warden order o-migrate --watch` or stop it with `warden cancel o-migrate`"
+    );
+    assert!(
+        !server
+            .recorded
+            .lock()
+            .expect("lock")
+            .polls
+            .contains_key("o-migrate")
+    );
+
+    let held = warden(
+        &server.url,
+        &["migrate", "pg1/held", "--dir", &dir, "--no-wait"],
+    )
+    .await;
+    assert_eq!(held.code, 0, "{}", held.stderr);
+    assert!(
+        held.stderr.starts_with(&format!(
+            "order o-migrate-held is held: {HELD_REASON}; may start at 2026-11-27 00:30:05Z; it starts by itself when it may: follow it with"
+        )),
+        "{}",
+        held.stderr
+    );
+    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    assert!(sent[1].migration.as_ref().is_some_and(|m| m.no_wait));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_migration_directories_are_refused_before_sending() {
+    let server = start(false).await;
+    let bad_name = migrations_dir(
+        "bad-name",
+        &[
+            ("0001_a.sql", b"SELECT 1;"),
+            ("add-users.sql", b"SELECT 1;"),
+        ],
+    );
+    let duplicate = migrations_dir(
+        "duplicate",
+        &[("0001_a.sql", b"SELECT 1;"), ("1_b.sql", b"SELECT 2;")],
+    );
+    let empty = migrations_dir("empty", &[("notes.txt", b"no migrations here")]);
+    let latin1 = migrations_dir("latin1", &[("0001_a.sql", b"SELECT 'caf\xe9';")]);
+    let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-migrations");
+    for (dir, expected) in [
+        (
+            &bad_name,
+            "\"add-users.sql\" is not a migration file name".to_owned(),
+        ),
+        (
+            &duplicate,
+            "0001_a.sql and 1_b.sql have the same version".to_owned(),
+        ),
+        (
+            &empty,
+            format!(
+                "no migration files in {}: name them like 0001_create_users.sql",
+                empty.display()
+            ),
+        ),
+        (
+            &latin1,
+            "0001_a.sql: not UTF-8 text (invalid bytes at offset 11): save it as UTF-8".to_owned(),
+        ),
+        (
+            &missing,
+            format!("cannot read the migrations directory {}", missing.display()),
+        ),
+    ] {
+        let dir = dir.to_str().expect("utf-8 path");
+        for args in [
+            &["migrate", "pg1/shop", "--dir", dir][..],
+            &["migrate", "status", "pg1/shop", "--dir", dir][..],
+            &["migrate", "--selector", "env=prod", "--dir", dir][..],
+        ] {
+            let run = warden(&server.url, args).await;
+            assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+            assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+            assert!(
+                run.stderr.contains(&expected),
+                "{expected} missing in {}",
+                run.stderr
+            );
+            assert!(run.stdout.is_empty(), "{}", run.stdout);
+        }
+    }
+    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_flags_are_checked_before_sending() {
+    let server = start(false).await;
+    let dir = good_migrations("migrate-flags");
+    let refused = [
+        (
+            &["migrate", "pg1/shop", "--dir", &dir, "--emergency"][..],
+            "error: --emergency needs --reason TEXT: say why the migration cannot wait",
+        ),
+        (
+            &[
+                "migrate",
+                "pg1/shop",
+                "--dir",
+                &dir,
+                "--skip-safety-backup",
+                "--reason",
+                "x",
+            ][..],
+            "error: --skip-safety-backup only goes with --emergency: a migration that waits for its maintenance window always takes a pre-migration backup",
+        ),
+        (
+            &["migrate", "pg1/shop", "--command", " "][..],
+            "error: --command needs the name of a migration command",
+        ),
+        (
+            &[
+                "migrate",
+                "pg1/shop",
+                "--selector",
+                "env=prod",
+                "--dir",
+                &dir,
+            ][..],
+            "error: the argument '[DB]' cannot be used with '--selector <SEL>'",
+        ),
+        (
+            &["migrate", "pg1/shop"][..],
+            "error: the following required arguments were not provided:",
+        ),
+    ];
+    for (args, expected) in refused {
+        let run = warden(&server.url, args).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.starts_with(expected), "{args:?}: {}", run.stderr);
+    }
+    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+
+    let run = warden(
+        &server.url,
+        &[
+            "migrate",
+            "pg1/shop",
+            "--dir",
+            &dir,
+            "--emergency",
+            "--skip-safety-backup",
+            "--reason",
+            "hotfix",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    let migration = sent[0].migration.clone().expect("a migration");
+    assert!(migration.emergency && migration.skip_safety_backup);
+    assert_eq!(migration.reason, "hotfix");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_status_exits_two_when_an_applied_file_changed() {
+    let server = start(false).await;
+    let dir = good_migrations("status");
+    let run = warden(
+        &server.url,
+        &["migrate", "status", "pg1/shop", "--dir", &dir],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let out = &run.stdout;
+    assert_eq!(field(out, "DATABASE").as_deref(), Some("pg1/shop"), "{out}");
+    assert_eq!(field(out, "ORDER").as_deref(), Some("o-status"), "{out}");
+    assert_eq!(
+        field(out, "FILES").as_deref(),
+        Some("1 applied, 1 pending, 1 changed, 1 unknown"),
+        "{out}"
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|line| !line.starts_with("STATUS"))
+        .collect();
+    assert!(rows.len() >= 5, "{out}");
+    for column in ["STATUS", "VERSION", "NAME", "APPLIED AT", "TOOK", "SHA256"] {
+        assert!(rows[0].contains(column), "{column} missing in {}", rows[0]);
+    }
+    // By version: the unknown 0000 first.
+    assert!(
+        rows[1].starts_with("unknown") && rows[1].contains("legacy"),
+        "{out}"
+    );
+    assert!(
+        rows[2].starts_with("applied")
+            && rows[2].contains("0001")
+            && rows[2].contains("2026-11-26 21:30:05Z")
+            && rows[2].contains("40ms"),
+        "{out}"
+    );
+    assert!(
+        rows[3].starts_with("CHANGED")
+            && rows[3].contains("applied 000200020002, file now ffeeffeeffee"),
+        "{out}"
+    );
+    assert!(
+        rows[4].starts_with("pending") && rows[4].contains("backfill"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 applied file changed since it was applied"),
+        "{out}"
+    );
+    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    assert!(sent[0].status_only);
+    assert_eq!(sent_versions(&sent[0]).len(), 3);
+
+    let json = warden(
+        &server.url,
+        &["migrate", "status", "pg1/shop", "--dir", &dir, "--json"],
+    )
+    .await;
+    assert_eq!(json.code, 2, "{}", json.stderr);
+    let applied = |version: &str, name: &str, duration_ms: u64| {
+        serde_json::json!({
+            "version": version, "name": name, "sha256": version.repeat(16),
+            "applied_at": "2026-11-26T21:30:05.250Z", "duration_ms": duration_ms
+        })
+    };
+    assert_eq!(
+        json.json(),
+        serde_json::json!({
+            "database": "pg1/shop",
+            "order_id": "o-status",
+            "applied": [applied("0001", "create_users", 40)],
+            "pending": [{"version": "0003", "name": "backfill"}],
+            "changed": [{"version": "0002", "name": "add_email",
+                         "recorded_sha256": "0002".repeat(16),
+                         "file_sha256": "ffee".repeat(16)}],
+            "unknown": [applied("0000", "legacy", 5)]
+        })
+    );
+
+    // The status order itself, in the order views.
+    let shown = warden(&server.url, &["order", "o-status"]).await;
+    assert_eq!(
+        field(&shown.stdout, "KIND").as_deref(),
+        Some("migrate status")
+    );
+    assert!(field(&shown.stdout, "MODE").is_some_and(|m| m.starts_with("status only")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_status_exits_zero_when_nothing_changed() {
+    let server = start(false).await;
+    let dir = good_migrations("status-clean");
+    let run = warden(
+        &server.url,
+        &["migrate", "status", "pg1/clean", "--dir", &dir, "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let status = run.json();
+    assert_eq!(status["applied"].as_array().map(Vec::len), Some(2));
+    assert_eq!(status["changed"], serde_json::json!([]));
+    assert_eq!(status["pending"][0]["name"], "backfill");
+    let table = warden(
+        &server.url,
+        &["migrate", "status", "pg1/clean", "--dir", &dir],
+    )
+    .await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(!table.stdout.contains("changed since"), "{}", table.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_waits_wave_by_wave() {
+    let server = start(false).await;
+    let dir = good_migrations("rollout");
+    let run = warden(
+        &server.url,
+        &[
+            "migrate",
+            "--selector",
+            "env=prod",
+            "--dir",
+            &dir,
+            "--reason",
+            "release 42",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Without a terminal, each change of the waves goes to stderr once.
+    assert_eq!(
+        run.stderr.lines().collect::<Vec<_>>(),
+        [
+            "rollout r-1: wave 1 of 2 · 1 running, 2 waiting",
+            "rollout r-1: wave 2 of 2 · 1 succeeded, 1 running, 1 held",
+            "rollout r-1: wave 2 of 2 · 3 succeeded",
+        ],
+        "{}",
+        run.stderr
+    );
+    let out = &run.stdout;
+    for (name, value) in [
+        ("ID", "r-1"),
+        ("STATE", "succeeded"),
+        ("SELECTOR", "env=prod"),
+        ("WAVE", "2 of 2"),
+        ("MIGRATION", "3 files, 0001 to 0003"),
+        ("WAVES", "1,100%"),
+        ("FILES", "0001_create_users, 0002_add_email, 0003_backfill"),
+        ("REASON", "release 42"),
+    ] {
+        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
+    }
+    let targets: Vec<&str> = out
+        .lines()
+        .skip_while(|line| !line.starts_with("WAVE  DATABASE"))
+        .collect();
+    assert_eq!(targets.len(), 4, "{out}");
+    for column in [
+        "DATABASE",
+        "STATE",
+        "ORDER",
+        "PRE-MIGRATION BACKUP",
+        "APPLIED",
+        "ERROR",
+    ] {
+        assert!(
+            targets[0].contains(column),
+            "{column} missing in {}",
+            targets[0]
+        );
+    }
+    for cell in ["1", "pg1/shop", "succeeded", "o-r1", "a-pre", "0002, 0003"] {
+        assert!(
+            targets[1].contains(cell),
+            "{cell} missing in {}",
+            targets[1]
+        );
+    }
+    let sent = server.recorded.lock().expect("lock").rollouts.clone();
+    assert_eq!(sent[0].selector, "env=prod");
+    assert_eq!(sent[0].waves, "1,25%,100%");
+    let migration = sent[0].migration.clone().expect("a migration");
+    assert_eq!(migration.reason, "release 42");
+    assert!(matches!(
+        migration.source,
+        Some(v1::migration_request::Source::Sql(sql)) if sql.files.len() == 3
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_json_shape_and_waves() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &[
+            "migrate",
+            "--selector",
+            "env=prod",
+            "--command",
+            "artisan",
+            "--waves",
+            "1,100%",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        "rollout r-1 is running: follow it with `warden rollout r-1 --wait`"
+    );
+    assert_eq!(
+        run.json(),
+        serde_json::json!({
+            "id": "r-1", "state": "running", "selector": "env=prod", "waves": "1,100%",
+            "current_wave": 1, "wave_count": 2, "requested_by": "tester@fake",
+            "reason": "release 42", "created_at": "2026-11-26T21:30:05.250Z",
+            "finished_at": null, "error": null,
+            "migrations": [{"version": "0001", "name": "create_users"},
+                           {"version": "0002", "name": "add_email"},
+                           {"version": "0003", "name": "backfill"}],
+            "command": null,
+            "targets": [
+                {"database": "pg1/shop", "wave": 1, "state": "running", "order_id": "o-r1",
+                 "pre_migration_artifact_id": null, "applied": [], "error": null},
+                {"database": "pg2/shop", "wave": 2, "state": "waiting", "order_id": null,
+                 "pre_migration_artifact_id": null, "applied": [], "error": null},
+                {"database": "pg3/shop", "wave": 2, "state": "waiting", "order_id": null,
+                 "pre_migration_artifact_id": null, "applied": [], "error": null}
+            ]
+        })
+    );
+    let sent = server.recorded.lock().expect("lock").rollouts.clone();
+    assert_eq!(sent[0].waves, "1,100%");
+    assert!(matches!(
+        sent[0].migration.as_ref().and_then(|m| m.source.as_ref()),
+        Some(v1::migration_request::Source::Command(name)) if name == "artisan"
+    ));
+    assert!(
+        !server
+            .recorded
+            .lock()
+            .expect("lock")
+            .polls
+            .contains_key("r-1")
+    );
+    let unknown = warden(
+        &server.url,
+        &[
+            "migrate",
+            "--selector",
+            "env=nowhere",
+            "--command",
+            "artisan",
+        ],
+    )
+    .await;
+    assert_eq!(unknown.code, 2);
+    assert_eq!(
+        unknown.stderr.trim(),
+        "error: selector \"env=nowhere\" selects no database: see warden databases"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_rollout_exits_one_and_shows_where_each_database_stands() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["rollout", "r-halt", "--wait"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let out = &run.stdout;
+    assert_eq!(field(out, "STATE").as_deref(), Some("halted"), "{out}");
+    assert_eq!(
+        field(out, "ERROR").as_deref(),
+        Some("pg1/broken failed in wave 1: the rollout stopped before wave 2"),
+        "{out}"
+    );
+    let failed = out
+        .lines()
+        .find(|line| line.starts_with("1 ") && line.contains("pg1/broken"))
+        .unwrap_or_else(|| panic!("no row of pg1/broken in {out}"));
+    for cell in ["failed", "o-migrate-fail", "a-pre", "0002", MIGRATE_ERROR] {
+        assert!(failed.contains(cell), "{cell} missing in {failed}");
+    }
+    assert!(
+        out.lines()
+            .any(|line| line.contains("pg2/shop") && line.contains("skipped")),
+        "{out}"
+    );
+
+    let json = warden(&server.url, &["rollout", "r-halt", "--json"]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let rollout = json.json();
+    assert_eq!(rollout["state"], "halted");
+    assert_eq!(rollout["targets"][0]["error"], MIGRATE_ERROR);
+    assert_eq!(
+        rollout["targets"][0]["applied"],
+        serde_json::json!(["0002"])
+    );
+    assert_eq!(rollout["finished_at"], "2026-11-26T21:31:05.250Z");
+
+    let missing = warden(&server.url, &["rollout", "r-nope"]).await;
+    assert_eq!(missing.code, 2);
+    assert_eq!(missing.stderr.trim(), "error: no rollout with id r-nope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_list_one_row_each() {
+    let server = start(false).await;
+    let run = warden(&server.url, &["rollouts"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    for column in [
+        "ID",
+        "STATE",
+        "SELECTOR",
+        "WAVE",
+        "MIGRATION",
+        "CREATED",
+        "REQUESTED BY",
+        "DATABASES",
+    ] {
+        assert!(
+            lines[0].contains(column),
+            "{column} missing in {}",
+            lines[0]
+        );
+    }
+    for cell in [
+        "r-halt",
+        "halted",
+        "env=prod",
+        "1 of 2",
+        "1 failed, 1 skipped",
+    ] {
+        assert!(lines[1].contains(cell), "{cell} missing in {}", lines[1]);
+    }
+    for cell in [
+        "r-1",
+        "succeeded",
+        "2 of 2",
+        "3 files, 0001 to 0003",
+        "3 succeeded",
+    ] {
+        assert!(lines[2].contains(cell), "{cell} missing in {}", lines[2]);
+    }
+    let json = warden(&server.url, &["rollouts", "--json"]).await.json();
+    assert_eq!(json.as_array().map(Vec::len), Some(2));
+    assert_eq!(json[1]["state"], "succeeded");
+    assert_eq!(json[1]["targets"][2]["pre_migration_artifact_id"], "a-pre");
 }

@@ -93,19 +93,17 @@ impl Harness {
         running: Vec<String>,
         results: Vec<pb::OrderResult>,
     ) -> ScriptedAgent {
-        let (tx, rx) = mpsc::channel(64);
-        let hello = pb::Hello {
-            agent: name.to_owned(),
-            version: "test".to_owned(),
-            labels: [("env".to_owned(), "test".to_owned())].into(),
-            databases: vec![pb::DatabaseInfo {
-                name: "app".to_owned(),
-                labels: Default::default(),
-            }],
+        self.connect(pb::Hello {
             running_order_ids: running,
             unacknowledged_results: results,
-            repository: "file:///repo".to_owned(),
-        };
+            ..hello(name, &[("env", "test")], vec![database("app", vec![])])
+        })
+        .await
+    }
+
+    /// Connects an agent that says `hello`, and reads its Welcome.
+    async fn connect(&self, hello: pb::Hello) -> ScriptedAgent {
+        let (tx, rx) = mpsc::channel(64);
         tx.send(msg(agent_message::Msg::Hello(hello)))
             .await
             .expect("hello");
@@ -164,6 +162,37 @@ impl ScriptedAgent {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
+    }
+}
+
+/// The Hello of an agent with `labels` and `databases`, running nothing.
+fn hello(name: &str, labels: &[(&str, &str)], databases: Vec<pb::DatabaseInfo>) -> pb::Hello {
+    pb::Hello {
+        agent: name.to_owned(),
+        version: "test".to_owned(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        databases,
+        running_order_ids: Vec::new(),
+        unacknowledged_results: Vec::new(),
+        repository: "file:///repo".to_owned(),
+    }
+}
+
+/// A database without labels of its own, allowing these migration commands.
+fn database(name: &str, commands: Vec<(&str, &str)>) -> pb::DatabaseInfo {
+    pb::DatabaseInfo {
+        name: name.to_owned(),
+        labels: Default::default(),
+        migrate_commands: commands
+            .into_iter()
+            .map(|(name, line)| pb::MigrateCommand {
+                name: name.to_owned(),
+                argv: line.split(' ').map(str::to_owned).collect(),
+            })
+            .collect(),
     }
 }
 
@@ -1293,4 +1322,648 @@ sql = "SELECT count(*) > 0 FROM t"
             .any(|e| e.params_json.contains(&assignment.order_id)),
         "{fired:?}"
     );
+}
+
+// ---- safe migrations ----
+
+fn migration_file(file_name: &str, sql: &str) -> pb::MigrationFile {
+    let file = warden_shared::MigrationFile::from_file(file_name, sql.to_owned()).expect("valid");
+    pb::MigrationFile::from(&file)
+}
+
+fn sql_migration(files: Vec<pb::MigrationFile>) -> pb::MigrationRequest {
+    pb::MigrationRequest {
+        source: Some(pb::migration_request::Source::Sql(pb::SqlMigrations {
+            files,
+        })),
+        ..Default::default()
+    }
+}
+
+fn migrate(database: &str, migration: pb::MigrationRequest) -> pb::SubmitMigrateRequest {
+    pb::SubmitMigrateRequest {
+        database: database.to_owned(),
+        migration: Some(migration),
+        status_only: false,
+    }
+}
+
+/// What an agent reports for a migration: `applied` versions on success, a failure of
+/// `failed_version` otherwise.
+fn migrate_result(
+    order_id: &str,
+    applied: &[&str],
+    failed_version: Option<&str>,
+    pre_migration: &str,
+) -> pb::OrderResult {
+    pb::OrderResult {
+        order_id: order_id.to_owned(),
+        success: failed_version.is_none(),
+        error: failed_version
+            .map(|v| format!("migration {v} failed: relation \"nope\" does not exist"))
+            .unwrap_or_default(),
+        outcome: Some(pb::order_result::Outcome::Migrate(pb::MigrateOutcome {
+            applied: applied
+                .iter()
+                .map(|v| pb::AppliedMigration {
+                    version: (*v).to_owned(),
+                    name: "step".to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            failed_version: failed_version.unwrap_or_default().to_owned(),
+            pre_migration_artifact_id: pre_migration.to_owned(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Answers a pre-migration backup with a verified artifact; returns the artifact's id.
+async fn take_pre_migration_backup(agent: &mut ScriptedAgent, database: &str) -> String {
+    let backup = agent.next_order().await;
+    assert_eq!(backup.database, database);
+    match backup.spec.and_then(|s| s.params) {
+        Some(pb::order_spec::Params::Backup(params)) => {
+            assert_eq!(params.trigger, "pre-migration");
+            assert!(params.verify, "{params:?}");
+        }
+        other => panic!("expected the pre-migration backup first, got {other:?}"),
+    }
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    agent
+        .send(agent_message::Msg::Result(verified_backup_result(
+            &backup.order_id,
+            &artifact_id,
+            true,
+        )))
+        .await;
+    artifact_id
+}
+
+fn migrate_params(assignment: &pb::OrderAssignment) -> pb::MigrateParams {
+    match assignment.spec.clone().and_then(|s| s.params) {
+        Some(pb::order_spec::Params::Migrate(params)) => params,
+        other => panic!("expected a migration, got {other:?}"),
+    }
+}
+
+async fn rollout(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Rollout {
+    admin
+        .get_rollout(pb::GetRolloutRequest { id: id.to_owned() })
+        .await
+        .expect("get rollout")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_migration_waits_for_a_window_and_carries_its_verified_pre_migration_backup() {
+    use chrono::Timelike;
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let _beats = agent.keep_alive();
+    let files = vec![
+        migration_file("0002_index.sql", "CREATE INDEX secret_idx ON t (id);"),
+        migration_file("0001_create.sql", "CREATE TABLE t (id int);"),
+    ];
+
+    // A status check runs at once: no window, no backup, not exclusive.
+    let status = admin
+        .submit_migrate(pb::SubmitMigrateRequest {
+            status_only: true,
+            ..migrate("a1/app", sql_migration(files.clone()))
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, status.id);
+    let params = migrate_params(&assignment);
+    assert!(
+        params.status_only && params.pre_migration.is_none(),
+        "{params:?}"
+    );
+    agent
+        .send(agent_message::Msg::Result(migrate_result(
+            &status.id,
+            &[],
+            None,
+            "",
+        )))
+        .await;
+    wait_state(&mut admin, &status.id, pb::OrderState::Succeeded).await;
+
+    // Outside any window the migration waits, and says why.
+    let order = admin
+        .submit_migrate(migrate("a1/app", sql_migration(files)))
+        .await
+        .expect("migrate")
+        .into_inner();
+    let held = wait_state(&mut admin, &order.id, pb::OrderState::Held).await;
+    assert!(
+        held.phase.contains("outside maintenance windows"),
+        "{held:?}"
+    );
+
+    // A window opens: the pre-migration backup goes first, then the migration with it.
+    let now = chrono::Utc::now().with_nanosecond(0).expect("whole second");
+    let closes = now + chrono::TimeDelta::hours(1);
+    apply(
+        &mut admin,
+        once_window("maintenance", now - chrono::TimeDelta::hours(1), closes, ""),
+    )
+    .await;
+    let artifact_id = take_pre_migration_backup(&mut agent, "app").await;
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, order.id);
+    assert_eq!(assignment.not_after_unix_ms, closes.timestamp_millis());
+    let params = migrate_params(&assignment);
+    assert_eq!(
+        params
+            .pre_migration
+            .as_ref()
+            .map(|p| p.artifact_id.as_str()),
+        Some(artifact_id.as_str())
+    );
+    assert_eq!(params.on_check_failure, "stop");
+    // Not guarded (env=test): the agent gets no deny list.
+    assert!(params.deny_commands.is_empty(), "{params:?}");
+    let Some(pb::migrate_params::Source::Sql(sql)) = &params.source else {
+        panic!("{params:?}");
+    };
+    let versions: Vec<&str> = sql.files.iter().map(|f| f.version.as_str()).collect();
+    assert_eq!(versions, ["0001", "0002"], "files go out in version order");
+    let dispatched = wait_state(&mut admin, &order.id, pb::OrderState::Dispatched).await;
+    let artifact = artifact(&mut admin, &artifact_id).await;
+    assert_eq!(artifact.trigger, "pre-migration");
+    assert_eq!(artifact.order_id, dispatched.safety_backup_order_id);
+
+    agent
+        .send(agent_message::Msg::Result(migrate_result(
+            &order.id,
+            &["0001", "0002"],
+            None,
+            &artifact_id,
+        )))
+        .await;
+    wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
+
+    // The audit log ties the migration to its backup, and never holds the SQL.
+    let sent = audit_events(&mut admin, "order.dispatched").await;
+    assert!(
+        sent.iter().any(|e| e.params_json.contains(&order.id)
+            && e.params_json
+                .contains(&format!("\"pre_migration_artifact_id\":\"{artifact_id}\""))),
+        "{sent:#?}"
+    );
+    let done = audit_events(&mut admin, "order.succeeded").await;
+    let done = done
+        .iter()
+        .find(|e| e.params_json.contains(&order.id))
+        .expect("success audited");
+    let params: serde_json::Value = serde_json::from_str(&done.params_json).expect("json");
+    assert_eq!(
+        params["applied"],
+        serde_json::json!(["0001_step", "0002_step"])
+    );
+    assert_eq!(
+        params["pre_migration_artifact_id"],
+        serde_json::json!(artifact_id)
+    );
+    let everything = admin
+        .list_audit(pb::ListAuditRequest {
+            after_seq: 0,
+            limit: 10_000,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    assert!(
+        everything
+            .iter()
+            .all(|e| !e.params_json.contains("secret_idx")),
+        "SQL text in the audit log"
+    );
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn the_guard_refuses_destructive_migrations_in_prod_unless_glass_is_broken() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness
+        .connect(hello(
+            "p1",
+            &[("env", "prod")],
+            vec![database(
+                "shop",
+                vec![
+                    ("up", "php artisan migrate --force"),
+                    ("fresh", "php artisan migrate:fresh --force"),
+                ],
+            )],
+        ))
+        .await;
+    let destructive = sql_migration(vec![
+        migration_file("0001_ok.sql", "CREATE TABLE t (id int);"),
+        migration_file("0002_wipe.sql", "TRUNCATE orders;"),
+    ]);
+    let refused = admin
+        .submit_migrate(migrate("p1/shop", destructive.clone()))
+        .await
+        .expect_err("guarded");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    for words in [
+        "0002_wipe.sql",
+        "\"TRUNCATE orders\"",
+        "\"TRUNCATE\"",
+        "--emergency --reason",
+    ] {
+        assert!(
+            refused.message().contains(words),
+            "{words}: {}",
+            refused.message()
+        );
+    }
+    let command = |name: &str| pb::MigrationRequest {
+        source: Some(pb::migration_request::Source::Command(name.to_owned())),
+        ..Default::default()
+    };
+    let refused = admin
+        .submit_migrate(migrate("p1/shop", command("fresh")))
+        .await
+        .expect_err("guarded command");
+    assert!(
+        refused.message().contains("\"migrate:fresh\""),
+        "{}",
+        refused.message()
+    );
+    let refused = admin
+        .submit_migrate(migrate("p1/shop", command("down")))
+        .await
+        .expect_err("unknown command");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("it allows: up, fresh"),
+        "{}",
+        refused.message()
+    );
+    let refused = admin
+        .submit_migrate(migrate(
+            "p1/shop",
+            sql_migration(vec![migration_file(
+                "0001_x.sql",
+                "BEGIN; SELECT 1; COMMIT;",
+            )]),
+        ))
+        .await
+        .expect_err("invalid file");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("nothing was queued"),
+        "{}",
+        refused.message()
+    );
+    let refusals = audit_events(&mut admin, "migrate.submit").await;
+    assert_eq!(refusals.len(), 4, "{refusals:#?}");
+    assert!(refusals.iter().all(|e| e.outcome.starts_with("refused: ")));
+
+    // Breaking glass passes the guard (and the window), after the pre-migration backup.
+    let urgent = admin
+        .submit_migrate(migrate(
+            "p1/shop",
+            pb::MigrationRequest {
+                emergency: true,
+                reason: "incident 7".to_owned(),
+                ..destructive
+            },
+        ))
+        .await
+        .expect("emergency")
+        .into_inner();
+    assert!(urgent.emergency);
+    let artifact_id = take_pre_migration_backup(&mut agent, "shop").await;
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, urgent.id);
+    assert!(migrate_params(&assignment).deny_commands.is_empty());
+    agent
+        .send(agent_message::Msg::Result(migrate_result(
+            &urgent.id,
+            &["0001", "0002"],
+            None,
+            &artifact_id,
+        )))
+        .await;
+    wait_state(&mut admin, &urgent.id, pb::OrderState::Succeeded).await;
+
+    let refused = admin
+        .submit_migrate(migrate(
+            "p1/shop",
+            pb::MigrationRequest {
+                no_wait: true,
+                ..command("up")
+            },
+        ))
+        .await
+        .expect_err("no window open");
+    assert!(
+        refused.message().contains("--no-wait"),
+        "{}",
+        refused.message()
+    );
+    // An allowed command in a window: the agent gets the guard's deny list to check again.
+    let now = chrono::Utc::now();
+    apply(
+        &mut admin,
+        once_window(
+            "maintenance",
+            now - chrono::TimeDelta::hours(1),
+            now + chrono::TimeDelta::hours(1),
+            "",
+        ),
+    )
+    .await;
+    let up = admin
+        .submit_migrate(migrate("p1/shop", command("up")))
+        .await
+        .expect("command")
+        .into_inner();
+    take_pre_migration_backup(&mut agent, "shop").await;
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, up.id);
+    let params = migrate_params(&assignment);
+    assert_eq!(
+        params.source,
+        Some(pb::migrate_params::Source::Command("up".to_owned()))
+    );
+    assert!(
+        params.deny_commands.iter().any(|d| d == "migrate:fresh"),
+        "{params:?}"
+    );
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn a_rollout_goes_wave_by_wave_and_a_failure_halts_it_before_later_waves() {
+    use chrono::Timelike;
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agents = Vec::new();
+    for name in ["a1", "a2", "a3"] {
+        agents.push(harness.agent(name, vec![], vec![]).await);
+    }
+    let _beats: Vec<_> = agents.iter().map(ScriptedAgent::keep_alive).collect();
+    let files = vec![migration_file(
+        "0001_create.sql",
+        "CREATE TABLE t (id int);",
+    )];
+
+    // Refused whole, with every problem, when any database cannot take it.
+    let refused = admin
+        .submit_rollout(pb::SubmitRolloutRequest {
+            selector: "env=test".to_owned(),
+            migration: Some(pb::MigrationRequest {
+                source: Some(pb::migration_request::Source::Command("up".to_owned())),
+                ..Default::default()
+            }),
+            waves: "1,2,100%".to_owned(),
+        })
+        .await
+        .expect_err("no agent allows the command");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    for db in ["a1/app", "a2/app", "a3/app"] {
+        assert!(
+            refused.message().contains(db),
+            "{db}: {}",
+            refused.message()
+        );
+    }
+    let refused = admin
+        .submit_rollout(pb::SubmitRolloutRequest {
+            selector: "env=test".to_owned(),
+            migration: Some(sql_migration(files.clone())),
+            waves: "1,50%".to_owned(),
+        })
+        .await
+        .expect_err("waves do not end at 100%");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let unknown = admin
+        .submit_rollout(pb::SubmitRolloutRequest {
+            selector: "env=nowhere".to_owned(),
+            migration: Some(sql_migration(files.clone())),
+            waves: String::new(),
+        })
+        .await
+        .expect_err("selects nothing");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let missing = admin
+        .get_rollout(pb::GetRolloutRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("unknown rollout");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(
+        missing.message().contains("`warden rollouts`"),
+        "{missing:?}"
+    );
+    assert!(
+        admin
+            .list_orders(pb::ListOrdersRequest::default())
+            .await
+            .expect("orders")
+            .into_inner()
+            .orders
+            .is_empty(),
+        "a refused rollout created orders"
+    );
+
+    let now = chrono::Utc::now().with_nanosecond(0).expect("whole second");
+    apply(
+        &mut admin,
+        once_window(
+            "maintenance",
+            now - chrono::TimeDelta::hours(1),
+            now + chrono::TimeDelta::hours(1),
+            "",
+        ),
+    )
+    .await;
+    let started = admin
+        .submit_rollout(pb::SubmitRolloutRequest {
+            selector: "env=test".to_owned(),
+            migration: Some(pb::MigrationRequest {
+                reason: "ship v2".to_owned(),
+                ..sql_migration(files)
+            }),
+            waves: "1,2,100%".to_owned(),
+        })
+        .await
+        .expect("rollout")
+        .into_inner();
+    assert_eq!(
+        (
+            started.state.as_str(),
+            started.current_wave,
+            started.wave_count
+        ),
+        ("running", 1, 3)
+    );
+    let waves: Vec<(&str, u32, &str)> = started
+        .targets
+        .iter()
+        .map(|t| (t.database.as_str(), t.wave, t.state.as_str()))
+        .collect();
+    assert_eq!(
+        waves[1..],
+        [("a2/app", 2, "waiting"), ("a3/app", 3, "waiting")]
+    );
+    assert_eq!(started.migrations[0].version, "0001");
+
+    // Wave 1: a1 only; a2 hears nothing until it succeeded.
+    let artifact_1 = take_pre_migration_backup(&mut agents[0], "app").await;
+    let first = agents[0].next_order().await;
+    assert_eq!(migrate_params(&first).rollout_id, started.id);
+    let quiet = tokio::time::timeout(Duration::from_millis(500), agents[1].next_order()).await;
+    assert!(quiet.is_err(), "wave 2 started early: {quiet:?}");
+    agents[0]
+        .send(agent_message::Msg::Result(migrate_result(
+            &first.order_id,
+            &["0001"],
+            None,
+            &artifact_1,
+        )))
+        .await;
+
+    // Wave 2: a2 fails; the rollout halts and a3 is never ordered.
+    let artifact_2 = take_pre_migration_backup(&mut agents[1], "app").await;
+    let second = agents[1].next_order().await;
+    agents[1]
+        .send(agent_message::Msg::Result(migrate_result(
+            &second.order_id,
+            &[],
+            Some("0001"),
+            &artifact_2,
+        )))
+        .await;
+    wait_state(&mut admin, &second.order_id, pb::OrderState::Failed).await;
+    let halted = rollout(&mut admin, &started.id).await;
+    assert_eq!(halted.state, "halted", "{halted:?}");
+    assert!(
+        halted.error.starts_with("a2/app: migration 0001 failed"),
+        "{halted:?}"
+    );
+    assert!(halted.finished_unix_ms > 0);
+    let targets: Vec<(&str, &str)> = halted
+        .targets
+        .iter()
+        .map(|t| (t.database.as_str(), t.state.as_str()))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("a1/app", "succeeded"),
+            ("a2/app", "failed"),
+            ("a3/app", "skipped")
+        ]
+    );
+    assert_eq!(halted.targets[0].applied, ["0001"]);
+    assert_eq!(halted.targets[0].pre_migration_artifact_id, artifact_1);
+    assert_eq!(halted.targets[1].pre_migration_artifact_id, artifact_2);
+    assert!(halted.targets[2].order_id.is_empty());
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), agents[2].next_order()).await;
+    assert!(quiet.is_err(), "a halted rollout ordered wave 3: {quiet:?}");
+
+    let listed = admin
+        .list_rollouts(pb::ListRolloutsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .rollouts;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, started.id);
+    for (action, count) in [
+        ("rollout.started", 1),
+        ("rollout.wave_started", 2),
+        ("rollout.halted", 1),
+        ("rollout.succeeded", 0),
+    ] {
+        assert_eq!(
+            audit_events(&mut admin, action).await.len(),
+            count,
+            "{action}"
+        );
+    }
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn a_rollout_succeeds_when_its_last_wave_does_and_a_cancel_halts_another() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agents = Vec::new();
+    for name in ["a1", "a2"] {
+        agents.push(harness.agent(name, vec![], vec![]).await);
+    }
+    let _beats: Vec<_> = agents.iter().map(ScriptedAgent::keep_alive).collect();
+    let request = |reason: &str| pb::SubmitRolloutRequest {
+        selector: "env=test".to_owned(),
+        migration: Some(pb::MigrationRequest {
+            emergency: true,
+            skip_safety_backup: true,
+            reason: reason.to_owned(),
+            ..sql_migration(vec![migration_file("0001_a.sql", "SELECT 1;")])
+        }),
+        waves: "50%,100%".to_owned(),
+    };
+    let started = admin
+        .submit_rollout(request("hotfix"))
+        .await
+        .expect("rollout")
+        .into_inner();
+    for agent in &mut agents {
+        let order = agent.next_order().await;
+        assert!(migrate_params(&order).pre_migration.is_none());
+        agent
+            .send(agent_message::Msg::Result(migrate_result(
+                &order.order_id,
+                &["0001"],
+                None,
+                "",
+            )))
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rollout(&mut admin, &started.id).await.state != "succeeded" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout did not succeed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(audit_events(&mut admin, "rollout.succeeded").await.len(), 1);
+
+    // Cancelling an order of a running rollout halts it, with who cancelled and why.
+    let second = admin
+        .submit_rollout(request("hotfix 2"))
+        .await
+        .expect("rollout")
+        .into_inner();
+    let order = agents[0].next_order().await;
+    agents[0]
+        .send(agent_message::Msg::Result(pb::OrderResult {
+            order_id: order.order_id.clone(),
+            cancelled: true,
+            error: "cancelled by operator".to_owned(),
+            ..Default::default()
+        }))
+        .await;
+    wait_state(&mut admin, &order.order_id, pb::OrderState::Cancelled).await;
+    let halted = rollout(&mut admin, &second.id).await;
+    assert_eq!(halted.state, "halted");
+    assert!(halted.error.starts_with("a1/app: "), "{halted:?}");
+    assert_eq!(halted.targets[1].state, "skipped");
+    assert_chain_intact(&mut admin).await;
 }

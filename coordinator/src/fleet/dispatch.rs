@@ -3,12 +3,16 @@
 //!
 //! An order waits while any of these holds, checked in this order:
 //! 1. a scheduled run's jitter has not passed;
-//! 2. it is destructive (restore --replace) and no maintenance window is open for its
-//!    database, or a freeze covers it (unless it is an emergency). Once a window opened for it
-//!    the order has until that window closes to start; after that it expires, never late;
-//! 3. it is destructive and its safety backup has not succeeded yet (it is taken first);
+//! 2. it is destructive (restore --replace, a migration that applies) and no maintenance
+//!    window is open for its database, or a freeze covers it (unless it is an emergency); any
+//!    other order but a backup, a health check or a migration's status waits out a freeze.
+//!    Once a window opened for a destructive order it has until that window closes to start;
+//!    after that it expires, never late;
+//! 3. it is destructive and its safety backup has not succeeded yet (it is taken first; a
+//!    migration's is its pre-migration backup, which the migration then carries);
 //! 4. its agent is offline;
-//! 5. another backup or restore holds its database (for a drill: another drill of it);
+//! 5. another backup, restore or migration holds its database (for a drill: another drill
+//!    of it);
 //! 6. its agent runs `limits.per_agent` orders already;
 //! 7. it is a backup and the fleet runs `limits.fleet_backups` backups already.
 
@@ -16,10 +20,12 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use warden_shared::{Labels, OrderKind, OrderSpec, OrderState};
+use warden_shared::{ArtifactPointer, Labels, OrderKind, OrderSpec, OrderState};
 
 use super::policy::{database_labels, window_refusal};
-use super::{Fleet, assignment, format_unix_ms, insert_order, is_exclusive, transition};
+use super::{
+    Fleet, assignment, change_state, format_unix_ms, insert_order, is_exclusive, transition,
+};
 use crate::audit::Actor;
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::policy::{self, Limits};
@@ -43,7 +49,7 @@ enum Decision {
 struct Running {
     per_agent: HashMap<String, u32>,
     backups: u32,
-    /// (agent, database) -> the backup or restore that holds it.
+    /// (agent, database) -> the backup, restore or migration that holds it.
     exclusive: HashMap<(String, String), String>,
     /// (agent, database) -> the drill running for it: one at a time, or two drills of the
     /// same artifact would restore into the same scratch database.
@@ -57,7 +63,7 @@ impl Running {
             self.backups += 1;
         }
         let key = (order.agent.clone(), order.database.clone());
-        if is_exclusive(order.kind) {
+        if is_exclusive(order) {
             self.exclusive.insert(key, order.id.clone());
         } else if order.kind == OrderKind::Drill {
             self.drills.insert(key, order.id.clone());
@@ -140,7 +146,14 @@ impl Fleet {
                     order.error.clear();
                     order.phase.clear();
                     order.held_until_unix_ms = 0;
-                    let params = json!({ "attempt": order.attempts });
+                    let mut params = json!({ "attempt": order.attempts });
+                    if let Ok(OrderSpec::Migrate {
+                        pre_migration: Some(artifact),
+                        ..
+                    }) = order.spec()
+                    {
+                        params["pre_migration_artifact_id"] = json!(artifact.artifact_id);
+                    }
                     transition(
                         &mut tx,
                         &mut order,
@@ -158,27 +171,32 @@ impl Fleet {
                 Decision::Expire(why) => {
                     order.error = why;
                     order.finished_unix_ms = now.timestamp_millis();
-                    transition(
-                        &mut tx,
-                        &mut order,
-                        OrderState::Expired,
-                        &Actor::System,
-                        json!({}),
-                    )
-                    .await?;
+                    // A rollout it halts cancels its other orders that have not started.
+                    changed.extend(
+                        transition(
+                            &mut tx,
+                            &mut order,
+                            OrderState::Expired,
+                            &Actor::System,
+                            json!({}),
+                        )
+                        .await?,
+                    );
                     changed.extend(drop_safety_backup(&mut tx, &order).await?);
                 }
                 Decision::Fail(why) => {
                     order.error = why;
                     order.finished_unix_ms = now.timestamp_millis();
-                    transition(
-                        &mut tx,
-                        &mut order,
-                        OrderState::Failed,
-                        &Actor::System,
-                        json!({}),
-                    )
-                    .await?;
+                    changed.extend(
+                        transition(
+                            &mut tx,
+                            &mut order,
+                            OrderState::Failed,
+                            &Actor::System,
+                            json!({}),
+                        )
+                        .await?,
+                    );
                     changed.extend(drop_safety_backup(&mut tx, &order).await?);
                     failed.push(order);
                 }
@@ -222,9 +240,9 @@ impl Fleet {
                 until_unix_ms: order.not_before_unix_ms,
             });
         }
-        let spec = order.spec()?;
-        let destructive = matches!(spec, OrderSpec::Restore { new_name: None, .. });
-        if !order.emergency && !matches!(spec, OrderSpec::Backup { .. } | OrderSpec::Health) {
+        let mut spec = order.spec()?;
+        let destructive = spec.is_destructive();
+        if !order.emergency && !runs_any_time(&spec) {
             let verdict = policy::window::evaluate(&self.policy().policy.windows, labels, now);
             if destructive {
                 match verdict.open {
@@ -237,8 +255,8 @@ impl Fleet {
                     None => return Ok(outside_window(&verdict)),
                 }
             } else if let Some(freeze) = &verdict.freeze {
-                // A freeze lets only backups and health checks through: no restore into a
-                // new database and no removal of backups either.
+                // A freeze lets only backups, health checks and migration status through: no
+                // restore into a new database and no removal of backups either.
                 return Ok(Decision::Hold {
                     reason: format!(
                         "frozen by window {} until {}",
@@ -270,13 +288,15 @@ impl Fleet {
                 }
             });
         }
-        if destructive
-            && !order.skip_safety_backup
-            && let Some(decision) = self.safety_backup(tx, order, created).await?
-        {
-            return Ok(decision);
+        if destructive && !order.skip_safety_backup {
+            if let Some(decision) = self.safety_backup(tx, order, &spec, created).await? {
+                return Ok(decision);
+            }
+            if let Some(decision) = carry_pre_migration(tx, order, &mut spec).await? {
+                return Ok(decision);
+            }
         }
-        if is_exclusive(order.kind)
+        if is_exclusive(order)
             && let Some(holder) = running
                 .exclusive
                 .get(&(order.agent.clone(), order.database.clone()))
@@ -318,20 +338,26 @@ impl Fleet {
         Ok(Decision::Dispatch)
     }
 
-    /// Takes the safety backup a destructive order needs first. Returns a decision when the
-    /// order cannot go on yet (or never will), `None` once the backup succeeded.
+    /// Takes the safety backup a destructive order needs first (a migration's is triggered
+    /// `pre-migration`, a restore's `safety`). Returns a decision when the order cannot go on
+    /// yet (or never will), `None` once the backup succeeded.
     async fn safety_backup(
         &self,
         tx: &mut WriteTx,
         order: &mut OrderRecord,
+        spec: &OrderSpec,
         created: &mut bool,
     ) -> CoordinatorResult<Option<Decision>> {
         if order.safety_order_id.is_empty() {
+            let trigger = match spec {
+                OrderSpec::Migrate { .. } => "pre-migration",
+                _ => "safety",
+            };
             let backup = OrderRecord::new(
                 &order.agent,
                 &order.database,
                 &OrderSpec::Backup {
-                    trigger: "safety".to_owned(),
+                    trigger: trigger.to_owned(),
                     verify: true,
                 },
                 &Actor::System.to_string(),
@@ -366,6 +392,63 @@ impl Fleet {
     }
 }
 
+/// Ties a migration to the artifact its pre-migration backup produced, once that backup
+/// succeeded: the order's spec carries it from now on (saved with the order's next change),
+/// so the agent can restore it and the audit log names it. Returns a decision when the
+/// artifact cannot be used.
+async fn carry_pre_migration(
+    tx: &mut WriteTx,
+    order: &mut OrderRecord,
+    spec: &mut OrderSpec,
+) -> CoordinatorResult<Option<Decision>> {
+    let OrderSpec::Migrate {
+        pre_migration: pre_migration @ None,
+        ..
+    } = spec
+    else {
+        return Ok(None);
+    };
+    let artifact = Store::artifact_of_order(tx, &order.safety_order_id).await?;
+    match artifact {
+        Some(artifact) if artifact.state == "complete" => {
+            *pre_migration = Some(ArtifactPointer {
+                artifact_id: artifact.id,
+                artifact_path: artifact.path,
+                sha256: artifact.sha256,
+            });
+            order.spec_json = serde_json::to_string(spec).map_err(|e| {
+                CoordinatorError::Store(StoreError::Corrupt {
+                    what: "order spec",
+                    why: format!("order {}: {e}", order.id),
+                })
+            })?;
+            Ok(None)
+        }
+        other => Ok(Some(Decision::Fail(format!(
+            "its pre-migration backup {} left no complete artifact ({}); nothing was changed. Submit the migration again",
+            order.safety_order_id,
+            other.map_or_else(
+                || "none in the catalog".to_owned(),
+                |a| format!("artifact {} is {}", a.id, a.state)
+            )
+        )))),
+    }
+}
+
+/// Whether windows and freezes never hold the order: backups, health checks and migrations
+/// that only read their status.
+fn runs_any_time(spec: &OrderSpec) -> bool {
+    matches!(
+        spec,
+        OrderSpec::Backup { .. }
+            | OrderSpec::Health
+            | OrderSpec::Migrate {
+                status_only: true,
+                ..
+            }
+    )
+}
+
 fn waiting_for_safety(backup_id: &str) -> Decision {
     Decision::Hold {
         reason: format!("waiting for its safety backup {backup_id}"),
@@ -386,8 +469,8 @@ fn outside_window(verdict: &policy::Verdict) -> Decision {
 }
 
 /// Cancels the safety backup of a destructive order that ended without running, if that
-/// backup has not started (or was lost and would be retried): it was taken for a restore
-/// that will not happen. Returns the id of the backup it cancelled.
+/// backup has not started (or was lost and would be retried): it was taken for a restore or
+/// migration that will not happen. Returns the id of the backup it cancelled.
 pub(super) async fn drop_safety_backup(
     tx: &mut WriteTx,
     order: &OrderRecord,
@@ -407,7 +490,8 @@ pub(super) async fn drop_safety_backup(
     backup.error = format!("order {} it was taken for ended {}", order.id, order.state);
     backup.finished_unix_ms = warden_shared::now_unix_ms();
     let params = json!({ "for_order": order.id });
-    transition(
+    // A backup ending has no consequences for rollouts: only its state changes.
+    change_state(
         tx,
         &mut backup,
         OrderState::Cancelled,
@@ -448,5 +532,6 @@ async fn hold(
     if until_unix_ms > 0 {
         params["until"] = json!(format_unix_ms(until_unix_ms));
     }
-    transition(tx, order, OrderState::Held, &Actor::System, params).await
+    transition(tx, order, OrderState::Held, &Actor::System, params).await?;
+    Ok(())
 }

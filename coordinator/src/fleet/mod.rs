@@ -4,9 +4,11 @@
 //! messages to agents are sent only after that transaction committed.
 
 mod dispatch;
+mod migrate;
 mod monitor;
 mod policy;
 mod recovery;
+mod rollout;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -27,7 +29,9 @@ use crate::audit::{Actor, ChainReport, NewAuditEvent, verify_chain};
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::notify::Notifier;
 use crate::registry::Registry;
-use crate::store::{AgentRecord, ArtifactRecord, OrderRecord, Store, WriteTx};
+use crate::store::{
+    AgentRecord, ArtifactRecord, InventoryDatabase, MigrateCommand, OrderRecord, Store, WriteTx,
+};
 
 /// Session settings the coordinator hands to agents, and its retry limit.
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +45,10 @@ pub struct FleetSettings {
     pub health_interval: Duration,
 }
 
+pub use migrate::MigrationRequest;
 pub use monitor::{DatabaseStatus, FleetStatus, HealthEntry};
 pub use policy::{Applied, PolicyState, PruneOutcome, PruneRow, WindowStatus, kind_name};
+pub use rollout::{RolloutView, TargetView};
 
 /// What an operator asks a restore to do.
 #[derive(Debug, Clone)]
@@ -148,7 +154,18 @@ impl Fleet {
         let mut inventory = Vec::with_capacity(hello.databases.len());
         for database in &hello.databases {
             warden_shared::validate_database_name(&database.name)?;
-            inventory.push((database.name.clone(), labels_json(&database.labels)));
+            inventory.push(InventoryDatabase {
+                name: database.name.clone(),
+                labels_json: labels_json(&database.labels),
+                migrate_commands: database
+                    .migrate_commands
+                    .iter()
+                    .map(|c| MigrateCommand {
+                        name: c.name.clone(),
+                        argv: c.argv.clone(),
+                    })
+                    .collect(),
+            });
         }
         let agent = AgentRecord {
             name: hello.agent.clone(),
@@ -174,7 +191,8 @@ impl Fleet {
                 json!({
                     "version": agent.version,
                     "generation": generation,
-                    "databases": inventory.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                    "databases": inventory.iter().map(|d| &d.name).collect::<Vec<_>>(),
+                    "migrate_commands": command_names(&inventory),
                     "running": hello.running_order_ids,
                 }),
             ),
@@ -406,6 +424,9 @@ impl Fleet {
         }
         if matches!(order.kind, OrderKind::Drill | OrderKind::Restore) {
             params = recovery::record_recovery_result(tx, &order, result).await?;
+        }
+        if order.kind == OrderKind::Migrate {
+            params = migrate::result_params(&order, result);
         }
         if let (true, Some(order_result::Outcome::Backup(backup))) =
             (result.success, &result.outcome)
@@ -796,14 +817,15 @@ impl Fleet {
 }
 
 /// Records a new order with its audit event; break-glass orders get a second event that
-/// stands out in the log, with the reason.
+/// stands out in the log, with the reason. The event holds the spec's audit view: a
+/// migration's files by version and checksum, not their SQL.
 async fn insert_order(
     tx: &mut WriteTx,
     actor: &Actor,
     order: &OrderRecord,
 ) -> CoordinatorResult<()> {
     Store::insert_order(tx, order).await?;
-    let spec: serde_json::Value = serde_json::from_str(&order.spec_json).unwrap_or_default();
+    let spec = order.spec()?.audit_view();
     Store::append_audit(
         tx,
         NewAuditEvent::new(
@@ -840,16 +862,38 @@ async fn insert_order(
 }
 
 /// Moves an order to `next` and audits it, refusing transitions the state machine forbids.
+/// When a migration of a rollout ends, the rollout moves on in the same transaction: its
+/// next wave is ordered, or it halts. Returns the ids of other orders that changed state in
+/// turn (a halted rollout cancels its orders that have not started), whose copies the caller
+/// may hold stale.
 async fn transition(
     tx: &mut WriteTx,
     order: &mut OrderRecord,
     next: OrderState,
     actor: &Actor,
+    params: serde_json::Value,
+) -> CoordinatorResult<Vec<String>> {
+    if !change_state(tx, order, next, actor, params).await? {
+        return Ok(Vec::new());
+    }
+    if next.is_final() && order.kind == OrderKind::Migrate {
+        return rollout::order_ended(tx, order).await;
+    }
+    Ok(Vec::new())
+}
+
+/// [`transition`] without its consequences: moves the order, audits it, and returns whether
+/// the state machine allowed it.
+async fn change_state(
+    tx: &mut WriteTx,
+    order: &mut OrderRecord,
+    next: OrderState,
+    actor: &Actor,
     mut params: serde_json::Value,
-) -> CoordinatorResult<()> {
+) -> CoordinatorResult<bool> {
     if !order.state.can_become(next) {
         warn!(order_id = %order.id, from = %order.state, to = %next, "refused order transition");
-        return Ok(());
+        return Ok(false);
     }
     let from = order.state;
     order.state = next;
@@ -869,10 +913,14 @@ async fn transition(
     )
     .await?;
     info!(order_id = %order.id, from = %from, to = %next, "order state changed");
-    Ok(())
+    Ok(true)
 }
 
-async fn mark_lost(tx: &mut WriteTx, mut order: OrderRecord, why: &str) -> CoordinatorResult<()> {
+async fn mark_lost(
+    tx: &mut WriteTx,
+    mut order: OrderRecord,
+    why: &str,
+) -> CoordinatorResult<Vec<String>> {
     order.error = why.to_owned();
     order.finished_unix_ms = warden_shared::now_unix_ms();
     let retry = order.kind.is_idempotent();
@@ -897,9 +945,21 @@ async fn owned_order(
         .filter(|order| order.agent == agent))
 }
 
-/// Returns whether at most one order of this kind may run on a database at a time.
-fn is_exclusive(kind: OrderKind) -> bool {
-    matches!(kind, OrderKind::Backup | OrderKind::Restore)
+/// Returns whether the order must run alone on its database among backups, restores and
+/// migrations. A migration that only reads its status is not exclusive; nor is a migration
+/// whose spec no longer reads, which fails before it could run.
+fn is_exclusive(order: &OrderRecord) -> bool {
+    match order.kind {
+        OrderKind::Backup | OrderKind::Restore => true,
+        OrderKind::Migrate => !matches!(
+            order.spec(),
+            Ok(OrderSpec::Migrate {
+                status_only: true,
+                ..
+            }) | Err(_)
+        ),
+        OrderKind::Health | OrderKind::Prune | OrderKind::Drill => false,
+    }
 }
 
 fn assignment(order: &OrderRecord) -> CoordinatorResult<CoordinatorMessage> {
@@ -933,6 +993,19 @@ fn unknown_order(id: &str) -> CoordinatorError {
     CoordinatorError::NotFound(format!(
         "unknown order {id}; `warden orders` lists recent ones"
     ))
+}
+
+/// The migration commands each database allows, by name (their command lines stay out of
+/// the audit log).
+fn command_names(inventory: &[InventoryDatabase]) -> BTreeMap<&str, Vec<&str>> {
+    inventory
+        .iter()
+        .filter(|d| !d.migrate_commands.is_empty())
+        .map(|d| {
+            let names = d.migrate_commands.iter().map(|c| c.name.as_str()).collect();
+            (d.name.as_str(), names)
+        })
+        .collect()
 }
 
 fn labels_json(labels: &HashMap<String, String>) -> String {

@@ -267,18 +267,23 @@ impl Fleet {
     /// Refuses a destructive order (`--no-wait`) when no window lets it start now.
     pub(super) async fn refuse_outside_window(&self, target: &DatabaseId) -> CoordinatorResult<()> {
         let labels = self.labels_of(target).await?;
-        let verdict =
-            crate::policy::window::evaluate(&self.policy().policy.windows, &labels, Utc::now());
-        if verdict.open.is_some() {
-            return Ok(());
+        match self.closed_now(&labels) {
+            None => Ok(()),
+            Some(why) => Err(CoordinatorError::FailedPrecondition(format!(
+                "{target}: {why}; nothing was queued (--no-wait). Use --emergency --reason \"...\" to break glass"
+            ))),
         }
-        Err(CoordinatorError::FailedPrecondition(format!(
-            "{target}: {}; nothing was queued (--no-wait). Use --emergency --reason \"...\" to break glass",
-            window_refusal(&verdict)
-        )))
     }
 
-    async fn labels_of(&self, id: &DatabaseId) -> CoordinatorResult<Labels> {
+    /// Why destructive work cannot start now on a database with `labels`; `None` when a
+    /// maintenance window lets it.
+    pub(super) fn closed_now(&self, labels: &Labels) -> Option<String> {
+        let verdict =
+            crate::policy::window::evaluate(&self.policy().policy.windows, labels, Utc::now());
+        verdict.open.is_none().then(|| window_refusal(&verdict))
+    }
+
+    pub(super) async fn labels_of(&self, id: &DatabaseId) -> CoordinatorResult<Labels> {
         let mut tx = self.store.begin().await?;
         let labels = database_labels(&mut tx).await?;
         tx.commit().await?;
@@ -432,7 +437,10 @@ impl Fleet {
             let decisions = retention::plan(&policies, &candidates, now);
             for (artifact, decision) in artifacts.iter().zip(decisions) {
                 let (prune, why) = if decision.prune && pinned.contains(&artifact.id) {
-                    (false, "a pending restore reads it".to_owned())
+                    (
+                        false,
+                        "a pending restore, drill or migration reads it".to_owned(),
+                    )
                 } else {
                     (decision.prune, decision.why)
                 };
@@ -569,7 +577,7 @@ pub(super) async fn database_labels(
 
 pub(super) const ABSENT_KEY: &str = "warden.absent";
 
-fn labels_present(labels: &Labels) -> bool {
+pub(super) fn labels_present(labels: &Labels) -> bool {
     !labels.contains_key(ABSENT_KEY)
 }
 
@@ -659,7 +667,8 @@ async fn scheduled_orders_in_flight(
         .collect())
 }
 
-/// Artifacts that restores or drills not yet ended will read.
+/// Artifacts that restores or drills not yet ended will read, and the pre-migration backups
+/// of migrations not yet ended (restored when their post-checks fail).
 async fn artifacts_of_pending_restores(tx: &mut WriteTx) -> CoordinatorResult<HashSet<String>> {
     Ok(unfinished_orders(tx)
         .await?
@@ -668,6 +677,10 @@ async fn artifacts_of_pending_restores(tx: &mut WriteTx) -> CoordinatorResult<Ha
             OrderSpec::Restore { artifact_id, .. } | OrderSpec::Drill { artifact_id, .. } => {
                 Some(artifact_id)
             }
+            OrderSpec::Migrate {
+                pre_migration: Some(artifact),
+                ..
+            } => Some(artifact.artifact_id),
             _ => None,
         })
         .collect())

@@ -12,7 +12,9 @@ use warden_proto::v1::{self as pb};
 
 use crate::audit::{Actor, AuditEvent};
 use crate::error::CoordinatorError;
-use crate::fleet::{Applied, Fleet, RestoreRequest, kind_name};
+use crate::fleet::{
+    Applied, Fleet, MigrationRequest, RestoreRequest, RolloutView, TargetView, kind_name,
+};
 use crate::policy::{ChangeOp, Opening};
 use crate::rto::Assessment;
 use crate::store::{AgentRecord, ArtifactRecord, DatabaseRecord, OrderRecord};
@@ -499,6 +501,63 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn submit_migrate(
+        &self,
+        request: Request<pb::SubmitMigrateRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let migration = migration_request(request.migration.as_ref());
+        let result = self
+            .fleet
+            .submit_migrate(&actor, &request.database, &migration, request.status_only)
+            .await;
+        let mut params = migration.audit_params();
+        params["status_only"] = json!(request.status_only);
+        let order = self
+            .audited(&actor, "migrate.submit", &request.database, params, result)
+            .await?;
+        Ok(Response::new(order_to_proto(order)))
+    }
+
+    async fn submit_rollout(
+        &self,
+        request: Request<pb::SubmitRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let migration = migration_request(request.migration.as_ref());
+        let result = self
+            .fleet
+            .submit_rollout(&actor, &request.selector, &migration, &request.waves)
+            .await;
+        let mut params = migration.audit_params();
+        params["selector"] = json!(request.selector);
+        params["waves"] = json!(request.waves);
+        let rollout = self
+            .audited(&actor, "rollout.submit", &request.selector, params, result)
+            .await?;
+        Ok(Response::new(rollout_to_proto(rollout)))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let rollout = self.fleet.get_rollout(&request.into_inner().id).await?;
+        Ok(Response::new(rollout_to_proto(rollout)))
+    }
+
+    async fn list_rollouts(
+        &self,
+        _request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let rollouts = self.fleet.list_rollouts().await?;
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts: rollouts.into_iter().map(rollout_to_proto).collect(),
+        }))
+    }
+
     async fn prune(
         &self,
         request: Request<pb::PruneRequest>,
@@ -530,6 +589,97 @@ impl AdminService for AdminApi {
                 .collect(),
             order_ids: outcome.order_ids,
         }))
+    }
+}
+
+/// The fleet's view of a migration request; a request without one asks for nothing, which
+/// the fleet refuses with what to give.
+fn migration_request(migration: Option<&pb::MigrationRequest>) -> MigrationRequest {
+    let Some(migration) = migration else {
+        return MigrationRequest::default();
+    };
+    MigrationRequest {
+        source: migration
+            .source
+            .as_ref()
+            .map(warden_shared::MigrationSource::from),
+        reason: migration.reason.clone(),
+        emergency: migration.emergency,
+        skip_safety_backup: migration.skip_safety_backup,
+        no_wait: migration.no_wait,
+        on_check_failure: migration.on_check_failure.clone(),
+    }
+}
+
+fn rollout_to_proto(view: RolloutView) -> pb::Rollout {
+    let rollout = view.rollout;
+    let migrations: Vec<serde_json::Value> =
+        serde_json::from_str(&rollout.migrations_json).unwrap_or_default();
+    let text = |value: &serde_json::Value, key: &str| {
+        value
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    pb::Rollout {
+        id: rollout.id,
+        state: rollout.state.as_str().to_owned(),
+        selector: rollout.selector,
+        waves: rollout.waves,
+        requested_by: rollout.requested_by,
+        reason: rollout.reason,
+        created_unix_ms: rollout.created_unix_ms,
+        finished_unix_ms: rollout.finished_unix_ms,
+        current_wave: u32::try_from(rollout.current_wave).unwrap_or(0),
+        wave_count: u32::try_from(rollout.wave_count).unwrap_or(0),
+        error: rollout.error,
+        migrations: migrations
+            .iter()
+            .map(|m| pb::MigrationRef {
+                version: text(m, "version"),
+                name: text(m, "name"),
+            })
+            .collect(),
+        command: rollout.command,
+        targets: view.targets.into_iter().map(target_to_proto).collect(),
+    }
+}
+
+fn target_to_proto(view: TargetView) -> pb::RolloutTarget {
+    let state = view.state();
+    let order = view.order;
+    let pre_migration = order.as_ref().and_then(|o| match o.spec() {
+        Ok(warden_shared::OrderSpec::Migrate {
+            pre_migration: Some(artifact),
+            ..
+        }) => Some(artifact.artifact_id),
+        _ => None,
+    });
+    let outcome = order
+        .as_ref()
+        .and_then(|o| o.result.as_deref())
+        .and_then(|bytes| pb::OrderResult::decode(bytes).ok())
+        .and_then(|result| match result.outcome {
+            Some(pb::order_result::Outcome::Migrate(outcome)) => Some(outcome),
+            _ => None,
+        });
+    pb::RolloutTarget {
+        database: view.target.target(),
+        wave: u32::try_from(view.target.wave).unwrap_or(0),
+        state,
+        pre_migration_artifact_id: pre_migration
+            .or_else(|| {
+                outcome
+                    .as_ref()
+                    .map(|o| o.pre_migration_artifact_id.clone())
+            })
+            .unwrap_or_default(),
+        applied: outcome
+            .map(|o| o.applied.into_iter().map(|a| a.version).collect())
+            .unwrap_or_default(),
+        order_id: view.target.order_id,
+        error: order.map(|o| o.error).unwrap_or_default(),
     }
 }
 

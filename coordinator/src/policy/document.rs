@@ -60,6 +60,12 @@
 //! name = "orders-present"
 //! selector = "team=payments"
 //! sql = "select count(*) > 0 from orders"
+//!
+//! [migrate]
+//! guard = "env=prod"
+//! deny_sql = ["DELETE FROM ...", "ALTER TABLE ... DROP COLUMN ..."]
+//! deny_commands = ["flyway clean"]
+//! on_check_failure = "restore"
 //! ```
 //!
 //! Tiers set the RTO and RPO the recovery report holds databases to. A database gets the
@@ -73,6 +79,17 @@
 //! A drill of a database runs every `[[checks]]` entry whose selector matches it, in
 //! document order; `sql` is one query returning one boolean. A schedule with
 //! `action = "drill"` runs restore drills instead of backups, and has no retention.
+//!
+//! `[migrate]` governs safe migrations (all keys optional). `guard` selects the databases the
+//! destructive guard protects (default `env=prod`; `""` protects none): there a migration
+//! whose SQL matches a deny pattern, or a migration command whose command line contains a
+//! denied fragment, is refused unless glass is broken. `deny_sql` and `deny_commands` add
+//! patterns to the built-in ones (`DROP DATABASE`, `DROP SCHEMA ... CASCADE`, `TRUNCATE`,
+//! `DROP OWNED`; `migrate:fresh`, `db:drop`, ...); in an SQL pattern `...` stands for any
+//! words. After applying, a migration runs the `[[checks]]` that select its database;
+//! `on_check_failure` says what a failing check does: `stop` (default: stop and say how to
+//! restore) or `restore` (restore the pre-migration backup at once). `warden export` prints
+//! the table only when it differs from these defaults.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -80,12 +97,12 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use warden_shared::{DrillCheck, Labels};
+use warden_shared::{DrillCheck, Labels, OnCheckFailure};
 
 use super::recovery::{normalize_check_sql, select_tier};
 use super::{
-    CheckRule, CronExpr, DEFAULT_TIER, Limits, PolicyError, Recurrence, Retention, RetentionRule,
-    Schedule, ScheduleAction, Tier, WeeklySpec, Window, WindowKind, builtin_tiers,
+    CheckRule, CronExpr, DEFAULT_TIER, Limits, MigratePolicy, PolicyError, Recurrence, Retention,
+    RetentionRule, Schedule, ScheduleAction, Tier, WeeklySpec, Window, WindowKind, builtin_tiers,
     format_local_time, parse_duration, parse_local_time, parse_name, parse_selector,
     parse_timezone,
 };
@@ -102,8 +119,10 @@ pub struct FleetPolicy {
     pub tiers: Vec<Tier>,
     /// The tier of databases that no tier's selector picks; names one of `tiers`.
     pub default_tier: String,
-    /// SQL checks for restore drills, in document order.
+    /// SQL checks for restore drills and after migrations, in document order.
     pub checks: Vec<CheckRule>,
+    /// The `[migrate]` table: the destructive guard and what failing post-checks do.
+    pub migrate: MigratePolicy,
 }
 
 impl Default for FleetPolicy {
@@ -117,6 +136,7 @@ impl Default for FleetPolicy {
             tiers: builtin_tiers().to_vec(),
             default_tier: DEFAULT_TIER.to_owned(),
             checks: Vec::new(),
+            migrate: MigratePolicy::default(),
         }
     }
 }
@@ -128,8 +148,8 @@ impl FleetPolicy {
         select_tier(&self.tiers, &self.default_tier, labels)
     }
 
-    /// The checks a drill of a database with `labels` runs: every check whose selector
-    /// matches, in document order.
+    /// The checks a drill of a database with `labels` runs, and a migration of it after
+    /// applying: every check whose selector matches, in document order.
     pub fn checks_for(&self, labels: &Labels) -> Vec<DrillCheck> {
         self.checks
             .iter()
@@ -150,7 +170,8 @@ pub enum ChangeOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub op: ChangeOp,
-    /// `window`, `schedule`, `retention`, `tier`, `check`, `limits` or `default_tier`.
+    /// `window`, `schedule`, `retention`, `tier`, `check`, `limits`, `default_tier` or
+    /// `migrate`.
     pub what: String,
     pub name: String,
     /// What differs, e.g. `timezone: UTC -> Europe/Berlin`. For an added or removed entry,
@@ -183,6 +204,8 @@ struct RawDocument {
     default_tier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limits: Option<RawLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    migrate: Option<RawMigrate>,
     #[serde(default, rename = "window", skip_serializing_if = "Vec::is_empty")]
     windows: Vec<RawWindow>,
     #[serde(default, rename = "schedule", skip_serializing_if = "Vec::is_empty")]
@@ -211,6 +234,17 @@ struct RawCheck {
     name: Option<String>,
     selector: Option<String>,
     sql: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigrate {
+    guard: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deny_sql: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deny_commands: Vec<String>,
+    on_check_failure: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -346,6 +380,7 @@ impl FleetPolicy {
         }
         let default_tier = default_tier(raw.default_tier, &tiers)?;
         let checks = named_entries("checks", "check", raw.checks, |r| r.name.as_deref(), check)?;
+        let migrate = raw.migrate.map(migrate).transpose()?.unwrap_or_default();
 
         Ok(Self {
             limits,
@@ -355,6 +390,7 @@ impl FleetPolicy {
             tiers,
             default_tier,
             checks,
+            migrate,
         })
     }
 }
@@ -801,6 +837,52 @@ fn check(name: String, raw: RawCheck) -> Result<CheckRule, PolicyError> {
     })
 }
 
+/// The `[migrate]` table; keys left out keep their defaults.
+fn migrate(raw: RawMigrate) -> Result<MigratePolicy, PolicyError> {
+    let default = MigratePolicy::default();
+    let guard = match raw.guard.as_deref() {
+        None => default.guard,
+        Some(text) if text.trim().is_empty() => None,
+        Some(text) => Some(parse_selector("migrate.guard", text)?),
+    };
+    for (index, pattern) in raw.deny_sql.iter().enumerate() {
+        warden_shared::migration::validate_sql_pattern(pattern).map_err(|e| {
+            PolicyError::new(
+                format!("migrate.deny_sql[{index}]"),
+                pattern.as_str(),
+                format!(
+                    "{e}; write the statement's keywords, with ... for any words, e.g. \"ALTER TABLE ... DROP COLUMN ...\""
+                ),
+            )
+        })?;
+    }
+    for (index, fragment) in raw.deny_commands.iter().enumerate() {
+        if fragment.trim().is_empty() {
+            return Err(PolicyError::new(
+                format!("migrate.deny_commands[{index}]"),
+                fragment.as_str(),
+                "an empty fragment would match every command; give part of a command line, e.g. \"flyway clean\"",
+            ));
+        }
+    }
+    let on_check_failure = match raw.on_check_failure.as_deref() {
+        None => default.on_check_failure,
+        Some(text) => text.parse::<OnCheckFailure>().map_err(|_| {
+            PolicyError::new(
+                "migrate.on_check_failure",
+                text,
+                "unknown value; expected stop (stop and say how to restore the pre-migration backup) or restore (restore it at once)",
+            )
+        })?,
+    };
+    Ok(MigratePolicy {
+        guard,
+        deny_sql: raw.deny_sql,
+        deny_commands: raw.deny_commands,
+        on_check_failure,
+    })
+}
+
 // ---- printing -----------------------------------------------------------------------------
 
 fn kind_name(kind: WindowKind) -> &'static str {
@@ -833,11 +915,12 @@ fn raw_retention(retention: &Retention, default_timezone: Tz) -> RawRetention {
 
 impl FleetPolicy {
     /// Prints the policy as a document that `parse` reads back to an equal policy: the header
-    /// comment, `default_tier`, `[limits]`, then windows, schedules, retention rules, tiers
-    /// and checks in their order, each with its keys in a fixed order. Defaults that say
-    /// nothing are left out (a zero jitter, the backup action, zero counts, the built-in
-    /// tiers, `default_tier = "standard"` when the tiers are the built-in ones); the scope,
-    /// time zone and `keep_days` always print.
+    /// comment, `default_tier`, `[limits]`, `[migrate]`, then windows, schedules, retention
+    /// rules, tiers and checks in their order, each with its keys in a fixed order. Defaults
+    /// that say nothing are left out (a zero jitter, the backup action, zero counts, the
+    /// built-in tiers, `default_tier = "standard"` when the tiers are the built-in ones, a
+    /// `[migrate]` table of defaults, empty deny lists); the scope, time zone and `keep_days`
+    /// always print.
     pub fn to_toml(&self) -> String {
         let print_tiers = self.tiers != builtin_tiers();
         let raw = RawDocument {
@@ -846,6 +929,12 @@ impl FleetPolicy {
             limits: Some(RawLimits {
                 per_agent: Some(i64::from(self.limits.per_agent)),
                 fleet_backups: Some(i64::from(self.limits.fleet_backups)),
+            }),
+            migrate: (self.migrate != MigratePolicy::default()).then(|| RawMigrate {
+                guard: Some(self.migrate.guard_text()),
+                deny_sql: self.migrate.deny_sql.clone(),
+                deny_commands: self.migrate.deny_commands.clone(),
+                on_check_failure: Some(self.migrate.on_check_failure.as_str().to_owned()),
             }),
             windows: self.windows.iter().map(raw_window).collect(),
             schedules: self
@@ -1032,6 +1121,35 @@ fn tier_fields(tier: &Tier) -> Fields {
     fields
 }
 
+fn migrate_fields(migrate: &MigratePolicy) -> Fields {
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "(none)".to_owned()
+        } else {
+            items
+                .iter()
+                .map(|item| format!("{item:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    vec![
+        (
+            "guard",
+            migrate
+                .guard
+                .as_ref()
+                .map_or_else(|| "(no database)".to_owned(), selector_text),
+        ),
+        ("deny_sql", list(&migrate.deny_sql)),
+        ("deny_commands", list(&migrate.deny_commands)),
+        (
+            "on_check_failure",
+            migrate.on_check_failure.as_str().to_owned(),
+        ),
+    ]
+}
+
 fn check_fields(check: &CheckRule) -> Fields {
     // A change prints on one line: white space runs in a multi-line query become one space.
     let sql = check.sql.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -1113,8 +1231,8 @@ fn diff_entries<T: PartialEq>(
 
 impl FleetPolicy {
     /// What applying `next` over `self` changes: limits first, then windows, schedules,
-    /// retention rules and tiers, each sorted by name, the default tier, then checks sorted
-    /// by name. Entries are matched by name, so a renamed entry shows as one removed and one
+    /// retention rules and tiers, each sorted by name, the default tier, checks sorted by
+    /// name, then the `[migrate]` table. Entries are matched by name, so a renamed entry shows as one removed and one
     /// added. Tiers are compared as in force, so a document that drops its tiers shows the
     /// built-in ones coming back.
     pub fn diff(&self, next: &FleetPolicy) -> Vec<Change> {
@@ -1178,6 +1296,17 @@ impl FleetPolicy {
             check_fields,
             &mut changes,
         );
+        if self.migrate != next.migrate {
+            changes.push(Change {
+                op: ChangeOp::Changed,
+                what: "migrate".to_owned(),
+                name: "migrate".to_owned(),
+                detail: changed(
+                    &migrate_fields(&self.migrate),
+                    &migrate_fields(&next.migrate),
+                ),
+            });
+        }
         changes
     }
 }
@@ -1608,6 +1737,12 @@ name = "nightly"
                 selector: warden_shared::Selector::everything(),
                 sql: "select 'line\nbreak' <> '\"quoted\"'".to_owned(),
             }],
+            migrate: MigratePolicy {
+                guard: None,
+                deny_sql: vec!["ALTER TABLE ... DROP COLUMN ...".to_owned()],
+                deny_commands: vec!["say \"clean\"".to_owned()],
+                on_check_failure: OnCheckFailure::Restore,
+            },
         };
         let text = policy.to_toml();
         assert_eq!(parse(&text), policy, "{text}");
@@ -2254,5 +2389,125 @@ sql = "select count(*) > 0 from users"
                 (ChangeOp::Changed, "default_tier default_tier".to_owned()),
             ]
         );
+    }
+
+    const MIGRATE: &str = r#"
+[migrate]
+guard = "env=prod,team=payments"
+deny_sql = ["DELETE FROM ...", "ALTER TABLE ... DROP COLUMN ..."]
+deny_commands = ["flyway clean"]
+on_check_failure = "restore"
+"#;
+
+    #[test]
+    fn parses_the_migrate_table() {
+        let policy = parse(MIGRATE);
+        let migrate = &policy.migrate;
+        assert_eq!(migrate.guard_text(), "env=prod,team=payments");
+        assert_eq!(
+            migrate.deny_sql,
+            ["DELETE FROM ...", "ALTER TABLE ... DROP COLUMN ..."]
+        );
+        assert_eq!(migrate.deny_commands, ["flyway clean"]);
+        assert_eq!(migrate.on_check_failure, OnCheckFailure::Restore);
+        assert!(migrate.guards(&labels(&[("env", "prod"), ("team", "payments")])));
+        assert!(!migrate.guards(&labels(&[("env", "prod")])));
+        // The policy's patterns come on top of the built-in ones.
+        let guard = migrate.guard();
+        assert!(guard.check_sql("delete from orders").is_some());
+        assert!(guard.check_sql("TRUNCATE orders").is_some());
+        assert!(guard.check_sql("ALTER TABLE t DROP COLUMN c").is_some());
+        assert!(guard.check_sql("ALTER TABLE t ADD COLUMN c int").is_none());
+    }
+
+    #[test]
+    fn migrate_defaults_and_an_empty_guard() {
+        assert_eq!(parse("").migrate, MigratePolicy::default());
+        assert_eq!(parse("[migrate]\n").migrate, MigratePolicy::default());
+        let default = MigratePolicy::default();
+        assert_eq!(default.guard_text(), "env=prod");
+        assert_eq!(default.on_check_failure, OnCheckFailure::Stop);
+        assert!(default.guards(&labels(&[("env", "prod")])));
+        // An empty guard protects no database (not the whole fleet).
+        let none = parse("[migrate]\nguard = \"\"\n").migrate;
+        assert_eq!(none.guard, None);
+        assert!(!none.guards(&labels(&[("env", "prod")])));
+        assert_eq!(
+            parse("[migrate]\non_check_failure = \"stop\"\n").migrate,
+            MigratePolicy::default()
+        );
+    }
+
+    #[test]
+    fn rejects_a_bad_migrate_table() {
+        const M: &str = "[migrate]\n";
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str, &str, &str)> = vec![
+            (format!("{M}guard = \"env\"\n"), "migrate.guard", "env", "no '='"),
+            (format!("{M}deny_sql = [\"TRUNCATE\", \"... CASCADE\"]\n"), "migrate.deny_sql[1]", "... CASCADE", "starts with \"...\""),
+            (format!("{M}deny_sql = [\"  \"]\n"), "migrate.deny_sql[0]", "  ", "empty"),
+            (format!("{M}deny_commands = [\"flyway clean\", \" \"]\n"), "migrate.deny_commands[1]", " ", "would match every command"),
+            (format!("{M}on_check_failure = \"rollback\"\n"), "migrate.on_check_failure", "rollback", "expected stop"),
+            (format!("{M}deny_sql = \"TRUNCATE\"\n"), "fleet.toml", "\"TRUNCATE\"", "invalid type"),
+            (format!("{M}guards = \"env=prod\"\n"), "fleet.toml", "guards", "unknown field `guards`"),
+        ];
+        assert_rejected(&cases);
+    }
+
+    #[test]
+    fn round_trips_the_migrate_table_and_prints_it_only_when_set() {
+        let policy = parse(MIGRATE);
+        let text = policy.to_toml();
+        assert_eq!(parse(&text), policy, "{text}");
+        assert_eq!(parse(&text).to_toml(), text);
+        assert_eq!(
+            text,
+            r#"# Warden fleet policy
+
+[limits]
+per_agent = 2
+fleet_backups = 4
+
+[migrate]
+guard = "env=prod,team=payments"
+deny_sql = ["DELETE FROM ...", "ALTER TABLE ... DROP COLUMN ..."]
+deny_commands = ["flyway clean"]
+on_check_failure = "restore"
+"#
+        );
+        // Only the guard differs: the empty lists stay out.
+        let text = parse("[migrate]\nguard = \"\"\n").to_toml();
+        assert!(
+            text.ends_with("[migrate]\nguard = \"\"\non_check_failure = \"stop\"\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text).migrate.guard, None);
+        // Defaults print nothing.
+        assert!(
+            !parse("[migrate]\nguard = \"env=prod\"\n")
+                .to_toml()
+                .contains("migrate")
+        );
+    }
+
+    #[test]
+    fn diff_reports_the_migrate_table() {
+        let before = parse("");
+        let after = parse(MIGRATE);
+        assert_eq!(
+            before.diff(&after),
+            [Change {
+                op: ChangeOp::Changed,
+                what: "migrate".into(),
+                name: "migrate".into(),
+                detail: "guard: env=prod -> env=prod,team=payments; deny_sql: (none) -> \"DELETE FROM ...\", \"ALTER TABLE ... DROP COLUMN ...\"; deny_commands: (none) -> \"flyway clean\"; on_check_failure: stop -> restore".into(),
+            }]
+        );
+        let unguarded = parse("[migrate]\nguard = \"\"\n");
+        assert_eq!(
+            before.diff(&unguarded)[0].detail,
+            "guard: env=prod -> (no database)"
+        );
+        assert_eq!(after.diff(&after.clone()), []);
     }
 }

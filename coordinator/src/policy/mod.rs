@@ -1,5 +1,6 @@
 //! Fleet policy: maintenance windows and freezes, backup and drill schedules, retention,
-//! recovery tiers (RTO/RPO targets), drill checks and concurrency limits. Everything here is
+//! recovery tiers (RTO/RPO targets), drill checks, the migrations' destructive guard and
+//! concurrency limits. Everything here is
 //! pure: functions take the time as an argument, so they are tested with a fake clock, and the
 //! dispatcher and scheduler call them with the real one.
 //!
@@ -7,6 +8,7 @@
 //! stores each applied version and evaluates the newest.
 
 pub mod document;
+pub mod migrate;
 pub mod recovery;
 pub mod retention;
 pub mod schedule;
@@ -20,6 +22,7 @@ use chrono_tz::Tz;
 use warden_shared::Selector;
 
 pub use document::{Change, ChangeOp, FleetPolicy};
+pub use migrate::MigratePolicy;
 pub use recovery::{CheckRule, DEFAULT_TIER, Tier, builtin_tiers};
 pub use retention::{Candidate, PruneDecision, Retention, RetentionRule};
 pub use schedule::{Schedule, ScheduleAction};

@@ -9,6 +9,7 @@
 pub mod metrics;
 mod records;
 mod recovery;
+mod rollouts;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,7 +18,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-pub use records::{AgentRecord, ArtifactRecord, DatabaseRecord, DrillRecord, OrderRecord};
+pub use records::{
+    AgentRecord, ArtifactRecord, DatabaseRecord, DrillRecord, InventoryDatabase, MigrateCommand,
+    OrderRecord, RolloutRecord, RolloutState, RolloutTargetRecord, TargetState,
+};
 
 use crate::audit::{AuditEvent, GENESIS_HASH, NewAuditEvent};
 
@@ -191,28 +195,57 @@ impl Store {
     }
 
     /// Replaces an agent's database inventory; databases it no longer reports stay in the
-    /// catalog (their artifacts do too) but are no longer present.
+    /// catalog (their artifacts do too) but are no longer present, and allow no commands.
     pub async fn replace_inventory(
         tx: &mut SqliteConnection,
         agent: &str,
-        databases: &[(String, String)],
+        databases: &[InventoryDatabase],
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE databases SET present = 0 WHERE agent = ?")
-            .bind(agent)
-            .execute(&mut *tx)
-            .await?;
-        for (name, labels_json) in databases {
+        sqlx::query(
+            "UPDATE databases SET present = 0, migrate_commands_json = '[]' WHERE agent = ?",
+        )
+        .bind(agent)
+        .execute(&mut *tx)
+        .await?;
+        for database in databases {
+            let commands = serde_json::to_string(&database.migrate_commands)
+                .unwrap_or_else(|_| "[]".to_owned());
             sqlx::query(
-                "INSERT INTO databases (agent, name, labels_json, present) VALUES (?, ?, ?, 1)
-                 ON CONFLICT (agent, name) DO UPDATE SET labels_json = excluded.labels_json, present = 1",
+                "INSERT INTO databases (agent, name, labels_json, present, migrate_commands_json)
+                 VALUES (?, ?, ?, 1, ?)
+                 ON CONFLICT (agent, name) DO UPDATE SET labels_json = excluded.labels_json,
+                    present = 1, migrate_commands_json = excluded.migrate_commands_json",
             )
             .bind(agent)
-            .bind(name)
-            .bind(labels_json)
+            .bind(&database.name)
+            .bind(&database.labels_json)
+            .bind(commands)
             .execute(&mut *tx)
             .await?;
         }
         Ok(())
+    }
+
+    /// The migration commands an agent allows for one of its databases.
+    pub async fn migrate_commands(
+        conn: &mut SqliteConnection,
+        agent: &str,
+        database: &str,
+    ) -> StoreResult<Vec<MigrateCommand>> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT migrate_commands_json FROM databases WHERE agent = ? AND name = ?",
+        )
+        .bind(agent)
+        .bind(database)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((json,)) = row else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+            what: "migration commands",
+            why: format!("database {agent}/{database}: {e}"),
+        })
     }
 
     pub async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
@@ -303,12 +336,13 @@ impl Store {
         Ok(())
     }
 
-    /// Writes back every mutable field of an order.
+    /// Writes back every mutable field of an order (its spec too: a migration learns its
+    /// pre-migration backup just before it is dispatched).
     pub async fn save_order(tx: &mut SqliteConnection, order: &OrderRecord) -> StoreResult<()> {
         sqlx::query(
             "UPDATE orders SET state = ?, attempts = ?, updated_unix_ms = ?, started_unix_ms = ?,
                     finished_unix_ms = ?, phase = ?, progress_bytes = ?, progress_rate = ?, error = ?, result = ?,
-                    safety_order_id = ?, held_until_unix_ms = ?, deadline_unix_ms = ?
+                    safety_order_id = ?, held_until_unix_ms = ?, deadline_unix_ms = ?, spec_json = ?
              WHERE id = ?",
         )
         .bind(order.state.as_str())
@@ -324,6 +358,7 @@ impl Store {
         .bind(&order.safety_order_id)
         .bind(order.held_until_unix_ms)
         .bind(order.deadline_unix_ms)
+        .bind(&order.spec_json)
         .bind(&order.id)
         .execute(&mut *tx)
         .await?;
@@ -551,6 +586,19 @@ impl Store {
              ORDER BY a.agent, a.database, a.created_unix_ms",
         )
         .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    /// The artifact a backup order produced, if it produced one.
+    pub async fn artifact_of_order(
+        conn: &mut SqliteConnection,
+        order_id: &str,
+    ) -> StoreResult<Option<ArtifactRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM artifacts WHERE order_id = ? ORDER BY created_unix_ms DESC LIMIT 1",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
         .await?)
     }
 

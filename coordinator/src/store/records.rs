@@ -163,3 +163,151 @@ pub struct DrillRecord {
     pub error: String,
     pub phases_json: String,
 }
+
+/// A migration command an agent allows for one of its databases, as its Hello reported it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MigrateCommand {
+    pub name: String,
+    pub argv: Vec<String>,
+}
+
+/// One database of an agent's inventory, as its Hello reported it.
+#[derive(Debug, Clone)]
+pub struct InventoryDatabase {
+    pub name: String,
+    pub labels_json: String,
+    pub migrate_commands: Vec<MigrateCommand>,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Its current wave's orders are under way.
+    Running,
+    /// Every database of every wave succeeded.
+    Succeeded,
+    /// An order of it did not succeed; later waves were never ordered.
+    Halted,
+    /// Called off as a whole. Reserved: no API calls a rollout off yet; cancelling one of its
+    /// orders halts it.
+    Cancelled,
+}
+
+impl RolloutState {
+    pub const ALL: [RolloutState; 4] = [
+        RolloutState::Running,
+        RolloutState::Succeeded,
+        RolloutState::Halted,
+        RolloutState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Succeeded => "succeeded",
+            RolloutState::Halted => "halted",
+            RolloutState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl TryFrom<String> for RolloutState {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| format!("unknown rollout state {text:?}"))
+    }
+}
+
+/// Where one database of a rollout stands, besides its order's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetState {
+    /// Its wave has not started.
+    Waiting,
+    /// Its wave started: it has an order.
+    Ordered,
+    /// The rollout halted before its wave started.
+    Skipped,
+}
+
+impl TargetState {
+    pub const ALL: [TargetState; 3] = [
+        TargetState::Waiting,
+        TargetState::Ordered,
+        TargetState::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Waiting => "waiting",
+            TargetState::Ordered => "ordered",
+            TargetState::Skipped => "skipped",
+        }
+    }
+}
+
+impl TryFrom<String> for TargetState {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| format!("unknown rollout target state {text:?}"))
+    }
+}
+
+/// One migration rolled out over a selection of databases, in waves.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RolloutRecord {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub state: RolloutState,
+    pub selector: String,
+    /// The cumulative wave sizes as given: `1,25%,100%`.
+    pub waves: String,
+    pub requested_by: String,
+    pub reason: String,
+    pub emergency: bool,
+    pub skip_safety_backup: bool,
+    pub created_unix_ms: i64,
+    pub updated_unix_ms: i64,
+    pub finished_unix_ms: i64,
+    /// The wave running now, from 1.
+    pub current_wave: i64,
+    pub wave_count: i64,
+    /// Why it halted: `AGENT/DBNAME: what went wrong`.
+    pub error: String,
+    /// The migration files without their SQL: `[{"version", "name", "sha256"}]`.
+    pub migrations_json: String,
+    /// Command mode: the command's name.
+    pub command: String,
+}
+
+/// One database of a rollout.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RolloutTargetRecord {
+    pub rollout_id: String,
+    pub agent: String,
+    pub database: String,
+    /// Its place in the rollout (targets are sorted by agent, then database name).
+    pub position: i64,
+    /// Its wave, from 1.
+    pub wave: i64,
+    /// The migrate order it gets when its wave starts.
+    pub spec_json: String,
+    /// Empty until its wave started.
+    pub order_id: String,
+    #[sqlx(try_from = "String")]
+    pub state: TargetState,
+}
+
+impl RolloutTargetRecord {
+    /// `AGENT/DBNAME` of the target.
+    pub fn target(&self) -> String {
+        format!("{}/{}", self.agent, self.database)
+    }
+}

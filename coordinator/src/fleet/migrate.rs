@@ -1,0 +1,561 @@
+//! Safe migrations, the fleet side: a migration of one database is checked here (its files,
+//! the command its agent allows, the destructive guard) and queued as a migrate order. The
+//! dispatcher then treats it as destructive work: it waits for a maintenance window, takes a
+//! verified pre-migration backup and carries that artifact to the agent.
+
+use serde_json::json;
+use warden_proto::v1::{self, order_result};
+use warden_shared::{DatabaseId, Labels, MigrationSource, OnCheckFailure, OrderSpec};
+
+use super::Fleet;
+use crate::audit::Actor;
+use crate::error::{CoordinatorError, CoordinatorResult};
+use crate::policy::FleetPolicy;
+use crate::store::{MigrateCommand, OrderRecord, Store};
+
+/// What an operator asks a migration (of one database, or of each in a rollout) to do.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationRequest {
+    /// SQL files or a command's name; `None` when the request gave neither.
+    pub source: Option<MigrationSource>,
+    pub reason: String,
+    /// Break glass: start whatever the windows say, and pass the destructive guard.
+    pub emergency: bool,
+    /// With `emergency` only: no pre-migration backup.
+    pub skip_safety_backup: bool,
+    /// Refuse instead of waiting for a maintenance window.
+    pub no_wait: bool,
+    /// `stop` or `restore`; empty: the policy's `[migrate] on_check_failure`.
+    pub on_check_failure: String,
+}
+
+impl MigrationRequest {
+    /// The request as the audit log records it: files by version, name and checksum, never
+    /// their SQL.
+    pub fn audit_params(&self) -> serde_json::Value {
+        let mut params = json!({
+            "reason": self.reason,
+            "emergency": self.emergency,
+            "skip_safety_backup": self.skip_safety_backup,
+            "no_wait": self.no_wait,
+            "on_check_failure": self.on_check_failure,
+        });
+        match &self.source {
+            Some(MigrationSource::Sql { files }) => {
+                params["migrations"] = files
+                    .iter()
+                    .map(|f| json!({ "version": f.version, "name": f.name, "sha256": f.sha256 }))
+                    .collect();
+            }
+            Some(MigrationSource::Command { name }) => params["command"] = json!(name),
+            None => {}
+        }
+        params
+    }
+}
+
+/// A request whose own fields are valid: its source (SQL files sorted by version) and the
+/// failure mode it asks for, if any.
+pub(super) struct CheckedRequest {
+    pub source: MigrationSource,
+    pub on_check_failure: Option<OnCheckFailure>,
+}
+
+/// Checks what a request says on its own, before any database is looked at.
+pub(super) fn check_request(
+    request: &MigrationRequest,
+    status_only: bool,
+) -> CoordinatorResult<CheckedRequest> {
+    let invalid = |message: String| Err(CoordinatorError::InvalidArgument(message));
+    if status_only && (request.emergency || request.no_wait || request.skip_safety_backup) {
+        return invalid(
+            "a status check only reads what the database recorded: it needs no window and no backup, so --emergency, --no-wait and --skip-safety-backup do not apply".to_owned(),
+        );
+    }
+    if request.emergency && request.reason.trim().is_empty() {
+        return invalid(
+            "--emergency needs --reason \"...\": break-glass work is audited with its reason"
+                .to_owned(),
+        );
+    }
+    if request.skip_safety_backup && !request.emergency {
+        return invalid(
+            "--skip-safety-backup is only allowed with --emergency --reason \"...\"".to_owned(),
+        );
+    }
+    let on_check_failure =
+        match request.on_check_failure.trim() {
+            "" => None,
+            text => Some(text.parse::<OnCheckFailure>().map_err(|e| {
+                CoordinatorError::InvalidArgument(format!("{e}; nothing was queued"))
+            })?),
+        };
+    let source = match &request.source {
+        None => {
+            return invalid(
+                "give the migration: SQL files (NNNN_name.sql) or the name of a command the database's agent allows; nothing was queued".to_owned(),
+            );
+        }
+        Some(MigrationSource::Sql { files }) => {
+            let files = warden_shared::migration::validate_set(files.clone()).map_err(|e| {
+                CoordinatorError::InvalidArgument(format!("{e}; nothing was queued"))
+            })?;
+            MigrationSource::Sql { files }
+        }
+        Some(MigrationSource::Command { name }) => {
+            if status_only {
+                return invalid(
+                    "a status check compares SQL migration files with what the database recorded; a migration command has no status Warden can read. Give the files instead".to_owned(),
+                );
+            }
+            if name.trim().is_empty() {
+                return invalid(
+                    "the migration command's name is empty; give one the database's agent allows (`warden databases` shows them)".to_owned(),
+                );
+            }
+            MigrationSource::Command { name: name.clone() }
+        }
+    };
+    Ok(CheckedRequest {
+        source,
+        on_check_failure,
+    })
+}
+
+/// Checks a migration against one database: its command must be one the database's agent
+/// allows, and where the destructive guard protects the database (and glass is not broken)
+/// nothing in it may match a deny pattern. Returns the command fragments the agent must
+/// refuse to run (the guard's, when it protects the database), or what is wrong.
+pub(super) fn admit(
+    policy: &FleetPolicy,
+    target: &DatabaseId,
+    labels: &Labels,
+    commands: &[MigrateCommand],
+    source: &MigrationSource,
+    emergency: bool,
+    status_only: bool,
+) -> Result<Vec<String>, String> {
+    let command = match source {
+        MigrationSource::Command { name } => Some(allowed_command(target, commands, name)?),
+        MigrationSource::Sql { .. } => None,
+    };
+    let guarded = policy.migrate.guards(labels) && !emergency;
+    if !guarded {
+        return Ok(Vec::new());
+    }
+    let guard = policy.migrate.guard();
+    let refusal = |what: String, violation: warden_shared::migration::Violation| {
+        format!(
+            "{what} {:?}, which matches deny pattern {:?} of the destructive guard that protects this database ([migrate] guard = {:?}); break glass with --emergency --reason \"...\" to run it anyway",
+            violation.what,
+            violation.pattern,
+            policy.migrate.guard_text()
+        )
+    };
+    if !status_only {
+        match (source, command) {
+            (MigrationSource::Sql { files }, _) => {
+                for file in files {
+                    if let Some(violation) = guard.check_sql(&file.sql) {
+                        return Err(refusal(
+                            format!("{} has the statement", file.file_name()),
+                            violation,
+                        ));
+                    }
+                }
+            }
+            (MigrationSource::Command { name }, Some(command)) => {
+                if let Some(violation) = guard.check_command(&command.argv) {
+                    return Err(refusal(format!("command {name:?} runs"), violation));
+                }
+            }
+            (MigrationSource::Command { .. }, None) => {}
+        }
+    }
+    Ok(guard.commands)
+}
+
+/// The command named `name` among those the database's agent allows.
+fn allowed_command<'a>(
+    target: &DatabaseId,
+    commands: &'a [MigrateCommand],
+    name: &str,
+) -> Result<&'a MigrateCommand, String> {
+    if let Some(command) = commands.iter().find(|c| c.name == name) {
+        return Ok(command);
+    }
+    if commands.is_empty() {
+        return Err(format!(
+            "agent {} allows no migration commands for database {}; configure them under [databases.migrate.commands] in the agent's config, or give SQL files",
+            target.agent, target.database
+        ));
+    }
+    let names: Vec<&str> = commands.iter().map(|c| c.name.as_str()).collect();
+    Err(format!(
+        "agent {} does not allow a migration command named {name:?} for database {}; it allows: {}. Add it under [databases.migrate.commands] in the agent's config",
+        target.agent,
+        target.database,
+        names.join(", ")
+    ))
+}
+
+/// The migrate order for one database, with the policy's post-checks for it.
+pub(super) fn migrate_spec(
+    policy: &FleetPolicy,
+    labels: &Labels,
+    request: &CheckedRequest,
+    status_only: bool,
+    deny_commands: Vec<String>,
+    rollout_id: Option<String>,
+) -> OrderSpec {
+    OrderSpec::Migrate {
+        source: request.source.clone(),
+        status_only,
+        checks: policy.checks_for(labels),
+        on_check_failure: request
+            .on_check_failure
+            .unwrap_or(policy.migrate.on_check_failure),
+        deny_commands,
+        pre_migration: None,
+        rollout_id,
+    }
+}
+
+impl Fleet {
+    /// Queues a migration of `database` (or with `status_only`, a comparison of the files with
+    /// what it recorded, which runs at once: no window, no backup).
+    pub async fn submit_migrate(
+        &self,
+        actor: &Actor,
+        database: &str,
+        request: &MigrationRequest,
+        status_only: bool,
+    ) -> CoordinatorResult<OrderRecord> {
+        let checked = check_request(request, status_only)?;
+        let target = self.online_database(database).await?;
+        let labels = self.labels_of(&target).await?;
+        let commands = {
+            let mut conn = self.store.read().await?;
+            Store::migrate_commands(&mut conn, &target.agent, &target.database).await?
+        };
+        let policy = self.policy();
+        let deny_commands = admit(
+            &policy.policy,
+            &target,
+            &labels,
+            &commands,
+            &checked.source,
+            request.emergency,
+            status_only,
+        )
+        .map_err(|problem| {
+            CoordinatorError::FailedPrecondition(format!("{target}: {problem}. Nothing was queued"))
+        })?;
+        if request.no_wait && !request.emergency {
+            self.refuse_outside_window(&target).await?;
+        }
+        let spec = migrate_spec(
+            &policy.policy,
+            &labels,
+            &checked,
+            status_only,
+            deny_commands,
+            None,
+        );
+        let mut order = OrderRecord::new(
+            &target.agent,
+            &target.database,
+            &spec,
+            &actor.to_string(),
+            &request.reason,
+        );
+        order.emergency = request.emergency;
+        order.skip_safety_backup = request.skip_safety_backup;
+        self.submit(actor, order).await
+    }
+}
+
+/// Audit parameters of a migration's result, which tie what it applied to the backup taken
+/// before and to the rollout it belongs to.
+pub(super) fn result_params(order: &OrderRecord, result: &v1::OrderResult) -> serde_json::Value {
+    let spec = order.spec().ok();
+    let (spec_artifact, rollout_id, command, status_only) = match &spec {
+        Some(OrderSpec::Migrate {
+            pre_migration,
+            rollout_id,
+            source,
+            status_only,
+            ..
+        }) => (
+            pre_migration.as_ref().map(|p| p.artifact_id.clone()),
+            rollout_id.clone(),
+            match source {
+                MigrationSource::Command { name } => Some(name.clone()),
+                MigrationSource::Sql { .. } => None,
+            },
+            *status_only,
+        ),
+        _ => (None, None, None, false),
+    };
+    let outcome = match &result.outcome {
+        Some(order_result::Outcome::Migrate(outcome)) => Some(outcome),
+        _ => None,
+    };
+    let applied: Vec<String> = outcome
+        .map(|o| {
+            o.applied
+                .iter()
+                .map(|a| format!("{}_{}", a.version, a.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let artifact = outcome
+        .map(|o| o.pre_migration_artifact_id.clone())
+        .filter(|id| !id.is_empty())
+        .or(spec_artifact);
+    let failed_version = outcome
+        .map(|o| o.failed_version.clone())
+        .filter(|v| !v.is_empty());
+    let checks_failed: Vec<&str> = outcome
+        .map(|o| {
+            o.checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut params = json!({
+        "applied": applied,
+        "pre_migration_artifact_id": artifact,
+        "restored": outcome.is_some_and(|o| o.restored),
+        "rollout_id": rollout_id,
+        "failed_version": failed_version,
+        "checks_failed": checks_failed,
+    });
+    if let Some(command) = command {
+        params["command"] = json!(command);
+    }
+    if status_only {
+        params["status_only"] = json!(true);
+        params["pending"] = outcome
+            .map(|o| {
+                o.pending
+                    .iter()
+                    .map(|p| format!("{}_{}", p.version, p.name))
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use warden_shared::MigrationFile;
+
+    use super::*;
+
+    fn file(name: &str, sql: &str) -> MigrationFile {
+        MigrationFile::from_file(name, sql.to_owned()).expect("valid name")
+    }
+
+    fn sql(files: Vec<MigrationFile>) -> MigrationRequest {
+        MigrationRequest {
+            source: Some(MigrationSource::Sql { files }),
+            ..MigrationRequest::default()
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn invalid(request: &MigrationRequest, status_only: bool) -> String {
+        match check_request(request, status_only) {
+            Err(CoordinatorError::InvalidArgument(message)) => message,
+            Err(other) => panic!("expected InvalidArgument, got {other:?}"),
+            Ok(_) => panic!("accepted {request:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_on_their_own_first() {
+        let good = sql(vec![
+            file("2_b.sql", "SELECT 2;"),
+            file("1_a.sql", "SELECT 1;"),
+        ]);
+        let checked = check_request(&good, false).expect("valid");
+        let MigrationSource::Sql { files } = &checked.source else {
+            panic!("{:?}", checked.source)
+        };
+        assert_eq!(files[0].version, "1", "sorted by version");
+        assert_eq!(checked.on_check_failure, None);
+
+        let emergency = MigrationRequest {
+            emergency: true,
+            ..good.clone()
+        };
+        assert!(invalid(&emergency, false).contains("--reason"));
+        let skip = MigrationRequest {
+            skip_safety_backup: true,
+            ..good.clone()
+        };
+        assert!(invalid(&skip, false).contains("only allowed with --emergency"));
+        let no_wait = MigrationRequest {
+            no_wait: true,
+            ..good.clone()
+        };
+        assert!(invalid(&no_wait, true).contains("status check"));
+        let mode = MigrationRequest {
+            on_check_failure: "rollback".to_owned(),
+            ..good.clone()
+        };
+        assert!(invalid(&mode, false).contains("\"stop\" or \"restore\""));
+        let restore = MigrationRequest {
+            on_check_failure: "restore".to_owned(),
+            ..good
+        };
+        assert_eq!(
+            check_request(&restore, false)
+                .expect("valid")
+                .on_check_failure,
+            Some(OnCheckFailure::Restore)
+        );
+        let tampered = {
+            let mut f = file("1_a.sql", "SELECT 1;");
+            f.sql.push_str("DROP TABLE x;");
+            sql(vec![f])
+        };
+        let message = invalid(&tampered, false);
+        assert!(
+            message.contains("1_a.sql") && message.contains("nothing was queued"),
+            "{message}"
+        );
+        assert!(invalid(&MigrationRequest::default(), false).contains("give the migration"));
+        let command = MigrationRequest {
+            source: Some(MigrationSource::Command {
+                name: "migrate".to_owned(),
+            }),
+            ..MigrationRequest::default()
+        };
+        assert!(check_request(&command, false).is_ok());
+        assert!(invalid(&command, true).contains("no status"));
+    }
+
+    #[test]
+    fn the_guard_refuses_destructive_sql_in_guarded_databases_only() {
+        let policy = FleetPolicy::default();
+        let target = DatabaseId::new("a1", "shop").expect("valid");
+        let drop = MigrationSource::Sql {
+            files: vec![
+                file("1_ok.sql", "CREATE TABLE t (id int);"),
+                file(
+                    "2_bad.sql",
+                    "-- TRUNCATE in a comment\nDROP SCHEMA app CASCADE;",
+                ),
+            ],
+        };
+        let prod = labels(&[("env", "prod")]);
+        let problem =
+            admit(&policy, &target, &prod, &[], &drop, false, false).expect_err("guarded");
+        assert!(
+            problem.contains("2_bad.sql")
+                && problem.contains("DROP SCHEMA app CASCADE")
+                && problem.contains("DROP SCHEMA ... CASCADE")
+                && problem.contains("--emergency --reason"),
+            "{problem}"
+        );
+        // Glass broken: it passes, and the agent gets no deny list.
+        assert_eq!(
+            admit(&policy, &target, &prod, &[], &drop, true, false),
+            Ok(Vec::new())
+        );
+        // A status check changes nothing, so it passes; the agent still gets the deny list.
+        let deny = admit(&policy, &target, &prod, &[], &drop, false, true).expect("status");
+        assert!(deny.iter().any(|d| d == "migrate:fresh"), "{deny:?}");
+        // Not guarded: no deny list.
+        let staging = labels(&[("env", "staging")]);
+        assert_eq!(
+            admit(&policy, &target, &staging, &[], &drop, false, false),
+            Ok(Vec::new())
+        );
+    }
+
+    #[test]
+    fn commands_must_be_allowed_and_pass_the_guard() {
+        let policy = FleetPolicy::default();
+        let target = DatabaseId::new("a1", "shop").expect("valid");
+        let prod = labels(&[("env", "prod")]);
+        let command = |name: &str, argv: &str| MigrateCommand {
+            name: name.to_owned(),
+            argv: argv.split(' ').map(str::to_owned).collect(),
+        };
+        let by_name = |name: &str| MigrationSource::Command {
+            name: name.to_owned(),
+        };
+        let none = admit(&policy, &target, &prod, &[], &by_name("up"), false, false)
+            .expect_err("no commands");
+        assert!(
+            none.contains("allows no migration commands")
+                && none.contains("[databases.migrate.commands]"),
+            "{none}"
+        );
+        let commands = [
+            command("up", "php artisan migrate --force"),
+            command("fresh", "php artisan migrate:fresh --force"),
+        ];
+        let unknown = admit(
+            &policy,
+            &target,
+            &prod,
+            &commands,
+            &by_name("down"),
+            false,
+            false,
+        )
+        .expect_err("unknown command");
+        assert!(unknown.contains("it allows: up, fresh"), "{unknown}");
+        let deny = admit(
+            &policy,
+            &target,
+            &prod,
+            &commands,
+            &by_name("up"),
+            false,
+            false,
+        )
+        .expect("allowed");
+        assert!(deny.iter().any(|d| d == "migrate:fresh"), "{deny:?}");
+        let fresh = admit(
+            &policy,
+            &target,
+            &prod,
+            &commands,
+            &by_name("fresh"),
+            false,
+            false,
+        )
+        .expect_err("guarded");
+        assert!(
+            fresh.contains("php artisan migrate:fresh --force")
+                && fresh.contains("\"migrate:fresh\""),
+            "{fresh}"
+        );
+        assert!(
+            admit(
+                &policy,
+                &target,
+                &prod,
+                &commands,
+                &by_name("fresh"),
+                true,
+                false
+            )
+            .is_ok()
+        );
+    }
+}

@@ -3,6 +3,8 @@
 //!
 //! Database URLs carry credentials. They are only ever shown through [`DatabaseConfig`]'s
 //! `Debug` and [`AgentConfig::to_redacted_toml`], both of which replace the password by `***`.
+//! The same goes for the values of a database's migration environment
+//! ([`MigrateConfig::env`]), which may hold secrets.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -21,6 +23,27 @@ pub const ENV_PREFIX: &str = "WARDEN_AGENT_";
 
 /// Default of [`AgentConfig::drill_check_timeout`].
 pub const DEFAULT_DRILL_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`MigrateConfig::timeout`].
+pub const DEFAULT_MIGRATE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Environment variables the agent sets for migration commands and hooks itself, from the
+/// database URL and the order; `[databases.migrate.env]` may not set them.
+pub const RESERVED_MIGRATE_ENV: [&str; 15] = [
+    "PGHOST",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGCONNECT_TIMEOUT",
+    "PGOPTIONS",
+    "DATABASE_URL",
+    "WARDEN_ORDER_ID",
+    "WARDEN_DATABASE",
+    "WARDEN_MIGRATION_STATUS",
+];
 /// The longest `statement_timeout` PostgreSQL accepts: `i32::MAX` milliseconds.
 const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
@@ -81,6 +104,171 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// How migrations of this database may run beyond SQL files: allowed commands, hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<MigrateConfig>,
+}
+
+/// One `[databases.migrate]` table: the migration commands the coordinator may ask for by
+/// name, the hooks around every migration of the database, and how they all run.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct MigrateConfig {
+    /// Allowed migration commands: name → argv (`warden migrate DB --command NAME`). The
+    /// argv is sent to the coordinator (it lists them), so secrets belong in `env`.
+    #[serde(default)]
+    pub commands: BTreeMap<String, Vec<String>>,
+    /// Runs before a migration applies anything (after its files were checked); a failure
+    /// fails the migration without applying anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_hook: Option<Vec<String>>,
+    /// Runs after everything else (apply, checks, restore) whenever the pre-hook's turn came,
+    /// also after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_hook: Option<Vec<String>>,
+    /// Working directory of commands and hooks; default the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// The longest one command or hook may run before it is killed, e.g. `"30m"`; default
+    /// 30m.
+    #[serde(with = "humantime_serde", default = "default_migrate_timeout")]
+    pub timeout: Duration,
+    /// Extra environment variables of commands and hooks. They may hold secrets: they are
+    /// never sent to the coordinator, and `Debug` and `--dump-config` show `***`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_migrate_timeout() -> Duration {
+    DEFAULT_MIGRATE_TIMEOUT
+}
+
+impl Default for MigrateConfig {
+    fn default() -> Self {
+        Self {
+            commands: BTreeMap::new(),
+            pre_hook: None,
+            post_hook: None,
+            workdir: None,
+            timeout: DEFAULT_MIGRATE_TIMEOUT,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+impl MigrateConfig {
+    /// Returns a copy with every `env` value replaced by `***`.
+    fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for value in shown.env.values_mut() {
+            *value = crate::pg::REDACTED.to_owned();
+        }
+        shown
+    }
+
+    /// Checks names, argvs, the working directory, the timeout and the environment of the
+    /// `[databases.migrate]` table of database `db`; errors name the key.
+    fn validate(&self, db: &str) -> AgentResult<()> {
+        let key = |rest: &str| format!("database {db:?}: [databases.migrate] {rest}");
+        for (name, argv) in &self.commands {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            {
+                return Err(AgentError::Config(format!(
+                    "{}: command name {name:?} must be 1 to 64 letters, digits, '_', '.' or '-'",
+                    key("commands")
+                )));
+            }
+            validate_argv(&key(&format!("commands.{name}")), argv)?;
+        }
+        for (hook, argv) in [("pre_hook", &self.pre_hook), ("post_hook", &self.post_hook)] {
+            if let Some(argv) = argv {
+                validate_argv(&key(hook), argv)?;
+            }
+        }
+        if let Some(workdir) = &self.workdir
+            && !workdir.is_absolute()
+        {
+            return Err(AgentError::Config(format!(
+                "{}: {:?} must be an absolute path",
+                key("workdir"),
+                workdir.display().to_string()
+            )));
+        }
+        if self.timeout < Duration::from_secs(1) {
+            return Err(AgentError::Config(format!(
+                "{}: \"{}\" must be at least 1s",
+                key("timeout"),
+                humantime::format_duration(self.timeout)
+            )));
+        }
+        for (name, value) in &self.env {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(AgentError::Config(format!(
+                    "{}: {name:?} is not an environment variable name (letters, digits and '_', \
+                     not starting with a digit)",
+                    key("env")
+                )));
+            }
+            if RESERVED_MIGRATE_ENV.contains(&name.as_str()) {
+                return Err(AgentError::Config(format!(
+                    "{}: {name} is set by the agent from the database url and the order; \
+                     remove it (connection settings belong in the url)",
+                    key("env")
+                )));
+            }
+            // The value is never shown: it may be a secret.
+            if value.contains('\0') {
+                return Err(AgentError::Config(format!(
+                    "{}: the value of {name} contains a NUL character",
+                    key("env")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a command line has a program and no NUL characters.
+fn validate_argv(key: &str, argv: &[String]) -> AgentResult<()> {
+    match argv.first() {
+        None => Err(AgentError::Config(format!(
+            "{key}: the command is empty; give the program and its arguments, e.g. \
+             [\"/usr/local/bin/migrate\", \"up\"]"
+        ))),
+        Some(program) if program.trim().is_empty() => Err(AgentError::Config(format!(
+            "{key}: the program (first element) is blank"
+        ))),
+        Some(_) if argv.iter().any(|arg| arg.contains('\0')) => Err(AgentError::Config(format!(
+            "{key}: an argument contains a NUL character"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+impl fmt::Debug for MigrateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: BTreeMap<&str, &str> = self
+            .env
+            .keys()
+            .map(|k| (k.as_str(), crate::pg::REDACTED))
+            .collect();
+        f.debug_struct("MigrateConfig")
+            .field("commands", &self.commands)
+            .field("pre_hook", &self.pre_hook)
+            .field("post_hook", &self.post_hook)
+            .field("workdir", &self.workdir)
+            .field("timeout", &self.timeout)
+            .field("env", &env)
+            .finish()
+    }
 }
 
 impl DatabaseConfig {
@@ -105,6 +293,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("name", &self.name)
             .field("url", &self.redacted_url())
             .field("labels", &self.labels)
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -175,6 +364,9 @@ impl AgentConfig {
                 )));
             }
             db.pg_url()?;
+            if let Some(migrate) = &db.migrate {
+                migrate.validate(&db.name)?;
+            }
         }
         Ok(())
     }
@@ -197,6 +389,7 @@ impl AgentConfig {
         shown.staging_dir = Some(self.staging_dir(repository));
         for db in &mut shown.databases {
             db.url = db.redacted_url();
+            db.migrate = db.migrate.as_ref().map(MigrateConfig::redacted);
         }
         toml::to_string(&shown)
             .map_err(|e| AgentError::Config(format!("cannot render the configuration: {e}")))
@@ -215,6 +408,7 @@ mod tests {
                 name: "app".to_owned(),
                 url: "postgres://warden:s3cret@10.0.0.5:5432/app".to_owned(),
                 labels: BTreeMap::from([("tier".to_owned(), "critical".to_owned())]),
+                migrate: None,
             }],
             ..AgentConfig::default()
         }
@@ -312,5 +506,186 @@ labels = { tier = "critical" }
         assert_eq!(config.drill_check_timeout, DEFAULT_DRILL_CHECK_TIMEOUT);
         assert_eq!(config.databases[0].labels["tier"], "critical");
         assert!(AgentConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    /// A database with every `[databases.migrate]` key set.
+    fn with_migrate() -> AgentConfig {
+        let mut config = valid();
+        config.databases[0].migrate = Some(MigrateConfig {
+            commands: BTreeMap::from([(
+                "artisan".to_owned(),
+                vec!["php".to_owned(), "artisan".to_owned(), "migrate".to_owned()],
+            )]),
+            pre_hook: Some(vec!["/srv/app/bin/maintenance".to_owned(), "on".to_owned()]),
+            post_hook: Some(vec![
+                "/srv/app/bin/maintenance".to_owned(),
+                "off".to_owned(),
+            ]),
+            workdir: Some(PathBuf::from("/srv/app")),
+            timeout: Duration::from_secs(600),
+            env: BTreeMap::from([("APP_KEY".to_owned(), "base64:t0ps3cret".to_owned())]),
+        });
+        config
+    }
+
+    fn migrate_error_of(change: impl FnOnce(&mut MigrateConfig)) -> String {
+        let mut config = with_migrate();
+        if let Some(migrate) = config.databases[0].migrate.as_mut() {
+            change(migrate);
+        }
+        let error = config.validate().expect_err("invalid").to_string();
+        assert!(
+            error.contains("database \"app\": [databases.migrate] "),
+            "{error}"
+        );
+        assert!(!error.contains("t0ps3cret"), "{error}");
+        error
+    }
+
+    #[test]
+    fn migrate_validation_names_the_key() {
+        with_migrate().validate().expect("valid");
+        let command = |name: &str, argv: &[&str]| {
+            let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+            let name = name.to_owned();
+            move |m: &mut MigrateConfig| {
+                m.commands.insert(name, argv);
+            }
+        };
+        for bad in ["has space", "", "a/b", "ü"] {
+            let error = migrate_error_of(command(bad, &["x"]));
+            assert!(
+                error.contains(&format!("commands: command name {bad:?} must be")),
+                "{error}"
+            );
+        }
+        assert!(migrate_error_of(command(&"a".repeat(65), &["x"])).contains("1 to 64"));
+        let error = migrate_error_of(command("up", &[]));
+        assert!(
+            error.contains("[databases.migrate] commands.up: the command is empty"),
+            "{error}"
+        );
+        let error = migrate_error_of(command("up", &[" ", "x"]));
+        assert!(
+            error.contains("commands.up: the program (first element) is blank"),
+            "{error}"
+        );
+        let error = migrate_error_of(command("up", &["x", "a\0b"]));
+        assert!(
+            error.contains("commands.up: an argument contains a NUL"),
+            "{error}"
+        );
+        let error = migrate_error_of(|m| m.pre_hook = Some(Vec::new()));
+        assert!(error.contains("pre_hook: the command is empty"), "{error}");
+        let error = migrate_error_of(|m| m.post_hook = Some(vec![String::new()]));
+        assert!(error.contains("post_hook: the program"), "{error}");
+        let error = migrate_error_of(|m| m.workdir = Some(PathBuf::from("srv/app")));
+        assert!(
+            error.contains("workdir: \"srv/app\" must be an absolute path"),
+            "{error}"
+        );
+        let error = migrate_error_of(|m| m.timeout = Duration::from_millis(500));
+        assert!(
+            error.contains("timeout: \"500ms\" must be at least 1s"),
+            "{error}"
+        );
+        for (name, expected) in [
+            ("1ST", "env: \"1ST\" is not an environment variable name"),
+            ("A-B", "env: \"A-B\" is not an environment variable name"),
+            ("", "env: \"\" is not an environment variable name"),
+            ("A=B", "env: \"A=B\" is not an environment variable name"),
+            ("PGPASSWORD", "env: PGPASSWORD is set by the agent"),
+            ("DATABASE_URL", "env: DATABASE_URL is set by the agent"),
+            ("PGSSLMODE", "env: PGSSLMODE is set by the agent"),
+            (
+                "WARDEN_ORDER_ID",
+                "env: WARDEN_ORDER_ID is set by the agent",
+            ),
+        ] {
+            let error = migrate_error_of(|m| {
+                m.env.insert(name.to_owned(), "v".to_owned());
+            });
+            assert!(error.contains(expected), "{error}");
+        }
+        let error = migrate_error_of(|m| {
+            m.env.insert("APP_KEY".to_owned(), "t0ps3cret\0".to_owned());
+        });
+        assert!(
+            error.contains("the value of APP_KEY contains a NUL"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn debug_and_dump_hide_migration_environment_values() {
+        let config = with_migrate();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("t0ps3cret"), "{debug}");
+        assert!(debug.contains("\"APP_KEY\": \"***\""), "{debug}");
+        assert!(debug.contains("artisan"), "{debug}");
+
+        let repository = Repository::from_url(&config.repository).expect("repo");
+        let dumped = config.to_redacted_toml(&repository).expect("toml");
+        assert!(!dumped.contains("t0ps3cret"), "{dumped}");
+        assert!(dumped.contains("APP_KEY = \"***\""), "{dumped}");
+        assert!(dumped.contains("timeout = \"10m\""), "{dumped}");
+        let back: AgentConfig = toml::from_str(&dumped).expect("parses");
+        let migrate = back.databases[0].migrate.as_ref().expect("migrate");
+        assert_eq!(migrate.commands["artisan"], ["php", "artisan", "migrate"]);
+        assert_eq!(migrate.workdir, Some(PathBuf::from("/srv/app")));
+        assert_eq!(migrate.timeout, Duration::from_secs(600));
+        // The original keeps its secret: only the copy shown was redacted.
+        assert_eq!(
+            config.databases[0].migrate.as_ref().expect("migrate").env["APP_KEY"],
+            "base64:t0ps3cret"
+        );
+        // Without a [databases.migrate] table, none is shown.
+        let plain = valid().to_redacted_toml(&repository).expect("toml");
+        assert!(!plain.contains("migrate"), "{plain}");
+    }
+
+    #[test]
+    fn loads_a_migrate_table_with_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            r#"
+name = "db1"
+repository = "file:///var/lib/warden/repo"
+
+[[databases]]
+name = "app"
+url = "postgres://warden:secret@10.0.0.5:5432/app"
+
+[databases.migrate]
+workdir = "/srv/app"
+pre_hook = ["/srv/app/bin/maintenance", "on"]
+post_hook = ["/srv/app/bin/maintenance", "off"]
+
+[databases.migrate.commands]
+artisan = ["php", "artisan", "migrate", "--force"]
+alembic = ["/srv/app/venv/bin/alembic", "upgrade", "head"]
+
+[databases.migrate.env]
+APP_ENV = "production"
+
+[[databases]]
+name = "billing"
+url = "postgres://warden:secret@10.0.0.5:5432/billing"
+"#,
+        )
+        .expect("write");
+        let config = AgentConfig::load(Some(&path)).expect("loads");
+        let migrate = config.databases[0].migrate.as_ref().expect("migrate");
+        assert_eq!(migrate.timeout, DEFAULT_MIGRATE_TIMEOUT);
+        let names: Vec<&str> = migrate.commands.keys().map(String::as_str).collect();
+        assert_eq!(names, ["alembic", "artisan"]);
+        assert_eq!(migrate.env["APP_ENV"], "production");
+        assert_eq!(
+            migrate.pre_hook.as_deref(),
+            Some(&["/srv/app/bin/maintenance".to_owned(), "on".to_owned()][..])
+        );
+        assert!(config.databases[1].migrate.is_none());
     }
 }

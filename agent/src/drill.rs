@@ -197,10 +197,10 @@ impl Drop for ScratchClaim<'_> {
     }
 }
 
-/// Runs every check in the copy, each in its own read-only transaction and for at most
-/// `timeout`, and returns their results. Only failing to reach the copy at all is an error;
-/// a check that fails is a result.
-async fn run_checks(
+/// Runs every check in `copy` (a drill's restored copy, or a database just migrated), each
+/// in its own read-only transaction and for at most `timeout`, and returns their results.
+/// Only failing to reach the database at all is an error; a check that fails is a result.
+pub(crate) async fn run_checks(
     copy: &PgDatabase,
     checks: &[v1::DrillCheck],
     timeout: Duration,
@@ -213,7 +213,7 @@ async fn run_checks(
     for check in checks {
         let verdict = run_check(copy, &mut conn, &check.sql, timeout).await;
         if let Err(why) = &verdict {
-            tracing::warn!(check = %check.name, %why, "drill check did not pass");
+            tracing::warn!(database = %copy.label, check = %check.name, %why, "check did not pass");
         }
         results.push(v1::CheckResult {
             name: check.name.clone(),

@@ -102,6 +102,16 @@ pub enum AgentError {
         outcome: Box<v1::DrillOutcome>,
         reason: String,
     },
+    /// A migration failed, was refused or was cancelled. `outcome` holds what it did before
+    /// it stopped: the files applied and not reached, the checks, whether it restored the
+    /// pre-migration backup, and the command that would; `reason` says what went wrong and
+    /// what to do.
+    #[error("{reason}")]
+    Migration {
+        outcome: Box<v1::MigrateOutcome>,
+        reason: String,
+        cancelled: bool,
+    },
     /// The coordinator sent something the agent cannot act on.
     #[error("{0}")]
     InvalidOrder(String),
@@ -126,6 +136,18 @@ impl AgentError {
             AgentError::CorruptArtifact { .. }
                 | AgentError::ArtifactMissing { .. }
                 | AgentError::RowCountMismatch(_)
+        )
+    }
+
+    /// Returns whether the order stopped because it was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Cancelled
+                | AgentError::Migration {
+                    cancelled: true,
+                    ..
+                }
         )
     }
 

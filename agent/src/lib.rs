@@ -1,11 +1,12 @@
-//! The Warden agent: runs backups, restores and health checks of the PostgreSQL databases in
-//! its configuration, on orders from the coordinator it dials out to.
+//! The Warden agent: runs backups, restores, migrations and health checks of the PostgreSQL
+//! databases in its configuration, on orders from the coordinator it dials out to.
 //!
 //! [`session`] keeps the stream to the coordinator and sends periodic health reports;
-//! [`orders`] dispatches an order to the [`backup`], [`restore`], [`drill`], [`health`] or
-//! [`prune`] executor; restores and drills share [`copy`]; the executors use [`pg`] for SQL,
-//! [`pgtools`] for the PostgreSQL client binaries, [`codec`] to move dumps in and out of the
-//! [`repository`].
+//! [`orders`] dispatches an order to the [`backup`], [`restore`], [`drill`], [`migrate`],
+//! [`health`] or [`prune`] executor; restores and drills share [`copy`], drills and migrations
+//! share the SQL checks of [`drill`], migrations start their commands and hooks with
+//! [`program`]; the executors use [`pg`] for SQL, [`pgtools`] for the PostgreSQL client
+//! binaries, [`codec`] to move dumps in and out of the [`repository`].
 
 pub mod backup;
 pub mod codec;
@@ -14,9 +15,11 @@ pub mod copy;
 pub mod drill;
 pub mod error;
 pub mod health;
+pub mod migrate;
 pub mod orders;
 pub mod pg;
 pub mod pgtools;
+pub mod program;
 pub mod progress;
 pub mod prune;
 pub mod repository;

@@ -1,5 +1,5 @@
 //! Running one order: resolves its database, dispatches to the backup, restore, drill,
-//! health or prune executor, and turns the outcome into the agent's final word, an
+//! migrate, health or prune executor, and turns the outcome into the agent's final word, an
 //! [`v1::OrderResult`].
 
 use std::future::Future;
@@ -18,7 +18,7 @@ use crate::error::{AgentError, AgentResult};
 use crate::pg::PgDatabase;
 use crate::progress::ProgressReporter;
 use crate::repository::Repository;
-use crate::{backup, drill, health, prune, restore};
+use crate::{backup, drill, health, migrate, prune, restore};
 
 /// What every executor needs: the configuration, where artifacts and staged files go, the
 /// drills running in this process, and the measurements of the repository's file system.
@@ -117,6 +117,7 @@ pub fn order_kind(spec: Option<&v1::OrderSpec>) -> Option<OrderKind> {
         Params::Health(_) => OrderKind::Health,
         Params::Prune(_) => OrderKind::Prune,
         Params::Drill(_) => OrderKind::Drill,
+        Params::Migrate(_) => OrderKind::Migrate,
     })
 }
 
@@ -151,7 +152,7 @@ pub fn failed_result(order_id: &str, error: &AgentError) -> v1::OrderResult {
         order_id: order_id.to_owned(),
         success: false,
         error: error.to_string(),
-        cancelled: matches!(error, AgentError::Cancelled),
+        cancelled: error.is_cancelled(),
         artifact_corrupt: error.proves_artifact_corrupt(),
         outcome: match error {
             // A prune that failed part-way still removed some artifacts: the coordinator
@@ -163,6 +164,9 @@ pub fn failed_result(order_id: &str, error: &AgentError) -> v1::OrderResult {
             // measured the restore, and says which checks failed and why.
             AgentError::DrillChecksFailed { outcome }
             | AgentError::DrillCleanup { outcome, .. } => Some(Outcome::Drill((**outcome).clone())),
+            // A migration that stopped still says what it applied, what it did not reach,
+            // its checks, whether it restored, and how to undo it.
+            AgentError::Migration { outcome, .. } => Some(Outcome::Migrate((**outcome).clone())),
             _ => None,
         },
     }
@@ -202,6 +206,11 @@ async fn execute(
         Params::Drill(params) => drill::run(ctx, database()?, order_id, &params, progress, cancel)
             .await
             .map(Outcome::Drill),
+        Params::Migrate(params) => {
+            migrate::run(ctx, database()?, order_id, &params, progress, cancel)
+                .await
+                .map(Outcome::Migrate)
+        }
         Params::Health(_) => health::run(ctx, &database()?.db, cancel)
             .await
             .map(Outcome::Health),
@@ -261,6 +270,7 @@ pub(crate) mod tests {
                 name: "app".to_owned(),
                 url: "postgres://warden@127.0.0.1:1/app".to_owned(),
                 labels: Default::default(),
+                migrate: None,
             }],
             ..AgentConfig::default()
         })
@@ -480,11 +490,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_failed_migration_reports_its_outcome_and_whether_it_was_cancelled() {
+        let outcome = v1::MigrateOutcome {
+            applied: vec![v1::AppliedMigration {
+                version: "0001".to_owned(),
+                name: "a".to_owned(),
+                ..v1::AppliedMigration::default()
+            }],
+            failed_version: "0002".to_owned(),
+            restore_command: "warden restore a1 --replace --target db1/app".to_owned(),
+            ..v1::MigrateOutcome::default()
+        };
+        for cancelled in [false, true] {
+            let error = AgentError::Migration {
+                outcome: Box::new(outcome.clone()),
+                reason: "0002_b.sql failed and was rolled back: syntax error".to_owned(),
+                cancelled,
+            };
+            let result = failed_result("o1", &error);
+            assert!(!result.success && !result.artifact_corrupt);
+            assert_eq!(result.cancelled, cancelled);
+            assert_eq!(
+                result.error,
+                "0002_b.sql failed and was rolled back: syntax error"
+            );
+            assert_eq!(result.outcome, Some(Outcome::Migrate(outcome.clone())));
+        }
+    }
+
+    #[test]
     fn order_kinds_come_from_the_parameters() {
         let drill = v1::OrderSpec {
             params: Some(Params::Drill(v1::DrillParams::default())),
         };
         assert_eq!(order_kind(Some(&drill)), Some(OrderKind::Drill));
+        let migrate = v1::OrderSpec {
+            params: Some(Params::Migrate(v1::MigrateParams::default())),
+        };
+        assert_eq!(order_kind(Some(&migrate)), Some(OrderKind::Migrate));
         assert_eq!(order_kind(Some(&v1::OrderSpec::default())), None);
         assert_eq!(order_kind(None), None);
     }

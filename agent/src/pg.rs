@@ -36,6 +36,16 @@ const SQLX_PARAMETERS: &[&str] = &[
     "options",
 ];
 
+/// URL parameters that client programs also take from the environment, by variable.
+const LIBPQ_ENV_PARAMETERS: [(&str, &str); 6] = [
+    ("sslmode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+    ("connect_timeout", "PGCONNECT_TIMEOUT"),
+    ("options", "PGOPTIONS"),
+];
+
 /// A `postgres://` URL whose password (from the user info or a `password=` parameter) is
 /// held apart from the rest.
 #[derive(Clone, PartialEq, Eq)]
@@ -144,6 +154,72 @@ impl PgUrl {
             }
             _ => text.to_owned(),
         }
+    }
+
+    /// Returns the libpq environment that points a client program at this database:
+    /// `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD`, the TLS and connection
+    /// parameters of the URL (`?sslmode=` as `PGSSLMODE`, ...), and `DATABASE_URL`, the whole
+    /// URL with its password, for tools that read a URL. Only what the URL says is set.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        let decoded = |text: &str| percent_decode_str(text).decode_utf8_lossy().into_owned();
+        let mut env = Vec::new();
+        let host = match self.url.host_str() {
+            // PGHOST takes an IPv6 address without its brackets.
+            Some(host) if !host.is_empty() => Some(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            ),
+            _ => query_value(&self.url, "host").map(decoded),
+        };
+        if let Some(host) = host {
+            env.push(("PGHOST", host));
+        }
+        let port = match self.url.port() {
+            Some(port) => Some(port.to_string()),
+            None => query_value(&self.url, "port").map(decoded),
+        };
+        if let Some(port) = port {
+            env.push(("PGPORT", port));
+        }
+        if let Some(database) = self.database() {
+            env.push(("PGDATABASE", database));
+        }
+        let user = match self.url.username() {
+            "" => query_value(&self.url, "user").map(decoded),
+            user => Some(decoded(user)),
+        };
+        if let Some(user) = user {
+            env.push(("PGUSER", user));
+        }
+        if let Some(password) = &self.password {
+            env.push(("PGPASSWORD", password.clone()));
+        }
+        for (parameter, variable) in LIBPQ_ENV_PARAMETERS {
+            if let Some(value) = query_value(&self.url, parameter) {
+                env.push((variable, decoded(value)));
+            }
+        }
+        env.push(("DATABASE_URL", self.with_password()));
+        env
+    }
+
+    /// Returns the whole URL, password included: only for a child's environment.
+    fn with_password(&self) -> String {
+        let mut url = self.url.clone();
+        let Some(password) = &self.password else {
+            return url.into();
+        };
+        let encoded = utf8_percent_encode(password, NON_ALPHANUMERIC).to_string();
+        // A URL without a host (Unix socket given as `?host=`) cannot hold user info.
+        if url.set_password(Some(&encoded)).is_err() {
+            let query = match url.query() {
+                Some(query) if !query.is_empty() => format!("{query}&password={encoded}"),
+                _ => format!("password={encoded}"),
+            };
+            url.set_query(Some(&query));
+        }
+        url.into()
     }
 
     fn connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
@@ -488,6 +564,8 @@ pub async fn create_database(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -563,6 +641,42 @@ mod tests {
         assert!(other.without_password().ends_with("?sslmode=disable"));
         let options = other.connect_options().expect("sqlx accepts it");
         assert_eq!(options.get_database(), Some("we\"ird db ü/?#"));
+    }
+
+    #[test]
+    fn client_env_points_libpq_at_the_database() {
+        let url = PgUrl::parse(
+            "postgres://war%20den:p%40ss@[::1]:6543/my%20app?sslmode=require&application_name=x",
+        )
+        .expect("valid");
+        let env: BTreeMap<&str, String> = url.client_env().into_iter().collect();
+        assert_eq!(env["PGHOST"], "::1");
+        assert_eq!(env["PGPORT"], "6543");
+        assert_eq!(env["PGDATABASE"], "my app");
+        assert_eq!(env["PGUSER"], "war den");
+        assert_eq!(env["PGPASSWORD"], "p@ss");
+        assert_eq!(env["PGSSLMODE"], "require");
+        assert_eq!(
+            env["DATABASE_URL"],
+            "postgres://war%20den:p%40ss@[::1]:6543/my%20app?sslmode=require&application_name=x"
+        );
+        let reparsed = PgUrl::parse(&env["DATABASE_URL"]).expect("a URL again");
+        assert_eq!(reparsed, url);
+
+        // A Unix socket and no password.
+        let socket = PgUrl::parse("postgresql:///app?host=%2Fvar%2Frun%2Fpostgresql&user=app")
+            .expect("valid");
+        let env: BTreeMap<&str, String> = socket.client_env().into_iter().collect();
+        assert_eq!(env["PGHOST"], "/var/run/postgresql");
+        assert_eq!(env["PGUSER"], "app");
+        assert_eq!(env["PGDATABASE"], "app");
+        assert!(!env.contains_key("PGPASSWORD") && !env.contains_key("PGPORT"));
+        let with_password =
+            PgUrl::parse("postgresql:///app?host=%2Ftmp&password=s%26cret").expect("valid");
+        let env: BTreeMap<&str, String> = with_password.client_env().into_iter().collect();
+        assert_eq!(env["PGPASSWORD"], "s&cret");
+        let reparsed = PgUrl::parse(&env["DATABASE_URL"]).expect("a URL again");
+        assert_eq!(reparsed.password(), Some("s&cret"));
     }
 
     #[test]

@@ -245,6 +245,17 @@ impl Session {
                 .map(|db| v1::DatabaseInfo {
                     name: db.name.clone(),
                     labels: db.labels.clone().into_iter().collect(),
+                    // Names and command lines only: the migration environment may hold
+                    // secrets and stays on this host.
+                    migrate_commands: db
+                        .migrate
+                        .iter()
+                        .flat_map(|m| &m.commands)
+                        .map(|(name, argv)| v1::MigrateCommand {
+                            name: name.clone(),
+                            argv: argv.clone(),
+                        })
+                        .collect(),
                 })
                 .collect(),
             running_order_ids: self.running.keys().cloned().collect(),
@@ -532,6 +543,7 @@ mod tests {
             name: name.to_owned(),
             url: format!("postgres://warden:s3cret@127.0.0.1:1/{name}"),
             labels: Default::default(),
+            migrate: None,
         };
         let config = AgentConfig {
             name: "db1".to_owned(),
@@ -542,6 +554,31 @@ mod tests {
             ..AgentConfig::default()
         };
         Arc::new(AgentContext::new(config).expect("context"))
+    }
+
+    #[test]
+    fn hello_lists_migration_commands_but_never_their_environment() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut config = context(tmp.path()).config.clone();
+        config.databases[0].migrate = Some(crate::config::MigrateConfig {
+            commands: std::collections::BTreeMap::from([(
+                "artisan".to_owned(),
+                vec!["php".to_owned(), "artisan".to_owned(), "migrate".to_owned()],
+            )]),
+            env: std::collections::BTreeMap::from([("APP_KEY".to_owned(), "t0ps3cret".to_owned())]),
+            ..Default::default()
+        });
+        let ctx = Arc::new(AgentContext::new(config).expect("context"));
+        let hello = Session::new(ctx, CancellationToken::new()).hello();
+        assert_eq!(
+            hello.databases[0].migrate_commands,
+            [v1::MigrateCommand {
+                name: "artisan".to_owned(),
+                argv: vec!["php".to_owned(), "artisan".to_owned(), "migrate".to_owned()],
+            }]
+        );
+        assert!(hello.databases[1].migrate_commands.is_empty());
+        assert!(!format!("{hello:?}").contains("t0ps3cret"));
     }
 
     #[tokio::test]

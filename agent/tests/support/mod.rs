@@ -2,6 +2,9 @@
 //! harness), an agent context serving its databases, and backups taken the way the agent
 //! takes them.
 
+// Each test binary uses its own part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
@@ -121,6 +124,7 @@ pub fn context(dir: &Path, databases: Vec<(String, String)>) -> AgentContext {
                 name,
                 url,
                 labels: Default::default(),
+                migrate: None,
             })
             .collect(),
         ..AgentConfig::default()

@@ -572,7 +572,13 @@ mod tests {
 
     #[test]
     fn the_guard_matches_keywords_not_strings_or_comments() {
-        let guard = Guard::with_defaults(&["DELETE FROM ... ".to_owned()], &[]);
+        let guard = Guard::with_defaults(
+            &[
+                "DELETE FROM ... ".to_owned(),
+                "ALTER TABLE ... DROP COLUMN ...".to_owned(),
+            ],
+            &[],
+        );
         for denied in [
             "drop database shop",
             "DROP SCHEMA app CASCADE",
@@ -580,6 +586,7 @@ mod tests {
             "TRUNCATE orders",
             "truncate table orders restart identity",
             "CREATE TABLE t (id int); DELETE FROM t",
+            "alter table only customers drop column email",
         ] {
             assert!(guard.check_sql(denied).is_some(), "{denied}");
         }
@@ -591,6 +598,7 @@ mod tests {
             "-- TRUNCATE orders\nSELECT 1",
             "SELECT 1 /* drop database x; */",
             "CREATE TABLE \"truncate\" (id int)",
+            "ALTER TABLE customers ADD COLUMN dropped_column text",
         ] {
             assert_eq!(guard.check_sql(allowed), None, "{allowed}");
         }

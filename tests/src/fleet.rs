@@ -23,6 +23,7 @@ pub struct FleetBuilder {
     cluster_setup: Option<Box<ClusterSetup>>,
     coordinator_config: Option<String>,
     repository: Option<PathBuf>,
+    agent_labels: BTreeMap<String, String>,
 }
 
 /// Runs on every cluster before the agents start (e.g. to load a dataset).
@@ -90,6 +91,13 @@ impl FleetBuilder {
         self
     }
 
+    /// Sets a label of every agent, over the defaults (`env=test`, `index=N`): e.g.
+    /// `env=prod` for the destructive guard.
+    pub fn agent_label(mut self, key: &str, value: &str) -> Self {
+        self.agent_labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     /// Sets an environment variable of the coordinator and agents (e.g. `RUST_LOG`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.insert(key.to_owned(), value.to_owned());
@@ -149,14 +157,16 @@ impl FleetBuilder {
                     .filter(|(n, _)| *n == i + 1)
                     .map(|(_, db)| db.clone()),
             );
+            let mut labels = BTreeMap::from([
+                ("env".to_owned(), "test".to_owned()),
+                ("index".to_owned(), (i + 1).to_string()),
+            ]);
+            labels.extend(self.agent_labels.clone());
             let config = AgentConfig {
                 name: name.clone(),
                 coordinator: coordinator.url(),
                 repository_dir: repo.clone(),
-                labels: BTreeMap::from([
-                    ("env".to_owned(), "test".to_owned()),
-                    ("index".to_owned(), (i + 1).to_string()),
-                ]),
+                labels,
                 staging_dir: Some(agent_dir.join("staging")),
                 databases,
             };
@@ -205,6 +215,7 @@ impl Fleet {
             cluster_setup: None,
             coordinator_config: None,
             repository: None,
+            agent_labels: BTreeMap::new(),
         }
     }
 

@@ -1328,6 +1328,11 @@ mod tests {
         );
         assert!(!policy.checks.is_empty());
         assert_eq!(
+            policy.migrate.on_check_failure,
+            warden_shared::OnCheckFailure::Restore
+        );
+        assert_eq!(policy.migrate.deny_sql.len(), 1);
+        assert_eq!(
             FleetPolicy::parse(&policy.to_toml()).expect("reparses"),
             policy
         );

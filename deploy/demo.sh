@@ -402,6 +402,18 @@ EOF
   step "Drilling the newest backup of pg1/shop: restore into a scratch database, verify, time, drop"
   show warden drill pg1/shop --wait
 
+  local migrations="$ROOT/deploy/migrations/shop"
+  step "Migrations of pg1/shop in deploy/migrations/shop: what the database has recorded"
+  show warden migrate status pg1/shop --dir "$migrations"
+
+  step "Migrating pg1/shop: outside demo-nightly a migration waits for the window (--no-wait refuses: exit 2)"
+  show warden migrate pg1/shop --dir "$migrations" --no-wait || true
+
+  step "Breaking glass to migrate now: verified pre-migration backup, apply, post-checks (audited)"
+  show warden migrate pg1/shop --dir "$migrations" --wait \
+    --emergency --reason "demo: apply the shop migrations outside the nightly window"
+  show warden migrate status pg1/shop --dir "$migrations"
+
   step "Recovery targets (pg2/inventory has no backup yet, so it breaches its RPO: exit 2)"
   show warden rto || true
   show warden status
@@ -432,6 +444,9 @@ Then try:
   warden rto --json
   python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$HTTP_PORT/metrics').read().decode())"
   warden restore ARTIFACT --replace --yes   (runs only inside demo-nightly: warden windows next pg1/shop)
+  warden migrate status pg1/shop --dir deploy/migrations/shop
+  warden migrate --selector database=shop --dir deploy/migrations/shop --waves 1,100%   (held until demo-nightly)
+  warden rollouts
 
 PostgreSQL: psql -h 127.0.0.1 -p $PG1_PORT -U postgres shop   (pg2: port $PG2_PORT, inventory)
 Logs: $DEMO/coordinator.log, $DEMO/agent-pg1.log, $DEMO/agent-pg2.log

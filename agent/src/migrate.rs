@@ -32,7 +32,7 @@ use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio_util::sync::CancellationToken;
 use warden_proto::v1;
-use warden_shared::migration::{NO_TRANSACTION_MARKER, TRACKING_TABLE, validate_set};
+use warden_shared::migration::{NO_TRANSACTION_MARKER, TRACKING_TABLE, first_words, validate_set};
 use warden_shared::{Guard, MigrationFile, OnCheckFailure};
 
 use crate::config::MigrateConfig;
@@ -912,16 +912,6 @@ fn opens_transaction(statement: &str) -> bool {
         .trim_end_matches(';')
         .to_ascii_uppercase();
     first == "BEGIN" || first == "START"
-}
-
-/// The first `n` words of a statement, for errors.
-fn first_words(statement: &str, n: usize) -> String {
-    let words: Vec<&str> = statement.split_whitespace().take(n + 1).collect();
-    if words.len() > n {
-        format!("{} ...", words[..n].join(" "))
-    } else {
-        words.join(" ")
-    }
 }
 
 /// Gives the next file the session as it was at connect time: a file's `SET ROLE`,

@@ -90,7 +90,7 @@ impl MigrationFile {
 
     /// The file's statements, without comments, in order.
     pub fn statements(&self) -> Vec<String> {
-        lex(&self.sql).statements
+        split_statements(&self.sql)
     }
 
     /// Checks what can be checked without a database: the name, the checksum, that it has
@@ -229,7 +229,7 @@ impl Guard {
     /// The first statement of `sql` a deny pattern matches. Comments, string literals and
     /// quoted identifiers never match: only the statements' keywords do.
     pub fn check_sql(&self, sql: &str) -> Option<Violation> {
-        let statements = lex(sql).statements;
+        let statements = split_statements(sql);
         statements.iter().find_map(|statement| {
             let words = words(statement);
             self.sql
@@ -333,7 +333,8 @@ fn words(statement: &str) -> Vec<String> {
     out
 }
 
-fn first_words(statement: &str, n: usize) -> String {
+/// The first `n` words of a statement, for messages.
+pub fn first_words(statement: &str, n: usize) -> String {
     let words: Vec<&str> = statement.split_whitespace().take(n + 1).collect();
     if words.len() > n {
         format!("{} ...", words[..n].join(" "))
@@ -348,6 +349,12 @@ fn is_transaction_control(statement: &str) -> bool {
         words.first().map(String::as_str),
         Some("BEGIN" | "COMMIT" | "ROLLBACK" | "END" | "ABORT")
     ) || words.starts_with(&["START".to_owned(), "TRANSACTION".to_owned()])
+}
+
+/// The statements of `sql`, without comments, in order: split at top-level semicolons the
+/// way PostgreSQL reads them.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    lex(sql).statements
 }
 
 /// A file split into statements (comments removed) and its comments.

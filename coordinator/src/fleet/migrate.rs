@@ -7,7 +7,7 @@ use serde_json::json;
 use warden_proto::v1::{self, order_result};
 use warden_shared::{DatabaseId, Labels, MigrationSource, OnCheckFailure, OrderSpec};
 
-use super::Fleet;
+use super::{BreakGlass, Fleet};
 use crate::audit::Actor;
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::policy::FleetPolicy;
@@ -251,9 +251,6 @@ impl Fleet {
         .map_err(|problem| {
             CoordinatorError::FailedPrecondition(format!("{target}: {problem}. Nothing was queued"))
         })?;
-        if request.no_wait && !request.emergency {
-            self.refuse_outside_window(&target).await?;
-        }
         let spec = migrate_spec(
             &policy.policy,
             &labels,
@@ -262,16 +259,13 @@ impl Fleet {
             deny_commands,
             None,
         );
-        let mut order = OrderRecord::new(
-            &target.agent,
-            &target.database,
-            &spec,
-            &actor.to_string(),
-            &request.reason,
+        let glass = BreakGlass::new(
+            request.emergency,
+            request.skip_safety_backup,
+            request.no_wait,
         );
-        order.emergency = request.emergency;
-        order.skip_safety_backup = request.skip_safety_backup;
-        self.submit(actor, order).await
+        self.submit_destructive(actor, &target, &spec, &request.reason, glass)
+            .await
     }
 }
 
@@ -355,6 +349,7 @@ mod tests {
     use warden_shared::MigrationFile;
 
     use super::*;
+    use warden_shared::labels::labels;
 
     fn file(name: &str, sql: &str) -> MigrationFile {
         MigrationFile::from_file(name, sql.to_owned()).expect("valid name")
@@ -365,13 +360,6 @@ mod tests {
             source: Some(MigrationSource::Sql { files }),
             ..MigrationRequest::default()
         }
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
     }
 
     fn invalid(request: &MigrationRequest, status_only: bool) -> String {

@@ -65,6 +65,27 @@ pub struct RestoreRequest {
     pub no_wait: bool,
 }
 
+/// How an operator asked destructive work to start.
+#[derive(Debug, Clone, Copy)]
+struct BreakGlass {
+    /// Start now whatever the windows say.
+    emergency: bool,
+    /// With `emergency` only: no safety backup first.
+    skip_safety_backup: bool,
+    /// Refuse instead of waiting for a maintenance window.
+    no_wait: bool,
+}
+
+impl BreakGlass {
+    fn new(emergency: bool, skip_safety_backup: bool, no_wait: bool) -> Self {
+        Self {
+            emergency,
+            skip_safety_backup,
+            no_wait,
+        }
+    }
+}
+
 pub struct Fleet {
     store: Store,
     registry: Registry,
@@ -634,18 +655,37 @@ impl Fleet {
             sha256: artifact.sha256.clone(),
             new_name,
         };
-        if request.no_wait && !request.emergency {
-            self.refuse_outside_window(&target).await?;
+        let glass = BreakGlass::new(
+            request.emergency,
+            request.skip_safety_backup,
+            request.no_wait,
+        );
+        self.submit_destructive(actor, &target, &spec, &request.reason, glass)
+            .await
+    }
+
+    /// Queues a destructive order, refused at once when it may not wait for a window and
+    /// none is open (unless it breaks glass).
+    async fn submit_destructive(
+        &self,
+        actor: &Actor,
+        target: &DatabaseId,
+        spec: &OrderSpec,
+        reason: &str,
+        glass: BreakGlass,
+    ) -> CoordinatorResult<OrderRecord> {
+        if glass.no_wait && !glass.emergency {
+            self.refuse_outside_window(target).await?;
         }
         let mut order = OrderRecord::new(
             &target.agent,
             &target.database,
-            &spec,
+            spec,
             &actor.to_string(),
-            &request.reason,
+            reason,
         );
-        order.emergency = request.emergency;
-        order.skip_safety_backup = request.skip_safety_backup;
+        order.emergency = glass.emergency;
+        order.skip_safety_backup = glass.skip_safety_backup;
         self.submit(actor, order).await
     }
 

@@ -1314,6 +1314,7 @@ impl FleetPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_shared::labels::labels;
 
     /// The example the README and the demo point at must stay valid.
     #[test]
@@ -1977,13 +1978,6 @@ name = "prod-users"
 selector = "env=prod"
 sql = "select count(*) > 0 from users"
 "#;
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     #[test]
     fn parses_tiers_checks_and_drill_schedules() {

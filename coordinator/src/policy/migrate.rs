@@ -65,13 +65,7 @@ impl MigratePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use warden_shared::labels::labels;
 
     #[test]
     fn the_default_guard_protects_prod_only() {

@@ -99,7 +99,7 @@ pub fn normalize_check_sql(text: &str) -> Result<String, &'static str> {
     if sql.is_empty() {
         return Err("the query is empty; write one query that returns one boolean");
     }
-    if has_statement_separator(sql) {
+    if warden_shared::migration::split_statements(sql).len() > 1 {
         return Err(
             "more than one statement; a check is one query that returns one boolean, e.g. select count(*) > 0 from orders",
         );
@@ -107,89 +107,10 @@ pub fn normalize_check_sql(text: &str) -> Result<String, &'static str> {
     Ok(sql.to_owned())
 }
 
-/// Whether `sql` holds a `;` outside quotes and comments (PostgreSQL's lexical rules).
-fn has_statement_separator(sql: &str) -> bool {
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b';' => return true,
-            quote @ (b'\'' | b'"') => {
-                // A doubled quote inside reads as a closing and an opening quote, which
-                // scans the same. `E'...'` strings also escape with a backslash.
-                let backslash_escapes =
-                    quote == b'\'' && i > 0 && matches!(bytes[i - 1], b'E' | b'e');
-                i += 1;
-                while i < bytes.len() && bytes[i] != quote {
-                    i += if backslash_escapes && bytes[i] == b'\\' {
-                        2
-                    } else {
-                        1
-                    };
-                }
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
-                let mut depth = 0usize;
-                while i < bytes.len() {
-                    if bytes[i..].starts_with(b"/*") {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i..].starts_with(b"*/") {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                continue;
-            }
-            b'$' => {
-                // `$tag$ ... $tag$`; a `$` that opens no tag is a parameter or part of a name.
-                if let Some(tag_len) = dollar_tag(&bytes[i..]) {
-                    let tag = &bytes[i..i + tag_len];
-                    let body = i + tag_len;
-                    i = bytes[body..]
-                        .windows(tag_len)
-                        .position(|w| w == tag)
-                        .map_or(bytes.len(), |at| body + at + tag_len);
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    false
-}
-
-/// The length of a dollar-quote tag (`$$` or `$name$`) at the start of `bytes`, if one is.
-fn dollar_tag(bytes: &[u8]) -> Option<usize> {
-    let end = bytes[1..].iter().position(|b| *b == b'$')? + 1;
-    let tag = &bytes[1..end];
-    let valid = tag.first().is_none_or(|b| !b.is_ascii_digit())
-        && tag.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
-    valid.then_some(end + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use warden_shared::labels::labels;
 
     fn tier(name: &str, rto_minutes: u64, rpo_minutes: u64, selector: Option<&str>) -> Tier {
         Tier {

@@ -16,7 +16,6 @@ use crate::args::{DEFAULT_WAVES, MigrateArgs, MigrateCommand};
 use crate::client::Coordinator;
 use crate::commands::{BreakGlass, announce_unfollowed, show, wait_for_end};
 use crate::error::{CliError, Outcome};
-use crate::format;
 use crate::json::{migrate_outcome, order_state};
 use crate::render::{print_migration_status, print_order, print_rollout};
 
@@ -168,22 +167,16 @@ async fn status(
     let Some(order) = wait_for_end(c, order, json, print_order).await? else {
         return Ok(Outcome::Interrupted);
     };
-    let Some(report) = migrate_outcome(&order) else {
-        // It failed before it could compare (the database unreachable, say): the order
-        // says why.
+    // A status that did not succeed compared nothing (the database unreachable, say), even
+    // when its result carries an empty report: the order says why.
+    let report = migrate_outcome(&order)
+        .filter(|_| order_state(&order) == Some(warden_shared::OrderState::Succeeded));
+    let Some(report) = report else {
         print_order(&order, json)?;
         return Ok(Outcome::WorkFailed);
     };
     print_migration_status(&order, report, json)?;
-    let outcome = status_outcome(&order, report);
-    if outcome == Outcome::WorkFailed {
-        eprintln!(
-            "status order {} did not succeed: {}",
-            order.id,
-            format::or_none(&order.error)
-        );
-    }
-    Ok(outcome)
+    Ok(status_outcome(&order, report))
 }
 
 /// How `migrate status` ends: an applied file that changed since fails it (exit 2, for CI

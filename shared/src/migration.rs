@@ -372,6 +372,12 @@ fn lex(sql: &str) -> Lexed {
     let mut comments = Vec::new();
     let mut current = String::new();
     let mut i = 0;
+    // Semicolons inside parentheses (CREATE RULE ... DO (a; b)) and inside a SQL-standard
+    // function body (BEGIN ATOMIC ... END, with CASE ... END inside) do not end a statement.
+    let mut parens = 0usize;
+    let mut atomic = 0usize;
+    let mut cases = 0usize;
+    let mut previous_word = String::new();
     let push_statement = |current: &mut String, statements: &mut Vec<String>| {
         let trimmed = current.trim();
         if !trimmed.is_empty() {
@@ -413,11 +419,11 @@ fn lex(sql: &str) -> Lexed {
                 current.push(' ');
             }
             '\'' | '"' => {
-                // E'...' strings take backslash escapes.
+                // E'...' strings take backslash escapes (`xe'` is a name and a quote).
                 let escapes = c == '\''
                     && i > 0
                     && matches!(chars[i - 1], 'e' | 'E')
-                    && (i < 2 || !(chars[i - 2].is_alphanumeric() || chars[i - 2] == '_'));
+                    && (i < 2 || !is_identifier_char(chars[i - 2]));
                 current.push(c);
                 i += 1;
                 while i < chars.len() {
@@ -458,9 +464,46 @@ fn lex(sql: &str) -> Lexed {
                     i += 1;
                 }
             }
-            ';' => {
+            ';' if parens == 0 && atomic == 0 => {
                 push_statement(&mut current, &mut statements);
+                previous_word.clear();
                 i += 1;
+            }
+            '(' | ')' => {
+                parens = if c == '(' {
+                    parens + 1
+                } else {
+                    parens.saturating_sub(1)
+                };
+                current.push(c);
+                i += 1;
+            }
+            c if is_identifier_start(c) && (i == 0 || !is_identifier_char(chars[i - 1])) => {
+                let start = i;
+                while i < chars.len() && is_identifier_char(chars[i]) {
+                    i += 1;
+                }
+                // `E'...'` is a string with backslash escapes, lexed by the quote arm.
+                if i - start == 1 && matches!(c, 'e' | 'E') && chars.get(i) == Some(&'\'') {
+                    current.push(c);
+                    continue;
+                }
+                let word: String = chars[start..i].iter().collect();
+                current.push_str(&word);
+                let upper = word.to_uppercase();
+                match upper.as_str() {
+                    "ATOMIC" if previous_word == "BEGIN" => atomic += 1,
+                    "CASE" if atomic > 0 => cases += 1,
+                    "END" if atomic > 0 => {
+                        if cases > 0 {
+                            cases -= 1;
+                        } else {
+                            atomic -= 1;
+                        }
+                    }
+                    _ => {}
+                }
+                previous_word = upper;
             }
             _ => {
                 current.push(c);
@@ -475,10 +518,19 @@ fn lex(sql: &str) -> Lexed {
     }
 }
 
+fn is_identifier_start(c: char) -> bool {
+    c.is_alphabetic() || c == '_'
+}
+
+/// Letters, digits, `_` and `$` continue an identifier (`a$b` is one name).
+fn is_identifier_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
+}
+
 /// The dollar-quote tag (`$$` or `$name$`) starting at `i`, if one does. A `$` that follows
 /// an identifier character is part of the identifier or a parameter (`$1`), not a quote.
 fn dollar_tag(chars: &[char], i: usize) -> Option<String> {
-    if i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_') {
+    if i > 0 && is_identifier_char(chars[i - 1]) {
         return None;
     }
     let mut j = i + 1;
@@ -531,6 +583,36 @@ mod tests {
         assert_eq!(statements.len(), 5, "{statements:#?}");
         assert!(statements[1].starts_with("INSERT INTO \"we;ird\""));
         assert!(statements[2].ends_with("LANGUAGE sql"));
+    }
+
+    #[test]
+    fn dollars_and_e_in_names_hide_no_statement() {
+        // `a$$b$` is one identifier, `x$e` a name followed by a string: neither opens a
+        // quoted body that would swallow the TRUNCATE.
+        for sql in [
+            "SELECT 1 AS a$$b$; TRUNCATE orders;",
+            "CREATE DOMAIN x$e AS text; SELECT x$e'\\'; TRUNCATE orders; --'",
+        ] {
+            let guard = Guard::with_defaults(&[], &[]);
+            assert!(
+                guard.check_sql(sql).is_some(),
+                "{sql}: {:?}",
+                split_statements(sql)
+            );
+        }
+        assert_eq!(split_statements("SELECT $1::int; SELECT 2").len(), 2);
+    }
+
+    #[test]
+    fn function_bodies_and_rule_actions_stay_one_statement() {
+        let sql = "CREATE FUNCTION f(x int) RETURNS text LANGUAGE sql\n\
+            BEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 'pos' ELSE 'neg' END;\n  SELECT 'x';\nEND;\n\
+            CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2));\n\
+            SELECT 3";
+        let statements = split_statements(sql);
+        assert_eq!(statements.len(), 3, "{statements:#?}");
+        assert!(statements[0].ends_with("END"), "{statements:#?}");
+        assert!(file("0001_f.sql", sql).validate().is_ok());
     }
 
     #[test]

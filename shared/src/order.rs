@@ -178,6 +178,11 @@ pub enum OrderSpec {
         checks: Vec<DrillCheck>,
         #[serde(default)]
         on_check_failure: OnCheckFailure,
+        /// SQL deny patterns the agent checks the pending files against before applying any
+        /// (the destructive guard; empty when the database is not guarded or glass was
+        /// broken). Files applied before are not checked again.
+        #[serde(default)]
+        deny_sql: Vec<String>,
         /// Command-line fragments the agent refuses to run (the destructive guard; empty when
         /// the database is not guarded or glass was broken).
         #[serde(default)]
@@ -395,6 +400,7 @@ mod tests {
             status_only: false,
             checks: Vec::new(),
             on_check_failure: OnCheckFailure::Restore,
+            deny_sql: Vec::new(),
             deny_commands: Vec::new(),
             pre_migration: None,
             rollout_id: None,

@@ -44,6 +44,9 @@ pub const RESERVED_MIGRATE_ENV: [&str; 15] = [
     "WARDEN_DATABASE",
     "WARDEN_MIGRATION_STATUS",
 ];
+/// A database password at least this long is refused in the command lines of
+/// `[databases.migrate]`; a shorter one would match ordinary arguments.
+const MIN_PASSWORD_IN_ARGV: usize = 4;
 /// The longest `statement_timeout` PostgreSQL accepts: `i32::MAX` milliseconds.
 const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
@@ -117,12 +120,18 @@ pub struct MigrateConfig {
     /// argv is sent to the coordinator (it lists them), so secrets belong in `env`.
     #[serde(default)]
     pub commands: BTreeMap<String, Vec<String>>,
-    /// Runs before a migration applies anything (after its files were checked); a failure
-    /// fails the migration without applying anything.
+    /// Runs before a migration applies anything, once the order passed every check that
+    /// can refuse it (the files or command allowed and not denied by the destructive guard,
+    /// the migration lock taken, no applied file changed, the order not run before); a
+    /// failure fails the migration without applying anything. Not run for a status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_hook: Option<Vec<String>>,
-    /// Runs after everything else (apply, checks, restore) whenever the pre-hook's turn came,
-    /// also after a failure.
+    /// Runs last, after applying, the checks and any restore, whenever the pre-hook's turn
+    /// came (whether or not a `pre_hook` is configured): also when the pre-hook, applying,
+    /// a check or the restore failed, and after a cancel (it is not cancelled itself; its
+    /// timeout bounds it). `WARDEN_MIGRATION_STATUS` says how the migration went
+    /// (`succeeded`, `failed`, `cancelled`). It does not run when the order was refused
+    /// before the pre-hook's turn, nor for a status. Its failure fails the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_hook: Option<Vec<String>>,
     /// Working directory of commands and hooks; default the agent's.
@@ -166,8 +175,9 @@ impl MigrateConfig {
     }
 
     /// Checks names, argvs, the working directory, the timeout and the environment of the
-    /// `[databases.migrate]` table of database `db`; errors name the key.
-    fn validate(&self, db: &str) -> AgentResult<()> {
+    /// `[databases.migrate]` table of database `db`; errors name the key. No command line
+    /// may contain the database's `password` (its forms, as is and percent-encoded).
+    fn validate(&self, db: &str, password: &[String]) -> AgentResult<()> {
         let key = |rest: &str| format!("database {db:?}: [databases.migrate] {rest}");
         for (name, argv) in &self.commands {
             if name.is_empty()
@@ -181,11 +191,14 @@ impl MigrateConfig {
                     key("commands")
                 )));
             }
-            validate_argv(&key(&format!("commands.{name}")), argv)?;
+            let key = key(&format!("commands.{name}"));
+            validate_argv(&key, argv)?;
+            refuse_password(&key, argv, password)?;
         }
         for (hook, argv) in [("pre_hook", &self.pre_hook), ("post_hook", &self.post_hook)] {
             if let Some(argv) = argv {
                 validate_argv(&key(hook), argv)?;
+                refuse_password(&key(hook), argv, password)?;
             }
         }
         if let Some(workdir) = &self.workdir
@@ -251,6 +264,23 @@ fn validate_argv(key: &str, argv: &[String]) -> AgentResult<()> {
         ))),
         Some(_) => Ok(()),
     }
+}
+
+/// Refuses a command line that contains the database password: command lines are sent to
+/// the coordinator (the commands), logged and shown by `--dump-config`. The error never
+/// shows the password.
+fn refuse_password(key: &str, argv: &[String], password: &[String]) -> AgentResult<()> {
+    if argv
+        .iter()
+        .any(|arg| password.iter().any(|form| arg.contains(form.as_str())))
+    {
+        return Err(AgentError::Config(format!(
+            "{key}: the command line contains the database password; command lines are shown \
+             to the coordinator: pass secrets in [databases.migrate.env] (the program gets the \
+             database password as PGPASSWORD and in DATABASE_URL)"
+        )));
+    }
+    Ok(())
 }
 
 impl fmt::Debug for MigrateConfig {
@@ -363,9 +393,14 @@ impl AgentConfig {
                     db.name
                 )));
             }
-            db.pg_url()?;
+            let url = db.pg_url()?;
             if let Some(migrate) = &db.migrate {
-                migrate.validate(&db.name)?;
+                let password = url
+                    .password()
+                    .filter(|p| p.chars().count() >= MIN_PASSWORD_IN_ARGV)
+                    .map(|_| url.password_forms())
+                    .unwrap_or_default();
+                migrate.validate(&db.name, &password)?;
             }
         }
         Ok(())
@@ -613,6 +648,77 @@ labels = { tier = "critical" }
         assert!(
             error.contains("the value of APP_KEY contains a NUL"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn command_lines_must_not_contain_the_database_password() {
+        let with_password = |url: &str, change: fn(&mut MigrateConfig)| {
+            let mut config = with_migrate();
+            config.databases[0].url = url.to_owned();
+            if let Some(migrate) = config.databases[0].migrate.as_mut() {
+                change(migrate);
+            }
+            config.validate().err().map(|e| e.to_string())
+        };
+        let url = "postgres://warden:s3cr%2Ft@10.0.0.5:5432/app";
+        let in_command = |m: &mut MigrateConfig| {
+            m.commands.insert(
+                "up".to_owned(),
+                vec!["migrate".to_owned(), "--password=s3cr/t".to_owned()],
+            );
+        };
+        let error = with_password(url, in_command).expect("refused");
+        assert_eq!(
+            error,
+            "invalid configuration: database \"app\": [databases.migrate] commands.up: the \
+             command line contains the database password; command lines are shown to the \
+             coordinator: pass secrets in [databases.migrate.env] (the program gets the \
+             database password as PGPASSWORD and in DATABASE_URL)"
+        );
+        // Percent-encoded, as in a URL on the command line, and in the hooks.
+        let encoded = |m: &mut MigrateConfig| {
+            m.pre_hook = Some(vec![
+                "psql".to_owned(),
+                "postgres://warden:s3cr%2Ft@10.0.0.5/app".to_owned(),
+            ]);
+        };
+        let error = with_password(url, encoded).expect("refused");
+        assert!(
+            error.contains("pre_hook: the command line contains"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cr"), "{error}");
+        let post = |m: &mut MigrateConfig| {
+            m.post_hook = Some(vec!["notify".to_owned(), "s3cr/t".to_owned()]);
+        };
+        let error = with_password(url, post).expect("refused");
+        assert!(
+            error.contains("post_hook: the command line contains"),
+            "{error}"
+        );
+        // A password in ?password= counts too.
+        let error = with_password(
+            "postgres://warden@10.0.0.5/app?password=s3cr%2Ft",
+            in_command,
+        )
+        .expect("refused");
+        assert!(
+            error.contains("commands.up: the command line contains"),
+            "{error}"
+        );
+        // No password, or one too short to tell from an ordinary argument: accepted.
+        assert_eq!(
+            with_password("postgres://warden@10.0.0.5/app", in_command),
+            None
+        );
+        let short = |m: &mut MigrateConfig| {
+            m.commands
+                .insert("up".to_owned(), vec!["migrate".to_owned(), "up".to_owned()]);
+        };
+        assert_eq!(
+            with_password("postgres://warden:up@10.0.0.5/app", short),
+            None
         );
     }
 

@@ -105,12 +105,14 @@ pub enum AgentError {
     /// A migration failed, was refused or was cancelled. `outcome` holds what it did before
     /// it stopped: the files applied and not reached, the checks, whether it restored the
     /// pre-migration backup, and the command that would; `reason` says what went wrong and
-    /// what to do.
+    /// what to do. `artifact_corrupt` when restoring the pre-migration backup after a failed
+    /// check proved that artifact unusable (see [`AgentError::proves_artifact_corrupt`]).
     #[error("{reason}")]
     Migration {
         outcome: Box<v1::MigrateOutcome>,
         reason: String,
         cancelled: bool,
+        artifact_corrupt: bool,
     },
     /// The coordinator sent something the agent cannot act on.
     #[error("{0}")]
@@ -129,13 +131,18 @@ pub enum AgentError {
 impl AgentError {
     /// Returns whether this error proves the artifact an order read unusable (its bytes,
     /// its files or its data are not what the backup recorded), rather than a problem of the
-    /// server, the agent or the order.
+    /// server, the agent or the order. For a migration, that artifact is its pre-migration
+    /// backup, which only a restore after a failed check reads.
     pub fn proves_artifact_corrupt(&self) -> bool {
         matches!(
             self,
             AgentError::CorruptArtifact { .. }
                 | AgentError::ArtifactMissing { .. }
                 | AgentError::RowCountMismatch(_)
+                | AgentError::Migration {
+                    artifact_corrupt: true,
+                    ..
+                }
         )
     }
 

@@ -4,22 +4,45 @@
 //!
 //! **SQL files.** The files are validated again (names, checksums, size, transaction
 //! control) before anything runs. Applied files are recorded in
-//! [`TRACKING_TABLE`](warden_shared::migration::TRACKING_TABLE); a file recorded with another
-//! checksum than it has now refuses the whole order before anything is applied. Pending
-//! files run in version order, each in one transaction with its tracking row (a failure
-//! rolls the file back), or, with the no-transaction marker, statement by statement. A
-//! session-level advisory lock ([`LOCK_KEY`]) held for the whole order keeps two migrations of
-//! one database from interleaving. `status_only` only compares, and writes nothing.
+//! [`TRACKING_TABLE`](warden_shared::migration::TRACKING_TABLE), with the order that applied
+//! them. Before anything is applied, the order is refused when the table records files of
+//! this very order (it was delivered again, e.g. after the agent restarted between applying
+//! and reporting: it never runs twice), when a file is recorded with another checksum than
+//! it has now, or when a pending file has a statement the destructive guard denies
+//! (`deny_sql`; files applied before are not checked again). Pending files run in version
+//! order, each in one transaction with its tracking row (a failure rolls the file back), or,
+//! with the no-transaction marker, statement by statement. A session-level advisory lock
+//! ([`LOCK_KEY`]) held for the whole order keeps two migrations of one database from
+//! interleaving. `status_only` only compares, and writes nothing.
 //!
 //! **Commands.** A command runs by name from `[databases.migrate.commands]`, with the
 //! database in `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD` and `DATABASE_URL`;
-//! the destructive guard refuses a deny-listed command line before anything runs.
+//! the destructive guard refuses a deny-listed command line before anything runs. Its
+//! output is kept with the database's credentials and the configured environment's values
+//! redacted.
 //!
-//! **Around both.** `pre_hook` runs before applying, `post_hook` after everything whenever
-//! the pre-hook's turn came, also after a failure. After applying, the `health` check and
-//! the policy's checks run (see [`crate::drill::run_checks`]); when one fails, the order
-//! fails, and either restores the pre-migration backup over the database or says how to.
-//! A failed order still reports its [`v1::MigrateOutcome`] (see
+//! **Around both.** The order goes through these steps; a refusal or failure in one of the
+//! first ends it at once, and later ones do not run:
+//!
+//! 1. checks that need no database: the parameters, the files, the command (allowed, not
+//!    denied);
+//! 2. connect, take the migration lock; for SQL files, read the tracking table and refuse a
+//!    repeated order, changed files and denied statements;
+//! 3. `pre_hook`: the pre-hook's turn has come;
+//! 4. apply the pending files, or run the command;
+//! 5. the `health` check (a few attempts) and the policy's checks (see
+//!    [`crate::drill::run_checks`]); when one fails and this order changed the database,
+//!    the pre-migration backup is restored over it (`on_check_failure = restore`) or the
+//!    error says how to; when it applied nothing (every file was applied before), nothing
+//!    is restored;
+//! 6. `post_hook`: it runs whenever the pre-hook's turn came (step 3 was reached, with or
+//!    without a `pre_hook` configured), also after the pre-hook, applying, a check or the
+//!    restore failed and after a cancel, with `WARDEN_MIGRATION_STATUS` saying how steps 3
+//!    to 5 went; it does not run after a refusal in steps 1 and 2, nor for `status_only`.
+//!
+//! The restore hint (`restore_command`) is only given when the database may have changed:
+//! once a file of this order was applied or a statement of a no-transaction file ran, or
+//! once the command started. A failed order still reports its [`v1::MigrateOutcome`] (see
 //! [`AgentError::Migration`]).
 
 use std::collections::BTreeMap;
@@ -66,6 +89,13 @@ pub const LOCK_KEY: i64 = 0x5741_5244_4D49_4752;
 /// Environment values at least this long are replaced in captured output: shorter ones
 /// would blank out ordinary words and digits.
 const MIN_REDACTED_ENV_VALUE: usize = 4;
+
+/// How often the `health` check tries to connect and query before it fails.
+const HEALTH_ATTEMPTS: u32 = 3;
+/// How long the `health` check waits between its attempts.
+const HEALTH_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The longest one attempt of the `health` check may take.
+const HEALTH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the migration of `params` against `target`. A failure (refusal and cancellation
 /// included) is an [`AgentError::Migration`] that carries the outcome so far.
@@ -131,6 +161,7 @@ pub async fn run(
                 failed_version = %outcome.failed_version,
                 restored = outcome.restored,
                 cancelled = failure.cancelled,
+                artifact_corrupt = failure.artifact_corrupt,
                 error = %failure.reason,
                 "migration failed"
             );
@@ -138,23 +169,27 @@ pub async fn run(
                 outcome: Box::new(outcome),
                 reason: failure.reason,
                 cancelled: failure.cancelled,
+                artifact_corrupt: failure.artifact_corrupt,
             })
         }
     }
 }
 
-/// Why a migration stopped, for people; `cancelled` when a cancel stopped it.
-#[derive(Debug)]
+/// Why a migration stopped, for people; `cancelled` when a cancel stopped it;
+/// `artifact_corrupt` when the restore after a failed check proved the pre-migration backup
+/// unusable.
+#[derive(Debug, Default)]
 struct Failure {
     reason: String,
     cancelled: bool,
+    artifact_corrupt: bool,
 }
 
 impl Failure {
     fn new(reason: String) -> Self {
         Self {
             reason,
-            cancelled: false,
+            ..Self::default()
         }
     }
 
@@ -162,6 +197,7 @@ impl Failure {
         Self {
             reason,
             cancelled: true,
+            ..Self::default()
         }
     }
 }
@@ -171,6 +207,7 @@ impl From<AgentError> for Failure {
         Self {
             cancelled: error.is_cancelled(),
             reason: error.to_string(),
+            ..Self::default()
         }
     }
 }
@@ -221,15 +258,31 @@ impl Migration<'_> {
         let pid = cancellable(cancel, lock(&db, &mut conn)).await?;
         let pending = match &source {
             Source::Sql(files) => {
-                let recorded = cancellable(cancel, async {
+                let (recorded, by_this_order) = cancellable(cancel, async {
                     create_tracking_table(&db, &mut conn).await?;
-                    read_recorded(&db, &mut conn, true).await
+                    let recorded = read_recorded(&db, &mut conn, true).await?;
+                    let by_this_order = recorded_by_order(&db, &mut conn, self.order_id).await?;
+                    Ok((recorded, by_this_order))
                 })
                 .await?;
                 let plan = classify(files, recorded);
                 plan.report(&mut self.outcome);
+                // The refusals below come before the pre-hook: nothing ran, so there is
+                // nothing to undo and no restore hint.
+                if !by_this_order.is_empty() {
+                    return Err(Failure::new(repeated_refusal(
+                        self.order_id,
+                        &db.label,
+                        &by_this_order,
+                    )));
+                }
                 if !plan.changed.is_empty() {
                     return Err(Failure::new(changed_refusal(&db.label, &plan.changed)));
+                }
+                if let Some(refusal) =
+                    guard_refusal(&self.params.deny_sql, &plan.pending, &db.label)
+                {
+                    return Err(Failure::new(refusal));
                 }
                 plan.pending
             }
@@ -327,6 +380,7 @@ impl Migration<'_> {
                 return Err(Failure {
                     reason: format!("the pre_hook {why}; nothing was applied"),
                     cancelled: run.cancelled,
+                    ..Failure::default()
                 });
             }
         }
@@ -348,15 +402,23 @@ impl Migration<'_> {
         // After a failure the connection may be in the middle of being ended; it is only
         // dropped. Dropping it releases the lock either way.
         applied?;
-        self.check(conn, progress, cancel).await
+        // A command that ran may have changed anything; SQL files changed the database only
+        // if this order applied one (all of them were applied before otherwise).
+        let changed = match source {
+            Source::Sql(_) => !self.outcome.applied.is_empty(),
+            Source::Command { .. } => true,
+        };
+        self.check(conn, changed, progress, cancel).await
     }
 
     /// Runs the post-checks of an applied migration, and when one fails, restores the
-    /// pre-migration backup or says how to. `conn`, which holds the migration lock, is
-    /// closed before any restore.
+    /// pre-migration backup or says how to. Without `changed` (this order applied nothing),
+    /// a failed check restores nothing: nothing this migration did could be undone. `conn`,
+    /// which holds the migration lock, is closed before any restore.
     async fn check(
         &mut self,
         conn: PgConnection,
+        changed: bool,
         progress: &ProgressReporter,
         cancel: &CancellationToken,
     ) -> Result<(), Failure> {
@@ -365,10 +427,16 @@ impl Migration<'_> {
         self.record(phase::CHECKS, started);
         let _ = conn.close().await;
         let checks = checks.map_err(|_| {
-            Failure::cancelled(format!(
-                "cancelled during the post-checks; the migration was applied; {}",
-                self.restore_hint()
-            ))
+            Failure::cancelled(if changed {
+                format!(
+                    "cancelled during the post-checks; the migration was applied; {}",
+                    self.restore_hint()
+                )
+            } else {
+                "cancelled during the post-checks; this migration applied nothing (every file \
+                 was applied before)"
+                    .to_owned()
+            })
         })?;
         self.outcome.checks = checks;
         let failed: Vec<String> = self
@@ -383,6 +451,13 @@ impl Migration<'_> {
         }
         let failed = failed.join("; ");
         let database = self.target.id.to_string();
+        if !changed {
+            return Err(Failure::new(format!(
+                "{failed}; this migration applied nothing (every file was applied before), so \
+                 nothing was restored and {database} was left as it was: the checks fail \
+                 without it; fix the database or the checks"
+            )));
+        }
         let pre_migration = match (self.on_check_failure, self.params.pre_migration.clone()) {
             (OnCheckFailure::Restore, Some(pre_migration)) => pre_migration,
             (OnCheckFailure::Restore, None) => {
@@ -433,6 +508,18 @@ impl Migration<'_> {
                     pre_migration.artifact_id, restored.tables_verified, restored.rows_verified
                 )))
             }
+            // The restore read the artifact and found it unusable: its command is no way
+            // back, and the coordinator marks the artifact corrupt.
+            Err(error) if error.proves_artifact_corrupt() => Err(Failure {
+                reason: format!(
+                    "{failed}; restoring pre-migration backup {} over {database} failed: the \
+                     pre-migration backup is unusable: {error}; {database} stays as the \
+                     migration left it: fix forward or restore an older backup",
+                    pre_migration.artifact_id,
+                ),
+                cancelled: false,
+                artifact_corrupt: true,
+            }),
             Err(error) => Err(Failure {
                 cancelled: error.is_cancelled(),
                 reason: format!(
@@ -441,6 +528,7 @@ impl Migration<'_> {
                     pre_migration.artifact_id,
                     self.restore_hint()
                 ),
+                artifact_corrupt: false,
             }),
         }
     }
@@ -580,6 +668,7 @@ impl Migration<'_> {
         Failure {
             reason: self.with_restore_hint(reason, changed),
             cancelled,
+            ..Failure::default()
         }
     }
 
@@ -642,23 +731,33 @@ impl Migration<'_> {
         self.outcome.command_output = run.output;
         match run.result {
             Ok(()) => Ok(()),
-            Err(why) => {
-                let reason = format!("migration command {name} {why}");
+            Err(why) if run.started => {
                 let reason = self.with_restore_hint(
-                    format!("{reason}; the command may have changed the database"),
+                    format!(
+                        "migration command {name} {why}; the command may have changed the database"
+                    ),
                     true,
                 );
                 Err(Failure {
                     reason,
                     cancelled: run.cancelled,
+                    ..Failure::default()
                 })
             }
+            // It never ran, so the database is as it was.
+            Err(why) => Err(Failure {
+                reason: format!("migration command {name} {why}; nothing was run"),
+                cancelled: run.cancelled,
+                ..Failure::default()
+            }),
         }
     }
 
     /// Runs the post-hook, when one is configured, after `migrated`, and folds its result
-    /// in. It is not cancellable (it often undoes what the pre-hook did); its timeout
-    /// bounds it.
+    /// in. It is called whenever the pre-hook's turn came (see the module documentation),
+    /// whatever `migrated` is, with `WARDEN_MIGRATION_STATUS` = `succeeded`, `failed` or
+    /// `cancelled`. It is not cancellable (it often undoes what the pre-hook did); its
+    /// timeout bounds it.
     async fn post_hook(&mut self, migrated: Result<(), Failure>) -> Result<(), Failure> {
         let Some(argv) = self.config.post_hook.clone() else {
             return migrated;
@@ -680,7 +779,7 @@ impl Migration<'_> {
             ))),
             (Err(failure), Err(why)) => Err(Failure {
                 reason: format!("{}; the post_hook failed too: it {why}", failure.reason),
-                cancelled: failure.cancelled,
+                ..failure
             }),
         }
     }
@@ -738,7 +837,14 @@ impl Migration<'_> {
             .filter(|value| value.chars().count() >= MIN_REDACTED_ENV_VALUE)
             .cloned()
             .collect();
-        secrets.extend(url.password().map(str::to_owned));
+        // The password as is and percent-encoded, the key passphrase, and the whole URL a
+        // tool may echo (its credentials encoded in ways the parts do not cover).
+        secrets.extend(url.secrets());
+        secrets.extend(
+            env.iter()
+                .filter(|(key, _)| key == "DATABASE_URL")
+                .map(|(_, value)| value.clone()),
+        );
         let program = Program {
             argv,
             workdir: self.config.workdir.as_deref(),
@@ -1115,6 +1221,24 @@ async fn read_recorded(
         .collect())
 }
 
+/// Returns the files (`VERSION_NAME.sql`) the tracking table records as applied by order
+/// `order_id`.
+async fn recorded_by_order(
+    db: &PgDatabase,
+    conn: &mut PgConnection,
+    order_id: &str,
+) -> AgentResult<Vec<String>> {
+    let files: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT version || '_' || name || '.sql' FROM {TRACKING_TABLE} \
+         WHERE order_id = $1 ORDER BY applied_at, version"
+    )))
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
+    .map_err(db.sql_error(&format!("cannot read {TRACKING_TABLE} of")))?;
+    Ok(files)
+}
+
 /// The files compared with what the database recorded.
 #[derive(Debug, Default, PartialEq)]
 struct Plan {
@@ -1204,8 +1328,92 @@ fn changed_refusal(database: &str, changed: &[v1::ChangedMigration]) -> String {
     )
 }
 
-/// Connects to the migrated database and checks that it answers and accepts writes.
+/// Refuses an order that already applied `files` to the database: it was delivered again,
+/// e.g. after the agent restarted between applying and reporting.
+fn repeated_refusal(order_id: &str, database: &str, files: &[String]) -> String {
+    format!(
+        "order {order_id} already applied migrations to {database} ({}); it is not run twice, \
+         so nothing was applied now; see what is applied with: warden migrate status {database} \
+         --dir DIR",
+        files.join(", ")
+    )
+}
+
+/// Checks the `pending` files against the SQL deny patterns of the destructive guard
+/// (empty: the database is not guarded, or glass was broken), and returns the refusal
+/// naming every file with its first denied statement. Files applied before are not checked:
+/// an old file with a denied statement must not block every later migration.
+fn guard_refusal(deny_sql: &[String], pending: &[MigrationFile], database: &str) -> Option<String> {
+    if deny_sql.is_empty() {
+        return None;
+    }
+    let guard = Guard {
+        sql: deny_sql.to_vec(),
+        commands: Vec::new(),
+    };
+    let violations: Vec<String> = pending
+        .iter()
+        .filter_map(|file| {
+            guard
+                .check_sql(&file.sql)
+                .map(|violation| format!("{}: {violation}", file.file_name()))
+        })
+        .collect();
+    if violations.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "refused by the destructive guard: {}; nothing was applied. If it must run on \
+         {database}, break glass: migrate again with --emergency --reason TEXT",
+        violations.join("; ")
+    ))
+}
+
+/// Connects to the migrated database and checks that it answers and accepts writes, trying
+/// [`HEALTH_ATTEMPTS`] times, [`HEALTH_RETRY_DELAY`] apart, before it fails: a server that
+/// a migration command restarted, or a connection slot briefly taken, is no failed check.
 async fn health_check(db: &PgDatabase) -> Result<(), String> {
+    retried(HEALTH_ATTEMPTS, HEALTH_RETRY_DELAY, || async {
+        tokio::time::timeout(HEALTH_ATTEMPT_TIMEOUT, health_probe(db))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {}s",
+                    HEALTH_ATTEMPT_TIMEOUT.as_secs()
+                ))
+            })
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds, at most `attempts` times, `delay` apart; the error is
+/// the last attempt's, saying how often it was tried.
+async fn retried<F, Fut>(attempts: u32, delay: Duration, mut attempt: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for number in 1..=attempts {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(why) => last = why,
+        }
+        if number < attempts {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    if attempts > 1 {
+        last.push_str(&format!(
+            " (tried {attempts} times, {} apart)",
+            humantime::format_duration(delay)
+        ));
+    }
+    Err(last)
+}
+
+/// One try of [`health_check`].
+async fn health_probe(db: &PgDatabase) -> Result<(), String> {
     let mut conn = db.connect().await.map_err(|e| e.to_string())?;
     let answer: Result<(i32, bool), _> = sqlx::query_as("SELECT 1, pg_is_in_recovery()")
         .fetch_one(&mut conn)
@@ -1293,6 +1501,90 @@ mod tests {
              0002_b.sql was applied with sha256 aa, the file now has bb; nothing was applied. \
              Never edit an applied migration: put the file back as it was applied and add a new \
              migration for the change"
+        );
+    }
+
+    #[test]
+    fn the_guard_checks_pending_files_and_names_each_denied_one() {
+        let deny: Vec<String> = warden_shared::migration::DEFAULT_DENY_SQL
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let pending = [
+            file(
+                "0002_x.sql",
+                "-- TRUNCATE in a comment is fine\nTRUNCATE orders;",
+            ),
+            file(
+                "0003_ok.sql",
+                "CREATE TABLE t (note text DEFAULT 'DROP DATABASE x');",
+            ),
+            file(
+                "0004_y.sql",
+                "CREATE TABLE u (id int);\nDROP SCHEMA old CASCADE;",
+            ),
+        ];
+        assert_eq!(
+            guard_refusal(&deny, &pending, "db1/app").as_deref(),
+            Some(
+                "refused by the destructive guard: 0002_x.sql: \"TRUNCATE orders\" matches deny \
+                 pattern \"TRUNCATE\"; 0004_y.sql: \"DROP SCHEMA old CASCADE\" matches deny \
+                 pattern \"DROP SCHEMA ... CASCADE\"; nothing was applied. If it must run on \
+                 db1/app, break glass: migrate again with --emergency --reason TEXT"
+            )
+        );
+        assert_eq!(guard_refusal(&deny, &pending[1..2], "db1/app"), None);
+        // Not guarded, or glass broken: the coordinator sends no patterns.
+        assert_eq!(guard_refusal(&[], &pending, "db1/app"), None);
+        assert_eq!(guard_refusal(&deny, &[], "db1/app"), None);
+    }
+
+    #[test]
+    fn a_repeated_order_is_refused_naming_what_it_applied() {
+        assert_eq!(
+            repeated_refusal(
+                "o-1",
+                "db1/app",
+                &["0001_a.sql".to_owned(), "0002_b.sql".to_owned()]
+            ),
+            "order o-1 already applied migrations to db1/app (0001_a.sql, 0002_b.sql); it is not \
+             run twice, so nothing was applied now; see what is applied with: warden migrate \
+             status db1/app --dir DIR"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_health_check_tries_again_before_it_fails() {
+        let calls = std::cell::Cell::new(0);
+        let flaky = || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 3 {
+                    Err(format!("connection refused ({n})"))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let delay = Duration::from_millis(1);
+        assert_eq!(retried(3, delay, flaky).await, Ok(()));
+        assert_eq!(calls.get(), 3);
+
+        calls.set(0);
+        let failing = || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { Err::<(), _>(format!("connection refused ({n})")) }
+        };
+        assert_eq!(
+            retried(3, delay, failing).await,
+            Err("connection refused (3) (tried 3 times, 1ms apart)".to_owned())
+        );
+        assert_eq!(calls.get(), 3);
+        assert_eq!(
+            retried(1, delay, || async { Err::<(), _>("down".to_owned()) }).await,
+            Err("down".to_owned())
         );
     }
 

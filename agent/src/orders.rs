@@ -506,6 +506,7 @@ pub(crate) mod tests {
                 outcome: Box::new(outcome.clone()),
                 reason: "0002_b.sql failed and was rolled back: syntax error".to_owned(),
                 cancelled,
+                artifact_corrupt: false,
             };
             let result = failed_result("o1", &error);
             assert!(!result.success && !result.artifact_corrupt);
@@ -516,6 +517,17 @@ pub(crate) mod tests {
             );
             assert_eq!(result.outcome, Some(Outcome::Migrate(outcome.clone())));
         }
+        // A restore after a failed check that found the pre-migration backup corrupt flags it.
+        let error = AgentError::Migration {
+            outcome: Box::new(outcome.clone()),
+            reason: "post-check \"health\" failed: ...; the pre-migration backup a1 is unusable"
+                .to_owned(),
+            cancelled: false,
+            artifact_corrupt: true,
+        };
+        let result = failed_result("o1", &error);
+        assert!(!result.success && result.artifact_corrupt && !result.cancelled);
+        assert_eq!(result.outcome, Some(Outcome::Migrate(outcome)));
     }
 
     #[test]

@@ -156,6 +156,39 @@ impl PgUrl {
         }
     }
 
+    /// Returns the password as is and percent-encoded (as `DATABASE_URL` carries it), when
+    /// the URL has a non-empty one.
+    pub fn password_forms(&self) -> Vec<String> {
+        let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) else {
+            return Vec::new();
+        };
+        let encoded = utf8_percent_encode(password, NON_ALPHANUMERIC).to_string();
+        if encoded == password {
+            vec![encoded]
+        } else {
+            vec![password.to_owned(), encoded]
+        }
+    }
+
+    /// Returns every text of the URL that gives a credential away, longest first: the
+    /// password and its percent-encoding (as `DATABASE_URL` carries it), and libpq's
+    /// `sslpassword` (the passphrase of the client key) as written and decoded. For
+    /// redacting what a program started with this URL prints.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = self.password_forms();
+        if let Some(passphrase) = query_value(&self.url, "sslpassword").filter(|v| !v.is_empty()) {
+            secrets.push(passphrase.to_owned());
+            secrets.push(
+                percent_decode_str(passphrase)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
+        }
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        secrets
+    }
+
     /// Returns the libpq environment that points a client program at this database:
     /// `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD`, the TLS and connection
     /// parameters of the URL (`?sslmode=` as `PGSSLMODE`, ...), and `DATABASE_URL`, the whole
@@ -697,6 +730,17 @@ mod tests {
             let err = PgUrl::parse(bad).expect_err(bad);
             assert!(!err.contains("secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn secrets_are_the_password_encoded_and_not_and_the_key_passphrase() {
+        let url = PgUrl::parse("postgres://u:p%40ss%20w@h/db?sslpassword=k%2Fey&sslmode=require")
+            .expect("valid");
+        assert_eq!(url.secrets(), ["p%40ss%20w", "p@ss w", "k%2Fey", "k/ey"]);
+        let plain = PgUrl::parse("postgres://u:secret@h/db").expect("valid");
+        assert_eq!(plain.secrets(), ["secret"]);
+        let none = PgUrl::parse("postgres://u@h/db").expect("valid");
+        assert!(none.secrets().is_empty());
     }
 
     #[test]

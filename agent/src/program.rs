@@ -54,6 +54,9 @@ pub struct ProgramRun {
     pub result: Result<(), String>,
     /// It was killed because the order was cancelled.
     pub cancelled: bool,
+    /// It was started: `false` when it could not be (an empty command line, a missing
+    /// workdir or program), so it cannot have changed anything.
+    pub started: bool,
 }
 
 impl Program<'_> {
@@ -64,6 +67,7 @@ impl Program<'_> {
             output: String::new(),
             result: Err(why),
             cancelled: false,
+            started: false,
         };
         let Some((program, args)) = self.argv.split_first() else {
             return failed("has an empty command line".to_owned());
@@ -167,6 +171,7 @@ impl Program<'_> {
             output: tail.text(),
             result,
             cancelled,
+            started: true,
         }
     }
 }
@@ -359,7 +364,7 @@ mod tests {
             run.output
         );
         assert!(!run.output.contains("leaked"), "{}", run.output);
-        assert!(!run.cancelled);
+        assert!(!run.cancelled && run.started);
     }
 
     #[tokio::test]
@@ -414,6 +419,7 @@ mod tests {
             .await;
             let why = run.result.expect_err("missing");
             assert!(why.starts_with(expected), "{why}");
+            assert!(!run.started, "{why}");
         }
     }
 }

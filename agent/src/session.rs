@@ -4,13 +4,17 @@
 //! Orders outlive streams. Running orders keep running while the agent reconnects, and a
 //! finished order's result stays in the outbox until the coordinator acknowledges it, so a
 //! result produced during an outage is delivered in the next `Hello`. Assignments are
-//! idempotent by order id: a repeated one never runs twice.
+//! idempotent by order id: a repeated one never runs twice. A running order is not started
+//! again, an unacknowledged one gets its result sent again, and one whose result was
+//! acknowledged is ignored: the agent remembers the ids of the last [`FINISHED_MEMORY`]
+//! orders it finished (migrations also refuse to run twice by their tracking table, which
+//! survives a restart of the agent).
 //!
 //! While a stream is up, a task of its own collects the health of every configured database
 //! every `Welcome.health_interval_ms` and sends it up; it never holds up heartbeats or
 //! orders, and stops with the stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +53,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a periodic health report waits for one database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many finished orders the agent remembers, to ignore their assignments sent again.
+pub const FINISHED_MEMORY: usize = 4096;
 
 /// Serves the coordinator until `shutdown` fires and running orders have been cancelled
 /// (or [`SHUTDOWN_GRACE`] passed).
@@ -83,6 +89,8 @@ struct Session {
     task_orders: HashMap<tokio::task::Id, String>,
     /// Finished orders whose result the coordinator has not acknowledged yet.
     outbox: BTreeMap<String, v1::OrderResult>,
+    /// The ids of the orders finished last (their results acknowledged or not).
+    finished: FinishedOrders,
     progress_tx: mpsc::UnboundedSender<(String, ProgressUpdate)>,
     progress_rx: mpsc::UnboundedReceiver<(String, ProgressUpdate)>,
 }
@@ -98,6 +106,7 @@ impl Session {
             tasks: JoinSet::new(),
             task_orders: HashMap::new(),
             outbox: BTreeMap::new(),
+            finished: FinishedOrders::new(FINISHED_MEMORY),
             progress_tx,
             progress_rx,
         }
@@ -361,6 +370,12 @@ impl Session {
             send(outbound, AgentMsg::Result(result.clone()));
             return;
         }
+        if self.finished.contains(&order_id) {
+            // Its result was acknowledged: the coordinator has it. Running it again could
+            // apply a migration twice or restore over newer data.
+            tracing::info!(order_id = %order_id, "ignoring an assignment of an order this agent already finished and reported");
+            return;
+        }
         if self.stop_deadline.is_some() {
             // Left unanswered: the coordinator reconciles it from the next Hello.
             tracing::info!(order_id = %order_id, "not taking the order: agent is stopping");
@@ -375,7 +390,7 @@ impl Session {
             ));
             tracing::warn!(order_id = %order_id, %error, "order refused");
             let result = failed_result(&order_id, &error);
-            self.outbox.insert(order_id, result.clone());
+            self.finish(order_id, result.clone());
             send(outbound, AgentMsg::Result(result));
             return;
         }
@@ -387,7 +402,7 @@ impl Session {
             Err(error) => {
                 tracing::warn!(order_id = %order_id, database = %assignment.database, %error, "order refused");
                 let result = failed_result(&order_id, &error);
-                self.outbox.insert(order_id, result.clone());
+                self.finish(order_id, result.clone());
                 send(outbound, AgentMsg::Result(result));
                 return;
             }
@@ -465,7 +480,47 @@ impl Session {
         if let Some(outbound) = outbound {
             send(outbound, AgentMsg::Result(result.clone()));
         }
+        self.finish(order_id, result);
+    }
+
+    /// Keeps a finished order's result until it is acknowledged, and its id after that.
+    fn finish(&mut self, order_id: String, result: v1::OrderResult) {
+        self.finished.insert(order_id.clone());
         self.outbox.insert(order_id, result);
+    }
+}
+
+/// The ids of the last orders finished, at most `capacity`, the oldest forgotten first.
+#[derive(Debug)]
+struct FinishedOrders {
+    capacity: usize,
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl FinishedOrders {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            order: VecDeque::new(),
+            ids: HashSet::new(),
+        }
+    }
+
+    fn contains(&self, order_id: &str) -> bool {
+        self.ids.contains(order_id)
+    }
+
+    fn insert(&mut self, order_id: String) {
+        if self.capacity == 0 || !self.ids.insert(order_id.clone()) {
+            return;
+        }
+        self.order.push_back(order_id);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
     }
 }
 
@@ -579,6 +634,80 @@ mod tests {
         );
         assert!(hello.databases[1].migrate_commands.is_empty());
         assert!(!format!("{hello:?}").contains("t0ps3cret"));
+    }
+
+    #[test]
+    fn finished_orders_are_remembered_up_to_the_capacity_oldest_forgotten_first() {
+        let mut finished = FinishedOrders::new(3);
+        for id in ["o1", "o2", "o3", "o2"] {
+            finished.insert(id.to_owned());
+        }
+        assert!(["o1", "o2", "o3"].iter().all(|id| finished.contains(id)));
+        finished.insert("o4".to_owned());
+        assert!(!finished.contains("o1"), "the oldest is forgotten");
+        assert!(["o2", "o3", "o4"].iter().all(|id| finished.contains(id)));
+        assert_eq!((finished.order.len(), finished.ids.len()), (3, 3));
+        let mut nothing = FinishedOrders::new(0);
+        nothing.insert("o1".to_owned());
+        assert!(!nothing.contains("o1"));
+    }
+
+    #[tokio::test]
+    async fn an_order_delivered_again_after_its_result_was_acknowledged_is_not_run_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut session = Session::new(context(tmp.path()), CancellationToken::new());
+        let (outbound, mut sent) = mpsc::unbounded_channel();
+        let assignment = v1::OrderAssignment {
+            order_id: "o-prune".to_owned(),
+            database: "db1/app".to_owned(),
+            attempt: 1,
+            spec: Some(v1::OrderSpec {
+                params: Some(v1::order_spec::Params::Prune(v1::PruneParams::default())),
+            }),
+            not_after_unix_ms: 0,
+        };
+        let drain = |sent: &mut mpsc::UnboundedReceiver<v1::AgentMessage>| {
+            let mut got = Vec::new();
+            while let Ok(message) = sent.try_recv() {
+                got.push(match message.msg {
+                    Some(AgentMsg::Started(_)) => "started",
+                    Some(AgentMsg::Result(_)) => "result",
+                    _ => "other",
+                });
+            }
+            got
+        };
+
+        session.on_assignment(assignment.clone(), &outbound);
+        // Delivered again while it runs: not started twice.
+        session.on_assignment(assignment.clone(), &outbound);
+        assert_eq!(session.tasks.len(), 1);
+        let finished =
+            tokio::time::timeout(Duration::from_secs(10), session.tasks.join_next_with_id())
+                .await
+                .expect("the prune finishes")
+                .expect("a task");
+        session.on_finished(finished, Some(&outbound));
+        assert_eq!(drain(&mut sent), ["started", "result"]);
+
+        // Delivered again before the acknowledgement: its result is sent again.
+        session.on_assignment(assignment.clone(), &outbound);
+        assert_eq!(drain(&mut sent), ["result"]);
+
+        // Delivered again after it: the coordinator has the result; nothing happens.
+        session.on_message(
+            v1::CoordinatorMessage {
+                msg: Some(CoordinatorMsg::Ack(v1::ResultAck {
+                    order_id: "o-prune".to_owned(),
+                })),
+            },
+            &outbound,
+        );
+        assert!(session.outbox.is_empty());
+        session.on_assignment(assignment, &outbound);
+        assert!(session.tasks.is_empty() && session.running.is_empty());
+        assert!(session.outbox.is_empty());
+        assert_eq!(drain(&mut sent), Vec::<&str>::new());
     }
 
     #[tokio::test]

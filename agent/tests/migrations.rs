@@ -3,8 +3,10 @@
 //! order, no-transaction files run statement by statement, a cancel rolls the current file
 //! back, and the lock keeps two migrations apart. Commands: only configured ones run, with
 //! the database in the environment, the guard refuses before anything runs, and the hooks
-//! run around them. Post-checks: a failure restores the pre-migration backup exactly, or
-//! says how to.
+//! run around them. Refusals (denied statements in pending files, an order delivered again)
+//! come before the hooks. Post-checks: a failure restores the pre-migration backup exactly,
+//! or says how to; a corrupt backup is flagged; an order that applied nothing restores
+//! nothing.
 
 mod support;
 
@@ -443,8 +445,15 @@ fn command_config(log: &Path) -> MigrateConfig {
                 "env".to_owned(),
                 sh(
                     "echo host=$PGHOST port=$PGPORT db=$PGDATABASE user=$PGUSER \
-                    url=$DATABASE_URL token=$API_TOKEN",
+                    url=$DATABASE_URL token=$API_TOKEN; \
+                    echo password=$PGPASSWORD \
+                    encoded=$(echo \"$DATABASE_URL\" | sed 's|^[^:]*://[^:]*:\\([^@]*\\)@.*|\\1|') \
+                    key=${DATABASE_URL##*sslpassword=}",
                 ),
+            ),
+            (
+                "missing".to_owned(),
+                vec!["/nonexistent/migrate".to_owned()],
             ),
         ]),
         pre_hook: Some(sh(&format!(
@@ -488,16 +497,24 @@ async fn commands_run_by_name_with_the_database_in_their_environment_between_the
     );
     assert_eq!(read_log(&log), "pre:db1/app:o-create\npost:succeeded\n");
 
+    // The output hides the password (as is and percent-encoded), the key passphrase, the
+    // whole DATABASE_URL and the configured environment's values.
+    let plain_url = setup.ctx.config.databases[0].url.clone();
+    setup.ctx.config.databases[0].url = format!(
+        "{}?sslpassword=k3y%2Fphrase",
+        setup.cluster.url_with_password("app", "pa ss/w0rd")
+    );
     let result = migrate(&setup, "o-env", command_params("env")).await;
     assert!(result.success, "{}", result.error);
     assert_eq!(
         outcome(&result).command_output,
         format!(
-            "host=127.0.0.1 port={port} db=app user=postgres \
-             url=postgres://postgres@127.0.0.1:{port}/app token=***",
+            "host=127.0.0.1 port={port} db=app user=postgres url=*** token=***\n\
+             password=*** encoded=*** key=***",
             port = setup.cluster.port()
         )
     );
+    setup.ctx.config.databases[0].url = plain_url;
 
     // A failing command fails the order with its error output; the post-hook still runs.
     std::fs::remove_file(&log).expect("rm log");
@@ -533,14 +550,34 @@ async fn commands_run_by_name_with_the_database_in_their_environment_between_the
     assert!(failed.restore_command.starts_with("warden restore a-2 "));
     assert_eq!(read_log(&log), "pre:db1/app:o-broken\npost:failed\n");
 
+    // A command that cannot start changed nothing: no way back is offered.
+    std::fs::remove_file(&log).expect("rm log");
+    let mut params = command_params("missing");
+    params.pre_migration = Some(v1::ArtifactPointer {
+        artifact_id: "a-2".to_owned(),
+        ..v1::ArtifactPointer::default()
+    });
+    let result = migrate(&setup, "o-missing", params).await;
+    assert!(!result.success);
+    assert!(
+        result
+            .error
+            .starts_with("migration command missing cannot start \"/nonexistent/migrate\": ")
+            && result.error.ends_with("; nothing was run"),
+        "{}",
+        result.error
+    );
+    assert!(outcome(&result).restore_command.is_empty());
+    assert_eq!(read_log(&log), "pre:db1/app:o-missing\npost:failed\n");
+
     // An unknown name and a deny-listed command are refused before any hook or command runs.
     std::fs::remove_file(&log).expect("rm log");
     let result = migrate(&setup, "o-unknown", command_params("drop_all")).await;
     assert!(!result.success);
     assert_eq!(
         result.error,
-        "agent db1 allows migration commands broken, create, env, fresh for app; add drop_all \
-         under [databases.migrate.commands] in its configuration to allow it"
+        "agent db1 allows migration commands broken, create, env, fresh, missing for app; add \
+         drop_all under [databases.migrate.commands] in its configuration to allow it"
     );
     let mut guarded = command_params("fresh");
     guarded.deny_commands = vec!["migrate:fresh".to_owned(), "db:drop".to_owned()];
@@ -682,7 +719,7 @@ async fn a_failed_post_check_restores_the_pre_migration_backup_exactly() {
     params.checks = vec![check];
     params.on_check_failure = "restore".to_owned();
     params.pre_migration = Some(pointer(&artifact));
-    let result = migrate(&setup, "o-restore", params).await;
+    let result = migrate(&setup, "o-restore", params.clone()).await;
     assert!(!result.success);
     assert_eq!(
         result.error,
@@ -704,4 +741,169 @@ async fn a_failed_post_check_restores_the_pre_migration_backup_exactly() {
     assert_same_data(&before, &DbSnapshot::take(&setup.cluster, "app"));
     assert!(!table_exists(&setup, "audit"));
     assert!(!table_exists(&setup, "warden.schema_migrations"));
+
+    // A corrupt pre-migration backup: nothing is restored, the result flags the artifact,
+    // and its restore command is no way back.
+    let dump = setup
+        .ctx
+        .repository
+        .root()
+        .join(&artifact.path)
+        .join(warden_shared::manifest::DUMP_FILE);
+    let mut bytes = std::fs::read(&dump).expect("read dump");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&dump, bytes).expect("corrupt dump");
+    let result = migrate(&setup, "o-corrupt", params).await;
+    assert!(!result.success && !result.cancelled);
+    assert!(result.artifact_corrupt, "{}", result.error);
+    assert!(
+        result.error.starts_with(&format!(
+            "post-check \"three orders\" failed: returned false; restoring pre-migration backup \
+             {id} over db1/app failed: the pre-migration backup is unusable: artifact {id} is \
+             corrupt: ",
+            id = artifact.id
+        )) && result.error.ends_with(
+            "db1/app stays as the migration left it: fix forward or restore an older backup"
+        ),
+        "{}",
+        result.error
+    );
+    assert!(!result.error.contains("warden restore"), "{}", result.error);
+    let corrupt = outcome(&result);
+    assert!(!corrupt.restored && corrupt.restore_command.is_empty());
+    assert_eq!(
+        phases(corrupt),
+        [phase::APPLY, phase::CHECKS, phase::RESTORE]
+    );
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app", "SELECT count(*) FROM orders"),
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn refusals_come_before_the_hooks_and_an_order_changes_nothing_twice() {
+    let mut setup = Setup::new("migrate-refusals");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("hooks.log");
+    let sh = |script: String| Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), script]);
+    setup.ctx.config.databases[0].migrate = Some(MigrateConfig {
+        pre_hook: sh(format!("echo pre >> {}", log.display())),
+        post_hook: sh(format!(
+            "echo post:$WARDEN_MIGRATION_STATUS >> {}",
+            log.display()
+        )),
+        ..MigrateConfig::default()
+    });
+    let deny_sql: Vec<String> = warden_shared::migration::DEFAULT_DENY_SQL
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let init = file(
+        "0001_init.sql",
+        "DROP SCHEMA IF EXISTS legacy CASCADE;\nCREATE TABLE a (id int);",
+    );
+    let fake_backup = v1::ArtifactPointer {
+        artifact_id: "a-9".to_owned(),
+        artifact_path: "db1/a-9".to_owned(),
+        sha256: "ab".repeat(32),
+    };
+
+    // An old file the guard would deny, applied with glass broken (no patterns sent).
+    let result = migrate(&setup, "o-init", sql_params(vec![init.clone()])).await;
+    assert!(result.success, "{}", result.error);
+    std::fs::remove_file(&log).expect("rm log");
+
+    // A pending file with a denied statement refuses the order before the hooks; the applied
+    // one with its DROP SCHEMA ... CASCADE is not checked again.
+    let truncate = file("0002_x.sql", "TRUNCATE orders;");
+    let mut params = sql_params(vec![init.clone(), truncate]);
+    params.deny_sql = deny_sql.clone();
+    params.pre_migration = Some(fake_backup.clone());
+    let result = migrate(&setup, "o-truncate", params).await;
+    assert!(!result.success);
+    assert_eq!(
+        result.error,
+        "refused by the destructive guard: 0002_x.sql: \"TRUNCATE orders\" matches deny pattern \
+         \"TRUNCATE\"; nothing was applied. If it must run on db1/app, break glass: migrate again \
+         with --emergency --reason TEXT"
+    );
+    let refused = outcome(&result);
+    assert_eq!(pending(refused), ["0002"]);
+    assert!(refused.applied.is_empty() && refused.phases.is_empty());
+    assert!(refused.restore_command.is_empty());
+    assert_eq!(read_log(&log), "", "no hook ran");
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app", "SELECT count(*) FROM orders"),
+        "3"
+    );
+
+    let next = file("0002_b.sql", "CREATE TABLE b (id int);");
+    let mut params = sql_params(vec![init.clone(), next.clone()]);
+    params.deny_sql = deny_sql.clone();
+    let result = migrate(&setup, "o-next", params.clone()).await;
+    assert!(result.success, "{}", result.error);
+    assert_eq!(versions(&outcome(&result).applied), ["0002"]);
+    assert_eq!(read_log(&log), "pre\npost:succeeded\n");
+    std::fs::remove_file(&log).expect("rm log");
+
+    // The same order delivered again (say the agent restarted before it reported): the
+    // tracking table says it ran, so it is refused, even with a new file to apply.
+    params.source = Some(v1::migrate_params::Source::Sql(v1::SqlMigrations {
+        files: vec![
+            init.clone(),
+            next.clone(),
+            file("0003_c.sql", "CREATE TABLE c (id int);"),
+        ],
+    }));
+    let result = migrate(&setup, "o-next", params).await;
+    assert!(!result.success);
+    assert!(
+        result.error.starts_with(
+            "order o-next already applied migrations to db1/app (0002_b.sql); it is not run \
+             twice, so nothing was applied now"
+        ),
+        "{}",
+        result.error
+    );
+    assert!(outcome(&result).restore_command.is_empty());
+    assert!(!table_exists(&setup, "c"));
+    assert_eq!(read_log(&log), "", "no hook ran");
+
+    // Everything applied before, and a check fails: this order changed nothing, so nothing
+    // is restored and no way back is offered.
+    let mut params = sql_params(vec![init, next]);
+    params.checks = vec![v1::DrillCheck {
+        name: "no b".to_owned(),
+        sql: "SELECT to_regclass('b') IS NULL".to_owned(),
+    }];
+    params.on_check_failure = "restore".to_owned();
+    params.pre_migration = Some(fake_backup);
+    let result = migrate(&setup, "o-nothing", params).await;
+    assert!(!result.success && !result.artifact_corrupt);
+    assert_eq!(
+        result.error,
+        "post-check \"no b\" failed: returned false; this migration applied nothing (every \
+         file was applied before), so nothing was restored and db1/app was left as it was: the \
+         checks fail without it; fix the database or the checks"
+    );
+    let nothing = outcome(&result);
+    assert!(nothing.applied.is_empty() && !nothing.restored);
+    assert!(nothing.restore_command.is_empty());
+    assert_eq!(
+        phases(nothing),
+        [
+            phase::PRE_HOOK,
+            phase::APPLY,
+            phase::CHECKS,
+            phase::POST_HOOK
+        ]
+    );
+    assert_eq!(read_log(&log), "pre\npost:failed\n");
+    assert!(table_exists(&setup, "b"));
 }

@@ -1008,6 +1008,16 @@ mod tests {
     const CREATED_MS: i64 = 1_795_728_605_250;
     const CREATED: &str = "2026-11-26T21:30:05.250Z";
 
+    /// The keys of a JSON object, sorted.
+    fn keys(value: &Value) -> Vec<&str> {
+        value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
     fn order(state: v1::OrderState, outcome: Option<ResultOutcome>) -> v1::Order {
         v1::Order {
             id: "o-1".into(),
@@ -1459,14 +1469,8 @@ mod tests {
         let versions: Vec<&str> = json.applied.iter().map(|m| m.version.as_str()).collect();
         assert_eq!(versions, ["0001", "0002", "10"]);
         let value = serde_json::to_value(&json).expect("serializes");
-        let keys: Vec<&str> = value
-            .as_object()
-            .expect("an object")
-            .keys()
-            .map(String::as_str)
-            .collect();
         assert_eq!(
-            keys,
+            keys(&value),
             [
                 "applied", "changed", "database", "order_id", "pending", "unknown"
             ]
@@ -1638,12 +1642,6 @@ mod tests {
         assert_eq!(value["order_id"], json!("o-1"));
         assert_eq!(value["drilled_at"], Value::Null);
         assert_eq!(value["corrupt_reason"], Value::Null);
-        let keys: Vec<&str> = value
-            .as_object()
-            .expect("an object")
-            .keys()
-            .map(String::as_str)
-            .collect();
         let mut expected = vec![
             "id",
             "database",
@@ -1663,7 +1661,7 @@ mod tests {
             "manifest",
         ];
         expected.sort_unstable();
-        assert_eq!(keys, expected);
+        assert_eq!(keys(&value), expected);
     }
 
     #[test]

@@ -944,19 +944,28 @@ pub fn migration_status_text(order: &v1::Order, status: &v1::MigrateOutcome) -> 
     ])
     .trim_fmt();
     let mut rows: Vec<(u64, Vec<String>)> = Vec::new();
+    // A file's status, version and name, then when it was applied, how long it took, its sha256.
+    let row = |state: &str, version: &str, name: &str, [at, took, sha256]: [String; 3]| {
+        let cells = vec![
+            state.to_owned(),
+            version.to_owned(),
+            format::or_none(name),
+            at,
+            took,
+            sha256,
+        ];
+        (version_number(version), cells)
+    };
     let recorded = |state: &str, m: &v1::AppliedMigration| {
-        (
-            version_number(&m.version),
-            vec![
-                state.to_owned(),
-                m.version.clone(),
-                format::or_none(&m.name),
-                format::time(m.applied_unix_ms),
-                format::millis(m.duration_ms),
-                short_sha(&m.sha256),
-            ],
+        let at = format::time(m.applied_unix_ms);
+        row(
+            state,
+            &m.version,
+            &m.name,
+            [at, format::millis(m.duration_ms), short_sha(&m.sha256)],
         )
     };
+    let none = || format::NONE.to_owned();
     rows.extend(
         status
             .applied
@@ -965,35 +974,19 @@ pub fn migration_status_text(order: &v1::Order, status: &v1::MigrateOutcome) -> 
             .map(|m| recorded("applied", m)),
     );
     rows.extend(status.changed.iter().map(|m| {
-        (
-            version_number(&m.version),
-            vec![
-                "CHANGED".to_owned(),
-                m.version.clone(),
-                format::or_none(&m.name),
-                format::NONE.to_owned(),
-                format::NONE.to_owned(),
-                format!(
-                    "applied {}, file now {}",
-                    short_sha(&m.recorded_sha256),
-                    short_sha(&m.file_sha256)
-                ),
-            ],
-        )
+        let shas = format!(
+            "applied {}, file now {}",
+            short_sha(&m.recorded_sha256),
+            short_sha(&m.file_sha256)
+        );
+        row("CHANGED", &m.version, &m.name, [none(), none(), shas])
     }));
-    rows.extend(status.pending.iter().map(|m| {
-        (
-            version_number(&m.version),
-            vec![
-                "pending".to_owned(),
-                m.version.clone(),
-                format::or_none(&m.name),
-                format::NONE.to_owned(),
-                format::NONE.to_owned(),
-                format::NONE.to_owned(),
-            ],
-        )
-    }));
+    rows.extend(
+        status
+            .pending
+            .iter()
+            .map(|m| row("pending", &m.version, &m.name, [none(), none(), none()])),
+    );
     rows.extend(status.unknown.iter().map(|m| recorded("unknown", m)));
     // Stable: a version listed twice keeps the order above.
     rows.sort_by_key(|(number, _)| *number);

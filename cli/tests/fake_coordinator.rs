@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -40,10 +40,20 @@ struct Recorded {
     rollouts: Vec<v1::SubmitRolloutRequest>,
 }
 
+/// What the fake records, shared by the service and the test that started it.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Recorded>>);
+
+impl Log {
+    fn lock(&self) -> MutexGuard<'_, Recorded> {
+        self.0.lock().expect("lock")
+    }
+}
+
 struct Fake {
     /// A fleet in trouble: its audit chain is broken and a database breaches its RTO.
     troubled: bool,
-    recorded: Arc<Mutex<Recorded>>,
+    recorded: Log,
 }
 
 impl Fake {
@@ -54,8 +64,38 @@ impl Fake {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("<none>")
             .to_owned();
-        self.recorded.lock().expect("lock").actors.push(actor);
+        self.recorded.lock().actors.push(actor);
     }
+
+    /// Answers a poll of the order or rollout `id` (`what`) by its script: one step further
+    /// each time, the last one stays.
+    fn poll<T: Clone>(
+        &self,
+        what: &str,
+        id: String,
+        script: fn(&str) -> Option<Vec<T>>,
+    ) -> Result<Response<T>, Status> {
+        let steps =
+            script(&id).ok_or_else(|| Status::not_found(format!("no {what} with id {id}")))?;
+        let mut recorded = self.recorded.lock();
+        let polls = recorded.polls.entry(id).or_default();
+        let step = steps[(*polls).min(steps.len() - 1)].clone();
+        *polls += 1;
+        Ok(Response::new(step))
+    }
+}
+
+/// Answers a submit with the first step of the script it starts.
+fn submitted<T>(steps: Option<Vec<T>>) -> Result<Response<T>, Status> {
+    steps
+        .and_then(|s| s.into_iter().next())
+        .map(Response::new)
+        .ok_or_else(|| Status::internal("no script"))
+}
+
+/// The coordinator's refusal of a database it does not know.
+fn unknown_database(name: &str) -> Status {
+    Status::not_found(format!("unknown database {name}: see warden databases"))
 }
 
 fn order(id: &str, kind: v1::OrderKind, database: &str, state: v1::OrderState) -> v1::Order {
@@ -484,38 +524,29 @@ fn rollout(id: &str, state: &str, wave: u32, targets: Vec<v1::RolloutTarget>) ->
 
 /// The states a rollout goes through, one per poll; the last one stays.
 fn rollout_script(id: &str) -> Option<Vec<v1::Rollout>> {
+    // pg1/shop goes in wave 1, pg2/shop and pg3/shop in wave 2; each has its order once its wave
+    // has started.
+    let r1 = |state: &str, wave: u32, states: [&str; 3]| {
+        let databases = [
+            ("pg1/shop", 1, "o-r1"),
+            ("pg2/shop", 2, "o-r2"),
+            ("pg3/shop", 2, "o-r3"),
+        ];
+        let targets = databases
+            .into_iter()
+            .zip(states)
+            .map(|((database, wave, order_id), state)| {
+                let order_id = if state == "waiting" { "" } else { order_id };
+                target(database, wave, state, order_id)
+            })
+            .collect();
+        rollout(id, state, wave, targets)
+    };
     match id {
         "r-1" => Some(vec![
-            rollout(
-                id,
-                "running",
-                1,
-                vec![
-                    target("pg1/shop", 1, "running", "o-r1"),
-                    target("pg2/shop", 2, "waiting", ""),
-                    target("pg3/shop", 2, "waiting", ""),
-                ],
-            ),
-            rollout(
-                id,
-                "running",
-                2,
-                vec![
-                    target("pg1/shop", 1, "succeeded", "o-r1"),
-                    target("pg2/shop", 2, "running", "o-r2"),
-                    target("pg3/shop", 2, "held", "o-r3"),
-                ],
-            ),
-            rollout(
-                id,
-                "succeeded",
-                2,
-                vec![
-                    target("pg1/shop", 1, "succeeded", "o-r1"),
-                    target("pg2/shop", 2, "succeeded", "o-r2"),
-                    target("pg3/shop", 2, "succeeded", "o-r3"),
-                ],
-            ),
+            r1("running", 1, ["running", "waiting", "waiting"]),
+            r1("running", 2, ["succeeded", "running", "held"]),
+            r1("succeeded", 2, ["succeeded", "succeeded", "succeeded"]),
         ]),
         "r-halt" => Some(vec![
             rollout(
@@ -654,16 +685,9 @@ impl AdminService for Fake {
         let id = match request.get_ref().database.as_str() {
             "pg1/shop" => "o-ok",
             "pg1/broken" => "o-fail",
-            other => {
-                return Err(Status::not_found(format!(
-                    "unknown database {other}: see warden databases"
-                )));
-            }
+            other => return Err(unknown_database(other)),
         };
-        let first = script(id).and_then(|s| s.into_iter().next());
-        first
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("no script"))
+        submitted(script(id))
     }
 
     async fn submit_restore(
@@ -677,11 +701,8 @@ impl AdminService for Fake {
         } else {
             "o-restore"
         };
-        self.recorded.lock().expect("lock").restores.push(request);
-        let first = script(id).and_then(|s| s.into_iter().next());
-        first
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("no script"))
+        self.recorded.lock().restores.push(request);
+        submitted(script(id))
     }
 
     async fn submit_health(
@@ -699,14 +720,7 @@ impl AdminService for Fake {
         request: Request<v1::GetOrderRequest>,
     ) -> Result<Response<v1::Order>, Status> {
         self.record(&request);
-        let id = request.into_inner().id;
-        let steps =
-            script(&id).ok_or_else(|| Status::not_found(format!("no order with id {id}")))?;
-        let mut recorded = self.recorded.lock().expect("lock");
-        let polls = recorded.polls.entry(id).or_default();
-        let step = steps[(*polls).min(steps.len() - 1)].clone();
-        *polls += 1;
-        Ok(Response::new(step))
+        self.poll("order", request.into_inner().id, script)
     }
 
     async fn list_orders(
@@ -786,11 +800,7 @@ impl AdminService for Fake {
     ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
         self.record(&request);
         let request = request.into_inner();
-        self.recorded
-            .lock()
-            .expect("lock")
-            .policies
-            .push(request.clone());
+        self.recorded.lock().policies.push(request.clone());
         if request.toml.contains("Mars/Olympus") {
             return Err(Status::invalid_argument(
                 "windows[0].timezone: unknown time zone \"Mars/Olympus\": use an IANA name such as Europe/Berlin",
@@ -867,11 +877,7 @@ impl AdminService for Fake {
         self.record(&request);
         let request = request.into_inner();
         let name = request.name.clone();
-        self.recorded
-            .lock()
-            .expect("lock")
-            .windows_added
-            .push(request);
+        self.recorded.lock().windows_added.push(request);
         Ok(Response::new(v1::ApplyPolicyResponse {
             changes: vec![v1::PolicyChange {
                 op: "added".into(),
@@ -896,11 +902,7 @@ impl AdminService for Fake {
                 request.name
             )));
         }
-        self.recorded
-            .lock()
-            .expect("lock")
-            .windows_removed
-            .push(request);
+        self.recorded.lock().windows_removed.push(request);
         Ok(Response::new(v1::ApplyPolicyResponse {
             changes: vec![v1::PolicyChange {
                 op: "removed".into(),
@@ -920,11 +922,7 @@ impl AdminService for Fake {
         self.record(&request);
         let request = request.into_inner();
         let database = request.database.clone();
-        self.recorded
-            .lock()
-            .expect("lock")
-            .next_windows
-            .push(request);
+        self.recorded.lock().next_windows.push(request);
         Ok(Response::new(v1::NextWindowResponse {
             database,
             allowed_now: false,
@@ -946,7 +944,7 @@ impl AdminService for Fake {
         self.record(&request);
         let request = request.into_inner();
         let dry_run = request.dry_run;
-        self.recorded.lock().expect("lock").prunes.push(request);
+        self.recorded.lock().prunes.push(request);
         let decision = |id: &str, created: i64, prune: bool, why: &str| v1::PruneDecision {
             artifact_id: id.into(),
             database: "pg1/shop".into(),
@@ -982,17 +980,10 @@ impl AdminService for Fake {
         let id = match request.database.as_str() {
             "pg1/shop" => "o-drill",
             "pg1/corrupt" => "o-drill-corrupt",
-            other => {
-                return Err(Status::not_found(format!(
-                    "unknown database {other}: see warden databases"
-                )));
-            }
+            other => return Err(unknown_database(other)),
         };
-        self.recorded.lock().expect("lock").drills.push(request);
-        let first = script(id).and_then(|s| s.into_iter().next());
-        first
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("no script"))
+        self.recorded.lock().drills.push(request);
+        submitted(script(id))
     }
 
     async fn rto_report(
@@ -1064,17 +1055,10 @@ impl AdminService for Fake {
             ("pg1/broken", false, _) => "o-migrate-fail",
             ("pg1/checked", false, _) => "o-migrate-restored",
             ("pg1/held", false, _) => "o-migrate-held",
-            (other, _, _) => {
-                return Err(Status::not_found(format!(
-                    "unknown database {other}: see warden databases"
-                )));
-            }
+            (other, _, _) => return Err(unknown_database(other)),
         };
-        self.recorded.lock().expect("lock").migrates.push(request);
-        let first = script(id).and_then(|s| s.into_iter().next());
-        first
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("no script"))
+        self.recorded.lock().migrates.push(request);
+        submitted(script(id))
     }
 
     async fn submit_rollout(
@@ -1092,11 +1076,8 @@ impl AdminService for Fake {
                 )));
             }
         };
-        self.recorded.lock().expect("lock").rollouts.push(request);
-        let first = rollout_script(id).and_then(|s| s.into_iter().next());
-        first
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("no script"))
+        self.recorded.lock().rollouts.push(request);
+        submitted(rollout_script(id))
     }
 
     async fn get_rollout(
@@ -1104,14 +1085,7 @@ impl AdminService for Fake {
         request: Request<v1::GetRolloutRequest>,
     ) -> Result<Response<v1::Rollout>, Status> {
         self.record(&request);
-        let id = request.into_inner().id;
-        let steps = rollout_script(&id)
-            .ok_or_else(|| Status::not_found(format!("no rollout with id {id}")))?;
-        let mut recorded = self.recorded.lock().expect("lock");
-        let polls = recorded.polls.entry(id).or_default();
-        let step = steps[(*polls).min(steps.len() - 1)].clone();
-        *polls += 1;
-        Ok(Response::new(step))
+        self.poll("rollout", request.into_inner().id, rollout_script)
     }
 
     async fn list_rollouts(
@@ -1130,14 +1104,21 @@ const EXPORTED: &str = "# fleet policy, version 3\n[[window]]\nname = \"prod-sun
 
 struct Server {
     url: String,
-    recorded: Arc<Mutex<Recorded>>,
+    recorded: Log,
+}
+
+impl Server {
+    /// How often the CLI polled order or rollout `id`.
+    fn polls(&self, id: &str) -> usize {
+        self.recorded.lock().polls.get(id).copied().unwrap_or(0)
+    }
 }
 
 /// Starts the fake; `troubled` breaks its audit chain and has a database breach its RTO.
 async fn start(troubled: bool) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("local addr"));
-    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let recorded = Log::default();
     let fake = Fake {
         troubled,
         recorded: recorded.clone(),
@@ -1196,7 +1177,7 @@ async fn agents_as_json_with_the_actor_on_every_call() {
     assert_eq!(agents[1]["online"], false);
     assert_eq!(agents[0]["last_seen"], "2026-11-26T21:30:05.250Z");
 
-    let actors = server.recorded.lock().expect("lock").actors.clone();
+    let actors = server.recorded.lock().actors.clone();
     assert_eq!(actors.len(), 1);
     assert!(actors[0].starts_with("tester@"), "{actors:?}");
 }
@@ -1213,15 +1194,16 @@ async fn tables_for_people() {
         run.stdout
     );
     let row = lines.next().expect("one artifact row");
-    for cell in [
-        "a-1",
-        "pg1/shop",
-        "complete",
-        "2026-11-26 21:30:05Z",
-        "40.0 KiB",
-    ] {
-        assert!(row.contains(cell), "{cell} missing in {row}");
-    }
+    assert_has_all(
+        row,
+        &[
+            "a-1",
+            "pg1/shop",
+            "complete",
+            "2026-11-26 21:30:05Z",
+            "40.0 KiB",
+        ],
+    );
     let empty = warden(&server.url, &["databases"]).await;
     assert_eq!(empty.stdout.trim(), "no databases");
 }
@@ -1237,7 +1219,7 @@ async fn backup_wait_follows_to_success() {
     assert_eq!(order["artifact_id"], "a-1");
     assert_eq!(order["restore"], Value::Null);
     assert_eq!(order["finished_at"], "2026-11-26T21:30:07.350Z");
-    let polls = server.recorded.lock().expect("lock").polls["o-ok"];
+    let polls = server.polls("o-ok");
     assert!(polls >= 3, "polled {polls} times");
 }
 
@@ -1301,7 +1283,7 @@ async fn replacing_needs_confirmation() {
         refused.stderr.trim(),
         "error: refusing to replace without confirmation: pass --yes"
     );
-    assert!(server.recorded.lock().expect("lock").restores.is_empty());
+    assert!(server.recorded.lock().restores.is_empty());
 
     let run = warden(
         &server.url,
@@ -1312,7 +1294,7 @@ async fn replacing_needs_confirmation() {
     let order = run.json();
     assert_eq!(order["restore"]["rows_verified"], 950);
     assert_eq!(order["restore"]["phases"][0]["phase"], "restore");
-    let restores = server.recorded.lock().expect("lock").restores.clone();
+    let restores = server.recorded.lock().restores.clone();
     assert_eq!(restores.len(), 1);
     assert!(restores[0].replace && restores[0].new_name.is_empty());
     assert_eq!(restores[0].artifact_id, "a-1");
@@ -1334,7 +1316,7 @@ async fn restore_as_a_new_database() {
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let restores = server.recorded.lock().expect("lock").restores.clone();
+    let restores = server.recorded.lock().restores.clone();
     assert_eq!(restores[0].new_name, "shop copy");
     assert_eq!(restores[0].target, "pg2/inventory");
     assert!(!restores[0].replace);
@@ -1411,7 +1393,7 @@ async fn emergency_restore_without_reason_is_refused_before_sending() {
         );
         assert!(run.stdout.is_empty(), "{}", run.stdout);
     }
-    let recorded = server.recorded.lock().expect("lock");
+    let recorded = server.recorded.lock();
     assert!(recorded.restores.is_empty());
     assert!(
         recorded.actors.is_empty(),
@@ -1464,7 +1446,7 @@ async fn skipping_the_safety_backup_needs_an_emergency() {
         "{}",
         new_name.stderr
     );
-    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+    assert!(server.recorded.lock().actors.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1487,7 +1469,7 @@ async fn emergency_restore_sends_its_flags() {
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let restores = server.recorded.lock().expect("lock").restores.clone();
+    let restores = server.recorded.lock().restores.clone();
     assert_eq!(restores.len(), 1);
     let sent = &restores[0];
     assert!(sent.replace && sent.emergency && sent.skip_safety_backup && sent.no_wait);
@@ -1495,7 +1477,7 @@ async fn emergency_restore_sends_its_flags() {
     // A plain replace sends none of them.
     let plain = warden(&server.url, &["restore", "a-1", "--replace", "--yes"]).await;
     assert_eq!(plain.code, 0, "{}", plain.stderr);
-    let restores = server.recorded.lock().expect("lock").restores.clone();
+    let restores = server.recorded.lock().restores.clone();
     assert!(!restores[1].emergency && !restores[1].skip_safety_backup && !restores[1].no_wait);
 }
 
@@ -1561,7 +1543,7 @@ async fn waiting_restore_follows_a_held_order_until_it_expires() {
         "{}",
         run.stdout
     );
-    assert!(server.recorded.lock().expect("lock").polls["o-expire"] >= 2);
+    assert!(server.polls("o-expire") >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1579,7 +1561,7 @@ async fn apply_dry_run_prints_changes_and_sends_the_document() {
          - retention old\n\
          dry run: nothing was applied; policy version 3 stays in force\n"
     );
-    let policies = server.recorded.lock().expect("lock").policies.clone();
+    let policies = server.recorded.lock().policies.clone();
     assert_eq!(policies.len(), 1);
     assert!(policies[0].dry_run);
     assert_eq!(policies[0].toml, document);
@@ -1597,7 +1579,7 @@ async fn apply_dry_run_prints_changes_and_sends_the_document() {
             ]
         })
     );
-    assert!(!server.recorded.lock().expect("lock").policies[1].dry_run);
+    assert!(!server.recorded.lock().policies[1].dry_run);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1622,7 +1604,7 @@ async fn apply_with_an_unreadable_file_exits_two() {
         "{}",
         run.stderr
     );
-    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+    assert!(server.recorded.lock().actors.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1662,25 +1644,27 @@ async fn windows_list_as_table_and_json() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", run.stdout);
     assert!(lines[0].starts_with("NAME"), "{}", run.stdout);
-    for cell in [
-        "prod-sunday",
-        "maintenance",
-        "env=prod",
-        "Europe/Berlin",
-        "closed",
-        "2026-11-27 00:30:05Z – 2026-11-27 02:30:05Z",
-    ] {
-        assert!(lines[1].contains(cell), "{cell} missing in {}", lines[1]);
-    }
-    for cell in [
-        "xmas",
-        "freeze",
-        "(all)",
-        "not in force",
-        "none within a year",
-    ] {
-        assert!(lines[2].contains(cell), "{cell} missing in {}", lines[2]);
-    }
+    assert_has_all(
+        lines[1],
+        &[
+            "prod-sunday",
+            "maintenance",
+            "env=prod",
+            "Europe/Berlin",
+            "closed",
+            "2026-11-27 00:30:05Z – 2026-11-27 02:30:05Z",
+        ],
+    );
+    assert_has_all(
+        lines[2],
+        &[
+            "xmas",
+            "freeze",
+            "(all)",
+            "not in force",
+            "none within a year",
+        ],
+    );
     let json = warden(&server.url, &["windows", "--json"]).await.json();
     assert_eq!(json.as_array().map(Vec::len), Some(2));
     assert_eq!(json[0]["next_start"], "2026-11-27T00:30:05.250Z");
@@ -1703,22 +1687,19 @@ async fn windows_next_json_shape() {
             "next_end": "2026-11-27T02:30:05.250Z"
         })
     );
-    let sent = server.recorded.lock().expect("lock").next_windows.clone();
+    let sent = server.recorded.lock().next_windows.clone();
     assert_eq!(sent[0].database, "pg1/shop");
 
     let table = warden(&server.url, &["windows", "next", "pg1/shop"]).await;
     assert_eq!(table.code, 0, "{}", table.stderr);
-    for line in [
-        "ALLOWED NOW   no",
-        "FREEZE        release-freeze until 2026-11-26 22:30:05Z",
-        "NEXT OPENING  prod-sunday 2026-11-27 00:30:05Z – 2026-11-27 02:30:05Z",
-    ] {
-        assert!(
-            table.stdout.contains(line),
-            "{line} missing in {}",
-            table.stdout
-        );
-    }
+    assert_has_all(
+        &table.stdout,
+        &[
+            "ALLOWED NOW   no",
+            "FREEZE        release-freeze until 2026-11-26 22:30:05Z",
+            "NEXT OPENING  prod-sunday 2026-11-27 00:30:05Z – 2026-11-27 02:30:05Z",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1747,7 +1728,7 @@ async fn window_add_and_rm_print_the_changes() {
         run.stdout,
         "+ window nightly-dev\napplied: policy version 5 is in force\n"
     );
-    let added = server.recorded.lock().expect("lock").windows_added.clone();
+    let added = server.recorded.lock().windows_added.clone();
     let sent = &added[0];
     assert_eq!(
         (
@@ -1800,7 +1781,7 @@ async fn prune_dry_run_json_shape() {
             "order_ids": []
         })
     );
-    let prunes = server.recorded.lock().expect("lock").prunes.clone();
+    let prunes = server.recorded.lock().prunes.clone();
     assert!(prunes[0].dry_run);
     assert_eq!(prunes[0].database, "pg1/shop");
 }
@@ -1818,7 +1799,7 @@ async fn prune_table_lists_what_goes() {
         lines[2],
         "pruning 1 artifact (40.0 KiB), keeping 1 artifact: order o-prune removes the files (follow with `warden order ID --watch`)"
     );
-    let prunes = server.recorded.lock().expect("lock").prunes.clone();
+    let prunes = server.recorded.lock().prunes.clone();
     assert!(!prunes[0].dry_run && prunes[0].database.is_empty());
 
     let all = warden(&server.url, &["prune", "--dry-run", "--all"]).await;
@@ -1847,31 +1828,53 @@ fn field(stdout: &str, name: &str) -> Option<String> {
         .map(|rest| rest.trim().to_owned())
 }
 
+/// Asserts each field of a single view, its "NAME  value" lines.
+#[track_caller]
+fn assert_fields(out: &str, expected: &[(&str, &str)]) {
+    for (name, value) in expected {
+        assert_eq!(field(out, name).as_deref(), Some(*value), "{name} in {out}");
+    }
+}
+
+/// Asserts that a row, or a whole output, contains every one of `parts`.
+#[track_caller]
+fn assert_has_all(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part} missing in {text}");
+    }
+}
+
+/// The column titles of a table's header line, single-spaced.
+fn columns(header: &str) -> String {
+    header.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_wait_follows_and_prints_phases_and_checks() {
     let server = start(false).await;
     let run = warden(&server.url, &["drill", "pg1/shop", "--wait"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = &run.stdout;
-    for (name, value) in [
-        ("KIND", "drill"),
-        ("STATE", "succeeded"),
-        ("ARTIFACT", "a-1"),
-        ("DRILL", "passed"),
-        ("SCRATCH DATABASE", "pg1/warden_drill_3f_a1"),
-        ("VERIFIED", "3 tables, 950 rows"),
-        ("RESTORE TIME", "1.5s for 200.0 KiB (133.3 KiB/s)"),
-        (
-            "PHASES",
-            "fetch 12ms, verify_checksum 30ms, decompress 80ms, pg_restore 1.2s, verify_rows 90ms, checks 88ms, cleanup 40ms",
-        ),
-        ("CHECK", "orders_have_customers: passed"),
-    ] {
-        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
-    }
+    assert_fields(
+        out,
+        &[
+            ("KIND", "drill"),
+            ("STATE", "succeeded"),
+            ("ARTIFACT", "a-1"),
+            ("DRILL", "passed"),
+            ("SCRATCH DATABASE", "pg1/warden_drill_3f_a1"),
+            ("VERIFIED", "3 tables, 950 rows"),
+            ("RESTORE TIME", "1.5s for 200.0 KiB (133.3 KiB/s)"),
+            (
+                "PHASES",
+                "fetch 12ms, verify_checksum 30ms, decompress 80ms, pg_restore 1.2s, verify_rows 90ms, checks 88ms, cleanup 40ms",
+            ),
+            ("CHECK", "orders_have_customers: passed"),
+        ],
+    );
     assert!(!out.contains("CORRUPT"), "{out}");
-    assert!(server.recorded.lock().expect("lock").polls["o-drill"] >= 2);
-    let sent = server.recorded.lock().expect("lock").drills.clone();
+    assert!(server.polls("o-drill") >= 2);
+    let sent = server.recorded.lock().drills.clone();
     assert_eq!(sent[0].database, "pg1/shop");
     assert!(sent[0].artifact_id.is_empty() && sent[0].reason.is_empty());
 
@@ -1909,7 +1912,7 @@ async fn drill_wait_follows_and_prints_phases_and_checks() {
         drill["checks"],
         serde_json::json!([{"name": "orders_have_customers", "passed": true, "error": null}])
     );
-    let sent = server.recorded.lock().expect("lock").drills.clone();
+    let sent = server.recorded.lock().drills.clone();
     assert_eq!(
         (sent[1].artifact_id.as_str(), sent[1].reason.as_str()),
         ("a-1", "quarterly drill")
@@ -1924,14 +1927,7 @@ async fn drill_without_wait_prints_the_submitted_order() {
     let order = run.json();
     assert_eq!(order["state"], "queued");
     assert_eq!(order["drill"], Value::Null);
-    assert!(
-        !server
-            .recorded
-            .lock()
-            .expect("lock")
-            .polls
-            .contains_key("o-drill")
-    );
+    assert_eq!(server.polls("o-drill"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1976,7 +1972,7 @@ async fn drill_of_a_bad_database_exits_two() {
         "{}",
         malformed.stderr
     );
-    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+    assert!(server.recorded.lock().actors.is_empty());
 
     let unknown = warden(&server.url, &["drill", "pg9/x", "--wait"]).await;
     assert_eq!(unknown.code, 2, "{}", unknown.stderr);
@@ -1995,39 +1991,28 @@ async fn rto_exits_two_on_a_breach() {
     assert!(run.stderr.is_empty(), "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", run.stdout);
-    for column in [
-        "DATABASE",
-        "TIER",
-        "STATUS",
-        "RTO",
-        "LAST DRILL",
-        "PREDICTED",
-        "RPO",
-        "BACKUP AGE",
-        "WHY",
-    ] {
-        assert!(
-            lines[0].contains(column),
-            "{column} missing in {}",
-            lines[0]
-        );
-    }
+    assert_eq!(
+        columns(lines[0]),
+        "DATABASE TIER STATUS RTO LAST DRILL PREDICTED RPO BACKUP AGE WHY",
+    );
     // Worst first, as the coordinator sent them.
-    for cell in [
-        "pg1/broken",
-        "critical",
-        "breach",
-        "30m",
-        "never",
-        "1d",
-        "1d 2h",
-        "newest backup is 26h old, RPO 24h; never drilled: run `warden drill pg1/broken`",
-    ] {
-        assert!(lines[1].contains(cell), "{cell} missing in {}", lines[1]);
-    }
-    for cell in ["pg1/shop", "standard", "ok", "1h", "1.5s (", "1.6s", "2h"] {
-        assert!(lines[2].contains(cell), "{cell} missing in {}", lines[2]);
-    }
+    assert_has_all(
+        lines[1],
+        &[
+            "pg1/broken",
+            "critical",
+            "breach",
+            "30m",
+            "never",
+            "1d",
+            "1d 2h",
+            "newest backup is 26h old, RPO 24h; never drilled: run `warden drill pg1/broken`",
+        ],
+    );
+    assert_has_all(
+        lines[2],
+        &["pg1/shop", "standard", "ok", "1h", "1.5s (", "1.6s", "2h"],
+    );
 
     let json = warden(&server.url, &["rto", "--json"]).await;
     assert_eq!(json.code, 2, "{}", json.stderr);
@@ -2091,35 +2076,24 @@ async fn status_shows_the_fleet_at_a_glance() {
         run.stdout
     );
     assert_eq!(lines.len(), 8, "{}", run.stdout);
-    for column in [
-        "DATABASE",
-        "HEALTH",
-        "LATENCY",
-        "SIZE",
-        "CONNECTIONS",
-        "NEWEST BACKUP",
-        "RTO",
-        "WHY",
-    ] {
-        assert!(
-            lines[4].contains(column),
-            "{column} missing in {}",
-            lines[4]
-        );
-    }
+    assert_eq!(
+        columns(lines[4]),
+        "DATABASE HEALTH LATENCY SIZE CONNECTIONS NEWEST BACKUP RTO WHY",
+    );
     assert!(lines[5].starts_with("pg2/inventory"), "{}", run.stdout);
     assert!(lines[5].contains("agent pg2 is offline"), "{}", lines[5]);
-    for cell in [
-        "pg1/broken",
-        "degraded",
-        "3ms",
-        "8.0 MiB",
-        "7 of 100",
-        "breach",
-        "replication lag 1.2s; oldest transaction 5m",
-    ] {
-        assert!(lines[6].contains(cell), "{cell} missing in {}", lines[6]);
-    }
+    assert_has_all(
+        lines[6],
+        &[
+            "pg1/broken",
+            "degraded",
+            "3ms",
+            "8.0 MiB",
+            "7 of 100",
+            "breach",
+            "replication lag 1.2s; oldest transaction 5m",
+        ],
+    );
     assert!(lines[7].starts_with("pg1/shop"), "{}", run.stdout);
 
     let json = warden(&server.url, &["status", "--json"]).await;
@@ -2160,17 +2134,18 @@ async fn order_shows_the_new_health_fields() {
     let run = warden(&server.url, &["order", "o-health"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = &run.stdout;
-    for (name, value) in [
-        ("LATENCY", "3ms"),
-        ("CONNECTIONS", "7 of 100"),
-        ("UPTIME", "2d 3h"),
-        ("REPLICATION", "standby, 1.2s behind"),
-        ("OLDEST TRANSACTION", "5m"),
-        ("WRAPAROUND AGE", "150000000"),
-        ("REPOSITORY", "10.0 GiB free of 100.0 GiB"),
-    ] {
-        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
-    }
+    assert_fields(
+        out,
+        &[
+            ("LATENCY", "3ms"),
+            ("CONNECTIONS", "7 of 100"),
+            ("UPTIME", "2d 3h"),
+            ("REPLICATION", "standby, 1.2s behind"),
+            ("OLDEST TRANSACTION", "5m"),
+            ("WRAPAROUND AGE", "150000000"),
+            ("REPOSITORY", "10.0 GiB free of 100.0 GiB"),
+        ],
+    );
     let json = warden(&server.url, &["order", "o-health", "--json"])
         .await
         .json();
@@ -2241,6 +2216,26 @@ fn good_migrations(name: &str) -> String {
     dir.to_str().expect("utf-8 path").to_owned()
 }
 
+/// An applied migration of the fake's scripts, as the CLI's JSON shows it.
+fn applied_json(version: &str, name: &str, duration_ms: u64) -> Value {
+    serde_json::json!({
+        "version": version, "name": name, "sha256": version.repeat(16),
+        "applied_at": "2026-11-26T21:30:05.250Z", "duration_ms": duration_ms
+    })
+}
+
+/// Runs `warden migrate TARGET --dir DIR --reason "release 42" --wait` over the good
+/// migrations in `name`, TARGET a database or a selector, and asserts that it succeeds.
+async fn release(server: &Server, target: &[&str], name: &str) -> Run {
+    let dir = good_migrations(name);
+    let mut args = vec!["migrate"];
+    args.extend(target);
+    args.extend(["--dir", &dir, "--reason", "release 42", "--wait"]);
+    let run = warden(&server.url, &args).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run
+}
+
 fn sent_versions(request: &v1::SubmitMigrateRequest) -> Vec<(String, String, String)> {
     match request.migration.as_ref().and_then(|m| m.source.as_ref()) {
         Some(v1::migration_request::Source::Sql(sql)) => sql
@@ -2255,42 +2250,29 @@ fn sent_versions(request: &v1::SubmitMigrateRequest) -> Vec<(String, String, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_wait_sends_the_files_and_prints_what_was_applied() {
     let server = start(false).await;
-    let dir = good_migrations("migrate-wait");
-    let run = warden(
-        &server.url,
-        &[
-            "migrate",
-            "pg1/shop",
-            "--dir",
-            &dir,
-            "--reason",
-            "release 42",
-            "--wait",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = release(&server, &["pg1/shop"], "migrate-wait").await;
     let out = &run.stdout;
-    for (name, value) in [
-        ("KIND", "migrate"),
-        ("STATE", "succeeded"),
-        ("FILES", "0001_create_users, 0002_add_email, 0003_backfill"),
-        ("ON CHECK FAILURE", "stop"),
-        ("PRE-MIGRATION BACKUP", "a-pre"),
-        ("APPLIED", "0002_add_email (120ms), 0003_backfill (3.2s)"),
-        ("ALREADY APPLIED", "1"),
-        ("CHECK", "users_have_email: passed"),
-        ("PHASES", "apply 3.3s, checks 15ms"),
-    ] {
-        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
-    }
+    assert_fields(
+        out,
+        &[
+            ("KIND", "migrate"),
+            ("STATE", "succeeded"),
+            ("FILES", "0001_create_users, 0002_add_email, 0003_backfill"),
+            ("ON CHECK FAILURE", "stop"),
+            ("PRE-MIGRATION BACKUP", "a-pre"),
+            ("APPLIED", "0002_add_email (120ms), 0003_backfill (3.2s)"),
+            ("ALREADY APPLIED", "1"),
+            ("CHECK", "users_have_email: passed"),
+            ("PHASES", "apply 3.3s, checks 15ms"),
+        ],
+    );
     assert!(
         !out.contains("RESTORE WITH") && !out.contains("PENDING"),
         "{out}"
     );
-    assert!(server.recorded.lock().expect("lock").polls["o-migrate"] >= 2);
+    assert!(server.polls("o-migrate") >= 2);
 
-    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    let sent = server.recorded.lock().migrates.clone();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].database, "pg1/shop");
     assert!(!sent[0].status_only);
@@ -2328,18 +2310,15 @@ async fn migrate_json_shape() {
     assert_eq!(order["kind"], "migrate");
     assert_eq!(order["state"], "succeeded");
     assert_eq!(order["drill"], Value::Null);
-    let applied = |version: &str, name: &str, duration_ms: u64| {
-        serde_json::json!({
-            "version": version, "name": name, "sha256": version.repeat(16),
-            "applied_at": "2026-11-26T21:30:05.250Z", "duration_ms": duration_ms
-        })
-    };
     assert_eq!(
         order["migration"],
         serde_json::json!({
             "pre_migration_artifact_id": "a-pre",
-            "applied": [applied("0002", "add_email", 120), applied("0003", "backfill", 3200)],
-            "already_applied": [applied("0001", "create_users", 40)],
+            "applied": [
+                applied_json("0002", "add_email", 120),
+                applied_json("0003", "backfill", 3200)
+            ],
+            "already_applied": [applied_json("0001", "create_users", 40)],
             "pending": [], "changed": [], "unknown": [],
             "failed_version": null,
             "checks": [{"name": "users_have_email", "passed": true, "error": null}],
@@ -2368,18 +2347,19 @@ async fn failed_migration_exits_one_and_says_how_to_restore() {
     .await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     let out = &run.stdout;
-    for (name, value) in [
-        ("STATE", "failed"),
-        ("ERROR", MIGRATE_ERROR),
-        ("PRE-MIGRATION BACKUP", "a-pre"),
-        ("APPLIED", "0002_add_email (120ms)"),
-        ("ALREADY APPLIED", "1"),
-        ("PENDING", "0003_backfill (not reached)"),
-        ("FAILED FILE", "0003_backfill.sql"),
-        ("RESTORE WITH", RESTORE_COMMAND),
-    ] {
-        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
-    }
+    assert_fields(
+        out,
+        &[
+            ("STATE", "failed"),
+            ("ERROR", MIGRATE_ERROR),
+            ("PRE-MIGRATION BACKUP", "a-pre"),
+            ("APPLIED", "0002_add_email (120ms)"),
+            ("ALREADY APPLIED", "1"),
+            ("PENDING", "0003_backfill (not reached)"),
+            ("FAILED FILE", "0003_backfill.sql"),
+            ("RESTORE WITH", RESTORE_COMMAND),
+        ],
+    );
     // Prominently, on stderr too: the exact command, on a line of its own.
     assert!(
         run.stderr.contains(
@@ -2446,7 +2426,7 @@ async fn a_failed_check_can_restore_the_pre_migration_backup() {
     );
     assert!(!out.contains("RESTORE WITH"), "{out}");
     assert!(!run.stderr.contains("warden restore"), "{}", run.stderr);
-    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    let sent = server.recorded.lock().migrates.clone();
     assert_eq!(
         sent[0]
             .migration
@@ -2476,7 +2456,7 @@ async fn command_migrations_show_the_output_tail() {
         out.contains("Migrated:  2026_11_01_create_users (12ms)"),
         "{out}"
     );
-    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    let sent = server.recorded.lock().migrates.clone();
     assert!(matches!(
         sent[0].migration.as_ref().and_then(|m| m.source.as_ref()),
         Some(v1::migration_request::Source::Command(name)) if name == "artisan"
@@ -2496,14 +2476,7 @@ async fn migrate_without_wait_says_how_to_follow() {
         run.stderr.trim(),
         "order o-migrate is queued: follow it with `warden order o-migrate --watch` or stop it with `warden cancel o-migrate`"
     );
-    assert!(
-        !server
-            .recorded
-            .lock()
-            .expect("lock")
-            .polls
-            .contains_key("o-migrate")
-    );
+    assert_eq!(server.polls("o-migrate"), 0);
 
     let held = warden(
         &server.url,
@@ -2518,7 +2491,7 @@ async fn migrate_without_wait_says_how_to_follow() {
         "{}",
         held.stderr
     );
-    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    let sent = server.recorded.lock().migrates.clone();
     assert!(sent[1].migration.as_ref().is_some_and(|m| m.no_wait));
 }
 
@@ -2581,7 +2554,7 @@ async fn bad_migration_directories_are_refused_before_sending() {
             assert!(run.stdout.is_empty(), "{}", run.stdout);
         }
     }
-    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+    assert!(server.recorded.lock().actors.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2630,7 +2603,7 @@ async fn migrate_flags_are_checked_before_sending() {
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
         assert!(run.stderr.starts_with(expected), "{args:?}: {}", run.stderr);
     }
-    assert!(server.recorded.lock().expect("lock").actors.is_empty());
+    assert!(server.recorded.lock().actors.is_empty());
 
     let run = warden(
         &server.url,
@@ -2647,7 +2620,7 @@ async fn migrate_flags_are_checked_before_sending() {
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    let sent = server.recorded.lock().migrates.clone();
     let migration = sent[0].migration.clone().expect("a migration");
     assert!(migration.emergency && migration.skip_safety_backup);
     assert_eq!(migration.reason, "hotfix");
@@ -2676,9 +2649,10 @@ async fn migrate_status_exits_two_when_an_applied_file_changed() {
         .skip_while(|line| !line.starts_with("STATUS"))
         .collect();
     assert!(rows.len() >= 5, "{out}");
-    for column in ["STATUS", "VERSION", "NAME", "APPLIED AT", "TOOK", "SHA256"] {
-        assert!(rows[0].contains(column), "{column} missing in {}", rows[0]);
-    }
+    assert_eq!(
+        columns(rows[0]),
+        "STATUS VERSION NAME APPLIED AT TOOK SHA256",
+    );
     // By version: the unknown 0000 first.
     assert!(
         rows[1].starts_with("unknown") && rows[1].contains("legacy"),
@@ -2704,7 +2678,7 @@ async fn migrate_status_exits_two_when_an_applied_file_changed() {
         out.contains("1 applied file changed since it was applied"),
         "{out}"
     );
-    let sent = server.recorded.lock().expect("lock").migrates.clone();
+    let sent = server.recorded.lock().migrates.clone();
     assert!(sent[0].status_only);
     assert_eq!(sent_versions(&sent[0]).len(), 3);
 
@@ -2714,23 +2688,17 @@ async fn migrate_status_exits_two_when_an_applied_file_changed() {
     )
     .await;
     assert_eq!(json.code, 2, "{}", json.stderr);
-    let applied = |version: &str, name: &str, duration_ms: u64| {
-        serde_json::json!({
-            "version": version, "name": name, "sha256": version.repeat(16),
-            "applied_at": "2026-11-26T21:30:05.250Z", "duration_ms": duration_ms
-        })
-    };
     assert_eq!(
         json.json(),
         serde_json::json!({
             "database": "pg1/shop",
             "order_id": "o-status",
-            "applied": [applied("0001", "create_users", 40)],
+            "applied": [applied_json("0001", "create_users", 40)],
             "pending": [{"version": "0003", "name": "backfill"}],
             "changed": [{"version": "0002", "name": "add_email",
                          "recorded_sha256": "0002".repeat(16),
                          "file_sha256": "ffee".repeat(16)}],
-            "unknown": [applied("0000", "legacy", 5)]
+            "unknown": [applied_json("0000", "legacy", 5)]
         })
     );
 
@@ -2769,22 +2737,7 @@ async fn migrate_status_exits_zero_when_nothing_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_waits_wave_by_wave() {
     let server = start(false).await;
-    let dir = good_migrations("rollout");
-    let run = warden(
-        &server.url,
-        &[
-            "migrate",
-            "--selector",
-            "env=prod",
-            "--dir",
-            &dir,
-            "--reason",
-            "release 42",
-            "--wait",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = release(&server, &["--selector", "env=prod"], "rollout").await;
     // Without a terminal, each change of the waves goes to stderr once.
     assert_eq!(
         run.stderr.lines().collect::<Vec<_>>(),
@@ -2797,45 +2750,33 @@ async fn rollout_waits_wave_by_wave() {
         run.stderr
     );
     let out = &run.stdout;
-    for (name, value) in [
-        ("ID", "r-1"),
-        ("STATE", "succeeded"),
-        ("SELECTOR", "env=prod"),
-        ("WAVE", "2 of 2"),
-        ("MIGRATION", "3 files, 0001 to 0003"),
-        ("WAVES", "1,100%"),
-        ("FILES", "0001_create_users, 0002_add_email, 0003_backfill"),
-        ("REASON", "release 42"),
-    ] {
-        assert_eq!(field(out, name).as_deref(), Some(value), "{name} in {out}");
-    }
+    assert_fields(
+        out,
+        &[
+            ("ID", "r-1"),
+            ("STATE", "succeeded"),
+            ("SELECTOR", "env=prod"),
+            ("WAVE", "2 of 2"),
+            ("MIGRATION", "3 files, 0001 to 0003"),
+            ("WAVES", "1,100%"),
+            ("FILES", "0001_create_users, 0002_add_email, 0003_backfill"),
+            ("REASON", "release 42"),
+        ],
+    );
     let targets: Vec<&str> = out
         .lines()
         .skip_while(|line| !line.starts_with("WAVE  DATABASE"))
         .collect();
     assert_eq!(targets.len(), 4, "{out}");
-    for column in [
-        "DATABASE",
-        "STATE",
-        "ORDER",
-        "PRE-MIGRATION BACKUP",
-        "APPLIED",
-        "ERROR",
-    ] {
-        assert!(
-            targets[0].contains(column),
-            "{column} missing in {}",
-            targets[0]
-        );
-    }
-    for cell in ["1", "pg1/shop", "succeeded", "o-r1", "a-pre", "0002, 0003"] {
-        assert!(
-            targets[1].contains(cell),
-            "{cell} missing in {}",
-            targets[1]
-        );
-    }
-    let sent = server.recorded.lock().expect("lock").rollouts.clone();
+    assert_eq!(
+        columns(targets[0]),
+        "WAVE DATABASE STATE ORDER PRE-MIGRATION BACKUP APPLIED ERROR",
+    );
+    assert_has_all(
+        targets[1],
+        &["1", "pg1/shop", "succeeded", "o-r1", "a-pre", "0002, 0003"],
+    );
+    let sent = server.recorded.lock().rollouts.clone();
     assert_eq!(sent[0].selector, "env=prod");
     assert_eq!(sent[0].waves, "1,25%,100%");
     let migration = sent[0].migration.clone().expect("a migration");
@@ -2889,20 +2830,13 @@ async fn rollout_json_shape_and_waves() {
             ]
         })
     );
-    let sent = server.recorded.lock().expect("lock").rollouts.clone();
+    let sent = server.recorded.lock().rollouts.clone();
     assert_eq!(sent[0].waves, "1,100%");
     assert!(matches!(
         sent[0].migration.as_ref().and_then(|m| m.source.as_ref()),
         Some(v1::migration_request::Source::Command(name)) if name == "artisan"
     ));
-    assert!(
-        !server
-            .recorded
-            .lock()
-            .expect("lock")
-            .polls
-            .contains_key("r-1")
-    );
+    assert_eq!(server.polls("r-1"), 0);
     let unknown = warden(
         &server.url,
         &[
@@ -2937,9 +2871,10 @@ async fn a_halted_rollout_exits_one_and_shows_where_each_database_stands() {
         .lines()
         .find(|line| line.starts_with("1 ") && line.contains("pg1/broken"))
         .unwrap_or_else(|| panic!("no row of pg1/broken in {out}"));
-    for cell in ["failed", "o-migrate-fail", "a-pre", "0002", MIGRATE_ERROR] {
-        assert!(failed.contains(cell), "{cell} missing in {failed}");
-    }
+    assert_has_all(
+        failed,
+        &["failed", "o-migrate-fail", "a-pre", "0002", MIGRATE_ERROR],
+    );
     assert!(
         out.lines()
             .any(|line| line.contains("pg2/shop") && line.contains("skipped")),
@@ -2969,40 +2904,30 @@ async fn rollouts_list_one_row_each() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", run.stdout);
-    for column in [
-        "ID",
-        "STATE",
-        "SELECTOR",
-        "WAVE",
-        "MIGRATION",
-        "CREATED",
-        "REQUESTED BY",
-        "DATABASES",
-    ] {
-        assert!(
-            lines[0].contains(column),
-            "{column} missing in {}",
-            lines[0]
-        );
-    }
-    for cell in [
-        "r-halt",
-        "halted",
-        "env=prod",
-        "1 of 2",
-        "1 failed, 1 skipped",
-    ] {
-        assert!(lines[1].contains(cell), "{cell} missing in {}", lines[1]);
-    }
-    for cell in [
-        "r-1",
-        "succeeded",
-        "2 of 2",
-        "3 files, 0001 to 0003",
-        "3 succeeded",
-    ] {
-        assert!(lines[2].contains(cell), "{cell} missing in {}", lines[2]);
-    }
+    assert_eq!(
+        columns(lines[0]),
+        "ID STATE SELECTOR WAVE MIGRATION CREATED REQUESTED BY DATABASES",
+    );
+    assert_has_all(
+        lines[1],
+        &[
+            "r-halt",
+            "halted",
+            "env=prod",
+            "1 of 2",
+            "1 failed, 1 skipped",
+        ],
+    );
+    assert_has_all(
+        lines[2],
+        &[
+            "r-1",
+            "succeeded",
+            "2 of 2",
+            "3 files, 0001 to 0003",
+            "3 succeeded",
+        ],
+    );
     let json = warden(&server.url, &["rollouts", "--json"]).await.json();
     assert_eq!(json.as_array().map(Vec::len), Some(2));
     assert_eq!(json[1]["state"], "succeeded");

@@ -1,6 +1,7 @@
 //! The coordinator over real gRPC on loopback, with a scripted agent: dispatch, results,
 //! reconciliation after an agent restart, fencing, refusals and the audit chain.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -1965,5 +1966,549 @@ async fn a_rollout_succeeds_when_its_last_wave_does_and_a_cancel_halts_another()
     assert_eq!(halted.state, "halted");
     assert!(halted.error.starts_with("a1/app: "), "{halted:?}");
     assert_eq!(halted.targets[1].state, "skipped");
+    assert_chain_intact(&mut admin).await;
+}
+
+/// A migration's success: it applied `applied` and found `already` recorded, by checksum.
+fn sql_result(
+    order_id: &str,
+    applied: &[&pb::MigrationFile],
+    already: &[&pb::MigrationFile],
+) -> pb::OrderResult {
+    let rows = |files: &[&pb::MigrationFile]| {
+        files
+            .iter()
+            .map(|f| pb::AppliedMigration {
+                version: f.version.clone(),
+                name: f.name.clone(),
+                sha256: f.sha256.clone(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    pb::OrderResult {
+        order_id: order_id.to_owned(),
+        success: true,
+        outcome: Some(pb::order_result::Outcome::Migrate(pb::MigrateOutcome {
+            applied: rows(applied),
+            already_applied: rows(already),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The migration files of an order as an operator sees it.
+fn order_files(order: &pb::Order) -> Vec<pb::MigrationFile> {
+    match order.spec.clone().and_then(|s| s.params) {
+        Some(pb::order_spec::Params::Migrate(pb::MigrateParams {
+            source: Some(pb::migrate_params::Source::Sql(sql)),
+            ..
+        })) => sql.files,
+        other => panic!("expected SQL migration files, got {other:?}"),
+    }
+}
+
+async fn order_count(admin: &mut AdminServiceClient<Channel>) -> usize {
+    admin
+        .list_orders(pb::ListOrdersRequest::default())
+        .await
+        .expect("orders")
+        .into_inner()
+        .orders
+        .len()
+}
+
+async fn open_window(admin: &mut AdminServiceClient<Channel>, limits: &str) {
+    let now = chrono::Utc::now();
+    apply(
+        admin,
+        once_window(
+            "maintenance",
+            now - chrono::TimeDelta::hours(1),
+            now + chrono::TimeDelta::hours(1),
+            limits,
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_guard_checks_only_files_not_known_applied_and_the_agent_gets_the_sql_deny_list() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut p1 = harness
+        .connect(hello(
+            "p1",
+            &[("env", "prod")],
+            vec![database("shop", vec![])],
+        ))
+        .await;
+    let mut p2 = harness
+        .connect(hello(
+            "p2",
+            &[("env", "prod")],
+            vec![database("shop", vec![])],
+        ))
+        .await;
+    let _beats = (p1.keep_alive(), p2.keep_alive());
+    open_window(&mut admin, "").await;
+    let init = migration_file(
+        "0001_init.sql",
+        "DROP SCHEMA IF EXISTS app CASCADE; CREATE SCHEMA app;",
+    );
+    let add = migration_file("0002_add.sql", "CREATE TABLE app.t (id int);");
+
+    // The init file went in by breaking glass: the agent got no deny list.
+    let first = admin
+        .submit_migrate(migrate(
+            "p1/shop",
+            pb::MigrationRequest {
+                emergency: true,
+                skip_safety_backup: true,
+                reason: "bootstrap".to_owned(),
+                ..sql_migration(vec![init.clone()])
+            },
+        ))
+        .await
+        .expect("emergency")
+        .into_inner();
+    let assignment = p1.next_order().await;
+    assert_eq!(assignment.order_id, first.id);
+    let params = migrate_params(&assignment);
+    assert!(
+        params.deny_sql.is_empty() && params.deny_commands.is_empty(),
+        "{params:?}"
+    );
+    p1.send(agent_message::Msg::Result(sql_result(
+        &first.id,
+        &[&init],
+        &[],
+    )))
+    .await;
+    wait_state(&mut admin, &first.id, pb::OrderState::Succeeded).await;
+
+    // The next migration sends the init file again: known applied on p1, so not checked.
+    let second = admin
+        .submit_migrate(migrate(
+            "p1/shop",
+            sql_migration(vec![init.clone(), add.clone()]),
+        ))
+        .await
+        .expect("the init file is known applied")
+        .into_inner();
+    take_pre_migration_backup(&mut p1, "shop").await;
+    let assignment = p1.next_order().await;
+    assert_eq!(assignment.order_id, second.id);
+    let params = migrate_params(&assignment);
+    // The agent checks what is really pending against the whole guard.
+    for pattern in ["DROP SCHEMA ... CASCADE", "TRUNCATE", "DROP DATABASE"] {
+        assert!(
+            params.deny_sql.iter().any(|p| p == pattern),
+            "{pattern}: {params:?}"
+        );
+    }
+    assert!(
+        params.deny_commands.iter().any(|c| c == "migrate:fresh"),
+        "{params:?}"
+    );
+    p1.send(agent_message::Msg::Result(sql_result(
+        &second.id,
+        &[&add],
+        &[&init],
+    )))
+    .await;
+    wait_state(&mut admin, &second.id, pb::OrderState::Succeeded).await;
+
+    // Elsewhere, or edited, the same file is checked, refused, and nothing is queued.
+    let before = order_count(&mut admin).await;
+    let refused = admin
+        .submit_migrate(migrate(
+            "p2/shop",
+            sql_migration(vec![init.clone(), add.clone()]),
+        ))
+        .await
+        .expect_err("p2 never applied it");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("0001_init.sql"),
+        "{}",
+        refused.message()
+    );
+    let edited = migration_file("0001_init.sql", "DROP SCHEMA app CASCADE;");
+    let refused = admin
+        .submit_migrate(migrate("p1/shop", sql_migration(vec![edited, add.clone()])))
+        .await
+        .expect_err("another file under the same version");
+    assert!(
+        refused.message().contains("0001_init.sql"),
+        "{}",
+        refused.message()
+    );
+    let rollout_request = pb::SubmitRolloutRequest {
+        selector: "env=prod".to_owned(),
+        migration: Some(sql_migration(vec![init.clone(), add.clone()])),
+        waves: String::new(),
+    };
+    let refused = admin
+        .submit_rollout(rollout_request.clone())
+        .await
+        .expect_err("p2 cannot take it");
+    assert!(
+        refused.message().contains("1 of the 2 databases")
+            && refused.message().contains("p2/shop: 0001_init.sql")
+            && !refused.message().contains("p1/shop"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        order_count(&mut admin).await,
+        before,
+        "a refusal queued orders"
+    );
+
+    // A status check's report counts too: it found the init file recorded on p2.
+    let status = admin
+        .submit_migrate(pb::SubmitMigrateRequest {
+            status_only: true,
+            ..migrate("p2/shop", sql_migration(vec![init.clone()]))
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(p2.next_order().await.order_id, status.id);
+    p2.send(agent_message::Msg::Result(sql_result(
+        &status.id,
+        &[],
+        &[&init],
+    )))
+    .await;
+    wait_state(&mut admin, &status.id, pb::OrderState::Succeeded).await;
+
+    // Now the rollout passes on both, and each agent gets the guard with its order.
+    let started = admin
+        .submit_rollout(rollout_request)
+        .await
+        .expect("both know the init file applied")
+        .into_inner();
+    for agent in [&mut p1, &mut p2] {
+        take_pre_migration_backup(agent, "shop").await;
+        let params = migrate_params(&agent.next_order().await);
+        assert_eq!(params.rollout_id, started.id);
+        assert!(
+            params
+                .deny_sql
+                .iter()
+                .any(|p| p == "DROP SCHEMA ... CASCADE"),
+            "{params:?}"
+        );
+    }
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn operators_never_see_migration_sql_and_two_mib_of_it_reach_the_agent() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    // As much SQL as one order may carry, in one file.
+    let head = "CREATE TABLE big (id int);\n-- ";
+    let size = warden_shared::migration::MAX_MIGRATION_BYTES;
+    let sql = format!("{head}{}", "x".repeat(size - head.len()));
+    let file = migration_file("0001_big.sql", &sql);
+    let order = admin
+        .submit_migrate(pb::SubmitMigrateRequest {
+            status_only: true,
+            ..migrate("a1/app", sql_migration(vec![file.clone()]))
+        })
+        .await
+        .expect("2 MiB of SQL is accepted")
+        .into_inner();
+    let stripped = |order: &pb::Order| {
+        let files = order_files(order);
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            (
+                files[0].version.as_str(),
+                files[0].name.as_str(),
+                files[0].sha256.as_str()
+            ),
+            ("0001", "big", file.sha256.as_str())
+        );
+        assert!(files[0].sql.is_empty(), "SQL shown to an operator");
+    };
+    stripped(&order);
+
+    // The agent's assignment carries it whole.
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, order.id);
+    match migrate_params(&assignment).source {
+        Some(pb::migrate_params::Source::Sql(sql)) => {
+            assert_eq!(sql.files[0].sql.len(), size);
+            assert_eq!(sql.files[0].sha256, file.sha256);
+        }
+        other => panic!("{other:?}"),
+    }
+    stripped(
+        &admin
+            .get_order(pb::GetOrderRequest {
+                id: order.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner(),
+    );
+    let listed = admin
+        .list_orders(pb::ListOrdersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .orders;
+    stripped(listed.iter().find(|o| o.id == order.id).expect("listed"));
+    agent
+        .send(agent_message::Msg::Result(sql_result(&order.id, &[], &[])))
+        .await;
+    wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
+}
+
+#[tokio::test]
+async fn a_safety_backup_taken_before_another_migration_of_the_database_ran_is_taken_again() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let _beats = agent.keep_alive();
+    open_window(&mut admin, "").await;
+    let a = migration_file("0001_a.sql", "CREATE TABLE a (id int);");
+    let b = migration_file("0002_b.sql", "CREATE TABLE b (id int);");
+    let m1 = admin
+        .submit_migrate(migrate("a1/app", sql_migration(vec![a.clone()])))
+        .await
+        .expect("m1")
+        .into_inner();
+    let m2 = admin
+        .submit_migrate(migrate("a1/app", sql_migration(vec![a.clone(), b])))
+        .await
+        .expect("m2")
+        .into_inner();
+    // Both backups run before either migration: m2's shows the database before m1.
+    let artifact_1 = take_pre_migration_backup(&mut agent, "app").await;
+    let artifact_2 = take_pre_migration_backup(&mut agent, "app").await;
+    let first = agent.next_order().await;
+    assert_eq!(first.order_id, m1.id);
+    assert_eq!(
+        migrate_params(&first).pre_migration.map(|p| p.artifact_id),
+        Some(artifact_1)
+    );
+    // So m2 drops its backup, and takes none while m1 runs.
+    let waiting = wait_state(&mut admin, &m2.id, pb::OrderState::Held).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut waiting = waiting;
+    while !waiting
+        .phase
+        .contains(&format!("waiting for order {}", m1.id))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{waiting:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiting = wait_state(&mut admin, &m2.id, pb::OrderState::Held).await;
+    }
+    assert!(waiting.safety_backup_order_id.is_empty(), "{waiting:?}");
+    let discarded = audit_events(&mut admin, "order.safety_backup_discarded").await;
+    assert_eq!(discarded.len(), 1, "{discarded:#?}");
+    let params: serde_json::Value = serde_json::from_str(&discarded[0].params_json).expect("json");
+    assert_eq!(params["order_id"], serde_json::json!(m2.id));
+    assert!(
+        params["why"]
+            .as_str()
+            .is_some_and(|why| why.contains(&format!("predates order {}", m1.id))),
+        "{params}"
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(500), agent.next_order()).await;
+    assert!(
+        quiet.is_err(),
+        "a backup was taken while m1 runs: {quiet:?}"
+    );
+
+    // Once m1 ended, m2 takes a new backup and carries it, never the stale one.
+    agent
+        .send(agent_message::Msg::Result(sql_result(&m1.id, &[&a], &[])))
+        .await;
+    let artifact_3 = take_pre_migration_backup(&mut agent, "app").await;
+    let second = agent.next_order().await;
+    assert_eq!(second.order_id, m2.id);
+    let carried = migrate_params(&second).pre_migration.map(|p| p.artifact_id);
+    assert_eq!(carried, Some(artifact_3));
+    assert_ne!(carried, Some(artifact_2));
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn a_pre_migration_artifact_no_longer_complete_at_dispatch_is_taken_again() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness
+        .connect(hello(
+            "a1",
+            &[("env", "test")],
+            vec![database("app", vec![]), database("other", vec![])],
+        ))
+        .await;
+    let _beats = agent.keep_alive();
+    open_window(&mut admin, "").await;
+    let order = admin
+        .submit_migrate(migrate(
+            "a1/app",
+            sql_migration(vec![migration_file(
+                "0001_a.sql",
+                "CREATE TABLE a (id int);",
+            )]),
+        ))
+        .await
+        .expect("migrate")
+        .into_inner();
+    let safety = agent.next_order().await;
+    let busy = admin
+        .submit_backup(pb::SubmitBackupRequest {
+            database: "a1/other".to_owned(),
+            reason: "busy".to_owned(),
+        })
+        .await
+        .expect("backup")
+        .into_inner();
+    assert_eq!(agent.next_order().await.order_id, busy.id);
+    // One order per agent from now: the migration binds its backup, then waits for a slot.
+    open_window(&mut admin, "[limits]\nper_agent = 1\n").await;
+    let artifact_id = uuid::Uuid::now_v7().to_string();
+    agent
+        .send(agent_message::Msg::Result(verified_backup_result(
+            &safety.order_id,
+            &artifact_id,
+            true,
+        )))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let held = wait_state(&mut admin, &order.id, pb::OrderState::Held).await;
+        if held.phase.contains("limits.per_agent") {
+            let bound = match held.spec.and_then(|s| s.params) {
+                Some(pb::order_spec::Params::Migrate(params)) => params.pre_migration,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(bound.map(|p| p.artifact_id), Some(artifact_id.clone()));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{held:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Retention expires that artifact meanwhile.
+    let store = warden_coordinator::store::Store::open(&format!(
+        "sqlite://{}/warden.db",
+        harness.dir.path().display()
+    ))
+    .await
+    .expect("store");
+    let mut tx = store.begin().await.expect("begin");
+    warden_coordinator::store::Store::expire_artifact(&mut tx, &artifact_id, 1, "test")
+        .await
+        .expect("expire");
+    tx.commit().await.expect("commit");
+
+    // The slot frees up: the migration takes a new backup and carries that one.
+    agent
+        .send(agent_message::Msg::Result(backup_result(
+            &busy.id,
+            &uuid::Uuid::now_v7().to_string(),
+        )))
+        .await;
+    let fresh = take_pre_migration_backup(&mut agent, "app").await;
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, order.id);
+    assert_eq!(
+        migrate_params(&assignment)
+            .pre_migration
+            .map(|p| p.artifact_id),
+        Some(fresh)
+    );
+    let discarded = audit_events(&mut admin, "order.safety_backup_discarded").await;
+    assert_eq!(discarded.len(), 1, "{discarded:#?}");
+    assert!(
+        discarded[0]
+            .params_json
+            .contains(&format!("artifact {artifact_id}, is expired now")),
+        "{discarded:#?}"
+    );
+    assert_chain_intact(&mut admin).await;
+}
+
+#[tokio::test]
+async fn orders_of_a_rollout_halted_later_in_the_same_dispatch_pass_are_cancelled_not_sent() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let databases = || vec![database("app", vec![]), database("shop", vec![])];
+    let mut agent = harness
+        .connect(hello("a1", &[("env", "test")], databases()))
+        .await;
+    open_window(&mut admin, "").await;
+    let started = admin
+        .submit_rollout(pb::SubmitRolloutRequest {
+            selector: "env=test".to_owned(),
+            migration: Some(sql_migration(vec![migration_file(
+                "0001_a.sql",
+                "CREATE TABLE a (id int);",
+            )])),
+            waves: String::new(),
+        })
+        .await
+        .expect("rollout")
+        .into_inner();
+    let mut backups = HashMap::new();
+    for _ in 0..2 {
+        let backup = agent.next_order().await;
+        backups.insert(backup.database.clone(), backup.order_id);
+    }
+    // The agent comes back with both results at once, so one dispatch pass sees the
+    // migration of app ready (its backup succeeded) and then the one of shop failing (its
+    // backup failed), which halts the rollout.
+    let failed = pb::OrderResult {
+        order_id: backups["shop"].clone(),
+        error: "disk full".to_owned(),
+        ..Default::default()
+    };
+    let mut agent = {
+        drop(agent);
+        harness
+            .connect(pb::Hello {
+                unacknowledged_results: vec![
+                    verified_backup_result(
+                        &backups["app"],
+                        &uuid::Uuid::now_v7().to_string(),
+                        true,
+                    ),
+                    failed,
+                ],
+                ..hello("a1", &[("env", "test")], databases())
+            })
+            .await
+    };
+    let _beats = agent.keep_alive();
+    let sent = tokio::time::timeout(Duration::from_millis(1500), agent.next_order()).await;
+    assert!(
+        sent.is_err(),
+        "an order of a halted rollout was sent: {sent:?}"
+    );
+    let halted = rollout(&mut admin, &started.id).await;
+    assert_eq!(halted.state, "halted", "{halted:?}");
+    let states: Vec<(&str, &str)> = halted
+        .targets
+        .iter()
+        .map(|t| (t.database.as_str(), t.state.as_str()))
+        .collect();
+    assert_eq!(states, [("a1/app", "cancelled"), ("a1/shop", "failed")]);
+    assert!(
+        halted.targets[0]
+            .error
+            .contains("halted before this order was sent"),
+        "{halted:?}"
+    );
     assert_chain_intact(&mut admin).await;
 }

@@ -9,7 +9,11 @@
 //!    Once a window opened for a destructive order it has until that window closes to start;
 //!    after that it expires, never late;
 //! 3. it is destructive and its safety backup has not succeeded yet (it is taken first; a
-//!    migration's is its pre-migration backup, which the migration then carries);
+//!    migration's is its pre-migration backup, which the migration then carries). A safety
+//!    backup must show the database as the order will change it: one is not taken while
+//!    another destructive order of the database runs, and one that started before another
+//!    destructive order of the database ran (or runs now) is discarded and taken again, as is
+//!    a pre-migration backup whose artifact is no longer complete;
 //! 4. its agent is offline;
 //! 5. another backup, restore or migration holds its database (for a drill: another drill
 //!    of it);
@@ -20,16 +24,17 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use warden_proto::v1::CoordinatorMessage;
 use warden_shared::{ArtifactPointer, Labels, OrderKind, OrderSpec, OrderState};
 
 use super::policy::{database_labels, window_refusal};
 use super::{
     Fleet, assignment, change_state, format_unix_ms, insert_order, is_exclusive, transition,
 };
-use crate::audit::Actor;
+use crate::audit::{Actor, NewAuditEvent};
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::policy::{self, Limits};
-use crate::store::{OrderRecord, Store, StoreError, WriteTx};
+use crate::store::{OrderRecord, RolloutState, Store, StoreError, WriteTx};
 
 /// What a pass decided for one order.
 enum Decision {
@@ -42,6 +47,15 @@ enum Decision {
     Fail(String),
     /// Left as it is (an offline agent's order keeps its state and reason).
     Skip,
+}
+
+/// An order a pass dispatched, to send once the pass committed.
+struct Outgoing {
+    order_id: String,
+    agent: String,
+    /// The rollout it belongs to, if any.
+    rollout_id: Option<String>,
+    message: CoordinatorMessage,
 }
 
 /// Counts of what runs now, updated as the pass dispatches.
@@ -147,12 +161,17 @@ impl Fleet {
                     order.phase.clear();
                     order.held_until_unix_ms = 0;
                     let mut params = json!({ "attempt": order.attempts });
+                    let mut rollout_id = None;
                     if let Ok(OrderSpec::Migrate {
-                        pre_migration: Some(artifact),
+                        pre_migration,
+                        rollout_id: rollout,
                         ..
                     }) = order.spec()
                     {
-                        params["pre_migration_artifact_id"] = json!(artifact.artifact_id);
+                        if let Some(artifact) = pre_migration {
+                            params["pre_migration_artifact_id"] = json!(artifact.artifact_id);
+                        }
+                        rollout_id = rollout;
                     }
                     transition(
                         &mut tx,
@@ -162,7 +181,12 @@ impl Fleet {
                         params,
                     )
                     .await?;
-                    assignments.push((order.agent.clone(), assignment(&order)?));
+                    assignments.push(Outgoing {
+                        order_id: order.id.clone(),
+                        agent: order.agent.clone(),
+                        rollout_id,
+                        message: assignment(&order)?,
+                    });
                 }
                 Decision::Hold {
                     reason,
@@ -202,13 +226,16 @@ impl Fleet {
                 }
             }
         }
+        // An order that expired or failed late in the pass may have halted its rollout after
+        // the pass dispatched other orders of it: those never leave.
+        let assignments = withdraw_halted(&mut tx, assignments, now.timestamp_millis()).await?;
         tx.commit().await?;
         for order in &failed {
             self.alert_if_failed(order);
         }
-        for (agent, message) in assignments {
+        for outgoing in assignments {
             // If the session vanished meanwhile, the reaper or the next Hello reconciles.
-            self.registry.send(&agent, message);
+            self.registry.send(&outgoing.agent, outgoing.message);
         }
         Ok(created)
     }
@@ -276,6 +303,33 @@ impl Fleet {
                 order.kind
             )));
         }
+        // A migration carries its pre-migration backup from the pass that bound it; if that
+        // artifact is no longer complete (expired by retention, condemned by a drill), the
+        // agent could not restore it: a new backup is taken, as if none had been. That is as
+        // safe as failing (nothing ran yet) and needs no operator.
+        let mut note = None;
+        if let OrderSpec::Migrate {
+            pre_migration: Some(pointer),
+            ..
+        } = &spec
+        {
+            let state = Store::artifact_state(tx, &pointer.artifact_id).await?;
+            if state.as_deref() != Some("complete") {
+                let state = state.unwrap_or_else(|| "missing from the catalog".to_owned());
+                if order.skip_safety_backup {
+                    return Ok(Decision::Fail(format!(
+                        "its pre-migration backup, artifact {}, is {state} now, and it may not take another (--skip-safety-backup); nothing was changed. Submit the migration again",
+                        pointer.artifact_id
+                    )));
+                }
+                let why = format!(
+                    "its pre-migration backup, artifact {}, is {state} now; taking a new one",
+                    pointer.artifact_id
+                );
+                discard_safety_backup(tx, order, &mut spec, &why).await?;
+                note = Some(why);
+            }
+        }
         // Nothing is started for an offline agent, not even a safety backup: the order may
         // still expire or be cancelled before the agent is back.
         if !self.registry.is_online(&order.agent) {
@@ -288,13 +342,13 @@ impl Fleet {
                 }
             });
         }
-        if destructive && !order.skip_safety_backup {
-            if let Some(decision) = self.safety_backup(tx, order, &spec, created).await? {
-                return Ok(decision);
-            }
-            if let Some(decision) = carry_pre_migration(tx, order, &mut spec).await? {
-                return Ok(decision);
-            }
+        if destructive
+            && !order.skip_safety_backup
+            && let Some(decision) = self
+                .safety_backup(tx, order, &mut spec, created, note)
+                .await?
+        {
+            return Ok(decision);
         }
         if is_exclusive(order)
             && let Some(holder) = running
@@ -339,74 +393,148 @@ impl Fleet {
     }
 
     /// Takes the safety backup a destructive order needs first (a migration's is triggered
-    /// `pre-migration`, a restore's `safety`). Returns a decision when the order cannot go on
-    /// yet (or never will), `None` once the backup succeeded.
+    /// `pre-migration`, a restore's `safety`), and ties a migration to the artifact it
+    /// produced. Returns a decision when the order cannot go on yet (or never will), `None`
+    /// once the backup succeeded and still shows the database as the order will change it.
+    /// `note` says why a previous backup was discarded, for the hold reason.
     async fn safety_backup(
         &self,
         tx: &mut WriteTx,
         order: &mut OrderRecord,
-        spec: &OrderSpec,
+        spec: &mut OrderSpec,
         created: &mut bool,
+        mut note: Option<String>,
     ) -> CoordinatorResult<Option<Decision>> {
-        if order.safety_order_id.is_empty() {
-            let trigger = match spec {
-                OrderSpec::Migrate { .. } => "pre-migration",
-                _ => "safety",
+        if !order.safety_order_id.is_empty() {
+            let Some(backup) = Store::order_for_update(tx, &order.safety_order_id).await? else {
+                return Ok(Some(Decision::Fail(format!(
+                    "its safety backup {} is missing from the store",
+                    order.safety_order_id
+                ))));
             };
-            let backup = OrderRecord::new(
-                &order.agent,
-                &order.database,
-                &OrderSpec::Backup {
-                    trigger: trigger.to_owned(),
-                    verify: true,
-                },
-                &Actor::System.to_string(),
-                &format!("{SAFETY_REASON}{}", order.id),
-            );
-            insert_order(tx, &Actor::System, &backup).await?;
-            order.safety_order_id = backup.id.clone();
-            Store::save_order(tx, order).await?;
-            *created = true;
-            return Ok(Some(waiting_for_safety(&backup.id)));
-        }
-        let Some(backup) = Store::order_for_update(tx, &order.safety_order_id).await? else {
-            return Ok(Some(Decision::Fail(format!(
-                "its safety backup {} is missing from the store",
-                order.safety_order_id
-            ))));
-        };
-        let retried_lost = backup.state == OrderState::Lost
-            && backup.attempts < i64::from(self.settings.max_attempts);
-        Ok(match backup.state {
-            OrderState::Succeeded => None,
-            OrderState::Failed | OrderState::Cancelled | OrderState::Expired | OrderState::Lost
-                if !retried_lost =>
-            {
-                Some(Decision::Fail(format!(
-                    "its safety backup {} ended {}: {}; nothing was changed. Retry, or go without one with --emergency --reason \"...\" --skip-safety-backup",
-                    backup.id, backup.state, backup.error
-                )))
+            let retried_lost = backup.state == OrderState::Lost
+                && backup.attempts < i64::from(self.settings.max_attempts);
+            match backup.state {
+                OrderState::Succeeded => {
+                    let stale = match changed_after(tx, order, &backup).await? {
+                        Some(later) => format!(
+                            "its safety backup {} predates order {later}, which changed this database or may have; taking a new one",
+                            backup.id
+                        ),
+                        None => match carry_pre_migration(tx, order, spec).await? {
+                            Carry::Ready => return Ok(None),
+                            Carry::Fail(why) => return Ok(Some(Decision::Fail(why))),
+                            Carry::Retake(why) => why,
+                        },
+                    };
+                    discard_safety_backup(tx, order, spec, &stale).await?;
+                    note = Some(stale);
+                }
+                OrderState::Failed
+                | OrderState::Cancelled
+                | OrderState::Expired
+                | OrderState::Lost
+                    if !retried_lost =>
+                {
+                    return Ok(Some(Decision::Fail(format!(
+                        "its safety backup {} ended {}: {}; nothing was changed. Retry, or go without one with --emergency --reason \"...\" --skip-safety-backup",
+                        backup.id, backup.state, backup.error
+                    ))));
+                }
+                _ => return Ok(Some(waiting_for_safety(&backup.id, note))),
             }
-            _ => Some(waiting_for_safety(&backup.id)),
-        })
+        }
+        // A backup taken now would predate the destructive order that holds the database.
+        if let Some(holder) = changed_after_or_running(tx, order, i64::MAX).await? {
+            let wait = format!(
+                "waiting for order {holder} on this database before taking its safety backup"
+            );
+            return Ok(Some(Decision::Hold {
+                reason: note.map_or(wait.clone(), |note| format!("{note}; {wait}")),
+                until_unix_ms: 0,
+            }));
+        }
+        let trigger = match spec {
+            OrderSpec::Migrate { .. } => "pre-migration",
+            _ => "safety",
+        };
+        let backup = OrderRecord::new(
+            &order.agent,
+            &order.database,
+            &OrderSpec::Backup {
+                trigger: trigger.to_owned(),
+                verify: true,
+            },
+            &Actor::System.to_string(),
+            &format!("{SAFETY_REASON}{}", order.id),
+        );
+        insert_order(tx, &Actor::System, &backup).await?;
+        order.safety_order_id = backup.id.clone();
+        Store::save_order(tx, order).await?;
+        *created = true;
+        Ok(Some(waiting_for_safety(&backup.id, note)))
     }
+}
+
+/// The destructive order (restore --replace, or a migration that applies) of `order`'s
+/// database that changed it, or may have, after its safety backup `backup` started: one that
+/// an agent holds now, or that an agent had and that ended since.
+async fn changed_after(
+    tx: &mut WriteTx,
+    order: &OrderRecord,
+    backup: &OrderRecord,
+) -> CoordinatorResult<Option<String>> {
+    // Without a start recorded, the backup's creation is the earliest it could have started.
+    let started = if backup.started_unix_ms > 0 {
+        backup.started_unix_ms
+    } else {
+        backup.created_unix_ms
+    };
+    changed_after_or_running(tx, order, started).await
+}
+
+/// The destructive order of `order`'s database (other than it) that an agent holds now, or
+/// that an agent had and that ended at or after `since_unix_ms` (`i64::MAX`: held now only).
+async fn changed_after_or_running(
+    tx: &mut WriteTx,
+    order: &OrderRecord,
+    since_unix_ms: i64,
+) -> CoordinatorResult<Option<String>> {
+    let orders =
+        Store::database_changes_since(tx, &order.agent, &order.database, &order.id, since_unix_ms)
+            .await?;
+    // A spec that no longer reads counts as destructive: the doubt goes to a new backup.
+    Ok(orders
+        .into_iter()
+        .find(|o| o.spec().map_or(true, |spec| spec.is_destructive()))
+        .map(|o| o.id))
+}
+
+/// Whether a destructive order may go on with its succeeded safety backup.
+enum Carry {
+    /// Yes (a migration carries the backup's artifact from now on).
+    Ready,
+    /// No: take a new backup, for this reason.
+    Retake(String),
+    /// No: the order fails, for this reason.
+    Fail(String),
 }
 
 /// Ties a migration to the artifact its pre-migration backup produced, once that backup
 /// succeeded: the order's spec carries it from now on (saved with the order's next change),
-/// so the agent can restore it and the audit log names it. Returns a decision when the
-/// artifact cannot be used.
+/// so the agent can restore it and the audit log names it. An artifact no longer complete
+/// is taken again; a backup that left none fails the migration.
 async fn carry_pre_migration(
     tx: &mut WriteTx,
     order: &mut OrderRecord,
     spec: &mut OrderSpec,
-) -> CoordinatorResult<Option<Decision>> {
+) -> CoordinatorResult<Carry> {
     let OrderSpec::Migrate {
         pre_migration: pre_migration @ None,
         ..
     } = spec
     else {
-        return Ok(None);
+        return Ok(Carry::Ready);
     };
     let artifact = Store::artifact_of_order(tx, &order.safety_order_id).await?;
     match artifact {
@@ -416,23 +544,113 @@ async fn carry_pre_migration(
                 artifact_path: artifact.path,
                 sha256: artifact.sha256,
             });
-            order.spec_json = serde_json::to_string(spec).map_err(|e| {
-                CoordinatorError::Store(StoreError::Corrupt {
-                    what: "order spec",
-                    why: format!("order {}: {e}", order.id),
-                })
-            })?;
-            Ok(None)
+            set_spec(order, spec)?;
+            Ok(Carry::Ready)
         }
-        other => Ok(Some(Decision::Fail(format!(
-            "its pre-migration backup {} left no complete artifact ({}); nothing was changed. Submit the migration again",
-            order.safety_order_id,
-            other.map_or_else(
-                || "none in the catalog".to_owned(),
-                |a| format!("artifact {} is {}", a.id, a.state)
-            )
-        )))),
+        Some(artifact) => Ok(Carry::Retake(format!(
+            "its pre-migration backup {} produced artifact {}, which is {} now; taking a new one",
+            order.safety_order_id, artifact.id, artifact.state
+        ))),
+        None => Ok(Carry::Fail(format!(
+            "its pre-migration backup {} left no complete artifact (none in the catalog); nothing was changed. Submit the migration again",
+            order.safety_order_id
+        ))),
     }
+}
+
+/// Forgets the safety backup of a destructive order (and the artifact a migration carried
+/// from it), audited with why; the dispatcher takes a new one.
+async fn discard_safety_backup(
+    tx: &mut WriteTx,
+    order: &mut OrderRecord,
+    spec: &mut OrderSpec,
+    why: &str,
+) -> CoordinatorResult<()> {
+    let backup_id = std::mem::take(&mut order.safety_order_id);
+    let mut artifact_id = None;
+    if let OrderSpec::Migrate { pre_migration, .. } = spec {
+        artifact_id = pre_migration.take().map(|p| p.artifact_id);
+        set_spec(order, spec)?;
+    }
+    order.updated_unix_ms = warden_shared::now_unix_ms();
+    Store::save_order(tx, order).await?;
+    Store::append_audit(
+        tx,
+        NewAuditEvent::new(
+            &Actor::System,
+            "order.safety_backup_discarded",
+            order.target(),
+            json!({
+                "order_id": order.id,
+                "kind": order.kind.as_str(),
+                "safety_order_id": backup_id,
+                "pre_migration_artifact_id": artifact_id,
+                "why": why,
+            }),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores `spec` as the order's spec (written with the order's next save).
+fn set_spec(order: &mut OrderRecord, spec: &OrderSpec) -> CoordinatorResult<()> {
+    order.spec_json = serde_json::to_string(spec).map_err(|e| {
+        CoordinatorError::Store(StoreError::Corrupt {
+            what: "order spec",
+            why: format!("order {}: {e}", order.id),
+        })
+    })?;
+    Ok(())
+}
+
+/// Takes out of `assignments` the orders of rollouts that halted in this pass (after the
+/// pass dispatched them, when an order of the same rollout expired or failed later in it),
+/// and cancels them in the pass's transaction: they were never sent, and a halted rollout
+/// starts nothing more.
+async fn withdraw_halted(
+    tx: &mut WriteTx,
+    assignments: Vec<Outgoing>,
+    now_unix_ms: i64,
+) -> CoordinatorResult<Vec<Outgoing>> {
+    let mut halted: HashMap<String, Option<String>> = HashMap::new();
+    let mut kept = Vec::with_capacity(assignments.len());
+    for outgoing in assignments {
+        let Some(rollout_id) = outgoing.rollout_id.clone() else {
+            kept.push(outgoing);
+            continue;
+        };
+        if !halted.contains_key(&rollout_id) {
+            let error = Store::rollout(tx, &rollout_id)
+                .await?
+                .filter(|r| r.state == RolloutState::Halted)
+                .map(|r| r.error);
+            halted.insert(rollout_id.clone(), error);
+        }
+        let Some(Some(error)) = halted.get(&rollout_id) else {
+            kept.push(outgoing);
+            continue;
+        };
+        let Some(mut order) = Store::order_for_update(tx, &outgoing.order_id).await? else {
+            continue;
+        };
+        order.error = format!("rollout {rollout_id} halted before this order was sent: {error}");
+        order.finished_unix_ms = now_unix_ms;
+        let params = json!({
+            "rollout_id": rollout_id,
+            "why": "the rollout halted in the dispatch pass that dispatched this order, before it was sent",
+        });
+        // The rollout is halted already: ending this order has no further consequence.
+        change_state(
+            tx,
+            &mut order,
+            OrderState::Cancelled,
+            &Actor::System,
+            params,
+        )
+        .await?;
+    }
+    Ok(kept)
 }
 
 /// Whether windows and freezes never hold the order: backups, health checks and migrations
@@ -449,9 +667,12 @@ fn runs_any_time(spec: &OrderSpec) -> bool {
     )
 }
 
-fn waiting_for_safety(backup_id: &str) -> Decision {
+/// The hold of an order waiting for its safety backup; `note` says why an earlier one was
+/// discarded.
+fn waiting_for_safety(backup_id: &str, note: Option<String>) -> Decision {
+    let wait = format!("waiting for its safety backup {backup_id}");
     Decision::Hold {
-        reason: format!("waiting for its safety backup {backup_id}"),
+        reason: note.map_or(wait.clone(), |note| format!("{note}; {wait}")),
         until_unix_ms: 0,
     }
 }

@@ -3,9 +3,12 @@
 //! dispatcher then treats it as destructive work: it waits for a maintenance window, takes a
 //! verified pre-migration backup and carries that artifact to the agent.
 
+use std::collections::HashSet;
+
+use prost::Message as _;
 use serde_json::json;
 use warden_proto::v1::{self, order_result};
-use warden_shared::{DatabaseId, Labels, MigrationSource, OnCheckFailure, OrderSpec};
+use warden_shared::{DatabaseId, Guard, Labels, MigrationSource, OnCheckFailure, OrderSpec};
 
 use super::{BreakGlass, Fleet};
 use crate::audit::Actor;
@@ -122,26 +125,64 @@ pub(super) fn check_request(
     })
 }
 
+/// Migration files known to be applied to a database, as (version number, sha256 in lower
+/// case): what the newest finished SQL migration of it reported.
+pub(super) type KnownApplied = HashSet<(u64, String)>;
+
+/// What a migration's result says is applied to its database once it ended: the files it
+/// applied (unless it restored the pre-migration backup, which undid them) and those it found
+/// recorded already.
+pub(super) fn known_applied(result: &v1::OrderResult) -> KnownApplied {
+    let Some(order_result::Outcome::Migrate(outcome)) = &result.outcome else {
+        return KnownApplied::new();
+    };
+    let applied: &[v1::AppliedMigration] = if outcome.restored {
+        &[]
+    } else {
+        &outcome.applied
+    };
+    applied
+        .iter()
+        .chain(&outcome.already_applied)
+        .chain(&outcome.unknown)
+        .filter_map(|a| {
+            let number = a.version.parse::<u64>().ok()?;
+            Some((number, a.sha256.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// Whether `file` is among the files known to be applied, with the same checksum.
+fn is_known_applied(known: &KnownApplied, file: &warden_shared::MigrationFile) -> bool {
+    known.contains(&(file.number(), file.sha256.to_ascii_lowercase()))
+}
+
 /// Checks a migration against one database: its command must be one the database's agent
 /// allows, and where the destructive guard protects the database (and glass is not broken)
-/// nothing in it may match a deny pattern. Returns the command fragments the agent must
-/// refuse to run (the guard's, when it protects the database), or what is wrong.
+/// nothing in it may match a deny pattern. SQL files `known` to be applied already are not
+/// checked: a deny-listed statement in an old file (an init file that drops a schema, say)
+/// does not block every later migration. The agent checks every file it finds pending
+/// against the guard again before applying any, so knowledge that went stale is safe.
+/// Returns the guard the agent must enforce (empty when none protects the database), or
+/// what is wrong.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn admit(
     policy: &FleetPolicy,
     target: &DatabaseId,
     labels: &Labels,
     commands: &[MigrateCommand],
     source: &MigrationSource,
+    known: &KnownApplied,
     emergency: bool,
     status_only: bool,
-) -> Result<Vec<String>, String> {
+) -> Result<Guard, String> {
     let command = match source {
         MigrationSource::Command { name } => Some(allowed_command(target, commands, name)?),
         MigrationSource::Sql { .. } => None,
     };
     let guarded = policy.migrate.guards(labels) && !emergency;
     if !guarded {
-        return Ok(Vec::new());
+        return Ok(Guard::default());
     }
     let guard = policy.migrate.guard();
     let refusal = |what: String, violation: warden_shared::migration::Violation| {
@@ -155,7 +196,7 @@ pub(super) fn admit(
     if !status_only {
         match (source, command) {
             (MigrationSource::Sql { files }, _) => {
-                for file in files {
+                for file in files.iter().filter(|f| !is_known_applied(known, f)) {
                     if let Some(violation) = guard.check_sql(&file.sql) {
                         return Err(refusal(
                             format!("{} has the statement", file.file_name()),
@@ -172,7 +213,7 @@ pub(super) fn admit(
             (MigrationSource::Command { .. }, None) => {}
         }
     }
-    Ok(guard.commands)
+    Ok(guard)
 }
 
 /// The command named `name` among those the database's agent allows.
@@ -205,7 +246,7 @@ pub(super) fn migrate_spec(
     labels: &Labels,
     request: &CheckedRequest,
     status_only: bool,
-    deny_commands: Vec<String>,
+    guard: Guard,
     rollout_id: Option<String>,
 ) -> OrderSpec {
     OrderSpec::Migrate {
@@ -215,7 +256,8 @@ pub(super) fn migrate_spec(
         on_check_failure: request
             .on_check_failure
             .unwrap_or(policy.migrate.on_check_failure),
-        deny_commands,
+        deny_sql: guard.sql,
+        deny_commands: guard.commands,
         pre_migration: None,
         rollout_id,
     }
@@ -234,31 +276,28 @@ impl Fleet {
         let checked = check_request(request, status_only)?;
         let target = self.online_database(database).await?;
         let labels = self.labels_of(&target).await?;
-        let commands = {
+        let (commands, known) = {
             let mut conn = self.store.read().await?;
-            Store::migrate_commands(&mut conn, &target.agent, &target.database).await?
+            (
+                Store::migrate_commands(&mut conn, &target.agent, &target.database).await?,
+                known_applied_to(&mut conn, &target).await?,
+            )
         };
         let policy = self.policy();
-        let deny_commands = admit(
+        let guard = admit(
             &policy.policy,
             &target,
             &labels,
             &commands,
             &checked.source,
+            &known,
             request.emergency,
             status_only,
         )
         .map_err(|problem| {
             CoordinatorError::FailedPrecondition(format!("{target}: {problem}. Nothing was queued"))
         })?;
-        let spec = migrate_spec(
-            &policy.policy,
-            &labels,
-            &checked,
-            status_only,
-            deny_commands,
-            None,
-        );
+        let spec = migrate_spec(&policy.policy, &labels, &checked, status_only, guard, None);
         let glass = BreakGlass::new(
             request.emergency,
             request.skip_safety_backup,
@@ -267,6 +306,43 @@ impl Fleet {
         self.submit_destructive(actor, &target, &spec, &request.reason, glass)
             .await
     }
+}
+
+/// How many of a database's newest finished migrations [`known_applied_to`] looks through
+/// for one of SQL files (migrations by command say nothing about the files).
+const KNOWN_APPLIED_LOOKBACK: i64 = 20;
+
+/// The files known to be applied to `target`: those the newest finished SQL migration of it
+/// (a status check too) reported applied or recorded. Empty when none reported anything.
+pub(super) async fn known_applied_to(
+    conn: &mut sqlx::SqliteConnection,
+    target: &DatabaseId,
+) -> CoordinatorResult<KnownApplied> {
+    let finished = Store::finished_migrations(
+        conn,
+        &target.agent,
+        &target.database,
+        KNOWN_APPLIED_LOOKBACK,
+    )
+    .await?;
+    for order in finished {
+        let Ok(OrderSpec::Migrate {
+            source: MigrationSource::Sql { .. },
+            ..
+        }) = order.spec()
+        else {
+            continue;
+        };
+        let Some(result) = order
+            .result
+            .as_deref()
+            .and_then(|bytes| v1::OrderResult::decode(bytes).ok())
+        else {
+            continue;
+        };
+        return Ok(known_applied(&result));
+    }
+    Ok(KnownApplied::new())
 }
 
 /// Audit parameters of a migration's result, which tie what it applied to the backup taken
@@ -350,6 +426,10 @@ mod tests {
 
     use super::*;
     use warden_shared::labels::labels;
+
+    fn nothing_applied() -> KnownApplied {
+        KnownApplied::new()
+    }
 
     fn file(name: &str, sql: &str) -> MigrationFile {
         MigrationFile::from_file(name, sql.to_owned()).expect("valid name")
@@ -448,8 +528,17 @@ mod tests {
             ],
         };
         let prod = labels(&[("env", "prod")]);
-        let problem =
-            admit(&policy, &target, &prod, &[], &drop, false, false).expect_err("guarded");
+        let problem = admit(
+            &policy,
+            &target,
+            &prod,
+            &[],
+            &drop,
+            &nothing_applied(),
+            false,
+            false,
+        )
+        .expect_err("guarded");
         assert!(
             problem.contains("2_bad.sql")
                 && problem.contains("DROP SCHEMA app CASCADE")
@@ -459,18 +548,147 @@ mod tests {
         );
         // Glass broken: it passes, and the agent gets no deny list.
         assert_eq!(
-            admit(&policy, &target, &prod, &[], &drop, true, false),
-            Ok(Vec::new())
+            admit(
+                &policy,
+                &target,
+                &prod,
+                &[],
+                &drop,
+                &nothing_applied(),
+                true,
+                false
+            ),
+            Ok(Guard::default())
         );
         // A status check changes nothing, so it passes; the agent still gets the deny list.
-        let deny = admit(&policy, &target, &prod, &[], &drop, false, true).expect("status");
-        assert!(deny.iter().any(|d| d == "migrate:fresh"), "{deny:?}");
+        let deny = admit(
+            &policy,
+            &target,
+            &prod,
+            &[],
+            &drop,
+            &nothing_applied(),
+            false,
+            true,
+        )
+        .expect("status");
+        assert!(
+            deny.commands.iter().any(|d| d == "migrate:fresh"),
+            "{deny:?}"
+        );
+        assert!(
+            deny.sql.iter().any(|d| d == "DROP SCHEMA ... CASCADE"),
+            "{deny:?}"
+        );
         // Not guarded: no deny list.
         let staging = labels(&[("env", "staging")]);
         assert_eq!(
-            admit(&policy, &target, &staging, &[], &drop, false, false),
-            Ok(Vec::new())
+            admit(
+                &policy,
+                &target,
+                &staging,
+                &[],
+                &drop,
+                &nothing_applied(),
+                false,
+                false
+            ),
+            Ok(Guard::default())
         );
+    }
+
+    #[test]
+    fn files_known_to_be_applied_are_not_checked_again_but_the_agent_gets_the_guard() {
+        let policy = FleetPolicy {
+            migrate: crate::policy::MigratePolicy {
+                deny_sql: vec!["DELETE FROM ...".to_owned()],
+                ..crate::policy::MigratePolicy::default()
+            },
+            ..FleetPolicy::default()
+        };
+        let target = DatabaseId::new("a1", "shop").expect("valid");
+        let prod = labels(&[("env", "prod")]);
+        let init = file(
+            "0001_init.sql",
+            "DROP SCHEMA app CASCADE; CREATE SCHEMA app;",
+        );
+        let next = file("0002_add.sql", "CREATE TABLE app.t (id int);");
+        let source = MigrationSource::Sql {
+            files: vec![init.clone(), next.clone()],
+        };
+        // The old init file was applied with this very content: only 0002 is checked, and
+        // the agent gets the whole SQL deny list (built-in and the policy's) and commands.
+        let known: KnownApplied = [(1, init.sha256.clone())].into();
+        let guard = admit(&policy, &target, &prod, &[], &source, &known, false, false)
+            .expect("only pending files are checked");
+        assert!(
+            guard.sql.iter().any(|p| p == "DROP SCHEMA ... CASCADE")
+                && guard.sql.iter().any(|p| p == "DELETE FROM ..."),
+            "{guard:?}"
+        );
+        assert!(guard.commands.iter().any(|c| c == "db:wipe"), "{guard:?}");
+        // Another file under the same version, or the right file under another version, is
+        // not known applied: it is checked.
+        let edited = file("0001_init.sql", "DROP SCHEMA app CASCADE;");
+        let changed = MigrationSource::Sql {
+            files: vec![edited, next.clone()],
+        };
+        let problem = admit(&policy, &target, &prod, &[], &changed, &known, false, false)
+            .expect_err("changed file is checked");
+        assert!(problem.contains("0001_init.sql"), "{problem}");
+        let other_version: KnownApplied = [(7, init.sha256.clone())].into();
+        assert!(
+            admit(
+                &policy,
+                &target,
+                &prod,
+                &[],
+                &source,
+                &other_version,
+                false,
+                false
+            )
+            .is_err()
+        );
+        // A pending file with a policy pattern is refused.
+        let delete = MigrationSource::Sql {
+            files: vec![file("0003_purge.sql", "DELETE FROM app.t;")],
+        };
+        let problem = admit(&policy, &target, &prod, &[], &delete, &known, false, false)
+            .expect_err("policy pattern");
+        assert!(problem.contains("\"DELETE FROM ...\""), "{problem}");
+    }
+
+    #[test]
+    fn a_results_applied_files_are_known_unless_it_restored_them() {
+        let row = |version: &str, sha256: &str| v1::AppliedMigration {
+            version: version.to_owned(),
+            name: "x".to_owned(),
+            sha256: sha256.to_owned(),
+            ..Default::default()
+        };
+        let result = |restored: bool| v1::OrderResult {
+            outcome: Some(order_result::Outcome::Migrate(v1::MigrateOutcome {
+                applied: vec![row("0003", "CC")],
+                already_applied: vec![row("0001", "aa"), row("junk", "zz")],
+                unknown: vec![row("2", "bb")],
+                restored,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let known = known_applied(&result(false));
+        let expected: KnownApplied = [
+            (1, "aa".to_owned()),
+            (2, "bb".to_owned()),
+            (3, "cc".to_owned()),
+        ]
+        .into();
+        assert_eq!(known, expected);
+        // Restoring the pre-migration backup undid what the order applied.
+        let known = known_applied(&result(true));
+        assert_eq!(known, [(1, "aa".to_owned()), (2, "bb".to_owned())].into());
+        assert!(known_applied(&v1::OrderResult::default()).is_empty());
     }
 
     #[test]
@@ -485,8 +703,17 @@ mod tests {
         let by_name = |name: &str| MigrationSource::Command {
             name: name.to_owned(),
         };
-        let none = admit(&policy, &target, &prod, &[], &by_name("up"), false, false)
-            .expect_err("no commands");
+        let none = admit(
+            &policy,
+            &target,
+            &prod,
+            &[],
+            &by_name("up"),
+            &nothing_applied(),
+            false,
+            false,
+        )
+        .expect_err("no commands");
         assert!(
             none.contains("allows no migration commands")
                 && none.contains("[databases.migrate.commands]"),
@@ -502,6 +729,7 @@ mod tests {
             &prod,
             &commands,
             &by_name("down"),
+            &nothing_applied(),
             false,
             false,
         )
@@ -513,17 +741,22 @@ mod tests {
             &prod,
             &commands,
             &by_name("up"),
+            &nothing_applied(),
             false,
             false,
         )
         .expect("allowed");
-        assert!(deny.iter().any(|d| d == "migrate:fresh"), "{deny:?}");
+        assert!(
+            deny.commands.iter().any(|d| d == "migrate:fresh"),
+            "{deny:?}"
+        );
         let fresh = admit(
             &policy,
             &target,
             &prod,
             &commands,
             &by_name("fresh"),
+            &nothing_applied(),
             false,
             false,
         )
@@ -540,6 +773,7 @@ mod tests {
                 &prod,
                 &commands,
                 &by_name("fresh"),
+                &nothing_applied(),
                 true,
                 false
             )

@@ -396,16 +396,29 @@ impl Fleet {
 
     /// Sends again the orders that online agents have not acknowledged starting within a
     /// lease: the first send can be lost when a session is replaced at that moment or its
-    /// outbox is full. Agents run an order id once, so a second delivery is harmless.
+    /// outbox is full. Agents run an order id once (and ignore ids they finished), so a
+    /// second delivery is harmless.
     async fn redeliver_unstarted(&self, cutoff_unix_ms: i64) -> CoordinatorResult<()> {
         let mut tx = self.store.begin().await?;
         let unstarted = Store::orders_dispatched_before(&mut tx, cutoff_unix_ms).await?;
         tx.commit().await?;
         for order in unstarted {
-            if self.registry.is_online(&order.agent) {
-                warn!(order_id = %order.id, agent = %order.agent, "order not started within a lease; sending it again");
-                self.registry.send(&order.agent, assignment(&order)?);
+            if !self.registry.is_online(&order.agent) {
+                continue;
             }
+            // A Started or a result may have been recorded since the list was read: send only
+            // what is still dispatched, as it is now.
+            let Some(current) = self.store.get_order(&order.id).await? else {
+                continue;
+            };
+            if current.state != OrderState::Dispatched
+                || current.agent != order.agent
+                || current.attempts != order.attempts
+            {
+                continue;
+            }
+            warn!(order_id = %current.id, agent = %current.agent, "order not started within a lease; sending it again");
+            self.registry.send(&current.agent, assignment(&current)?);
         }
         Ok(())
     }

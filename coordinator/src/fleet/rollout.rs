@@ -8,8 +8,9 @@
 //! already running finish on their own.
 //!
 //! A rollout is checked whole before anything starts: every database's agent must be online,
-//! allow the command, and pass the destructive guard; otherwise the rollout is refused with
-//! every problem listed. Each order of a rollout is an ordinary migrate order (window,
+//! allow the command, and pass the destructive guard (in the files not known to be applied
+//! to it already: the agent checks whatever is really pending again); otherwise the rollout
+//! is refused with every problem listed. Each order of a rollout is an ordinary migrate order (window,
 //! pre-migration backup, post-checks) carrying the rollout's id, and its end moves the
 //! rollout on inside the transaction that records it.
 
@@ -22,7 +23,9 @@ use uuid::Uuid;
 use warden_shared::{DatabaseId, Labels, MigrationSource, OrderSpec, OrderState, Selector};
 
 use super::dispatch::drop_safety_backup;
-use super::migrate::{MigrationRequest, admit, check_request, migrate_spec};
+use super::migrate::{
+    KnownApplied, MigrationRequest, admit, check_request, known_applied_to, migrate_spec,
+};
 use super::policy::{database_labels, labels_present};
 use super::{Fleet, change_state, insert_order, parse_uuid};
 use crate::audit::{Actor, NewAuditEvent};
@@ -187,6 +190,8 @@ struct Candidate {
     id: DatabaseId,
     labels: Labels,
     commands: Vec<crate::store::MigrateCommand>,
+    /// The files known to be applied to it already, which the guard does not check again.
+    known: KnownApplied,
 }
 
 impl Fleet {
@@ -227,16 +232,17 @@ impl Fleet {
                 problems.push(format!("{db}: agent {} is offline", db.agent));
                 continue;
             }
-            let deny_commands = match admit(
+            let guard = match admit(
                 &policy.policy,
                 db,
                 &candidate.labels,
                 &candidate.commands,
                 &checked.source,
+                &candidate.known,
                 request.emergency,
                 false,
             ) {
-                Ok(deny) => deny,
+                Ok(guard) => guard,
                 Err(problem) => {
                     problems.push(format!("{db}: {problem}"));
                     continue;
@@ -254,7 +260,7 @@ impl Fleet {
                 &candidate.labels,
                 &checked,
                 false,
-                deny_commands,
+                guard,
                 Some(id.clone()),
             );
             targets.push(RolloutTargetRecord {
@@ -353,7 +359,7 @@ impl Fleet {
     }
 
     /// Present databases whose labels `selector` matches, by agent then database name, with
-    /// the migration commands their agents allow.
+    /// the migration commands their agents allow and the files known applied to each.
     async fn select(&self, selector: &Selector) -> CoordinatorResult<Vec<Candidate>> {
         let mut conn = self.store.read().await?;
         let mut selected: Vec<((String, String), Labels)> = database_labels(&mut conn)
@@ -365,10 +371,13 @@ impl Fleet {
         let mut candidates = Vec::with_capacity(selected.len());
         for ((agent, database), labels) in selected {
             let commands = Store::migrate_commands(&mut conn, &agent, &database).await?;
+            let id = DatabaseId::new(&agent, &database)?;
+            let known = known_applied_to(&mut conn, &id).await?;
             candidates.push(Candidate {
-                id: DatabaseId::new(&agent, &database)?,
+                id,
                 labels,
                 commands,
+                known,
             });
         }
         Ok(candidates)

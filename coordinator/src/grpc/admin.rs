@@ -737,8 +737,14 @@ fn database_to_proto(database: DatabaseRecord, agent_online: bool) -> pb::Databa
     }
 }
 
+/// An order as operators see it (every admin call that returns orders goes through here):
+/// a migration's files by version, name and checksum, without their SQL, which only the
+/// agent's assignment carries. A listing of large migrations stays small that way too.
 fn order_to_proto(order: OrderRecord) -> pb::Order {
-    let spec = order.spec().ok().map(|spec| pb::OrderSpec::from(&spec));
+    let spec = order
+        .spec()
+        .ok()
+        .map(|spec| pb::OrderSpec::from(&without_sql(spec)));
     let result = order
         .result
         .as_deref()
@@ -766,6 +772,20 @@ fn order_to_proto(order: OrderRecord) -> pb::Order {
         held_until_unix_ms: order.held_until_unix_ms,
         deadline_unix_ms: order.deadline_unix_ms,
     }
+}
+
+/// `spec` with the SQL of its migration files left out.
+fn without_sql(mut spec: warden_shared::OrderSpec) -> warden_shared::OrderSpec {
+    if let warden_shared::OrderSpec::Migrate {
+        source: warden_shared::MigrationSource::Sql { files },
+        ..
+    } = &mut spec
+    {
+        for file in files {
+            file.sql.clear();
+        }
+    }
+    spec
 }
 
 fn artifact_to_proto(artifact: ArtifactRecord) -> pb::Artifact {

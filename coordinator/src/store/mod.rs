@@ -484,6 +484,52 @@ impl Store {
         .await?)
     }
 
+    /// The newest `limit` migrations of one database that ended with a result from its agent,
+    /// newest first.
+    pub async fn finished_migrations(
+        conn: &mut SqliteConnection,
+        agent: &str,
+        database: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<OrderRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE agent = ? AND database = ? AND kind = 'migrate'
+               AND result IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+             ORDER BY finished_unix_ms DESC, id DESC LIMIT ?",
+        )
+        .bind(agent)
+        .bind(database)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?)
+    }
+
+    /// Restores and migrations of one database other than `except` that an agent holds now,
+    /// or that an agent had and that ended at or after `since_unix_ms`: those that may have
+    /// changed the database since then. Oldest first; the caller tells destructive ones.
+    pub async fn database_changes_since(
+        tx: &mut SqliteConnection,
+        agent: &str,
+        database: &str,
+        except: &str,
+        since_unix_ms: i64,
+    ) -> StoreResult<Vec<OrderRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE agent = ? AND database = ? AND id != ?
+               AND kind IN ('restore', 'migrate')
+               AND (state IN ('dispatched', 'running')
+                    OR (attempts > 0 AND state IN ('succeeded', 'failed', 'cancelled', 'lost')
+                        AND finished_unix_ms >= ?))
+             ORDER BY created_unix_ms, id",
+        )
+        .bind(agent)
+        .bind(database)
+        .bind(except)
+        .bind(since_unix_ms)
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
     /// Records progress without an audit event: progress is not a state change.
     pub async fn set_progress(
         &self,

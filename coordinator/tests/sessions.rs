@@ -2512,3 +2512,47 @@ async fn orders_of_a_rollout_halted_later_in_the_same_dispatch_pass_are_cancelle
     );
     assert_chain_intact(&mut admin).await;
 }
+
+#[tokio::test]
+async fn an_auto_restore_that_finds_the_pre_migration_backup_corrupt_marks_it_corrupt() {
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let mut agent = harness.agent("a1", vec![], vec![]).await;
+    let _beats = agent.keep_alive();
+    open_window(&mut admin, "").await;
+    let file = migration_file("0001_a.sql", "CREATE TABLE a (id int);");
+    let order = admin
+        .submit_migrate(migrate("a1/app", sql_migration(vec![file])))
+        .await
+        .expect("migrate")
+        .into_inner();
+    let artifact_id = take_pre_migration_backup(&mut agent, "app").await;
+    let assignment = agent.next_order().await;
+    assert_eq!(assignment.order_id, order.id);
+    let mut result = migrate_result(&order.id, &["0001"], None, &artifact_id);
+    result.success = false;
+    result.artifact_corrupt = true;
+    result.error = format!(
+        "post-check \"health\" failed; restoring pre-migration backup {artifact_id} failed: the pre-migration backup is unusable: sha256 mismatch"
+    );
+    agent.send(agent_message::Msg::Result(result)).await;
+    let failed = wait_state(&mut admin, &order.id, pb::OrderState::Failed).await;
+    assert!(failed.error.contains("unusable"), "{failed:?}");
+
+    let condemned = artifact(&mut admin, &artifact_id).await;
+    assert_eq!(condemned.state, "corrupt", "{condemned:?}");
+    assert!(
+        condemned.corrupt_reason.contains("sha256 mismatch"),
+        "{condemned:?}"
+    );
+    let events = audit_events(&mut admin, "artifact.corrupt").await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let done = audit_events(&mut admin, "order.failed").await;
+    let params: serde_json::Value = serde_json::from_str(&done[0].params_json).expect("json");
+    assert_eq!(params["artifact_corrupt"], true, "{params}");
+    assert_eq!(
+        params["pre_migration_artifact_id"],
+        serde_json::json!(artifact_id)
+    );
+    assert_chain_intact(&mut admin).await;
+}

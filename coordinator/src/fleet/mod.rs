@@ -460,7 +460,12 @@ impl Fleet {
             params = recovery::record_recovery_result(tx, &order, result).await?;
         }
         if order.kind == OrderKind::Migrate {
+            // An auto-restore that proved the pre-migration backup unusable marks it corrupt.
+            let recovery = recovery::record_recovery_result(tx, &order, result).await?;
             params = migrate::result_params(&order, result);
+            if recovery.get("artifact_corrupt").is_some() {
+                params["artifact_corrupt"] = json!(true);
+            }
         }
         if let (true, Some(order_result::Outcome::Backup(backup))) =
             (result.success, &result.outcome)

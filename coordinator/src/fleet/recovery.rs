@@ -138,9 +138,9 @@ impl Fleet {
     }
 }
 
-/// Records what a finished drill or restore says about its artifact, inside the transaction
-/// that records the result: a drill's timings, a passing drill's verification, and an
-/// artifact proven corrupt. Returns audit parameters for the order's own event.
+/// Records what a finished drill, restore or migration says about the artifact it read, inside
+/// the transaction that records the result: a drill's timings, a passing drill's
+/// verification, and an artifact proven corrupt. Returns audit parameters for the order's own event.
 pub(super) async fn record_recovery_result(
     tx: &mut WriteTx,
     order: &OrderRecord,
@@ -153,6 +153,11 @@ pub(super) async fn record_recovery_result(
             ..
         }) => (artifact_id, source),
         Ok(OrderSpec::Restore { artifact_id, .. }) => (artifact_id, None),
+        // A migration reads its pre-migration backup only to restore it after a failed check.
+        Ok(OrderSpec::Migrate {
+            pre_migration: Some(pre_migration),
+            ..
+        }) => (pre_migration.artifact_id, None),
         _ => return Ok(json!({})),
     };
     // A drill on another agent's server measures the database it drilled.

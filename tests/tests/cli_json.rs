@@ -32,7 +32,7 @@ fn assert_time(what: &str, v: &Value) {
     assert!(shaped, "{what} is not an RFC 3339 UTC time: {s:?}");
 }
 
-const ORDER_KEYS: [&str; 25] = [
+const ORDER_KEYS: [&str; 26] = [
     "id",
     "kind",
     "database",
@@ -58,6 +58,7 @@ const ORDER_KEYS: [&str; 25] = [
     "deadline",
     "artifact_corrupt",
     "drill",
+    "migration",
 ];
 
 fn check_finished_order(order: &Value, kind: &str) {
@@ -78,8 +79,15 @@ fn check_finished_order(order: &Value, kind: &str) {
     );
     assert!(order["requested_by"].is_string(), "{order:#}");
     assert_eq!(order["emergency"], false, "{order:#}");
-    for absent in ["held_until", "deadline", "safety_backup_order_id"] {
-        assert!(order[absent].is_null(), "{absent}: {order:#}");
+    assert!(order["held_until"].is_null(), "{order:#}");
+    if kind == "migrate" {
+        // Destructive: it had a window to start in and took a safety backup first.
+        assert_time("order.deadline", &order["deadline"]);
+        assert!(order["safety_backup_order_id"].is_string(), "{order:#}");
+    } else {
+        for absent in ["deadline", "safety_backup_order_id"] {
+            assert!(order[absent].is_null(), "{absent}: {order:#}");
+        }
     }
 }
 
@@ -359,4 +367,166 @@ fn json_documents_have_the_documented_shapes() {
         verify["problem"].is_null(),
         "absent values are null: {verify:#}"
     );
+}
+
+/// Asserts every element of the list `doc[key]` has exactly `keys`; returns the list.
+fn assert_list_of<'a>(what: &str, doc: &'a Value, key: &str, keys: &[&str]) -> &'a [Value] {
+    let list = doc[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}.{key} is not a list: {doc:#}"));
+    for item in list {
+        assert_keys(&format!("{what}.{key}[]"), item, keys);
+    }
+    list
+}
+
+const APPLIED_KEYS: [&str; 5] = ["version", "name", "sha256", "applied_at", "duration_ms"];
+
+#[test]
+fn migration_documents_have_the_documented_shapes() {
+    let fleet = Fleet::builder("json-migrate").database("app").build();
+    fleet.open_maintenance_around_the_clock();
+    let cli = fleet.cli();
+    let dir = fleet.dir().join("migrations");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("0001_t.sql"), "CREATE TABLE t (id int);\n").expect("write");
+    std::fs::write(dir.join("0002_u.sql"), "CREATE TABLE u (id int);\n").expect("write");
+    let dir = dir.display().to_string();
+
+    // migrate status
+    let status = cli.json(&["migrate", "status", "a1/app", "--dir", &dir]);
+    assert_keys(
+        "migrate status",
+        &status,
+        &[
+            "database", "order_id", "applied", "pending", "changed", "unknown",
+        ],
+    );
+    assert_eq!(status["database"], "a1/app");
+    let pending = assert_list_of("migrate status", &status, "pending", &["version", "name"]);
+    assert_eq!(pending.len(), 2, "{status:#}");
+    assert_eq!(pending[0]["version"], "0001");
+    assert_eq!(pending[0]["name"], "t");
+
+    // migrate order
+    let out = cli.run(&[
+        "migrate", "a1/app", "--dir", &dir, "--wait", "--reason", "shape",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    let order = out.json().clone();
+    check_finished_order(&order, "migrate");
+    let migration = &order["migration"];
+    assert_keys(
+        "migration",
+        migration,
+        &[
+            "pre_migration_artifact_id",
+            "applied",
+            "already_applied",
+            "pending",
+            "changed",
+            "unknown",
+            "failed_version",
+            "checks",
+            "restored",
+            "restore_command",
+            "command_output",
+            "phases",
+        ],
+    );
+    let applied = assert_list_of("migration", migration, "applied", &APPLIED_KEYS);
+    assert_eq!(applied.len(), 2, "{migration:#}");
+    assert_time("migration.applied[].applied_at", &applied[0]["applied_at"]);
+    assert!(applied[0]["duration_ms"].is_u64(), "{migration:#}");
+    assert!(applied[0]["sha256"].as_str().is_some_and(|s| s.len() == 64));
+    let checks = assert_list_of(
+        "migration",
+        migration,
+        "checks",
+        &["name", "passed", "error"],
+    );
+    assert_eq!(checks[0]["name"], "health", "{migration:#}");
+    assert!(checks[0]["error"].is_null(), "{migration:#}");
+    assert_list_of("migration", migration, "phases", &["phase", "millis"]);
+    assert!(
+        migration["pre_migration_artifact_id"].is_string(),
+        "{migration:#}"
+    );
+    for absent in ["failed_version", "restore_command", "command_output"] {
+        assert!(migration[absent].is_null(), "{absent}: {migration:#}");
+    }
+    assert_eq!(migration["restored"], false, "{migration:#}");
+
+    // status after: applied elements
+    let status = cli.json(&["migrate", "status", "a1/app", "--dir", &dir]);
+    assert_eq!(
+        assert_list_of("migrate status", &status, "applied", &APPLIED_KEYS).len(),
+        2
+    );
+
+    // rollout
+    let out = cli.run(&[
+        "migrate",
+        "--selector",
+        "database=app",
+        "--dir",
+        &dir,
+        "--waves",
+        "100%",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    let rollout = out.json().clone();
+    assert_keys(
+        "rollout",
+        &rollout,
+        &[
+            "id",
+            "state",
+            "selector",
+            "waves",
+            "current_wave",
+            "wave_count",
+            "requested_by",
+            "reason",
+            "created_at",
+            "finished_at",
+            "error",
+            "migrations",
+            "command",
+            "targets",
+        ],
+    );
+    assert_eq!(rollout["state"], "succeeded", "{rollout:#}");
+    assert_time("rollout.created_at", &rollout["created_at"]);
+    assert_time("rollout.finished_at", &rollout["finished_at"]);
+    assert!(
+        rollout["reason"].is_null() && rollout["command"].is_null(),
+        "{rollout:#}"
+    );
+    assert_list_of("rollout", &rollout, "migrations", &["version", "name"]);
+    let targets = assert_list_of(
+        "rollout",
+        &rollout,
+        "targets",
+        &[
+            "database",
+            "wave",
+            "state",
+            "order_id",
+            "pre_migration_artifact_id",
+            "applied",
+            "error",
+        ],
+    );
+    assert_eq!(targets.len(), 1, "{rollout:#}");
+    assert_eq!(targets[0]["state"], "succeeded", "{rollout:#}");
+    assert_eq!(
+        targets[0]["applied"],
+        serde_json::json!([]),
+        "all applied before: {rollout:#}"
+    );
+    let listed = cli.json(&["rollouts"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+    assert_eq!(listed[0]["id"], rollout["id"]);
 }

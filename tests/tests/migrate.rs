@@ -660,6 +660,20 @@ fn a_changed_applied_file_and_a_deny_listed_statement_in_prod_are_refused() {
             && e["params"]["reason"] == "GDPR erasure, ticket 7"),
         "break glass is audited"
     );
+
+    // The deny-listed file is applied now; it does not block the next migration of the
+    // directory, which needs no glass.
+    write(
+        &wipe.join("0003_coupon_codes_upper.sql"),
+        "UPDATE coupons SET code = upper(code);\n",
+    );
+    let order = migrate_ok(&fleet, "a1/app", &wipe);
+    assert_eq!(
+        versions(&order["migration"]["applied"]),
+        ["0003"],
+        "{order:#}"
+    );
+    assert_eq!(order["emergency"], false, "{order:#}");
 }
 
 #[test]

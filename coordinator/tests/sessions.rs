@@ -102,6 +102,15 @@ impl Harness {
         .await
     }
 
+    /// Connects agents like [`Harness::agent`], one for each of `names`.
+    async fn agents(&self, names: &[&str]) -> Vec<ScriptedAgent> {
+        let mut agents = Vec::with_capacity(names.len());
+        for name in names {
+            agents.push(self.agent(name, vec![], vec![]).await);
+        }
+        agents
+    }
+
     /// Connects an agent that says `hello`, and reads its Welcome.
     async fn connect(&self, hello: pb::Hello) -> ScriptedAgent {
         let (tx, rx) = mpsc::channel(64);
@@ -152,6 +161,17 @@ impl ScriptedAgent {
 
     async fn send(&self, message: agent_message::Msg) {
         self.tx.send(msg(message)).await.expect("send");
+    }
+
+    /// Reports an order's result.
+    async fn report(&self, result: pb::OrderResult) {
+        self.send(agent_message::Msg::Result(result)).await;
+    }
+
+    /// Asserts that no order arrives within `wait`; `what` says what one would mean.
+    async fn assert_no_order(&mut self, wait: Duration, what: &str) {
+        let order = tokio::time::timeout(wait, self.next_order()).await;
+        assert!(order.is_err(), "{what}: {order:?}");
     }
 
     /// Sends heartbeats in the background, for tests that wait longer than a lease.
@@ -226,6 +246,23 @@ fn backup_result(order_id: &str, artifact_id: &str) -> pb::OrderResult {
     }
 }
 
+async fn get_order(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Order {
+    admin
+        .get_order(pb::GetOrderRequest { id: id.to_owned() })
+        .await
+        .expect("get order")
+        .into_inner()
+}
+
+async fn orders(admin: &mut AdminServiceClient<Channel>) -> Vec<pb::Order> {
+    admin
+        .list_orders(pb::ListOrdersRequest::default())
+        .await
+        .expect("orders")
+        .into_inner()
+        .orders
+}
+
 async fn wait_state(
     admin: &mut AdminServiceClient<Channel>,
     id: &str,
@@ -233,11 +270,7 @@ async fn wait_state(
 ) -> pb::Order {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let order = admin
-            .get_order(pb::GetOrderRequest { id: id.to_owned() })
-            .await
-            .expect("get order")
-            .into_inner();
+        let order = get_order(admin, id).await;
         if order.state() == state {
             return order;
         }
@@ -297,13 +330,7 @@ async fn backup_result_catalogs_a_complete_artifact() {
         .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let running = admin
-            .get_order(pb::GetOrderRequest {
-                id: order.id.clone(),
-            })
-            .await
-            .expect("order")
-            .into_inner();
+        let running = get_order(&mut admin, &order.id).await;
         if running.progress_bytes == 4096 {
             assert_eq!(
                 (running.phase.as_str(), running.progress_bytes_per_sec),
@@ -318,12 +345,7 @@ async fn backup_result_catalogs_a_complete_artifact() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let artifact_id = uuid::Uuid::now_v7().to_string();
-    agent
-        .send(agent_message::Msg::Result(backup_result(
-            &order.id,
-            &artifact_id,
-        )))
-        .await;
+    agent.report(backup_result(&order.id, &artifact_id)).await;
     match agent.next().await {
         coordinator_message::Msg::Ack(ack) => assert_eq!(ack.order_id, order.id),
         other => panic!("expected an ack, got {other:?}"),
@@ -348,12 +370,7 @@ async fn backup_result_catalogs_a_complete_artifact() {
     assert_eq!(artifacts[0].sha256, "ab".repeat(32));
 
     // A duplicate result (re-sent after a reconnect) is acknowledged, not applied twice.
-    agent
-        .send(agent_message::Msg::Result(backup_result(
-            &order.id,
-            &artifact_id,
-        )))
-        .await;
+    agent.report(backup_result(&order.id, &artifact_id)).await;
     assert!(matches!(
         agent.next().await,
         coordinator_message::Msg::Ack(_)
@@ -371,12 +388,7 @@ async fn an_agent_that_restarts_without_its_order_gets_the_backup_again_but_not_
     let first = submit_backup(&mut admin).await;
     agent.next_order().await;
     let artifact_id = uuid::Uuid::now_v7().to_string();
-    agent
-        .send(agent_message::Msg::Result(backup_result(
-            &first.id,
-            &artifact_id,
-        )))
-        .await;
+    agent.report(backup_result(&first.id, &artifact_id)).await;
     wait_state(&mut admin, &first.id, pb::OrderState::Succeeded).await;
     let restore = admin
         .submit_restore(pb::SubmitRestoreRequest {
@@ -520,25 +532,12 @@ async fn bad_requests_are_refused_clearly_and_audited() {
         .expect_err("malformed artifact");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
-    let orders = admin
-        .list_orders(pb::ListOrdersRequest::default())
-        .await
-        .expect("orders")
-        .into_inner()
-        .orders;
+    let orders = orders(&mut admin).await;
     assert!(
         orders.is_empty(),
         "refused calls created orders: {orders:?}"
     );
-    let events = admin
-        .list_audit(pb::ListAuditRequest {
-            after_seq: 0,
-            limit: 100,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = all_audit_events(&mut admin).await;
     let refused = events
         .iter()
         .filter(|e| e.outcome.starts_with("refused:"))
@@ -570,21 +569,10 @@ async fn a_coordinator_restart_keeps_running_orders_running() {
         agent.send(beat.clone()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let still = admin
-        .get_order(pb::GetOrderRequest {
-            id: order.id.clone(),
-        })
-        .await
-        .expect("order")
-        .into_inner();
+    let still = get_order(&mut admin, &order.id).await;
     assert_eq!(still.state(), pb::OrderState::Running, "{still:?}");
     let artifact_id = uuid::Uuid::now_v7().to_string();
-    agent
-        .send(agent_message::Msg::Result(backup_result(
-            &order.id,
-            &artifact_id,
-        )))
-        .await;
+    agent.report(backup_result(&order.id, &artifact_id)).await;
     wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
     assert_chain_intact(&mut admin).await;
 }
@@ -610,12 +598,7 @@ async fn one_backup_or_restore_per_database_at_a_time_others_wait_held() {
     assert_eq!(agent.next_order().await.order_id, health.id);
 
     let artifact_id = uuid::Uuid::now_v7().to_string();
-    agent
-        .send(agent_message::Msg::Result(backup_result(
-            &first.id,
-            &artifact_id,
-        )))
-        .await;
+    agent.report(backup_result(&first.id, &artifact_id)).await;
     // The held backup goes out once the first one is done.
     assert_eq!(agent.next_order().await.order_id, second.id);
     wait_state(&mut admin, &second.id, pb::OrderState::Dispatched).await;
@@ -680,12 +663,7 @@ async fn backed_up(admin: &mut AdminServiceClient<Channel>, agent: &mut Scripted
     let order = submit_backup(admin).await;
     assert_eq!(agent.next_order().await.order_id, order.id);
     let artifact_id = uuid::Uuid::now_v7().to_string();
-    agent
-        .send(agent_message::Msg::Result(backup_result(
-            &order.id,
-            &artifact_id,
-        )))
-        .await;
+    agent.report(backup_result(&order.id, &artifact_id)).await;
     wait_state(admin, &order.id, pb::OrderState::Succeeded).await;
     artifact_id
 }
@@ -748,11 +726,11 @@ async fn a_replace_waits_for_a_window_and_breaking_glass_takes_a_verified_safety
         other => panic!("expected the safety backup first, got {other:?}"),
     }
     agent
-        .send(agent_message::Msg::Result(verified_backup_result(
+        .report(verified_backup_result(
             &safety.order_id,
             &uuid::Uuid::now_v7().to_string(),
             false,
-        )))
+        ))
         .await;
     wait_state(&mut admin, &safety.order_id, pb::OrderState::Failed).await;
     let failed = wait_state(&mut admin, &urgent.id, pb::OrderState::Failed).await;
@@ -766,11 +744,11 @@ async fn a_replace_waits_for_a_window_and_breaking_glass_takes_a_verified_safety
         .into_inner();
     let safety = agent.next_order().await;
     agent
-        .send(agent_message::Msg::Result(verified_backup_result(
+        .report(verified_backup_result(
             &safety.order_id,
             &uuid::Uuid::now_v7().to_string(),
             true,
-        )))
+        ))
         .await;
     let restore = agent.next_order().await;
     assert_eq!(restore.order_id, urgent.id);
@@ -842,10 +820,7 @@ async fn orders_over_the_per_agent_limit_wait_held_with_the_reason() {
     assert!(dropped.error.contains(&urgent.id), "{dropped:?}");
 
     agent
-        .send(agent_message::Msg::Result(backup_result(
-            &backup.id,
-            &uuid::Uuid::now_v7().to_string(),
-        )))
+        .report(backup_result(&backup.id, &uuid::Uuid::now_v7().to_string()))
         .await;
     assert_eq!(agent.next_order().await.order_id, health.id);
     assert_chain_intact(&mut admin).await;
@@ -905,7 +880,7 @@ async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
     let all_fired = audit_events(&mut admin, "schedule.fired").await.len();
     assert_eq!(fired.len(), 1, "{fired:#?}");
     assert_eq!(all_fired, 1, "four missed slots fire once");
-    let params: serde_json::Value = serde_json::from_str(&fired[0].params_json).expect("json");
+    let params = audit_params(&fired[0]);
     assert_eq!(
         params["slot"].as_str(),
         Some(last.to_rfc3339().as_str()),
@@ -993,14 +968,12 @@ async fn a_restore_whose_window_closes_expires_and_its_waiting_safety_backup_is_
     assert!(safety.error.contains(&restore.id), "{safety:?}");
     // The slot frees up and nothing else goes out: the cancelled backup is not dispatched.
     agent
-        .send(agent_message::Msg::Result(backup_result(
-            &busy.id,
-            &uuid::Uuid::now_v7().to_string(),
-        )))
+        .report(backup_result(&busy.id, &uuid::Uuid::now_v7().to_string()))
         .await;
     wait_state(&mut admin, &busy.id, pb::OrderState::Succeeded).await;
-    let next = tokio::time::timeout(Duration::from_millis(1500), agent.next_order()).await;
-    assert!(next.is_err(), "nothing should be dispatched: {next:?}");
+    agent
+        .assert_no_order(Duration::from_millis(1500), "nothing should be dispatched")
+        .await;
     assert_chain_intact(&mut admin).await;
 }
 
@@ -1026,11 +999,11 @@ async fn a_dispatched_restore_carries_its_window_close_and_a_freeze_holds_new_na
     let safety = agent.next_order().await;
     assert_eq!(safety.not_after_unix_ms, 0, "a backup may run any time");
     agent
-        .send(agent_message::Msg::Result(verified_backup_result(
+        .report(verified_backup_result(
             &safety.order_id,
             &uuid::Uuid::now_v7().to_string(),
             true,
-        )))
+        ))
         .await;
     let assignment = agent.next_order().await;
     assert_eq!(assignment.order_id, restore.id);
@@ -1056,10 +1029,7 @@ async fn a_dispatched_restore_carries_its_window_close_and_a_freeze_holds_new_na
     assert_eq!(held.held_until_unix_ms, closes.timestamp_millis());
 }
 
-async fn audit_events(
-    admin: &mut AdminServiceClient<Channel>,
-    action: &str,
-) -> Vec<pb::AuditEvent> {
+async fn all_audit_events(admin: &mut AdminServiceClient<Channel>) -> Vec<pb::AuditEvent> {
     admin
         .list_audit(pb::ListAuditRequest {
             after_seq: 0,
@@ -1069,9 +1039,35 @@ async fn audit_events(
         .expect("audit")
         .into_inner()
         .events
+}
+
+async fn audit_events(
+    admin: &mut AdminServiceClient<Channel>,
+    action: &str,
+) -> Vec<pb::AuditEvent> {
+    all_audit_events(admin)
+        .await
         .into_iter()
         .filter(|e| e.action == action)
         .collect()
+}
+
+fn audit_params(event: &pb::AuditEvent) -> serde_json::Value {
+    serde_json::from_str(&event.params_json).expect("json")
+}
+
+/// The parameters of the `action` event about order `order_id`.
+async fn order_audit_params(
+    admin: &mut AdminServiceClient<Channel>,
+    action: &str,
+    order_id: &str,
+) -> serde_json::Value {
+    let events = audit_events(admin, action).await;
+    let event = events
+        .iter()
+        .find(|e| e.params_json.contains(order_id))
+        .unwrap_or_else(|| panic!("no {action} event for order {order_id}: {events:#?}"));
+    audit_params(event)
 }
 
 #[tokio::test]
@@ -1108,7 +1104,7 @@ async fn a_database_never_has_two_scheduled_backups_at_once() {
     let orders: usize = fired
         .iter()
         .map(|e| {
-            let params: serde_json::Value = serde_json::from_str(&e.params_json).expect("json");
+            let params = audit_params(e);
             let skipped = params["skipped"].as_array().cloned().unwrap_or_default();
             let orders = params["orders"].as_array().map_or(0, Vec::len);
             if orders == 0 {
@@ -1122,15 +1118,19 @@ async fn a_database_never_has_two_scheduled_backups_at_once() {
         orders, 1,
         "one scheduled backup while the first runs: {fired:#?}"
     );
-    let next = tokio::time::timeout(Duration::from_millis(500), agent.next_order()).await;
-    assert!(next.is_err(), "no second backup was dispatched: {next:?}");
+    agent
+        .assert_no_order(
+            Duration::from_millis(500),
+            "no second backup was dispatched",
+        )
+        .await;
 
     // Once it ended, the next slot backs the database up again.
     agent
-        .send(agent_message::Msg::Result(backup_result(
+        .report(backup_result(
             &first.order_id,
             &uuid::Uuid::now_v7().to_string(),
-        )))
+        ))
         .await;
     let second = agent.next_order().await;
     assert_ne!(second.order_id, first.order_id);
@@ -1201,7 +1201,7 @@ async fn drills_run_one_at_a_time_and_their_results_verify_or_condemn_the_artifa
         })),
         ..Default::default()
     };
-    agent.send(agent_message::Msg::Result(passed.clone())).await;
+    agent.report(passed.clone()).await;
     wait_state(&mut admin, &first.id, pb::OrderState::Succeeded).await;
     let verified = artifact(&mut admin, &artifact_id).await;
     assert!(
@@ -1221,19 +1221,19 @@ async fn drills_run_one_at_a_time_and_their_results_verify_or_condemn_the_artifa
     assert_eq!(row.last_drill_ms, 1500, "{row:?}");
     assert!(row.last_drill_passed, "{row:?}");
     // A duplicate of the result changes nothing.
-    agent.send(agent_message::Msg::Result(passed)).await;
+    agent.report(passed).await;
     assert_eq!(audit_events(&mut admin, "artifact.verified").await.len(), 1);
 
     // The held drill goes out now; its failure proves the artifact corrupt.
     assert_eq!(agent.next_order().await.order_id, second.id);
     agent
-        .send(agent_message::Msg::Result(pb::OrderResult {
+        .report(pb::OrderResult {
             order_id: second.id.clone(),
             success: false,
             error: "sha256 of dump.zst is 00, catalog says ff".to_owned(),
             artifact_corrupt: true,
             ..Default::default()
-        }))
+        })
         .await;
     wait_state(&mut admin, &second.id, pb::OrderState::Failed).await;
     let corrupt = artifact(&mut admin, &artifact_id).await;
@@ -1307,13 +1307,7 @@ sql = "SELECT count(*) > 0 FROM t"
     );
     assert_eq!(params.checks.len(), 1, "{params:?}");
     assert_eq!(params.checks[0].name, "has-rows");
-    let order = admin
-        .get_order(pb::GetOrderRequest {
-            id: assignment.order_id.clone(),
-        })
-        .await
-        .expect("order")
-        .into_inner();
+    let order = get_order(&mut admin, &assignment.order_id).await;
     assert_eq!(order.kind, pb::OrderKind::Drill as i32);
     assert_eq!(order.requested_by, "system:scheduler");
     let fired = audit_events(&mut admin, "schedule.fired").await;
@@ -1341,11 +1335,119 @@ fn sql_migration(files: Vec<pb::MigrationFile>) -> pb::MigrationRequest {
     }
 }
 
+/// A migration by the command its agent allows under `name`.
+fn command_migration(name: &str) -> pb::MigrationRequest {
+    pb::MigrationRequest {
+        source: Some(pb::migration_request::Source::Command(name.to_owned())),
+        ..Default::default()
+    }
+}
+
+/// `migration` breaking glass for `reason`, without a pre-migration backup if asked.
+fn emergency(
+    reason: &str,
+    skip_safety_backup: bool,
+    migration: pb::MigrationRequest,
+) -> pb::MigrationRequest {
+    pb::MigrationRequest {
+        emergency: true,
+        skip_safety_backup,
+        reason: reason.to_owned(),
+        ..migration
+    }
+}
+
 fn migrate(database: &str, migration: pb::MigrationRequest) -> pb::SubmitMigrateRequest {
     pb::SubmitMigrateRequest {
         database: database.to_owned(),
         migration: Some(migration),
         status_only: false,
+    }
+}
+
+/// A comparison of `migration`'s files with what `database` recorded.
+fn status_check(database: &str, migration: pb::MigrationRequest) -> pb::SubmitMigrateRequest {
+    pb::SubmitMigrateRequest {
+        status_only: true,
+        ..migrate(database, migration)
+    }
+}
+
+fn rollout_request(
+    selector: &str,
+    waves: &str,
+    migration: pb::MigrationRequest,
+) -> pb::SubmitRolloutRequest {
+    pb::SubmitRolloutRequest {
+        selector: selector.to_owned(),
+        migration: Some(migration),
+        waves: waves.to_owned(),
+    }
+}
+
+/// Submits a migration that must be queued; `what` names it when it is not.
+async fn submit_migrate(
+    admin: &mut AdminServiceClient<Channel>,
+    request: pb::SubmitMigrateRequest,
+    what: &str,
+) -> pb::Order {
+    admin
+        .submit_migrate(request)
+        .await
+        .expect(what)
+        .into_inner()
+}
+
+/// Submits a migration that must be refused; `why` says why it should be.
+async fn refused_migrate(
+    admin: &mut AdminServiceClient<Channel>,
+    request: pb::SubmitMigrateRequest,
+    why: &str,
+) -> tonic::Status {
+    admin.submit_migrate(request).await.expect_err(why)
+}
+
+/// Submits a rollout that must start; `what` names it when it does not.
+async fn submit_rollout(
+    admin: &mut AdminServiceClient<Channel>,
+    request: pb::SubmitRolloutRequest,
+    what: &str,
+) -> pb::Rollout {
+    admin
+        .submit_rollout(request)
+        .await
+        .expect(what)
+        .into_inner()
+}
+
+/// Submits a rollout that must be refused; `why` says why it should be.
+async fn refused_rollout(
+    admin: &mut AdminServiceClient<Channel>,
+    request: pb::SubmitRolloutRequest,
+    why: &str,
+) -> tonic::Status {
+    admin.submit_rollout(request).await.expect_err(why)
+}
+
+/// Asserts that a refusal has `code` and says each of `words`.
+fn assert_refused(status: &tonic::Status, code: tonic::Code, words: &[&str]) {
+    assert_eq!(status.code(), code, "{status:?}");
+    for words in words {
+        assert!(
+            status.message().contains(words),
+            "{words}: {}",
+            status.message()
+        );
+    }
+}
+
+/// What an agent reports for a migration that applied `outcome`.
+fn migrate_outcome(order_id: &str, outcome: pb::MigrateOutcome) -> pb::OrderResult {
+    pb::OrderResult {
+        order_id: order_id.to_owned(),
+        success: true,
+        outcome: Some(pb::order_result::Outcome::Migrate(outcome)),
+        ..Default::default()
     }
 }
 
@@ -1358,26 +1460,54 @@ fn migrate_result(
     pre_migration: &str,
 ) -> pb::OrderResult {
     pb::OrderResult {
-        order_id: order_id.to_owned(),
         success: failed_version.is_none(),
         error: failed_version
             .map(|v| format!("migration {v} failed: relation \"nope\" does not exist"))
             .unwrap_or_default(),
-        outcome: Some(pb::order_result::Outcome::Migrate(pb::MigrateOutcome {
-            applied: applied
-                .iter()
-                .map(|v| pb::AppliedMigration {
-                    version: (*v).to_owned(),
-                    name: "step".to_owned(),
-                    ..Default::default()
-                })
-                .collect(),
-            failed_version: failed_version.unwrap_or_default().to_owned(),
-            pre_migration_artifact_id: pre_migration.to_owned(),
-            ..Default::default()
-        })),
-        ..Default::default()
+        ..migrate_outcome(
+            order_id,
+            pb::MigrateOutcome {
+                applied: applied
+                    .iter()
+                    .map(|v| pb::AppliedMigration {
+                        version: (*v).to_owned(),
+                        name: "step".to_owned(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                failed_version: failed_version.unwrap_or_default().to_owned(),
+                pre_migration_artifact_id: pre_migration.to_owned(),
+                ..Default::default()
+            },
+        )
     }
+}
+
+/// A migration's success: it applied `applied` and found `already` recorded, by checksum.
+fn sql_result(
+    order_id: &str,
+    applied: &[&pb::MigrationFile],
+    already: &[&pb::MigrationFile],
+) -> pb::OrderResult {
+    let rows = |files: &[&pb::MigrationFile]| {
+        files
+            .iter()
+            .map(|f| pb::AppliedMigration {
+                version: f.version.clone(),
+                name: f.name.clone(),
+                sha256: f.sha256.clone(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    migrate_outcome(
+        order_id,
+        pb::MigrateOutcome {
+            applied: rows(applied),
+            already_applied: rows(already),
+            ..Default::default()
+        },
+    )
 }
 
 /// Answers a pre-migration backup with a verified artifact; returns the artifact's id.
@@ -1393,19 +1523,45 @@ async fn take_pre_migration_backup(agent: &mut ScriptedAgent, database: &str) ->
     }
     let artifact_id = uuid::Uuid::now_v7().to_string();
     agent
-        .send(agent_message::Msg::Result(verified_backup_result(
-            &backup.order_id,
-            &artifact_id,
-            true,
-        )))
+        .report(verified_backup_result(&backup.order_id, &artifact_id, true))
         .await;
     artifact_id
 }
 
-fn migrate_params(assignment: &pb::OrderAssignment) -> pb::MigrateParams {
-    match assignment.spec.clone().and_then(|s| s.params) {
+/// Answers a pre-migration backup, and takes the migration that comes after it: returns the
+/// backup's artifact id and the migration's assignment.
+async fn migration_after_backup(
+    agent: &mut ScriptedAgent,
+    database: &str,
+) -> (String, pb::OrderAssignment) {
+    let artifact_id = take_pre_migration_backup(agent, database).await;
+    (artifact_id, agent.next_order().await)
+}
+
+/// The migration parameters of an order's spec.
+fn migrate_params_in(spec: Option<pb::OrderSpec>) -> pb::MigrateParams {
+    match spec.and_then(|s| s.params) {
         Some(pb::order_spec::Params::Migrate(params)) => params,
         other => panic!("expected a migration, got {other:?}"),
+    }
+}
+
+fn migrate_params(assignment: &pb::OrderAssignment) -> pb::MigrateParams {
+    migrate_params_in(assignment.spec.clone())
+}
+
+/// The artifact id of the pre-migration backup a migration carries.
+fn carried_backup(assignment: &pb::OrderAssignment) -> Option<String> {
+    migrate_params(assignment)
+        .pre_migration
+        .map(|p| p.artifact_id)
+}
+
+/// The migration files of an order as an operator sees it.
+fn order_files(order: &pb::Order) -> Vec<pb::MigrationFile> {
+    match migrate_params_in(order.spec.clone()).source {
+        Some(pb::migrate_params::Source::Sql(sql)) => sql.files,
+        other => panic!("expected SQL migration files, got {other:?}"),
     }
 }
 
@@ -1415,6 +1571,38 @@ async fn rollout(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Rollo
         .await
         .expect("get rollout")
         .into_inner()
+}
+
+async fn order_count(admin: &mut AdminServiceClient<Channel>) -> usize {
+    orders(admin).await.len()
+}
+
+/// Waits until order `id` is held with a phase that says `why`.
+async fn wait_held_for(admin: &mut AdminServiceClient<Channel>, id: &str, why: &str) -> pb::Order {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let held = wait_state(admin, id, pb::OrderState::Held).await;
+        if held.phase.contains(why) {
+            return held;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{held:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens a maintenance window from an hour ago to an hour from now, with `limits`.
+async fn open_window(admin: &mut AdminServiceClient<Channel>, limits: &str) {
+    let now = chrono::Utc::now();
+    apply(
+        admin,
+        once_window(
+            "maintenance",
+            now - chrono::TimeDelta::hours(1),
+            now + chrono::TimeDelta::hours(1),
+            limits,
+        ),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1430,14 +1618,12 @@ async fn a_migration_waits_for_a_window_and_carries_its_verified_pre_migration_b
     ];
 
     // A status check runs at once: no window, no backup, not exclusive.
-    let status = admin
-        .submit_migrate(pb::SubmitMigrateRequest {
-            status_only: true,
-            ..migrate("a1/app", sql_migration(files.clone()))
-        })
-        .await
-        .expect("status")
-        .into_inner();
+    let status = submit_migrate(
+        &mut admin,
+        status_check("a1/app", sql_migration(files.clone())),
+        "status",
+    )
+    .await;
     let assignment = agent.next_order().await;
     assert_eq!(assignment.order_id, status.id);
     let params = migrate_params(&assignment);
@@ -1446,21 +1632,17 @@ async fn a_migration_waits_for_a_window_and_carries_its_verified_pre_migration_b
         "{params:?}"
     );
     agent
-        .send(agent_message::Msg::Result(migrate_result(
-            &status.id,
-            &[],
-            None,
-            "",
-        )))
+        .report(migrate_result(&status.id, &[], None, ""))
         .await;
     wait_state(&mut admin, &status.id, pb::OrderState::Succeeded).await;
 
     // Outside any window the migration waits, and says why.
-    let order = admin
-        .submit_migrate(migrate("a1/app", sql_migration(files)))
-        .await
-        .expect("migrate")
-        .into_inner();
+    let order = submit_migrate(
+        &mut admin,
+        migrate("a1/app", sql_migration(files)),
+        "migrate",
+    )
+    .await;
     let held = wait_state(&mut admin, &order.id, pb::OrderState::Held).await;
     assert!(
         held.phase.contains("outside maintenance windows"),
@@ -1475,18 +1657,11 @@ async fn a_migration_waits_for_a_window_and_carries_its_verified_pre_migration_b
         once_window("maintenance", now - chrono::TimeDelta::hours(1), closes, ""),
     )
     .await;
-    let artifact_id = take_pre_migration_backup(&mut agent, "app").await;
-    let assignment = agent.next_order().await;
+    let (artifact_id, assignment) = migration_after_backup(&mut agent, "app").await;
     assert_eq!(assignment.order_id, order.id);
     assert_eq!(assignment.not_after_unix_ms, closes.timestamp_millis());
+    assert_eq!(carried_backup(&assignment), Some(artifact_id.clone()));
     let params = migrate_params(&assignment);
-    assert_eq!(
-        params
-            .pre_migration
-            .as_ref()
-            .map(|p| p.artifact_id.as_str()),
-        Some(artifact_id.as_str())
-    );
     assert_eq!(params.on_check_failure, "stop");
     // Not guarded (env=test): the agent gets no deny list.
     assert!(params.deny_commands.is_empty(), "{params:?}");
@@ -1501,12 +1676,12 @@ async fn a_migration_waits_for_a_window_and_carries_its_verified_pre_migration_b
     assert_eq!(artifact.order_id, dispatched.safety_backup_order_id);
 
     agent
-        .send(agent_message::Msg::Result(migrate_result(
+        .report(migrate_result(
             &order.id,
             &["0001", "0002"],
             None,
             &artifact_id,
-        )))
+        ))
         .await;
     wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
 
@@ -1518,12 +1693,7 @@ async fn a_migration_waits_for_a_window_and_carries_its_verified_pre_migration_b
                 .contains(&format!("\"pre_migration_artifact_id\":\"{artifact_id}\""))),
         "{sent:#?}"
     );
-    let done = audit_events(&mut admin, "order.succeeded").await;
-    let done = done
-        .iter()
-        .find(|e| e.params_json.contains(&order.id))
-        .expect("success audited");
-    let params: serde_json::Value = serde_json::from_str(&done.params_json).expect("json");
+    let params = order_audit_params(&mut admin, "order.succeeded", &order.id).await;
     assert_eq!(
         params["applied"],
         serde_json::json!(["0001_step", "0002_step"])
@@ -1532,17 +1702,9 @@ async fn a_migration_waits_for_a_window_and_carries_its_verified_pre_migration_b
         params["pre_migration_artifact_id"],
         serde_json::json!(artifact_id)
     );
-    let everything = admin
-        .list_audit(pb::ListAuditRequest {
-            after_seq: 0,
-            limit: 10_000,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
     assert!(
-        everything
+        all_audit_events(&mut admin)
+            .await
             .iter()
             .all(|e| !e.params_json.contains("secret_idx")),
         "SQL text in the audit log"
@@ -1571,128 +1733,108 @@ async fn the_guard_refuses_destructive_migrations_in_prod_unless_glass_is_broken
         migration_file("0001_ok.sql", "CREATE TABLE t (id int);"),
         migration_file("0002_wipe.sql", "TRUNCATE orders;"),
     ]);
-    let refused = admin
-        .submit_migrate(migrate("p1/shop", destructive.clone()))
-        .await
-        .expect_err("guarded");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    for words in [
-        "0002_wipe.sql",
-        "\"TRUNCATE orders\"",
-        "\"TRUNCATE\"",
-        "--emergency --reason",
-    ] {
-        assert!(
-            refused.message().contains(words),
-            "{words}: {}",
-            refused.message()
-        );
-    }
-    let command = |name: &str| pb::MigrationRequest {
-        source: Some(pb::migration_request::Source::Command(name.to_owned())),
-        ..Default::default()
-    };
-    let refused = admin
-        .submit_migrate(migrate("p1/shop", command("fresh")))
-        .await
-        .expect_err("guarded command");
-    assert!(
-        refused.message().contains("\"migrate:fresh\""),
-        "{}",
-        refused.message()
+    let refused = refused_migrate(
+        &mut admin,
+        migrate("p1/shop", destructive.clone()),
+        "guarded",
+    )
+    .await;
+    assert_refused(
+        &refused,
+        tonic::Code::FailedPrecondition,
+        &[
+            "0002_wipe.sql",
+            "\"TRUNCATE orders\"",
+            "\"TRUNCATE\"",
+            "--emergency --reason",
+        ],
     );
-    let refused = admin
-        .submit_migrate(migrate("p1/shop", command("down")))
-        .await
-        .expect_err("unknown command");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        refused.message().contains("it allows: up, fresh"),
-        "{}",
-        refused.message()
+    let refused = refused_migrate(
+        &mut admin,
+        migrate("p1/shop", command_migration("fresh")),
+        "guarded command",
+    )
+    .await;
+    assert_refused(
+        &refused,
+        tonic::Code::FailedPrecondition,
+        &["\"migrate:fresh\""],
     );
-    let refused = admin
-        .submit_migrate(migrate(
+    let refused = refused_migrate(
+        &mut admin,
+        migrate("p1/shop", command_migration("down")),
+        "unknown command",
+    )
+    .await;
+    assert_refused(
+        &refused,
+        tonic::Code::FailedPrecondition,
+        &["it allows: up, fresh"],
+    );
+    let refused = refused_migrate(
+        &mut admin,
+        migrate(
             "p1/shop",
             sql_migration(vec![migration_file(
                 "0001_x.sql",
                 "BEGIN; SELECT 1; COMMIT;",
             )]),
-        ))
-        .await
-        .expect_err("invalid file");
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused.message().contains("nothing was queued"),
-        "{}",
-        refused.message()
+        ),
+        "invalid file",
+    )
+    .await;
+    assert_refused(
+        &refused,
+        tonic::Code::InvalidArgument,
+        &["nothing was queued"],
     );
     let refusals = audit_events(&mut admin, "migrate.submit").await;
     assert_eq!(refusals.len(), 4, "{refusals:#?}");
     assert!(refusals.iter().all(|e| e.outcome.starts_with("refused: ")));
 
     // Breaking glass passes the guard (and the window), after the pre-migration backup.
-    let urgent = admin
-        .submit_migrate(migrate(
-            "p1/shop",
-            pb::MigrationRequest {
-                emergency: true,
-                reason: "incident 7".to_owned(),
-                ..destructive
-            },
-        ))
-        .await
-        .expect("emergency")
-        .into_inner();
+    let urgent = submit_migrate(
+        &mut admin,
+        migrate("p1/shop", emergency("incident 7", false, destructive)),
+        "emergency",
+    )
+    .await;
     assert!(urgent.emergency);
-    let artifact_id = take_pre_migration_backup(&mut agent, "shop").await;
-    let assignment = agent.next_order().await;
+    let (artifact_id, assignment) = migration_after_backup(&mut agent, "shop").await;
     assert_eq!(assignment.order_id, urgent.id);
     assert!(migrate_params(&assignment).deny_commands.is_empty());
     agent
-        .send(agent_message::Msg::Result(migrate_result(
+        .report(migrate_result(
             &urgent.id,
             &["0001", "0002"],
             None,
             &artifact_id,
-        )))
+        ))
         .await;
     wait_state(&mut admin, &urgent.id, pb::OrderState::Succeeded).await;
 
-    let refused = admin
-        .submit_migrate(migrate(
+    let refused = refused_migrate(
+        &mut admin,
+        migrate(
             "p1/shop",
             pb::MigrationRequest {
                 no_wait: true,
-                ..command("up")
+                ..command_migration("up")
             },
-        ))
-        .await
-        .expect_err("no window open");
-    assert!(
-        refused.message().contains("--no-wait"),
-        "{}",
-        refused.message()
-    );
-    // An allowed command in a window: the agent gets the guard's deny list to check again.
-    let now = chrono::Utc::now();
-    apply(
-        &mut admin,
-        once_window(
-            "maintenance",
-            now - chrono::TimeDelta::hours(1),
-            now + chrono::TimeDelta::hours(1),
-            "",
         ),
+        "no window open",
     )
     .await;
-    let up = admin
-        .submit_migrate(migrate("p1/shop", command("up")))
-        .await
-        .expect("command")
-        .into_inner();
-    take_pre_migration_backup(&mut agent, "shop").await;
-    let assignment = agent.next_order().await;
+    assert_refused(&refused, tonic::Code::FailedPrecondition, &["--no-wait"]);
+    // An allowed command in a window: the agent gets the guard's deny list to check again.
+    open_window(&mut admin, "").await;
+    let up = submit_migrate(
+        &mut admin,
+        migrate("p1/shop", command_migration("up")),
+        "command",
+    )
+    .await;
+    let (_, assignment) = migration_after_backup(&mut agent, "shop").await;
     assert_eq!(assignment.order_id, up.id);
     let params = migrate_params(&assignment);
     assert_eq!(
@@ -1708,13 +1850,9 @@ async fn the_guard_refuses_destructive_migrations_in_prod_unless_glass_is_broken
 
 #[tokio::test]
 async fn a_rollout_goes_wave_by_wave_and_a_failure_halts_it_before_later_waves() {
-    use chrono::Timelike;
     let harness = Harness::start().await;
     let mut admin = harness.admin();
-    let mut agents = Vec::new();
-    for name in ["a1", "a2", "a3"] {
-        agents.push(harness.agent(name, vec![], vec![]).await);
-    }
+    let mut agents = harness.agents(&["a1", "a2", "a3"]).await;
     let _beats: Vec<_> = agents.iter().map(ScriptedAgent::keep_alive).collect();
     let files = vec![migration_file(
         "0001_create.sql",
@@ -1722,88 +1860,57 @@ async fn a_rollout_goes_wave_by_wave_and_a_failure_halts_it_before_later_waves()
     )];
 
     // Refused whole, with every problem, when any database cannot take it.
-    let refused = admin
-        .submit_rollout(pb::SubmitRolloutRequest {
-            selector: "env=test".to_owned(),
-            migration: Some(pb::MigrationRequest {
-                source: Some(pb::migration_request::Source::Command("up".to_owned())),
-                ..Default::default()
-            }),
-            waves: "1,2,100%".to_owned(),
-        })
-        .await
-        .expect_err("no agent allows the command");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    for db in ["a1/app", "a2/app", "a3/app"] {
-        assert!(
-            refused.message().contains(db),
-            "{db}: {}",
-            refused.message()
-        );
-    }
-    let refused = admin
-        .submit_rollout(pb::SubmitRolloutRequest {
-            selector: "env=test".to_owned(),
-            migration: Some(sql_migration(files.clone())),
-            waves: "1,50%".to_owned(),
-        })
-        .await
-        .expect_err("waves do not end at 100%");
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    let unknown = admin
-        .submit_rollout(pb::SubmitRolloutRequest {
-            selector: "env=nowhere".to_owned(),
-            migration: Some(sql_migration(files.clone())),
-            waves: String::new(),
-        })
-        .await
-        .expect_err("selects nothing");
-    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let refused = refused_rollout(
+        &mut admin,
+        rollout_request("env=test", "1,2,100%", command_migration("up")),
+        "no agent allows the command",
+    )
+    .await;
+    assert_refused(
+        &refused,
+        tonic::Code::FailedPrecondition,
+        &["a1/app", "a2/app", "a3/app"],
+    );
+    let refused = refused_rollout(
+        &mut admin,
+        rollout_request("env=test", "1,50%", sql_migration(files.clone())),
+        "waves do not end at 100%",
+    )
+    .await;
+    assert_refused(&refused, tonic::Code::InvalidArgument, &[]);
+    let unknown = refused_rollout(
+        &mut admin,
+        rollout_request("env=nowhere", "", sql_migration(files.clone())),
+        "selects nothing",
+    )
+    .await;
+    assert_refused(&unknown, tonic::Code::NotFound, &[]);
     let missing = admin
         .get_rollout(pb::GetRolloutRequest {
             id: uuid::Uuid::now_v7().to_string(),
         })
         .await
         .expect_err("unknown rollout");
-    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert_refused(&missing, tonic::Code::NotFound, &["`warden rollouts`"]);
     assert!(
-        missing.message().contains("`warden rollouts`"),
-        "{missing:?}"
-    );
-    assert!(
-        admin
-            .list_orders(pb::ListOrdersRequest::default())
-            .await
-            .expect("orders")
-            .into_inner()
-            .orders
-            .is_empty(),
+        orders(&mut admin).await.is_empty(),
         "a refused rollout created orders"
     );
 
-    let now = chrono::Utc::now().with_nanosecond(0).expect("whole second");
-    apply(
+    open_window(&mut admin, "").await;
+    let started = submit_rollout(
         &mut admin,
-        once_window(
-            "maintenance",
-            now - chrono::TimeDelta::hours(1),
-            now + chrono::TimeDelta::hours(1),
-            "",
-        ),
-    )
-    .await;
-    let started = admin
-        .submit_rollout(pb::SubmitRolloutRequest {
-            selector: "env=test".to_owned(),
-            migration: Some(pb::MigrationRequest {
+        rollout_request(
+            "env=test",
+            "1,2,100%",
+            pb::MigrationRequest {
                 reason: "ship v2".to_owned(),
                 ..sql_migration(files)
-            }),
-            waves: "1,2,100%".to_owned(),
-        })
-        .await
-        .expect("rollout")
-        .into_inner();
+            },
+        ),
+        "rollout",
+    )
+    .await;
     assert_eq!(
         (
             started.state.as_str(),
@@ -1824,30 +1931,29 @@ async fn a_rollout_goes_wave_by_wave_and_a_failure_halts_it_before_later_waves()
     assert_eq!(started.migrations[0].version, "0001");
 
     // Wave 1: a1 only; a2 hears nothing until it succeeded.
-    let artifact_1 = take_pre_migration_backup(&mut agents[0], "app").await;
-    let first = agents[0].next_order().await;
+    let (artifact_1, first) = migration_after_backup(&mut agents[0], "app").await;
     assert_eq!(migrate_params(&first).rollout_id, started.id);
-    let quiet = tokio::time::timeout(Duration::from_millis(500), agents[1].next_order()).await;
-    assert!(quiet.is_err(), "wave 2 started early: {quiet:?}");
+    agents[1]
+        .assert_no_order(Duration::from_millis(500), "wave 2 started early")
+        .await;
     agents[0]
-        .send(agent_message::Msg::Result(migrate_result(
+        .report(migrate_result(
             &first.order_id,
             &["0001"],
             None,
             &artifact_1,
-        )))
+        ))
         .await;
 
     // Wave 2: a2 fails; the rollout halts and a3 is never ordered.
-    let artifact_2 = take_pre_migration_backup(&mut agents[1], "app").await;
-    let second = agents[1].next_order().await;
+    let (artifact_2, second) = migration_after_backup(&mut agents[1], "app").await;
     agents[1]
-        .send(agent_message::Msg::Result(migrate_result(
+        .report(migrate_result(
             &second.order_id,
             &[],
             Some("0001"),
             &artifact_2,
-        )))
+        ))
         .await;
     wait_state(&mut admin, &second.order_id, pb::OrderState::Failed).await;
     let halted = rollout(&mut admin, &started.id).await;
@@ -1874,8 +1980,12 @@ async fn a_rollout_goes_wave_by_wave_and_a_failure_halts_it_before_later_waves()
     assert_eq!(halted.targets[0].pre_migration_artifact_id, artifact_1);
     assert_eq!(halted.targets[1].pre_migration_artifact_id, artifact_2);
     assert!(halted.targets[2].order_id.is_empty());
-    let quiet = tokio::time::timeout(Duration::from_millis(1500), agents[2].next_order()).await;
-    assert!(quiet.is_err(), "a halted rollout ordered wave 3: {quiet:?}");
+    agents[2]
+        .assert_no_order(
+            Duration::from_millis(1500),
+            "a halted rollout ordered wave 3",
+        )
+        .await;
 
     let listed = admin
         .list_rollouts(pb::ListRolloutsRequest {})
@@ -1904,36 +2014,25 @@ async fn a_rollout_goes_wave_by_wave_and_a_failure_halts_it_before_later_waves()
 async fn a_rollout_succeeds_when_its_last_wave_does_and_a_cancel_halts_another() {
     let harness = Harness::start().await;
     let mut admin = harness.admin();
-    let mut agents = Vec::new();
-    for name in ["a1", "a2"] {
-        agents.push(harness.agent(name, vec![], vec![]).await);
-    }
+    let mut agents = harness.agents(&["a1", "a2"]).await;
     let _beats: Vec<_> = agents.iter().map(ScriptedAgent::keep_alive).collect();
-    let request = |reason: &str| pb::SubmitRolloutRequest {
-        selector: "env=test".to_owned(),
-        migration: Some(pb::MigrationRequest {
-            emergency: true,
-            skip_safety_backup: true,
-            reason: reason.to_owned(),
-            ..sql_migration(vec![migration_file("0001_a.sql", "SELECT 1;")])
-        }),
-        waves: "50%,100%".to_owned(),
+    let request = |reason: &str| {
+        rollout_request(
+            "env=test",
+            "50%,100%",
+            emergency(
+                reason,
+                true,
+                sql_migration(vec![migration_file("0001_a.sql", "SELECT 1;")]),
+            ),
+        )
     };
-    let started = admin
-        .submit_rollout(request("hotfix"))
-        .await
-        .expect("rollout")
-        .into_inner();
+    let started = submit_rollout(&mut admin, request("hotfix"), "rollout").await;
     for agent in &mut agents {
         let order = agent.next_order().await;
         assert!(migrate_params(&order).pre_migration.is_none());
         agent
-            .send(agent_message::Msg::Result(migrate_result(
-                &order.order_id,
-                &["0001"],
-                None,
-                "",
-            )))
+            .report(migrate_result(&order.order_id, &["0001"], None, ""))
             .await;
     }
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -1947,19 +2046,15 @@ async fn a_rollout_succeeds_when_its_last_wave_does_and_a_cancel_halts_another()
     assert_eq!(audit_events(&mut admin, "rollout.succeeded").await.len(), 1);
 
     // Cancelling an order of a running rollout halts it, with who cancelled and why.
-    let second = admin
-        .submit_rollout(request("hotfix 2"))
-        .await
-        .expect("rollout")
-        .into_inner();
+    let second = submit_rollout(&mut admin, request("hotfix 2"), "rollout").await;
     let order = agents[0].next_order().await;
     agents[0]
-        .send(agent_message::Msg::Result(pb::OrderResult {
+        .report(pb::OrderResult {
             order_id: order.order_id.clone(),
             cancelled: true,
             error: "cancelled by operator".to_owned(),
             ..Default::default()
-        }))
+        })
         .await;
     wait_state(&mut admin, &order.order_id, pb::OrderState::Cancelled).await;
     let halted = rollout(&mut admin, &second.id).await;
@@ -1969,88 +2064,13 @@ async fn a_rollout_succeeds_when_its_last_wave_does_and_a_cancel_halts_another()
     assert_chain_intact(&mut admin).await;
 }
 
-/// A migration's success: it applied `applied` and found `already` recorded, by checksum.
-fn sql_result(
-    order_id: &str,
-    applied: &[&pb::MigrationFile],
-    already: &[&pb::MigrationFile],
-) -> pb::OrderResult {
-    let rows = |files: &[&pb::MigrationFile]| {
-        files
-            .iter()
-            .map(|f| pb::AppliedMigration {
-                version: f.version.clone(),
-                name: f.name.clone(),
-                sha256: f.sha256.clone(),
-                ..Default::default()
-            })
-            .collect()
-    };
-    pb::OrderResult {
-        order_id: order_id.to_owned(),
-        success: true,
-        outcome: Some(pb::order_result::Outcome::Migrate(pb::MigrateOutcome {
-            applied: rows(applied),
-            already_applied: rows(already),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
-/// The migration files of an order as an operator sees it.
-fn order_files(order: &pb::Order) -> Vec<pb::MigrationFile> {
-    match order.spec.clone().and_then(|s| s.params) {
-        Some(pb::order_spec::Params::Migrate(pb::MigrateParams {
-            source: Some(pb::migrate_params::Source::Sql(sql)),
-            ..
-        })) => sql.files,
-        other => panic!("expected SQL migration files, got {other:?}"),
-    }
-}
-
-async fn order_count(admin: &mut AdminServiceClient<Channel>) -> usize {
-    admin
-        .list_orders(pb::ListOrdersRequest::default())
-        .await
-        .expect("orders")
-        .into_inner()
-        .orders
-        .len()
-}
-
-async fn open_window(admin: &mut AdminServiceClient<Channel>, limits: &str) {
-    let now = chrono::Utc::now();
-    apply(
-        admin,
-        once_window(
-            "maintenance",
-            now - chrono::TimeDelta::hours(1),
-            now + chrono::TimeDelta::hours(1),
-            limits,
-        ),
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn the_guard_checks_only_files_not_known_applied_and_the_agent_gets_the_sql_deny_list() {
     let harness = Harness::start().await;
     let mut admin = harness.admin();
-    let mut p1 = harness
-        .connect(hello(
-            "p1",
-            &[("env", "prod")],
-            vec![database("shop", vec![])],
-        ))
-        .await;
-    let mut p2 = harness
-        .connect(hello(
-            "p2",
-            &[("env", "prod")],
-            vec![database("shop", vec![])],
-        ))
-        .await;
+    let prod = |name: &str| hello(name, &[("env", "prod")], vec![database("shop", vec![])]);
+    let mut p1 = harness.connect(prod("p1")).await;
+    let mut p2 = harness.connect(prod("p2")).await;
     let _beats = (p1.keep_alive(), p2.keep_alive());
     open_window(&mut admin, "").await;
     let init = migration_file(
@@ -2060,19 +2080,15 @@ async fn the_guard_checks_only_files_not_known_applied_and_the_agent_gets_the_sq
     let add = migration_file("0002_add.sql", "CREATE TABLE app.t (id int);");
 
     // The init file went in by breaking glass: the agent got no deny list.
-    let first = admin
-        .submit_migrate(migrate(
+    let first = submit_migrate(
+        &mut admin,
+        migrate(
             "p1/shop",
-            pb::MigrationRequest {
-                emergency: true,
-                skip_safety_backup: true,
-                reason: "bootstrap".to_owned(),
-                ..sql_migration(vec![init.clone()])
-            },
-        ))
-        .await
-        .expect("emergency")
-        .into_inner();
+            emergency("bootstrap", true, sql_migration(vec![init.clone()])),
+        ),
+        "emergency",
+    )
+    .await;
     let assignment = p1.next_order().await;
     assert_eq!(assignment.order_id, first.id);
     let params = migrate_params(&assignment);
@@ -2080,25 +2096,17 @@ async fn the_guard_checks_only_files_not_known_applied_and_the_agent_gets_the_sq
         params.deny_sql.is_empty() && params.deny_commands.is_empty(),
         "{params:?}"
     );
-    p1.send(agent_message::Msg::Result(sql_result(
-        &first.id,
-        &[&init],
-        &[],
-    )))
-    .await;
+    p1.report(sql_result(&first.id, &[&init], &[])).await;
     wait_state(&mut admin, &first.id, pb::OrderState::Succeeded).await;
 
     // The next migration sends the init file again: known applied on p1, so not checked.
-    let second = admin
-        .submit_migrate(migrate(
-            "p1/shop",
-            sql_migration(vec![init.clone(), add.clone()]),
-        ))
-        .await
-        .expect("the init file is known applied")
-        .into_inner();
-    take_pre_migration_backup(&mut p1, "shop").await;
-    let assignment = p1.next_order().await;
+    let second = submit_migrate(
+        &mut admin,
+        migrate("p1/shop", sql_migration(vec![init.clone(), add.clone()])),
+        "the init file is known applied",
+    )
+    .await;
+    let (_, assignment) = migration_after_backup(&mut p1, "shop").await;
     assert_eq!(assignment.order_id, second.id);
     let params = migrate_params(&assignment);
     // The agent checks what is really pending against the whole guard.
@@ -2112,52 +2120,47 @@ async fn the_guard_checks_only_files_not_known_applied_and_the_agent_gets_the_sq
         params.deny_commands.iter().any(|c| c == "migrate:fresh"),
         "{params:?}"
     );
-    p1.send(agent_message::Msg::Result(sql_result(
-        &second.id,
-        &[&add],
-        &[&init],
-    )))
-    .await;
+    p1.report(sql_result(&second.id, &[&add], &[&init])).await;
     wait_state(&mut admin, &second.id, pb::OrderState::Succeeded).await;
 
     // Elsewhere, or edited, the same file is checked, refused, and nothing is queued.
     let before = order_count(&mut admin).await;
-    let refused = admin
-        .submit_migrate(migrate(
-            "p2/shop",
-            sql_migration(vec![init.clone(), add.clone()]),
-        ))
-        .await
-        .expect_err("p2 never applied it");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        refused.message().contains("0001_init.sql"),
-        "{}",
-        refused.message()
+    let refused = refused_migrate(
+        &mut admin,
+        migrate("p2/shop", sql_migration(vec![init.clone(), add.clone()])),
+        "p2 never applied it",
+    )
+    .await;
+    assert_refused(
+        &refused,
+        tonic::Code::FailedPrecondition,
+        &["0001_init.sql"],
     );
     let edited = migration_file("0001_init.sql", "DROP SCHEMA app CASCADE;");
-    let refused = admin
-        .submit_migrate(migrate("p1/shop", sql_migration(vec![edited, add.clone()])))
-        .await
-        .expect_err("another file under the same version");
-    assert!(
-        refused.message().contains("0001_init.sql"),
-        "{}",
-        refused.message()
+    let refused = refused_migrate(
+        &mut admin,
+        migrate("p1/shop", sql_migration(vec![edited, add.clone()])),
+        "another file under the same version",
+    )
+    .await;
+    assert_refused(
+        &refused,
+        tonic::Code::FailedPrecondition,
+        &["0001_init.sql"],
     );
-    let rollout_request = pb::SubmitRolloutRequest {
-        selector: "env=prod".to_owned(),
-        migration: Some(sql_migration(vec![init.clone(), add.clone()])),
-        waves: String::new(),
-    };
-    let refused = admin
-        .submit_rollout(rollout_request.clone())
-        .await
-        .expect_err("p2 cannot take it");
+    let both = rollout_request(
+        "env=prod",
+        "",
+        sql_migration(vec![init.clone(), add.clone()]),
+    );
+    let refused = refused_rollout(&mut admin, both.clone(), "p2 cannot take it").await;
+    assert_refused(
+        &refused,
+        tonic::Code::FailedPrecondition,
+        &["1 of the 2 databases", "p2/shop: 0001_init.sql"],
+    );
     assert!(
-        refused.message().contains("1 of the 2 databases")
-            && refused.message().contains("p2/shop: 0001_init.sql")
-            && !refused.message().contains("p1/shop"),
+        !refused.message().contains("p1/shop"),
         "{}",
         refused.message()
     );
@@ -2168,32 +2171,21 @@ async fn the_guard_checks_only_files_not_known_applied_and_the_agent_gets_the_sq
     );
 
     // A status check's report counts too: it found the init file recorded on p2.
-    let status = admin
-        .submit_migrate(pb::SubmitMigrateRequest {
-            status_only: true,
-            ..migrate("p2/shop", sql_migration(vec![init.clone()]))
-        })
-        .await
-        .expect("status")
-        .into_inner();
-    assert_eq!(p2.next_order().await.order_id, status.id);
-    p2.send(agent_message::Msg::Result(sql_result(
-        &status.id,
-        &[],
-        &[&init],
-    )))
+    let status = submit_migrate(
+        &mut admin,
+        status_check("p2/shop", sql_migration(vec![init.clone()])),
+        "status",
+    )
     .await;
+    assert_eq!(p2.next_order().await.order_id, status.id);
+    p2.report(sql_result(&status.id, &[], &[&init])).await;
     wait_state(&mut admin, &status.id, pb::OrderState::Succeeded).await;
 
     // Now the rollout passes on both, and each agent gets the guard with its order.
-    let started = admin
-        .submit_rollout(rollout_request)
-        .await
-        .expect("both know the init file applied")
-        .into_inner();
+    let started = submit_rollout(&mut admin, both, "both know the init file applied").await;
     for agent in [&mut p1, &mut p2] {
-        take_pre_migration_backup(agent, "shop").await;
-        let params = migrate_params(&agent.next_order().await);
+        let (_, assignment) = migration_after_backup(agent, "shop").await;
+        let params = migrate_params(&assignment);
         assert_eq!(params.rollout_id, started.id);
         assert!(
             params
@@ -2216,14 +2208,12 @@ async fn operators_never_see_migration_sql_and_two_mib_of_it_reach_the_agent() {
     let size = warden_shared::migration::MAX_MIGRATION_BYTES;
     let sql = format!("{head}{}", "x".repeat(size - head.len()));
     let file = migration_file("0001_big.sql", &sql);
-    let order = admin
-        .submit_migrate(pb::SubmitMigrateRequest {
-            status_only: true,
-            ..migrate("a1/app", sql_migration(vec![file.clone()]))
-        })
-        .await
-        .expect("2 MiB of SQL is accepted")
-        .into_inner();
+    let order = submit_migrate(
+        &mut admin,
+        status_check("a1/app", sql_migration(vec![file.clone()])),
+        "2 MiB of SQL is accepted",
+    )
+    .await;
     let stripped = |order: &pb::Order| {
         let files = order_files(order);
         assert_eq!(files.len(), 1);
@@ -2249,25 +2239,10 @@ async fn operators_never_see_migration_sql_and_two_mib_of_it_reach_the_agent() {
         }
         other => panic!("{other:?}"),
     }
-    stripped(
-        &admin
-            .get_order(pb::GetOrderRequest {
-                id: order.id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner(),
-    );
-    let listed = admin
-        .list_orders(pb::ListOrdersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .orders;
+    stripped(&get_order(&mut admin, &order.id).await);
+    let listed = orders(&mut admin).await;
     stripped(listed.iter().find(|o| o.id == order.id).expect("listed"));
-    agent
-        .send(agent_message::Msg::Result(sql_result(&order.id, &[], &[])))
-        .await;
+    agent.report(sql_result(&order.id, &[], &[])).await;
     wait_state(&mut admin, &order.id, pb::OrderState::Succeeded).await;
 }
 
@@ -2280,41 +2255,30 @@ async fn a_safety_backup_taken_before_another_migration_of_the_database_ran_is_t
     open_window(&mut admin, "").await;
     let a = migration_file("0001_a.sql", "CREATE TABLE a (id int);");
     let b = migration_file("0002_b.sql", "CREATE TABLE b (id int);");
-    let m1 = admin
-        .submit_migrate(migrate("a1/app", sql_migration(vec![a.clone()])))
-        .await
-        .expect("m1")
-        .into_inner();
-    let m2 = admin
-        .submit_migrate(migrate("a1/app", sql_migration(vec![a.clone(), b])))
-        .await
-        .expect("m2")
-        .into_inner();
+    let m1 = submit_migrate(
+        &mut admin,
+        migrate("a1/app", sql_migration(vec![a.clone()])),
+        "m1",
+    )
+    .await;
+    let m2 = submit_migrate(
+        &mut admin,
+        migrate("a1/app", sql_migration(vec![a.clone(), b])),
+        "m2",
+    )
+    .await;
     // Both backups run before either migration: m2's shows the database before m1.
     let artifact_1 = take_pre_migration_backup(&mut agent, "app").await;
     let artifact_2 = take_pre_migration_backup(&mut agent, "app").await;
     let first = agent.next_order().await;
     assert_eq!(first.order_id, m1.id);
-    assert_eq!(
-        migrate_params(&first).pre_migration.map(|p| p.artifact_id),
-        Some(artifact_1)
-    );
+    assert_eq!(carried_backup(&first), Some(artifact_1));
     // So m2 drops its backup, and takes none while m1 runs.
-    let waiting = wait_state(&mut admin, &m2.id, pb::OrderState::Held).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut waiting = waiting;
-    while !waiting
-        .phase
-        .contains(&format!("waiting for order {}", m1.id))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{waiting:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waiting = wait_state(&mut admin, &m2.id, pb::OrderState::Held).await;
-    }
+    let waiting = wait_held_for(&mut admin, &m2.id, &format!("waiting for order {}", m1.id)).await;
     assert!(waiting.safety_backup_order_id.is_empty(), "{waiting:?}");
     let discarded = audit_events(&mut admin, "order.safety_backup_discarded").await;
     assert_eq!(discarded.len(), 1, "{discarded:#?}");
-    let params: serde_json::Value = serde_json::from_str(&discarded[0].params_json).expect("json");
+    let params = audit_params(&discarded[0]);
     assert_eq!(params["order_id"], serde_json::json!(m2.id));
     assert!(
         params["why"]
@@ -2322,20 +2286,18 @@ async fn a_safety_backup_taken_before_another_migration_of_the_database_ran_is_t
             .is_some_and(|why| why.contains(&format!("predates order {}", m1.id))),
         "{params}"
     );
-    let quiet = tokio::time::timeout(Duration::from_millis(500), agent.next_order()).await;
-    assert!(
-        quiet.is_err(),
-        "a backup was taken while m1 runs: {quiet:?}"
-    );
+    agent
+        .assert_no_order(
+            Duration::from_millis(500),
+            "a backup was taken while m1 runs",
+        )
+        .await;
 
     // Once m1 ended, m2 takes a new backup and carries it, never the stale one.
-    agent
-        .send(agent_message::Msg::Result(sql_result(&m1.id, &[&a], &[])))
-        .await;
-    let artifact_3 = take_pre_migration_backup(&mut agent, "app").await;
-    let second = agent.next_order().await;
+    agent.report(sql_result(&m1.id, &[&a], &[])).await;
+    let (artifact_3, second) = migration_after_backup(&mut agent, "app").await;
     assert_eq!(second.order_id, m2.id);
-    let carried = migrate_params(&second).pre_migration.map(|p| p.artifact_id);
+    let carried = carried_backup(&second);
     assert_eq!(carried, Some(artifact_3));
     assert_ne!(carried, Some(artifact_2));
     assert_chain_intact(&mut admin).await;
@@ -2354,17 +2316,18 @@ async fn a_pre_migration_artifact_no_longer_complete_at_dispatch_is_taken_again(
         .await;
     let _beats = agent.keep_alive();
     open_window(&mut admin, "").await;
-    let order = admin
-        .submit_migrate(migrate(
+    let order = submit_migrate(
+        &mut admin,
+        migrate(
             "a1/app",
             sql_migration(vec![migration_file(
                 "0001_a.sql",
                 "CREATE TABLE a (id int);",
             )]),
-        ))
-        .await
-        .expect("migrate")
-        .into_inner();
+        ),
+        "migrate",
+    )
+    .await;
     let safety = agent.next_order().await;
     let busy = admin
         .submit_backup(pb::SubmitBackupRequest {
@@ -2379,26 +2342,11 @@ async fn a_pre_migration_artifact_no_longer_complete_at_dispatch_is_taken_again(
     open_window(&mut admin, "[limits]\nper_agent = 1\n").await;
     let artifact_id = uuid::Uuid::now_v7().to_string();
     agent
-        .send(agent_message::Msg::Result(verified_backup_result(
-            &safety.order_id,
-            &artifact_id,
-            true,
-        )))
+        .report(verified_backup_result(&safety.order_id, &artifact_id, true))
         .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let held = wait_state(&mut admin, &order.id, pb::OrderState::Held).await;
-        if held.phase.contains("limits.per_agent") {
-            let bound = match held.spec.and_then(|s| s.params) {
-                Some(pb::order_spec::Params::Migrate(params)) => params.pre_migration,
-                other => panic!("{other:?}"),
-            };
-            assert_eq!(bound.map(|p| p.artifact_id), Some(artifact_id.clone()));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{held:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let held = wait_held_for(&mut admin, &order.id, "limits.per_agent").await;
+    let bound = migrate_params_in(held.spec).pre_migration;
+    assert_eq!(bound.map(|p| p.artifact_id), Some(artifact_id.clone()));
 
     // Retention expires that artifact meanwhile.
     let store = warden_coordinator::store::Store::open(&format!(
@@ -2415,20 +2363,11 @@ async fn a_pre_migration_artifact_no_longer_complete_at_dispatch_is_taken_again(
 
     // The slot frees up: the migration takes a new backup and carries that one.
     agent
-        .send(agent_message::Msg::Result(backup_result(
-            &busy.id,
-            &uuid::Uuid::now_v7().to_string(),
-        )))
+        .report(backup_result(&busy.id, &uuid::Uuid::now_v7().to_string()))
         .await;
-    let fresh = take_pre_migration_backup(&mut agent, "app").await;
-    let assignment = agent.next_order().await;
+    let (fresh, assignment) = migration_after_backup(&mut agent, "app").await;
     assert_eq!(assignment.order_id, order.id);
-    assert_eq!(
-        migrate_params(&assignment)
-            .pre_migration
-            .map(|p| p.artifact_id),
-        Some(fresh)
-    );
+    assert_eq!(carried_backup(&assignment), Some(fresh));
     let discarded = audit_events(&mut admin, "order.safety_backup_discarded").await;
     assert_eq!(discarded.len(), 1, "{discarded:#?}");
     assert!(
@@ -2449,18 +2388,19 @@ async fn orders_of_a_rollout_halted_later_in_the_same_dispatch_pass_are_cancelle
         .connect(hello("a1", &[("env", "test")], databases()))
         .await;
     open_window(&mut admin, "").await;
-    let started = admin
-        .submit_rollout(pb::SubmitRolloutRequest {
-            selector: "env=test".to_owned(),
-            migration: Some(sql_migration(vec![migration_file(
+    let started = submit_rollout(
+        &mut admin,
+        rollout_request(
+            "env=test",
+            "",
+            sql_migration(vec![migration_file(
                 "0001_a.sql",
                 "CREATE TABLE a (id int);",
-            )])),
-            waves: String::new(),
-        })
-        .await
-        .expect("rollout")
-        .into_inner();
+            )]),
+        ),
+        "rollout",
+    )
+    .await;
     let mut backups = HashMap::new();
     for _ in 0..2 {
         let backup = agent.next_order().await;
@@ -2491,11 +2431,12 @@ async fn orders_of_a_rollout_halted_later_in_the_same_dispatch_pass_are_cancelle
             .await
     };
     let _beats = agent.keep_alive();
-    let sent = tokio::time::timeout(Duration::from_millis(1500), agent.next_order()).await;
-    assert!(
-        sent.is_err(),
-        "an order of a halted rollout was sent: {sent:?}"
-    );
+    agent
+        .assert_no_order(
+            Duration::from_millis(1500),
+            "an order of a halted rollout was sent",
+        )
+        .await;
     let halted = rollout(&mut admin, &started.id).await;
     assert_eq!(halted.state, "halted", "{halted:?}");
     let states: Vec<(&str, &str)> = halted
@@ -2521,13 +2462,13 @@ async fn an_auto_restore_that_finds_the_pre_migration_backup_corrupt_marks_it_co
     let _beats = agent.keep_alive();
     open_window(&mut admin, "").await;
     let file = migration_file("0001_a.sql", "CREATE TABLE a (id int);");
-    let order = admin
-        .submit_migrate(migrate("a1/app", sql_migration(vec![file])))
-        .await
-        .expect("migrate")
-        .into_inner();
-    let artifact_id = take_pre_migration_backup(&mut agent, "app").await;
-    let assignment = agent.next_order().await;
+    let order = submit_migrate(
+        &mut admin,
+        migrate("a1/app", sql_migration(vec![file])),
+        "migrate",
+    )
+    .await;
+    let (artifact_id, assignment) = migration_after_backup(&mut agent, "app").await;
     assert_eq!(assignment.order_id, order.id);
     let mut result = migrate_result(&order.id, &["0001"], None, &artifact_id);
     result.success = false;
@@ -2535,7 +2476,7 @@ async fn an_auto_restore_that_finds_the_pre_migration_backup_corrupt_marks_it_co
     result.error = format!(
         "post-check \"health\" failed; restoring pre-migration backup {artifact_id} failed: the pre-migration backup is unusable: sha256 mismatch"
     );
-    agent.send(agent_message::Msg::Result(result)).await;
+    agent.report(result).await;
     let failed = wait_state(&mut admin, &order.id, pb::OrderState::Failed).await;
     assert!(failed.error.contains("unusable"), "{failed:?}");
 
@@ -2547,8 +2488,7 @@ async fn an_auto_restore_that_finds_the_pre_migration_backup_corrupt_marks_it_co
     );
     let events = audit_events(&mut admin, "artifact.corrupt").await;
     assert_eq!(events.len(), 1, "{events:#?}");
-    let done = audit_events(&mut admin, "order.failed").await;
-    let params: serde_json::Value = serde_json::from_str(&done[0].params_json).expect("json");
+    let params = order_audit_params(&mut admin, "order.failed", &order.id).await;
     assert_eq!(params["artifact_corrupt"], true, "{params}");
     assert_eq!(
         params["pre_migration_artifact_id"],

@@ -55,6 +55,11 @@ impl MigrationRequest {
         }
         params
     }
+
+    /// How the request asks its work to start.
+    fn glass(&self) -> BreakGlass {
+        BreakGlass::new(self.emergency, self.skip_safety_backup, self.no_wait)
+    }
 }
 
 /// A request whose own fields are valid: its source (SQL files sorted by version) and the
@@ -75,17 +80,7 @@ pub(super) fn check_request(
             "a status check only reads what the database recorded: it needs no window and no backup, so --emergency, --no-wait and --skip-safety-backup do not apply".to_owned(),
         );
     }
-    if request.emergency && request.reason.trim().is_empty() {
-        return invalid(
-            "--emergency needs --reason \"...\": break-glass work is audited with its reason"
-                .to_owned(),
-        );
-    }
-    if request.skip_safety_backup && !request.emergency {
-        return invalid(
-            "--skip-safety-backup is only allowed with --emergency --reason \"...\"".to_owned(),
-        );
-    }
+    request.glass().check(&request.reason)?;
     let on_check_failure =
         match request.on_check_failure.trim() {
             "" => None,
@@ -298,12 +293,7 @@ impl Fleet {
             CoordinatorError::FailedPrecondition(format!("{target}: {problem}. Nothing was queued"))
         })?;
         let spec = migrate_spec(&policy.policy, &labels, &checked, status_only, guard, None);
-        let glass = BreakGlass::new(
-            request.emergency,
-            request.skip_safety_backup,
-            request.no_wait,
-        );
-        self.submit_destructive(actor, &target, &spec, &request.reason, glass)
+        self.submit_destructive(actor, &target, &spec, &request.reason, request.glass())
             .await
     }
 }
@@ -427,8 +417,48 @@ mod tests {
     use super::*;
     use warden_shared::labels::labels;
 
-    fn nothing_applied() -> KnownApplied {
-        KnownApplied::new()
+    /// What a test asks [`admit`] to let through.
+    #[derive(Clone, Copy)]
+    enum Ask {
+        Migrate,
+        BreakGlass,
+        StatusOnly,
+    }
+
+    /// Database a1/shop as [`admit`] sees it: the policy, its labels, the commands its agent
+    /// allows and the files known to be applied to it.
+    #[derive(Clone)]
+    struct Shop {
+        policy: FleetPolicy,
+        labels: Labels,
+        commands: Vec<MigrateCommand>,
+        known: KnownApplied,
+    }
+
+    impl Shop {
+        /// Labelled `env=<env>`, allowing no commands, nothing known applied.
+        fn new(policy: FleetPolicy, env: &str) -> Self {
+            Self {
+                policy,
+                labels: labels(&[("env", env)]),
+                commands: Vec::new(),
+                known: KnownApplied::new(),
+            }
+        }
+
+        fn admit(&self, source: &MigrationSource, ask: Ask) -> Result<Guard, String> {
+            let target = DatabaseId::new("a1", "shop").expect("valid");
+            admit(
+                &self.policy,
+                &target,
+                &self.labels,
+                &self.commands,
+                source,
+                &self.known,
+                matches!(ask, Ask::BreakGlass),
+                matches!(ask, Ask::StatusOnly),
+            )
+        }
     }
 
     fn file(name: &str, sql: &str) -> MigrationFile {
@@ -516,8 +546,6 @@ mod tests {
 
     #[test]
     fn the_guard_refuses_destructive_sql_in_guarded_databases_only() {
-        let policy = FleetPolicy::default();
-        let target = DatabaseId::new("a1", "shop").expect("valid");
         let drop = MigrationSource::Sql {
             files: vec![
                 file("1_ok.sql", "CREATE TABLE t (id int);"),
@@ -527,18 +555,8 @@ mod tests {
                 ),
             ],
         };
-        let prod = labels(&[("env", "prod")]);
-        let problem = admit(
-            &policy,
-            &target,
-            &prod,
-            &[],
-            &drop,
-            &nothing_applied(),
-            false,
-            false,
-        )
-        .expect_err("guarded");
+        let prod = Shop::new(FleetPolicy::default(), "prod");
+        let problem = prod.admit(&drop, Ask::Migrate).expect_err("guarded");
         assert!(
             problem.contains("2_bad.sql")
                 && problem.contains("DROP SCHEMA app CASCADE")
@@ -547,31 +565,9 @@ mod tests {
             "{problem}"
         );
         // Glass broken: it passes, and the agent gets no deny list.
-        assert_eq!(
-            admit(
-                &policy,
-                &target,
-                &prod,
-                &[],
-                &drop,
-                &nothing_applied(),
-                true,
-                false
-            ),
-            Ok(Guard::default())
-        );
+        assert_eq!(prod.admit(&drop, Ask::BreakGlass), Ok(Guard::default()));
         // A status check changes nothing, so it passes; the agent still gets the deny list.
-        let deny = admit(
-            &policy,
-            &target,
-            &prod,
-            &[],
-            &drop,
-            &nothing_applied(),
-            false,
-            true,
-        )
-        .expect("status");
+        let deny = prod.admit(&drop, Ask::StatusOnly).expect("status");
         assert!(
             deny.commands.iter().any(|d| d == "migrate:fresh"),
             "{deny:?}"
@@ -581,20 +577,8 @@ mod tests {
             "{deny:?}"
         );
         // Not guarded: no deny list.
-        let staging = labels(&[("env", "staging")]);
-        assert_eq!(
-            admit(
-                &policy,
-                &target,
-                &staging,
-                &[],
-                &drop,
-                &nothing_applied(),
-                false,
-                false
-            ),
-            Ok(Guard::default())
-        );
+        let staging = Shop::new(FleetPolicy::default(), "staging");
+        assert_eq!(staging.admit(&drop, Ask::Migrate), Ok(Guard::default()));
     }
 
     #[test]
@@ -606,8 +590,6 @@ mod tests {
             },
             ..FleetPolicy::default()
         };
-        let target = DatabaseId::new("a1", "shop").expect("valid");
-        let prod = labels(&[("env", "prod")]);
         let init = file(
             "0001_init.sql",
             "DROP SCHEMA app CASCADE; CREATE SCHEMA app;",
@@ -618,8 +600,12 @@ mod tests {
         };
         // The old init file was applied with this very content: only 0002 is checked, and
         // the agent gets the whole SQL deny list (built-in and the policy's) and commands.
-        let known: KnownApplied = [(1, init.sha256.clone())].into();
-        let guard = admit(&policy, &target, &prod, &[], &source, &known, false, false)
+        let prod = Shop {
+            known: [(1, init.sha256.clone())].into(),
+            ..Shop::new(policy, "prod")
+        };
+        let guard = prod
+            .admit(&source, Ask::Migrate)
             .expect("only pending files are checked");
         assert!(
             guard.sql.iter().any(|p| p == "DROP SCHEMA ... CASCADE")
@@ -633,28 +619,21 @@ mod tests {
         let changed = MigrationSource::Sql {
             files: vec![edited, next.clone()],
         };
-        let problem = admit(&policy, &target, &prod, &[], &changed, &known, false, false)
+        let problem = prod
+            .admit(&changed, Ask::Migrate)
             .expect_err("changed file is checked");
         assert!(problem.contains("0001_init.sql"), "{problem}");
-        let other_version: KnownApplied = [(7, init.sha256.clone())].into();
-        assert!(
-            admit(
-                &policy,
-                &target,
-                &prod,
-                &[],
-                &source,
-                &other_version,
-                false,
-                false
-            )
-            .is_err()
-        );
+        let other_version = Shop {
+            known: [(7, init.sha256.clone())].into(),
+            ..prod.clone()
+        };
+        assert!(other_version.admit(&source, Ask::Migrate).is_err());
         // A pending file with a policy pattern is refused.
         let delete = MigrationSource::Sql {
             files: vec![file("0003_purge.sql", "DELETE FROM app.t;")],
         };
-        let problem = admit(&policy, &target, &prod, &[], &delete, &known, false, false)
+        let problem = prod
+            .admit(&delete, Ask::Migrate)
             .expect_err("policy pattern");
         assert!(problem.contains("\"DELETE FROM ...\""), "{problem}");
     }
@@ -693,9 +672,6 @@ mod tests {
 
     #[test]
     fn commands_must_be_allowed_and_pass_the_guard() {
-        let policy = FleetPolicy::default();
-        let target = DatabaseId::new("a1", "shop").expect("valid");
-        let prod = labels(&[("env", "prod")]);
         let command = |name: &str, argv: &str| MigrateCommand {
             name: name.to_owned(),
             argv: argv.split(' ').map(str::to_owned).collect(),
@@ -703,81 +679,38 @@ mod tests {
         let by_name = |name: &str| MigrationSource::Command {
             name: name.to_owned(),
         };
-        let none = admit(
-            &policy,
-            &target,
-            &prod,
-            &[],
-            &by_name("up"),
-            &nothing_applied(),
-            false,
-            false,
-        )
-        .expect_err("no commands");
+        let none = Shop::new(FleetPolicy::default(), "prod")
+            .admit(&by_name("up"), Ask::Migrate)
+            .expect_err("no commands");
         assert!(
             none.contains("allows no migration commands")
                 && none.contains("[databases.migrate.commands]"),
             "{none}"
         );
-        let commands = [
-            command("up", "php artisan migrate --force"),
-            command("fresh", "php artisan migrate:fresh --force"),
-        ];
-        let unknown = admit(
-            &policy,
-            &target,
-            &prod,
-            &commands,
-            &by_name("down"),
-            &nothing_applied(),
-            false,
-            false,
-        )
-        .expect_err("unknown command");
+        let prod = Shop {
+            commands: vec![
+                command("up", "php artisan migrate --force"),
+                command("fresh", "php artisan migrate:fresh --force"),
+            ],
+            ..Shop::new(FleetPolicy::default(), "prod")
+        };
+        let unknown = prod
+            .admit(&by_name("down"), Ask::Migrate)
+            .expect_err("unknown command");
         assert!(unknown.contains("it allows: up, fresh"), "{unknown}");
-        let deny = admit(
-            &policy,
-            &target,
-            &prod,
-            &commands,
-            &by_name("up"),
-            &nothing_applied(),
-            false,
-            false,
-        )
-        .expect("allowed");
+        let deny = prod.admit(&by_name("up"), Ask::Migrate).expect("allowed");
         assert!(
             deny.commands.iter().any(|d| d == "migrate:fresh"),
             "{deny:?}"
         );
-        let fresh = admit(
-            &policy,
-            &target,
-            &prod,
-            &commands,
-            &by_name("fresh"),
-            &nothing_applied(),
-            false,
-            false,
-        )
-        .expect_err("guarded");
+        let fresh = prod
+            .admit(&by_name("fresh"), Ask::Migrate)
+            .expect_err("guarded");
         assert!(
             fresh.contains("php artisan migrate:fresh --force")
                 && fresh.contains("\"migrate:fresh\""),
             "{fresh}"
         );
-        assert!(
-            admit(
-                &policy,
-                &target,
-                &prod,
-                &commands,
-                &by_name("fresh"),
-                &nothing_applied(),
-                true,
-                false
-            )
-            .is_ok()
-        );
+        assert!(prod.admit(&by_name("fresh"), Ask::BreakGlass).is_ok());
     }
 }

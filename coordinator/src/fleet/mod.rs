@@ -84,6 +84,23 @@ impl BreakGlass {
             no_wait,
         }
     }
+
+    /// Refuses breaking glass without a reason, and skipping the safety backup without
+    /// breaking glass.
+    fn check(self, reason: &str) -> CoordinatorResult<()> {
+        if self.emergency && reason.trim().is_empty() {
+            return Err(CoordinatorError::InvalidArgument(
+                "--emergency needs --reason \"...\": break-glass work is audited with its reason"
+                    .to_owned(),
+            ));
+        }
+        if self.skip_safety_backup && !self.emergency {
+            return Err(CoordinatorError::InvalidArgument(
+                "--skip-safety-backup is only allowed with --emergency --reason \"...\"".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub struct Fleet {
@@ -625,17 +642,12 @@ impl Fleet {
         actor: &Actor,
         request: &RestoreRequest,
     ) -> CoordinatorResult<OrderRecord> {
-        if request.emergency && request.reason.trim().is_empty() {
-            return Err(CoordinatorError::InvalidArgument(
-                "--emergency needs --reason \"...\": break-glass work is audited with its reason"
-                    .to_owned(),
-            ));
-        }
-        if request.skip_safety_backup && !request.emergency {
-            return Err(CoordinatorError::InvalidArgument(
-                "--skip-safety-backup is only allowed with --emergency --reason \"...\"".to_owned(),
-            ));
-        }
+        let glass = BreakGlass::new(
+            request.emergency,
+            request.skip_safety_backup,
+            request.no_wait,
+        );
+        glass.check(&request.reason)?;
         if (request.emergency || request.no_wait) && !request.replace {
             return Err(CoordinatorError::InvalidArgument(
                 "--emergency and --no-wait apply to destructive restores (--replace) only; a restore into a new database needs no window".to_owned(),
@@ -673,11 +685,6 @@ impl Fleet {
             sha256: artifact.sha256.clone(),
             new_name,
         };
-        let glass = BreakGlass::new(
-            request.emergency,
-            request.skip_safety_backup,
-            request.no_wait,
-        );
         self.submit_destructive(actor, &target, &spec, &request.reason, glass)
             .await
     }

@@ -18,7 +18,7 @@
 # Medians go into a markdown report (--out) with bytes/s, sizes, ratios and PASS/MISS per
 # target of issue 6. Everything started is stopped, and the directory removed, on exit.
 #
-#   bench/datapath.sh                full run (about 1 GB of pgbench data, 3 repetitions)
+#   bench/datapath.sh                full run (about 1 GB of pgbench data, 5 repetitions)
 #   bench/datapath.sh --smoke        tiny run that only shows the bench works (CI)
 #
 # Needs: bash 5, python3, zstd (the CLI), PostgreSQL 15+ server and client binaries
@@ -38,7 +38,7 @@ usage: $0 [--smoke] [--reps N] [--scale S] [--md5-rows N] [--out FILE] [--bin-di
 
   --smoke        tiny run: pgbench scale 1, 20000 md5 rows, 1 repetition (options after it
                  still apply)
-  --reps N       repetitions of every measurement, medians reported (default 3)
+  --reps N       repetitions of every measurement, medians reported (default 5)
   --scale S      pgbench scale of dataset pgb (default 70: about 1 GB in the database)
   --md5-rows N   rows of dataset md5 (default 3000000)
   --out FILE     the markdown report (default bench/results/datapath-<UTC date>.md)
@@ -69,7 +69,7 @@ positive_int() {
   [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive whole number, got '$2'"
 }
 
-REPS=3 SCALE=70 MD5_ROWS=3000000 OUT="" BIN_DIR="" SMOKE=0
+REPS=5 SCALE=70 MD5_ROWS=3000000 OUT="" BIN_DIR="" SMOKE=0
 while (($# > 0)); do
   case $1 in
     --smoke) SMOKE=1 REPS=1 SCALE=1 MD5_ROWS=20000 ;;
@@ -339,6 +339,19 @@ dump_args() { echo "-h 127.0.0.1 -p $PG_PORT -U postgres --no-password -d $1"; }
 # Reads JSON on stdin and prints what the python expression (over `j`) makes of it.
 json() { python3 -c "import json, sys; j = json.load(sys.stdin); print($1)"; }
 
+# Records how long the order in order.json took on the coordinator (created to finished):
+# the wall time without the CLI's start, submission and polling.
+record_order() {
+  python3 - "$WORK/order.json" "$1" "$2" "$3" >>"$STAGES" <<'EOF'
+import datetime, json, sys
+path, kind, ds, rep = sys.argv[1:]
+order = json.load(open(path))
+at = lambda key: datetime.datetime.fromisoformat(order[key].replace("Z", "+00:00"))
+ms = round((at("finished_at") - at("created_at")).total_seconds() * 1000)
+print(f"{kind}\t{ds}\t{rep}\torder\t{ms}")
+EOF
+}
+
 backup_warden() { "$WARDEN" --json backup "$AGENT/$1" --reason bench --wait >"$WORK/order.json"; }
 backup_gzip() {
   # shellcheck disable=SC2046 # the arguments are split on purpose
@@ -357,6 +370,7 @@ run_backups() {
   local rep=$1 ds=$2 artifact size
   timed backup_warden "$ds"
   artifact=$(json 'j["artifact_id"]' <"$WORK/order.json")
+  record_order backup "$ds" "$rep"
   "$WARDEN" --json artifacts "$AGENT/$ds" >"$WORK/artifacts.json"
   python3 - "$WORK/artifacts.json" "$artifact" "$ds" "$rep" >>"$STAGES" <<'EOF'
 import json, sys
@@ -404,6 +418,7 @@ drop_copy() {
 run_restores() {
   local rep=$1 ds=$2 copy="restored_$2"
   timed restore_warden "${LAST_ARTIFACT[$ds]}" "$copy"
+  record_order restore "$ds" "$rep"
   record restore "$ds" a "$rep" "$ELAPSED_US" "$(awk -F'\t' -v ds="$ds" '$1 == "backup" && $2 == ds && $4 == "size_bytes" {s = $5} END {print s}' "$STAGES")"
   python3 - "$WORK/order.json" "$ds" "$rep" >>"$STAGES" <<'EOF'
 import json, sys
@@ -584,22 +599,25 @@ for name, ds, value, limit, unit in targets:
 w("")
 w("## Warden's stages (medians)")
 w("")
-w("Backup: the manifest's `timings_ms` (agent side); the rest of the wall time is dispatch, "
-  "the CLI's polling and process start. Restore: the order's phases.")
+w("Seconds. Backup: the manifest's `timings_ms` (agent side; stages the agent runs side by "
+  "side overlap). Restore: the order's phases. `order`: created to finished on the coordinator; "
+  "`wall` less `order` is the CLI's start, submission and polling.")
 w("")
 for kind in ("backup", "restore"):
     # The manifest's timings come in name order; a backup runs them in this one.
-    first = ["snapshot", "dump", "globals", "commit"] if kind == "backup" else []
+    first = ["snapshot", "dump", "count_rows", "globals", "commit"] if kind == "backup" else []
+    skip = ("size_bytes", "raw_bytes", "order")
     names = [s for s in first if s in stage_order[kind]]
-    names += [s for s in stage_order[kind] if s not in names and s not in ("size_bytes", "raw_bytes")]
+    names += [s for s in stage_order[kind] if s not in names and s not in skip]
     if not names:
         continue
-    w(f"| {kind} | " + " | ".join(names) + " | sum | wall |")
+    w(f"| {kind} | " + " | ".join(names) + " | order | wall |")
     w("|---|" + "---:|" * (len(names) + 2))
     for ds in datasets:
         values = [med(stages[kind, ds, s]) / 1000 if stages[kind, ds, s] else 0 for s in names]
-        wall = med(runs[kind, ds, "a"])
-        w(f"| {ds} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} | {wall:.2f} |")
+        values.append(med(stages[kind, ds, "order"]) / 1000)
+        values.append(med(runs[kind, ds, "a"]))
+        w(f"| {ds} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     w("")
 text = "\n".join(lines)
 with open(out, "w") as f:

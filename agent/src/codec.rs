@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{AgentError, AgentResult};
 use crate::orders::blocking;
+use crate::pgarchive::ArchiveScanner;
 
 /// Size of the chunks read from a pipe or file and handed to zstd.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -39,10 +41,45 @@ pub struct StoredFile {
 /// Compresses everything `reader` yields into a new file `dest` and fsyncs it. `raw_counter`
 /// grows by each chunk read, for progress reports.
 pub async fn compress_to_file<R>(
-    mut reader: R,
+    reader: R,
     dest: &Path,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<StoredFile>
+where
+    R: AsyncRead + Unpin,
+{
+    compress(reader, dest, raw_counter, None)
+        .await
+        .map(|(stored, _)| stored)
+}
+
+/// [`compress_to_file`] for a pg_dump custom-format archive, which is also read as it goes
+/// by: the scanner returned has the rows of each table's data
+/// ([`ArchiveScanner::table_rows`]).
+pub async fn compress_archive_to_file<R>(
+    reader: R,
+    dest: &Path,
+    raw_counter: Arc<AtomicU64>,
+) -> AgentResult<(StoredFile, ArchiveScanner)>
+where
+    R: AsyncRead + Unpin,
+{
+    let (stored, scanner) = compress(
+        reader,
+        dest,
+        raw_counter,
+        Some(ArchiveScanner::counting_rows()),
+    )
+    .await?;
+    Ok((stored, scanner.unwrap_or_default()))
+}
+
+async fn compress<R>(
+    mut reader: R,
+    dest: &Path,
+    raw_counter: Arc<AtomicU64>,
+    scanner: Option<ArchiveScanner>,
+) -> AgentResult<(StoredFile, Option<ArchiveScanner>)>
 where
     R: AsyncRead + Unpin,
 {
@@ -51,7 +88,7 @@ where
     let file = File::create_new(dest)
         .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    let writer = tokio::task::spawn_blocking(move || write_compressed(rx, file));
+    let writer = tokio::task::spawn_blocking(move || write_compressed(rx, file, scanner));
 
     let read = async {
         loop {
@@ -106,7 +143,11 @@ async fn fill_chunk<R: AsyncRead + Unpin>(reader: &mut R, chunk: &mut Vec<u8>) -
     Ok(false)
 }
 
-fn write_compressed(mut chunks: mpsc::Receiver<Chunk>, file: File) -> io::Result<StoredFile> {
+fn write_compressed(
+    mut chunks: mpsc::Receiver<Chunk>,
+    file: File,
+    mut scanner: Option<ArchiveScanner>,
+) -> io::Result<(StoredFile, Option<ArchiveScanner>)> {
     let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK_BYTES, file));
     let mut encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -115,6 +156,9 @@ fn write_compressed(mut chunks: mpsc::Receiver<Chunk>, file: File) -> io::Result
     loop {
         match chunks.blocking_recv() {
             Some(Chunk::Data(chunk)) => {
+                if let Some(scanner) = &mut scanner {
+                    scanner.feed(&chunk);
+                }
                 encoder.write_all(&chunk)?;
                 raw_bytes += chunk.len() as u64;
             }
@@ -128,11 +172,12 @@ fn write_compressed(mut chunks: mpsc::Receiver<Chunk>, file: File) -> io::Result
     let sha256 = hex::encode(hashing.hasher.finalize());
     let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    Ok(StoredFile {
+    let stored = StoredFile {
         raw_bytes,
         size_bytes,
         sha256,
-    })
+    };
+    Ok((stored, scanner))
 }
 
 /// What reading a compressed file back produced.
@@ -142,9 +187,19 @@ pub struct Decompressed {
     pub sha256: String,
     /// Bytes written to the destination, or why decompression failed (a damaged file).
     pub decoded: io::Result<u64>,
+    /// How many data offsets were filled into the table of contents of the destination, a
+    /// pg_dump custom-format archive that pg_dump wrote to a pipe (see [`crate::pgarchive`]),
+    /// or why none were.
+    pub offsets_filled: Result<usize, String>,
 }
 
-/// Decompresses `src` into a new file `dest` (fsynced) while hashing all of `src`.
+/// Decompresses `src` into a new file `dest` while hashing all of `src`. When `dest` is a
+/// custom-format archive that pg_dump wrote to a pipe, its table of contents gets the data
+/// offsets pg_dump could not write (see [`crate::pgarchive`]), which a parallel pg_restore
+/// needs to be fast.
+///
+/// `dest` is scratch space for a restore and is not fsynced: pg_restore reads it through the
+/// page cache, it is removed right after, and a crash leaves it to be cleared at startup.
 /// `read_counter` grows by the compressed bytes read, for progress reports. Only failing to
 /// open or write files is an error here; a damaged `src` shows in the result.
 pub async fn decompress_to_file(
@@ -210,6 +265,7 @@ fn read_decompressed(
     let mut writer = WriteSide {
         inner: BufWriter::with_capacity(CHUNK_BYTES, output),
         error: None,
+        archive: ArchiveScanner::new(),
     };
     let decoded = io::copy(&mut decoder, &mut writer);
     // A failed write (a full staging disk) is the agent's problem, not a damaged artifact.
@@ -231,30 +287,45 @@ fn read_decompressed(
     io::copy(&mut rest, &mut io::sink())
         .map_err(AgentError::io(format!("cannot read {}", src.display())))?;
     let sha256 = hex::encode(rest.into_inner().hasher.finalize());
+    let mut offsets_filled = Err("the file did not decompress".to_owned());
     if decoded.is_ok() {
         let file = writer
             .inner
             .into_inner()
             .map_err(|e| e.into_error())
             .map_err(AgentError::io(format!("cannot write {}", dest.display())))?;
-        file.sync_all()
-            .map_err(AgentError::io(format!("cannot fsync {}", dest.display())))?;
+        let patches = writer.archive.patches();
+        if let Ok(patches) = &patches {
+            for patch in patches {
+                file.write_all_at(&patch.bytes, patch.position)
+                    .map_err(AgentError::io(format!("cannot write {}", dest.display())))?;
+            }
+        }
+        offsets_filled = patches.map(|patches| patches.len());
     }
-    Ok(Decompressed { sha256, decoded })
+    Ok(Decompressed {
+        sha256,
+        decoded,
+        offsets_filled,
+    })
 }
 
-/// Passes writes through and remembers the first one that failed.
+/// Passes writes through, remembers the first one that failed, and shows what was written
+/// to an archive scanner.
 struct WriteSide<W> {
     inner: W,
     error: Option<io::Error>,
+    archive: ArchiveScanner,
 }
 
 impl<W: Write> Write for WriteSide<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf).inspect_err(|e| {
+        let written = self.inner.write(buf).inspect_err(|e| {
             self.error
                 .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
-        })
+        })?;
+        self.archive.feed(&buf[..written]);
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {

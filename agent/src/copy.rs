@@ -287,6 +287,16 @@ async fn decompress(
             read.sha256, artifact.sha256
         )));
     }
+    match &read.offsets_filled {
+        Ok(filled) => {
+            tracing::debug!(artifact_id = artifact.id, filled, "data offsets filled in")
+        }
+        // pg_restore reads the archive as pg_dump wrote it, only more slowly in parallel.
+        Err(why) if read.decoded.is_ok() => {
+            tracing::warn!(artifact_id = artifact.id, %why, "staged dump keeps its archive without data offsets")
+        }
+        Err(_) => {}
+    }
     read.decoded
         .map_err(|e| artifact.corrupt(format!("{DUMP_FILE} cannot be decompressed: {e}")))
 }

@@ -6,7 +6,8 @@
 //! [`health`] or [`prune`] executor; restores and drills share [`copy`], drills and migrations
 //! share the SQL checks of [`drill`], migrations start their commands and hooks with
 //! [`program`]; the executors use [`pg`] for SQL, [`pgtools`] for the PostgreSQL client
-//! binaries, [`codec`] to move dumps in and out of the [`repository`].
+//! binaries, [`codec`] to move dumps in and out of the [`repository`] (filling in the data
+//! offsets of archives on the way out with [`pgarchive`]).
 
 pub mod backup;
 pub mod codec;
@@ -18,6 +19,7 @@ pub mod health;
 pub mod migrate;
 pub mod orders;
 pub mod pg;
+pub mod pgarchive;
 pub mod pgtools;
 pub mod program;
 pub mod progress;

@@ -5,8 +5,9 @@
 //! one: it starts by itself when the window opens, or ends `expired` when its deadline passes.
 //!
 //! The CLI polls `GetOrder` (`GetRollout`) rather than streaming: orders live minutes to
-//! hours, a poll every 300 ms costs the coordinator one indexed read, and polling survives
-//! coordinator restarts.
+//! hours, a poll costs the coordinator one indexed read, and polling survives coordinator
+//! restarts. It polls every 50 ms for the first 10 s, so that a short order (a backup of a
+//! small database takes well under a second) is seen to end promptly, then every 300 ms.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -21,8 +22,12 @@ use crate::format;
 use crate::json::{order_state, order_state_name};
 use crate::render::{held_note, order_kind_label, rollout_progress};
 
-/// How often the order is read while it runs.
+/// How often the order is read while it runs, once it has run for [`FAST_POLL_FOR`].
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
+/// How often the order is read while it is young.
+const FAST_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long the order is read every [`FAST_POLL_INTERVAL`].
+const FAST_POLL_FOR: Duration = Duration::from_secs(10);
 /// How long the coordinator may stay out of reach (a restart) before following gives up.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
 /// The state of a rollout that has not ended.
@@ -159,7 +164,8 @@ pub async fn follow<T: Followable>(
     let mut interrupt = Box::pin(tokio::signal::ctrl_c());
     let mut can_interrupt = true;
     let mut current = submitted;
-    let mut last_answer = Instant::now();
+    let started = Instant::now();
+    let mut last_answer = started;
     let mut last_milestone = None;
     let outcome = loop {
         if let Some(spinner) = &spinner {
@@ -183,7 +189,7 @@ pub async fn follow<T: Followable>(
                 can_interrupt = false;
                 continue;
             }
-            answer = poll_once(coordinator, &current) => answer,
+            answer = poll_once(coordinator, &current, poll_interval(started.elapsed())) => answer,
         };
         match answer {
             Ok(latest) => {
@@ -209,9 +215,22 @@ pub async fn follow<T: Followable>(
     outcome
 }
 
-async fn poll_once<T: Followable>(coordinator: &Coordinator, current: &T) -> Result<T, CliError> {
-    tokio::time::sleep(POLL_INTERVAL).await;
+async fn poll_once<T: Followable>(
+    coordinator: &Coordinator,
+    current: &T,
+    interval: Duration,
+) -> Result<T, CliError> {
+    tokio::time::sleep(interval).await;
     current.latest(coordinator).await
+}
+
+/// How long to wait before reading again what has been followed for `followed`.
+fn poll_interval(followed: Duration) -> Duration {
+    if followed < FAST_POLL_FOR {
+        FAST_POLL_INTERVAL
+    } else {
+        POLL_INTERVAL
+    }
 }
 
 fn new_spinner(title: &str) -> ProgressBar {
@@ -245,6 +264,23 @@ pub fn progress_line(order: &v1::Order, now_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn young_orders_are_polled_often_then_every_300_ms() {
+        assert_eq!(poll_interval(Duration::ZERO), Duration::from_millis(50));
+        assert_eq!(
+            poll_interval(Duration::from_millis(9_999)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            poll_interval(Duration::from_secs(10)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            poll_interval(Duration::from_secs(3600)),
+            Duration::from_millis(300)
+        );
+    }
 
     #[test]
     fn progress_line_names_state_phase_bytes_and_rate() {

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
+use tokio::process::ChildStdout;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warden_proto::v1;
@@ -157,9 +158,10 @@ struct Dumped {
 }
 
 /// Dumps the database and the globals into `.partial` files in `dir`, and counts the rows.
-/// `timings` gets `snapshot` (opening it and listing the tables), `dump` (pg_dump, zstd and
-/// sha256, with the globals alongside), `globals` (that alone) and `count_rows` (the tables
-/// counted with SQL, see [`row_counts`]).
+/// `timings` gets `snapshot` (finding the tools and opening it), `dump` (pg_dump, zstd and
+/// sha256, with the globals and the listing of the tables in the snapshot alongside),
+/// `globals` (that alone) and `count_rows` (the tables counted with SQL, see
+/// [`row_counts`]).
 async fn dump_data(
     ctx: &AgentContext,
     target: &OrderTarget,
@@ -178,7 +180,7 @@ async fn dump_data(
         version: PgVersion(server.num),
         what: format!("server {} of {}", PgVersion(server.num), db.label),
     };
-    let tools = PgTools::find(ctx.config.pg_bindir.as_deref(), &need).await?;
+    let tools = PgTools::find(ctx.config.pg_bindir.as_deref(), &need, &ctx.probes).await?;
     // The transaction holds the snapshot pg_dump attaches to; it stays open until pg_dump
     // is done, and is read-only so it can never change the database. It sits idle for the
     // whole dump, so the server's idle-in-transaction timeout must not end it (pg_dump turns
@@ -195,8 +197,6 @@ async fn dump_data(
         .fetch_one(&mut *snapshot_tx)
         .await
         .map_err(db.sql_error("cannot export a snapshot of"))?;
-    let listed = pg::list_tables(db, &mut snapshot_tx).await?;
-    let parents = inheritance_parents(db, &mut snapshot_tx).await?;
     record(&mut timings, "snapshot", phase);
 
     let phase = Instant::now();
@@ -246,8 +246,14 @@ async fn dump_data(
         };
         Ok((globals, elapsed_ms(started)))
     };
-    let ((dump, archive), ((globals, globals_error), globals_ms)) =
-        tokio::try_join!(dumping, globals)?;
+    // The tables are listed in the snapshot while pg_dump reads it.
+    let listing = async {
+        let listed = pg::list_tables(db, &mut snapshot_tx).await?;
+        let parents = inheritance_parents(db, &mut snapshot_tx).await?;
+        Ok((listed, parents))
+    };
+    let ((dump, archive), ((globals, globals_error), globals_ms), (listed, parents)) =
+        tokio::try_join!(dumping, globals, listing)?;
     timings.insert("globals".to_owned(), globals_ms);
     record(&mut timings, "dump", phase);
 
@@ -288,10 +294,10 @@ async fn row_counts(
     parents: &HashSet<(String, String)>,
     archive: &ArchiveScanner,
 ) -> AgentResult<Vec<TableRowCount>> {
-    let dumped: HashMap<(String, String), u64> = match archive.table_rows() {
+    let dumped: HashMap<(String, String), (u64, u64)> = match archive.table_rows() {
         Ok(tables) => tables
             .into_iter()
-            .map(|t| ((t.schema, t.table), t.rows))
+            .map(|t| ((t.schema, t.table), (t.rows, t.bytes)))
             .collect(),
         Err(why) => {
             tracing::warn!(database = %db.label, %why, "cannot count rows in the dump; counting them with SQL");
@@ -301,8 +307,9 @@ async fn row_counts(
     let mut counts = Vec::with_capacity(listed.len());
     for (schema, table) in listed {
         let key = (schema, table);
-        let rows = match dumped.get(&key) {
-            Some(rows) if !parents.contains(&key) => *rows,
+        let in_dump = dumped.get(&key).copied();
+        let rows = match in_dump {
+            Some((rows, _)) if !parents.contains(&key) => rows,
             _ => pg::count_rows(db, snapshot, &key.0, &key.1).await?,
         };
         let (schema, table) = key;
@@ -310,6 +317,7 @@ async fn row_counts(
             schema,
             table,
             rows,
+            data_bytes: in_dump.map(|(_, bytes)| bytes),
         });
     }
     Ok(counts)
@@ -417,15 +425,26 @@ async fn archive_to_file(
     dest: &Path,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<(StoredFile, ArchiveScanner)> {
+    let (process, stdout) = start_tool(program, args, url)?;
+    // As in `tool_to_file`: on a write error `process` is dropped here, which kills pg_dump.
+    let stored = codec::compress_archive_to_file(stdout, dest, raw_counter).await?;
+    process.wait().await?;
+    Ok(stored)
+}
+
+/// Starts a tool that writes its data to stdout, on a widened pipe.
+fn start_tool(
+    program: &Path,
+    args: &[OsString],
+    url: &PgUrl,
+) -> AgentResult<(Subprocess, ChildStdout)> {
     let mut process = Subprocess::spawn(program, args, Some(url), Stdio::piped())?;
     let stdout = process.take_stdout().ok_or_else(|| AgentError::Io {
         context: format!("{} has no stdout", program.display()),
         source: std::io::ErrorKind::BrokenPipe.into(),
     })?;
-    // As in `tool_to_file`: on a write error `process` is dropped here, which kills pg_dump.
-    let stored = codec::compress_archive_to_file(stdout, dest, raw_counter).await?;
-    process.wait().await?;
-    Ok(stored)
+    codec::widen_pipe(&stdout);
+    Ok((process, stdout))
 }
 
 /// Runs a tool whose stdout is the data and stores it compressed in `dest`.
@@ -436,11 +455,7 @@ async fn tool_to_file(
     dest: &Path,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<StoredFile> {
-    let mut process = Subprocess::spawn(program, args, Some(url), Stdio::piped())?;
-    let stdout = process.take_stdout().ok_or_else(|| AgentError::Io {
-        context: format!("{} has no stdout", program.display()),
-        source: std::io::ErrorKind::BrokenPipe.into(),
-    })?;
+    let (process, stdout) = start_tool(program, args, url)?;
     // On a write error `process` is dropped here, which kills the tool: it would otherwise
     // block forever on a full pipe.
     let stored = codec::compress_to_file(stdout, dest, raw_counter).await?;

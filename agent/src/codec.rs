@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use crate::pgarchive::ArchiveScanner;
 pub const CHUNK_BYTES: usize = 1 << 20;
 /// zstd level: level 3 keeps up with pg_dump on one core per worker and is zstd's default.
 const ZSTD_LEVEL: i32 = 3;
+/// Pipe buffer asked for between a tool and the agent (the kernel's default is 64 KiB and
+/// its limit for unprivileged processes 1 MiB, `/proc/sys/fs/pipe-max-size`).
+const PIPE_BYTES: usize = 1 << 20;
 /// Chunks in flight between the reader and the compressing thread.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -187,10 +191,10 @@ pub struct Decompressed {
     pub sha256: String,
     /// Bytes written to the destination, or why decompression failed (a damaged file).
     pub decoded: io::Result<u64>,
-    /// How many data offsets were filled into the table of contents of the destination, a
-    /// pg_dump custom-format archive that pg_dump wrote to a pipe (see [`crate::pgarchive`]),
-    /// or why none were.
-    pub offsets_filled: Result<usize, String>,
+    /// For a file: how many data offsets were filled into the table of contents of the
+    /// destination, a pg_dump custom-format archive that pg_dump wrote to a pipe (see
+    /// [`crate::pgarchive`]), or why none were. `None` for a pipe.
+    pub offsets_filled: Option<Result<usize, String>>,
 }
 
 /// Decompresses `src` into a new file `dest` while hashing all of `src`. When `dest` is a
@@ -213,12 +217,55 @@ pub async fn decompress_to_file(
         File::open(src).map_err(AgentError::io(format!("cannot open {}", src.display())))?;
     let output = File::create_new(dest)
         .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
+    let (read, write_error) = decompress(src, input, output, true, read_counter).await?;
+    match write_error {
+        // A full staging disk is the agent's problem, not a damaged artifact.
+        Some(error) => Err(AgentError::io(format!("cannot write {}", dest.display()))(
+            error,
+        )),
+        None => Ok(read),
+    }
+}
+
+/// Decompresses `src` into `pipe` (the stdin of a tool) while hashing all of `src`, then
+/// closes the pipe.
+///
+/// The reader may stop early: pg_restore exits once it has read the last entry it needs,
+/// and a failing one at its first error. The hash still covers every byte of `src`, and the
+/// write error is returned beside it for the caller to weigh against the tool's exit.
+pub async fn decompress_to_pipe(
+    src: &Path,
+    pipe: OwnedFd,
+    read_counter: Arc<AtomicU64>,
+) -> AgentResult<(Decompressed, Option<io::Error>)> {
+    let input =
+        File::open(src).map_err(AgentError::io(format!("cannot open {}", src.display())))?;
+    widen_pipe(&pipe);
+    decompress(src, input, File::from(pipe), false, read_counter).await
+}
+
+/// Asks for a larger buffer on a pipe to or from a tool: fewer, larger reads and writes,
+/// and fewer wake-ups of both sides. The kernel may refuse, which costs only speed.
+pub fn widen_pipe(pipe: impl AsFd) {
+    if let Err(error) = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_BYTES) {
+        tracing::debug!(%error, "pipe buffer not widened");
+    }
+}
+
+async fn decompress(
+    src: &Path,
+    input: File,
+    output: File,
+    fill_offsets: bool,
+    read_counter: Arc<AtomicU64>,
+) -> AgentResult<(Decompressed, Option<io::Error>)> {
     // A blocking thread cannot be aborted: if this future is dropped (the order was
     // cancelled), the guard tells the thread to stop reading instead of finishing the file.
     let abort = AbortOnDrop(Arc::new(AtomicBool::new(false)));
     let aborted = abort.0.clone();
-    let (src, dest) = (src.to_path_buf(), dest.to_path_buf());
-    blocking(move || read_decompressed(input, output, &src, &dest, read_counter, aborted)).await
+    let src = src.to_path_buf();
+    blocking(move || read_decompressed(input, output, fill_offsets, &src, read_counter, aborted))
+        .await
 }
 
 /// Returns the sha256 of every byte of the file at `path`, lowercase hex, read on a blocking
@@ -248,17 +295,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Decompresses `input` (the file at `src`) into `output` (the file at `dest`). Only a
-/// decode failure on bytes that were read without error says the file is damaged: a failed
-/// read (EIO on a network mount) or write is an [`AgentError::Io`], whatever zstd made of it.
+/// Decompresses `input` (the file at `src`) into `output`, filling in the data offsets of
+/// an archive if `fill_offsets`. Only a decode failure on bytes that were read without error
+/// says the file is damaged: a failed read (EIO on a network mount) is an
+/// [`AgentError::Io`] and a failed write is returned beside the result, whatever zstd made
+/// of either. After a failed write, the rest of `input` is still hashed.
 fn read_decompressed(
     input: impl Read,
     output: File,
+    fill_offsets: bool,
     src: &Path,
-    dest: &Path,
     read_counter: Arc<AtomicU64>,
     aborted: Arc<AtomicBool>,
-) -> AgentResult<Decompressed> {
+) -> AgentResult<(Decompressed, Option<io::Error>)> {
     let hashing = HashingReader::new(input, read_counter, aborted);
     let mut decoder = zstd::Decoder::with_buffer(BufReader::with_capacity(CHUNK_BYTES, hashing))
         .map_err(AgentError::io("cannot start zstd"))?;
@@ -268,46 +317,41 @@ fn read_decompressed(
         archive: ArchiveScanner::new(),
     };
     let decoded = io::copy(&mut decoder, &mut writer);
-    // A failed write (a full staging disk) is the agent's problem, not a damaged artifact.
-    if let Some(error) = writer.error.take() {
-        return Err(AgentError::io(format!("cannot write {}", dest.display()))(
-            error,
-        ));
-    }
-    // Neither is a failed read: zstd passes it on as its own error, which would otherwise
-    // read as a damaged file.
+    // A failed read is not a damaged file: zstd passes it on as its own error, which would
+    // otherwise read as one.
     if let Some(error) = decoder.get_mut().get_mut().error.take() {
         return Err(AgentError::io(format!("cannot read {}", src.display()))(
             error,
         ));
     }
-    // Hash whatever the decoder left unread (trailing bytes, or all after a damaged frame),
-    // so the checksum always covers the whole file.
+    // Hash whatever the decoder left unread (trailing bytes, all after a damaged frame or a
+    // failed write), so the checksum always covers the whole file.
     let mut rest = decoder.finish();
     io::copy(&mut rest, &mut io::sink())
         .map_err(AgentError::io(format!("cannot read {}", src.display())))?;
     let sha256 = hex::encode(rest.into_inner().hasher.finalize());
-    let mut offsets_filled = Err("the file did not decompress".to_owned());
-    if decoded.is_ok() {
-        let file = writer
-            .inner
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .map_err(AgentError::io(format!("cannot write {}", dest.display())))?;
-        let patches = writer.archive.patches();
+    let archive = writer.archive;
+    let (file, mut write_error) = match (writer.error, writer.inner.into_inner()) {
+        (Some(error), _) => (None, Some(error)),
+        (None, Ok(file)) => (Some(file), None),
+        (None, Err(error)) => (None, Some(error.into_error())),
+    };
+    let mut offsets_filled = None;
+    if let (Some(file), true, Ok(_)) = (file, fill_offsets, &decoded) {
+        let patches = archive.patches();
         if let Ok(patches) = &patches {
-            for patch in patches {
-                file.write_all_at(&patch.bytes, patch.position)
-                    .map_err(AgentError::io(format!("cannot write {}", dest.display())))?;
-            }
+            write_error = patches
+                .iter()
+                .find_map(|patch| file.write_all_at(&patch.bytes, patch.position).err());
         }
-        offsets_filled = patches.map(|patches| patches.len());
+        offsets_filled = Some(patches.map(|patches| patches.len()));
     }
-    Ok(Decompressed {
+    let read = Decompressed {
         sha256,
         decoded,
         offsets_filled,
-    })
+    };
+    Ok((read, write_error))
 }
 
 /// Passes writes through, remembers the first one that failed, and shows what was written
@@ -451,10 +495,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_disk_is_an_io_error_not_a_corrupt_artifact() {
+    async fn a_full_disk_is_a_write_error_not_a_corrupt_artifact() {
         let dir = tempfile::tempdir().expect("tempdir");
         let stored_path = dir.path().join("dump.zst");
-        compress_to_file(&sample()[..], &stored_path, Arc::new(AtomicU64::new(0)))
+        let stored = compress_to_file(&sample()[..], &stored_path, Arc::new(AtomicU64::new(0)))
             .await
             .expect("compress");
         // Every write to /dev/full fails with ENOSPC.
@@ -463,20 +507,56 @@ mod tests {
             .open("/dev/full")
             .expect("/dev/full");
         let input = File::open(&stored_path).expect("open");
-        let result = read_decompressed(
+        let (read, write_error) = read_decompressed(
             input,
             full,
+            true,
             &stored_path,
-            Path::new("/dev/full"),
             Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicBool::new(false)),
-        );
-        match result {
-            Err(AgentError::Io { source, .. }) => {
-                assert_eq!(source.kind(), io::ErrorKind::StorageFull, "{source}");
+        )
+        .expect("the input reads");
+        let error = write_error.expect("a write error");
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
+        // The rest of the file was still hashed.
+        assert_eq!(read.sha256, stored.sha256);
+    }
+
+    #[tokio::test]
+    async fn a_pipe_gets_the_whole_stream_or_its_reader_may_stop_early() {
+        use std::os::fd::OwnedFd;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stored_path = dir.path().join("dump.zst");
+        let data = sample();
+        let stored = compress_to_file(&data[..], &stored_path, Arc::default())
+            .await
+            .expect("compress");
+        // `cat` reads everything; `head` stops after 100 bytes and exits.
+        for (program, args, whole) in [("cat", vec![], true), ("head", vec!["-c", "100"], false)] {
+            let out = dir.path().join(format!("{program}.out"));
+            let mut child = Command::new(program)
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(File::create(&out).expect("create"))
+                .spawn()
+                .expect("spawn");
+            let pipe = OwnedFd::from(child.stdin.take().expect("stdin"));
+            let (read, write_error) = decompress_to_pipe(&stored_path, pipe, Arc::default())
+                .await
+                .expect("the input reads");
+            assert!(child.wait().expect("wait").success());
+            assert_eq!(read.sha256, stored.sha256, "{program}");
+            let got = std::fs::read(&out).expect("read");
+            if whole {
+                assert!(write_error.is_none(), "{write_error:?}");
+                assert_eq!(read.decoded.expect("decodes"), data.len() as u64);
+                assert_eq!(got, data);
+            } else {
+                let error = write_error.expect("a broken pipe");
+                assert_eq!(error.kind(), io::ErrorKind::BrokenPipe, "{error}");
+                assert_eq!(got, data[..100]);
             }
-            Err(other) => panic!("expected an I/O error, got {other}"),
-            Ok(_) => panic!("expected an I/O error, got a decoded result"),
         }
     }
 
@@ -519,8 +599,8 @@ mod tests {
             let result = read_decompressed(
                 input,
                 output,
+                true,
                 &stored_path,
-                &dest,
                 Arc::default(),
                 Arc::new(AtomicBool::new(false)),
             );

@@ -7,6 +7,13 @@
 //! and restores into it, `verify_rows` compares every table's row count with the manifest.
 //! Nothing on the server changes before the checksum matched: the first statement that
 //! changes anything runs in `pg_restore`.
+//!
+//! A parallel pg_restore (`restore_jobs` > 1) needs a file it can seek in, so the dump is
+//! staged first, and the decompression is time the restore waits. When parallelism cannot
+//! help, because `restore_jobs` is 1 or one table holds nearly all the data (a parallel
+//! restore cannot end before its largest table), the dump streams instead: decompressed on
+//! the way into one pg_restore, hashed once more as it goes, with no `decompress` phase and
+//! nothing staged (see [`streams`]).
 
 use std::ffi::OsString;
 use std::fs;
@@ -18,7 +25,7 @@ use std::time::Instant;
 use sqlx::Connection;
 use warden_proto::v1;
 use warden_shared::ArtifactManifest;
-use warden_shared::manifest::DUMP_FILE;
+use warden_shared::manifest::{DUMP_FILE, TableRowCount};
 
 use crate::backup::dbname_arg;
 use crate::codec;
@@ -42,6 +49,12 @@ pub mod phase {
     /// Drills only: dropping the scratch database.
     pub const CLEANUP: &str = "cleanup";
 }
+
+/// Share of the dump's table data that one table must hold for a restore to stream rather
+/// than stage for a parallel pg_restore. Decompressing takes about an eighth of the time
+/// restoring the same bytes takes; with two jobs, staging is slower once the largest table
+/// holds more than about seven eighths of the data, and more jobs only lower the share.
+const STREAM_SHARE: f64 = 0.9;
 
 /// Extension of staged (decompressed) dumps in the staging directory.
 const STAGED_EXTENSION: &str = "dump";
@@ -162,18 +175,35 @@ pub async fn restore_copy(
         verify_checksum(artifact, &dump, progress),
     )
     .await?;
-    let raw_bytes = timed(
-        phases,
-        phase::DECOMPRESS,
-        decompress(ctx, artifact, &dump, staged, progress),
-    )
-    .await?;
-    timed(
-        phases,
-        phase::PG_RESTORE,
-        create_and_restore(ctx, plan, &manifest, staged, progress, created),
-    )
-    .await?;
+    let jobs = ctx.config.restore_jobs;
+    let raw_bytes = if streams(&manifest.tables, jobs) {
+        let archive = Archive::Streamed {
+            artifact,
+            dump: &dump,
+        };
+        timed(
+            phases,
+            phase::PG_RESTORE,
+            create_and_restore(ctx, plan, &manifest, archive, progress, created),
+        )
+        .await?;
+        manifest.dump.raw_bytes
+    } else {
+        let raw_bytes = timed(
+            phases,
+            phase::DECOMPRESS,
+            decompress(ctx, artifact, &dump, staged, progress),
+        )
+        .await?;
+        let archive = Archive::Staged { path: staged, jobs };
+        timed(
+            phases,
+            phase::PG_RESTORE,
+            create_and_restore(ctx, plan, &manifest, archive, progress, created),
+        )
+        .await?;
+        raw_bytes
+    };
     let (tables_verified, rows_verified) = timed(
         phases,
         phase::VERIFY_ROWS,
@@ -185,6 +215,34 @@ pub async fn restore_copy(
         rows_verified,
         raw_bytes,
     })
+}
+
+/// Whether a restore with `jobs` parallel jobs of a dump of `tables` (the manifest's) streams
+/// the dump into one pg_restore rather than staging it (see the module doc): with one job,
+/// or when one table holds at least [`STREAM_SHARE`] of the table data. A manifest without
+/// the tables' data sizes (written before they were recorded) stages.
+pub fn streams(tables: &[TableRowCount], jobs: u32) -> bool {
+    if jobs <= 1 {
+        return true;
+    }
+    let sizes: Option<Vec<u64>> = tables.iter().map(|t| t.data_bytes).collect();
+    let Some(sizes) = sizes else {
+        return false;
+    };
+    let total: u64 = sizes.iter().sum();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    total > 0 && largest as f64 >= STREAM_SHARE * total as f64
+}
+
+/// Where pg_restore reads the dump from.
+enum Archive<'a> {
+    /// The decompressed dump in the staging directory, restored with `jobs` parallel jobs.
+    Staged { path: &'a Path, jobs: u32 },
+    /// The compressed dump in the repository, decompressed into pg_restore's stdin.
+    Streamed {
+        artifact: &'a ArtifactRef<'a>,
+        dump: &'a Path,
+    },
 }
 
 /// Runs one phase and records its duration if it succeeds.
@@ -281,24 +339,33 @@ async fn decompress(
             codec::decompress_to_file(dump, staged, counter)
         })
         .await?;
-    if read.sha256 != artifact.sha256 {
-        return Err(artifact.corrupt(format!(
-            "{DUMP_FILE} changed while it was read: its sha256 is now {}, catalog says {}",
-            read.sha256, artifact.sha256
-        )));
-    }
+    check_read(artifact, &read)?;
     match &read.offsets_filled {
-        Ok(filled) => {
+        Some(Ok(filled)) => {
             tracing::debug!(artifact_id = artifact.id, filled, "data offsets filled in")
         }
         // pg_restore reads the archive as pg_dump wrote it, only more slowly in parallel.
-        Err(why) if read.decoded.is_ok() => {
+        Some(Err(why)) => {
             tracing::warn!(artifact_id = artifact.id, %why, "staged dump keeps its archive without data offsets")
         }
-        Err(_) => {}
+        None => {}
     }
-    read.decoded
-        .map_err(|e| artifact.corrupt(format!("{DUMP_FILE} cannot be decompressed: {e}")))
+    read.decoded.map_err(|e| undecodable(artifact, &e))
+}
+
+/// Refuses a dump whose bytes changed since [`verify_checksum`] hashed them.
+fn check_read(artifact: &ArtifactRef<'_>, read: &codec::Decompressed) -> AgentResult<()> {
+    if read.sha256 == artifact.sha256 {
+        return Ok(());
+    }
+    Err(artifact.corrupt(format!(
+        "{DUMP_FILE} changed while it was read: its sha256 is now {}, catalog says {}",
+        read.sha256, artifact.sha256
+    )))
+}
+
+fn undecodable(artifact: &ArtifactRef<'_>, error: &std::io::Error) -> AgentError {
+    artifact.corrupt(format!("{DUMP_FILE} cannot be decompressed: {error}"))
 }
 
 /// Clears the way per `plan.in_the_way`, creates `plan.into` and runs pg_restore into it.
@@ -306,7 +373,7 @@ async fn create_and_restore(
     ctx: &AgentContext,
     plan: &CopyPlan,
     manifest: &ArtifactManifest,
-    staged: &Path,
+    archive: Archive<'_>,
     progress: &ProgressReporter,
     created: &mut Option<String>,
 ) -> AgentResult<()> {
@@ -316,6 +383,7 @@ async fn create_and_restore(
     let tools = PgTools::find(
         ctx.config.pg_bindir.as_deref(),
         &requirement(&plan.target, &server, manifest),
+        &ctx.probes,
     )
     .await?;
     match &plan.in_the_way {
@@ -346,21 +414,61 @@ async fn create_and_restore(
     }
     let _ = maintenance.close().await;
     let into = plan.copy_db();
-    let args = vec![
+    let mut args = vec![
         OsString::from("--exit-on-error"),
-        OsString::from(format!("--jobs={}", ctx.config.restore_jobs)),
         OsString::from("--no-password"),
         dbname_arg(&into.url),
-        staged.as_os_str().to_owned(),
     ];
     let pg_restore = tools.path("pg_restore");
-    progress
-        .track(phase::PG_RESTORE, |_| async {
-            Subprocess::spawn(&pg_restore, &args, Some(&into.url), Stdio::null())?
-                .wait()
+    match archive {
+        Archive::Staged { path, jobs } => {
+            args.push(OsString::from(format!("--jobs={jobs}")));
+            args.push(path.as_os_str().to_owned());
+            progress
+                .track(phase::PG_RESTORE, |_| async {
+                    Subprocess::spawn(&pg_restore, &args, Some(&into.url), Stdio::null())?
+                        .wait()
+                        .await
+                })
                 .await
-        })
-        .await
+        }
+        Archive::Streamed { artifact, dump } => {
+            progress
+                .track(phase::PG_RESTORE, |counter| async {
+                    let (process, stdin) =
+                        Subprocess::spawn_fed(&pg_restore, &args, Some(&into.url))?;
+                    let (read, restored) = tokio::join!(
+                        codec::decompress_to_pipe(dump, stdin, counter),
+                        process.wait()
+                    );
+                    let (read, write_error) = read?;
+                    streamed_outcome(artifact, read, write_error, restored)
+                })
+                .await
+        }
+    }
+}
+
+/// Judges a streamed restore by what was read and what pg_restore made of it. A dump that
+/// changed since it was verified, or does not decompress, condemns the copy whatever
+/// pg_restore said (the caller drops the database); otherwise pg_restore's exit decides,
+/// and its error explains a failed write into its stdin. pg_restore that succeeded without
+/// reading the last bytes restored everything the archive lists: the hash still covered them.
+fn streamed_outcome(
+    artifact: &ArtifactRef<'_>,
+    read: codec::Decompressed,
+    write_error: Option<std::io::Error>,
+    restored: AgentResult<()>,
+) -> AgentResult<()> {
+    check_read(artifact, &read)?;
+    if let (Err(error), None) = (&read.decoded, &write_error) {
+        return Err(undecodable(artifact, error));
+    }
+    restored?;
+    if let Some(error) = write_error {
+        tracing::debug!(artifact_id = artifact.id, %error, "pg_restore ended before the end of the stream");
+    }
+    Ok(())
 }
 
 /// pg_restore must be at least as new as the server it writes to, and as the pg_dump that
@@ -494,6 +602,81 @@ mod tests {
         assert_eq!(clear_staging(&dir).expect("clears"), vec![staged.clone()]);
         assert!(!staged.exists());
         assert!(dir.join("keep.txt").exists());
+    }
+
+    fn table(data_bytes: Option<u64>) -> TableRowCount {
+        TableRowCount {
+            schema: "public".to_owned(),
+            table: "t".to_owned(),
+            rows: 1,
+            data_bytes,
+        }
+    }
+
+    #[test]
+    fn restores_stream_when_parallel_jobs_cannot_help() {
+        let dominated = [table(Some(95)), table(Some(5))];
+        let spread = [table(Some(60)), table(Some(40))];
+        assert!(streams(&dominated, 2));
+        assert!(streams(&dominated, 8));
+        assert!(!streams(&spread, 2));
+        // One job never stages; without the sizes (an older manifest) or data, staging is
+        // what always worked.
+        assert!(streams(&spread, 1));
+        assert!(!streams(&[table(Some(95)), table(None)], 2));
+        assert!(!streams(&[table(Some(0))], 2));
+        assert!(!streams(&[], 2));
+        assert!(streams(&[table(Some(90)), table(Some(10))], 2));
+        assert!(!streams(&[table(Some(89)), table(Some(11))], 2));
+    }
+
+    fn read(sha256: &str, decoded: std::io::Result<u64>) -> codec::Decompressed {
+        codec::Decompressed {
+            sha256: sha256.to_owned(),
+            decoded,
+            offsets_filled: None,
+        }
+    }
+
+    #[test]
+    fn a_streamed_restore_is_judged_by_the_bytes_first_then_by_pg_restore() {
+        let artifact = ArtifactRef {
+            id: "a-1",
+            path: "agent/a-1",
+            sha256: "good",
+        };
+        let broken_pipe = || Some(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let failed = || {
+            Err(AgentError::Io {
+                context: "pg_restore failed".to_owned(),
+                source: std::io::ErrorKind::Other.into(),
+            })
+        };
+        let damaged = || Err(std::io::Error::other("frame damaged"));
+        assert!(streamed_outcome(&artifact, read("good", Ok(10)), None, Ok(())).is_ok());
+        // pg_restore that ended without the last bytes, which the hash still covered.
+        assert!(
+            streamed_outcome(&artifact, read("good", damaged()), broken_pipe(), Ok(())).is_ok()
+        );
+        // Changed bytes condemn the artifact even when pg_restore was content, or failed.
+        for restored in [Ok(()), failed()] {
+            let error = streamed_outcome(&artifact, read("bad", Ok(10)), None, restored)
+                .expect_err("changed");
+            assert!(
+                matches!(error, AgentError::CorruptArtifact { .. }),
+                "{error}"
+            );
+        }
+        let error = streamed_outcome(&artifact, read("good", damaged()), None, failed())
+            .expect_err("damaged");
+        assert!(
+            error.to_string().contains("cannot be decompressed"),
+            "{error}"
+        );
+        // Otherwise pg_restore's failure is the cause of a broken pipe.
+        let error = streamed_outcome(&artifact, read("good", damaged()), broken_pipe(), failed())
+            .expect_err("pg_restore failed");
+        assert!(error.to_string().contains("pg_restore failed"), "{error}");
     }
 
     #[test]

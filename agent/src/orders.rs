@@ -16,6 +16,7 @@ use crate::config::AgentConfig;
 use crate::drill::RunningDrills;
 use crate::error::{AgentError, AgentResult};
 use crate::pg::PgDatabase;
+use crate::pgtools::ProbeCache;
 use crate::progress::ProgressReporter;
 use crate::repository::Repository;
 use crate::{backup, drill, health, migrate, prune, restore};
@@ -29,6 +30,8 @@ pub struct AgentContext {
     pub staging_dir: PathBuf,
     pub drills: RunningDrills,
     pub repository_space: health::SpaceGauge,
+    /// What the PostgreSQL client binaries said about themselves.
+    pub probes: ProbeCache,
 }
 
 impl AgentContext {
@@ -42,6 +45,7 @@ impl AgentContext {
             staging_dir,
             drills: RunningDrills::default(),
             repository_space: health::SpaceGauge::default(),
+            probes: ProbeCache::default(),
         })
     }
 

@@ -13,7 +13,6 @@ use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use url::Url;
-use warden_shared::manifest::TableRowCount;
 use warden_shared::names::quote_ident;
 
 use crate::error::{AgentError, AgentResult};
@@ -435,23 +434,6 @@ pub async fn count_rows(
         .await
         .map_err(db.sql_error(&format!("cannot count the rows of {qualified} in")))?;
     Ok(u64::try_from(count).unwrap_or_default())
-}
-
-/// Counts the rows of every table [`list_tables`] finds.
-pub async fn count_all_rows(
-    db: &PgDatabase,
-    conn: &mut PgConnection,
-) -> AgentResult<Vec<TableRowCount>> {
-    let mut counts = Vec::new();
-    for (schema, table) in list_tables(db, conn).await? {
-        let rows = count_rows(db, conn, &schema, &table).await?;
-        counts.push(TableRowCount {
-            schema,
-            table,
-            rows,
-        });
-    }
-    Ok(counts)
 }
 
 /// Returns whether a database of this name exists on the server.

@@ -60,6 +60,8 @@ pub struct TableRows {
     pub schema: String,
     pub table: String,
     pub rows: u64,
+    /// Bytes of the table's data (its COPY text).
+    pub bytes: u64,
 }
 
 /// Where a TOC entry's offset field is and what it said.
@@ -121,7 +123,7 @@ pub struct ArchiveScanner {
     /// `TABLE DATA` entries by dump id: schema and table name, as the archive spells them.
     tables: HashMap<i64, (Vec<u8>, Vec<u8>)>,
     /// Rows of the `TABLE DATA` blocks seen, by dump id.
-    rows: HashMap<i64, u64>,
+    rows: HashMap<i64, CopyLines>,
     /// The block being read and the lines of its data so far, when its rows are counted.
     counting: Option<(i64, CopyLines)>,
     failed: Option<String>,
@@ -281,22 +283,24 @@ impl ArchiveScanner {
         if !self.count_rows {
             return Err("this scanner does not count rows".to_owned());
         }
-        let mut named: HashMap<(&[u8], &[u8]), Option<u64>> = HashMap::new();
+        let mut named: HashMap<(&[u8], &[u8]), Option<&CopyLines>> = HashMap::new();
         for (id, (schema, table)) in &self.tables {
-            if let Some(rows) = self.rows.get(id) {
+            if let Some(lines) = self.rows.get(id) {
                 named
                     .entry((schema, table))
                     .and_modify(|seen| *seen = None)
-                    .or_insert(Some(*rows));
+                    .or_insert(Some(lines));
             }
         }
         let mut tables: Vec<TableRows> = named
             .into_iter()
-            .filter_map(|((schema, table), rows)| {
+            .filter_map(|((schema, table), lines)| {
+                let lines = lines?;
                 Some(TableRows {
                     schema: String::from_utf8(schema.to_vec()).ok()?,
                     table: String::from_utf8(table.to_vec()).ok()?,
-                    rows: rows?,
+                    rows: lines.rows,
+                    bytes: lines.bytes,
                 })
             })
             .collect();
@@ -325,7 +329,7 @@ impl ArchiveScanner {
     /// Records the rows of the block whose lines were being counted.
     fn finish_counting(&mut self) {
         if let Some((id, lines)) = self.counting.take() {
-            self.rows.insert(id, lines.rows);
+            self.rows.insert(id, lines);
         }
     }
 
@@ -433,6 +437,8 @@ impl ArchiveScanner {
 #[derive(Debug, Default)]
 struct CopyLines {
     rows: u64,
+    /// Bytes seen, the end-of-data line included.
+    bytes: u64,
     /// The first bytes of the line being read (at most 3 are needed to tell the marker).
     head: Vec<u8>,
     /// Whether the marker was seen: nothing after it is a row.
@@ -441,8 +447,9 @@ struct CopyLines {
 
 impl CopyLines {
     fn feed(&mut self, mut bytes: &[u8]) {
+        self.bytes += bytes.len() as u64;
         while !self.ended && !bytes.is_empty() {
-            let (line, rest) = match bytes.iter().position(|b| *b == b'\n') {
+            let (line, rest) = match memchr::memchr(b'\n', bytes) {
                 Some(at) => (&bytes[..at], Some(&bytes[at + 1..])),
                 None => (bytes, None),
             };
@@ -763,7 +770,7 @@ mod tests {
                     w.out.push(BLK_DATA);
                     w.int(id);
                     for row in 0..rows {
-                        let line = format!("{row}\tvalue {row}\n");
+                        let line = Self::row(row as u64);
                         w.int(line.len() as i64);
                         w.out.extend_from_slice(line.as_bytes());
                     }
@@ -774,6 +781,11 @@ mod tests {
                 }
             }
             (w.out, fields, blocks)
+        }
+
+        /// Row `row` of a table's data, as COPY text.
+        fn row(row: u64) -> String {
+            format!("{row}\tvalue {row}\n")
         }
     }
 
@@ -794,11 +806,15 @@ mod tests {
         scanner.table_rows()
     }
 
+    /// The table `Writer::archive` writes with `rows` rows: their lines, then the end of
+    /// data (5 bytes).
     fn rows(table: &str, rows: u64) -> TableRows {
+        let lines: u64 = (0..rows).map(|row| Writer::row(row).len() as u64).sum();
         TableRows {
             schema: "public".to_owned(),
             table: table.to_owned(),
             rows,
+            bytes: lines + 5,
         }
     }
 
@@ -988,6 +1004,12 @@ mod tests {
                 "{t:?}"
             );
         }
+        // Each row is a line at least; an empty table holds only the end of its data.
+        assert!(counted.iter().all(|t| t.bytes > t.rows), "{counted:?}");
+        assert_eq!(
+            counted.iter().find(|t| t.table == "b").map(|t| t.bytes),
+            Some(5)
+        );
         assert_eq!(counted[0].schema, "Odd\nSchema");
         assert_eq!(counted[0].rows, 302);
         let patches = scanner.patches().expect("a pg_dump archive");

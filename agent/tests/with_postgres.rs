@@ -353,6 +353,92 @@ async fn restores_time_each_phase_and_a_missing_dump_is_corrupt() {
     assert!(!setup.cluster.database_exists("never"));
 }
 
+/// One table holding nearly all the data, or one job: the dump streams from the repository
+/// into pg_restore, with no `decompress` phase and nothing staged.
+#[tokio::test]
+async fn restores_that_parallel_jobs_cannot_speed_up_stream_the_dump() {
+    let mut setup = Setup::new("restore-streams");
+    setup.cluster.psql(
+        "app",
+        "INSERT INTO orders SELECT i, i * 10 FROM generate_series(4, 5000) i",
+    );
+    let artifact = setup.backup().await;
+    let streamed = [
+        phase::FETCH,
+        phase::VERIFY_CHECKSUM,
+        phase::PG_RESTORE,
+        phase::VERIFY_ROWS,
+    ];
+
+    // `orders` holds over 90% of the data: two jobs could not restore it sooner.
+    assert_eq!(setup.ctx.config.restore_jobs, 2);
+    let result = run(&setup, "o-new", restore_spec(&artifact, "app copy")).await;
+    assert!(result.success, "{}", result.error);
+    let Some(Outcome::Restore(outcome)) = result.outcome else {
+        panic!("expected a restore outcome, got {:?}", result.outcome);
+    };
+    assert_eq!(phase_names(&outcome.phases), streamed);
+    assert_eq!((outcome.tables_verified, outcome.rows_verified), (2, 5002));
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app copy", "SELECT sum(total) FROM orders"),
+        setup
+            .cluster
+            .query_value("app", "SELECT sum(total) FROM orders"),
+    );
+    assert!(
+        setup.staged_files().is_empty(),
+        "{:?}",
+        setup.staged_files()
+    );
+
+    // One job streams whatever the shares, a replace and a drill too.
+    setup.ctx.config.restore_jobs = 1;
+    setup
+        .cluster
+        .psql("app", "DELETE FROM orders WHERE id > 100");
+    let result = run(&setup, "o-replace", restore_spec(&artifact, "")).await;
+    assert!(result.success, "{}", result.error);
+    let Some(Outcome::Restore(outcome)) = result.outcome else {
+        panic!("expected a restore outcome, got {:?}", result.outcome);
+    };
+    assert_eq!(phase_names(&outcome.phases)[..4], streamed);
+    assert_eq!(phase_names(&outcome.phases).last(), Some(&phase::SWAP));
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app", "SELECT count(*) FROM orders"),
+        "5000"
+    );
+    let result = run(
+        &setup,
+        "o-drill",
+        drill_spec(
+            &artifact,
+            &[("all orders", "SELECT count(*) = 5000 FROM orders")],
+        ),
+    )
+    .await;
+    assert!(result.success, "{}", result.error);
+    assert!(setup.databases_starting_with("warden_").is_empty());
+
+    // A damaged dump is refused before pg_restore starts, as when staging.
+    damage_dump(&setup, &artifact);
+    let result = run(&setup, "o-damaged", restore_spec(&artifact, "never")).await;
+    assert!(
+        !result.success && result.artifact_corrupt,
+        "{}",
+        result.error
+    );
+    assert!(!setup.cluster.database_exists("never"));
+    assert!(
+        setup.staged_files().is_empty(),
+        "{:?}",
+        setup.staged_files()
+    );
+}
+
 #[tokio::test]
 async fn leftover_scratch_databases_of_this_agent_are_dropped_at_startup() {
     let dir = TestDir::new("drill-startup");

@@ -60,6 +60,11 @@ pub struct TableRowCount {
     pub schema: String,
     pub table: String,
     pub rows: u64,
+    /// Bytes of the table's own data in the dump (its COPY text, before compression); absent
+    /// in manifests written before it was recorded. A restore uses the shares of the tables
+    /// to choose between a parallel and a streaming pg_restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes: Option<u64>,
 }
 
 impl ArtifactManifest {

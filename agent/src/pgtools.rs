@@ -385,8 +385,11 @@ async fn relay_stderr(tool: String, stderr: ChildStderr, url: Option<PgUrl>) -> 
 /// about 4% of a backup of 140 MB.
 #[derive(Debug, Default)]
 pub struct ProbeCache {
-    answers: Mutex<HashMap<(PathBuf, &'static str), (FileStamp, String)>>,
+    answers: Mutex<HashMap<Probe, (FileStamp, String)>>,
 }
+
+/// A tool and the question it was asked.
+type Probe = (PathBuf, &'static str);
 
 /// What tells one version of a file from another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

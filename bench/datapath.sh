@@ -47,27 +47,11 @@ usage: $0 [--smoke] [--reps N] [--scale S] [--md5-rows N] [--out FILE] [--bin-di
 EOF
 }
 
-die() {
-  echo "datapath: $*" >&2
-  exit 1
-}
+SCRIPT=datapath
+# shellcheck source=deploy/lib.sh
+source "$ROOT/deploy/lib.sh"
 
 say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-
-is_root() { [[ $EUID -eq 0 ]]; }
-
-# PostgreSQL refuses to run as root, so the cluster belongs to the postgres user then.
-as_postgres() {
-  if is_root; then
-    runuser -u postgres -- "$@"
-  else
-    "$@"
-  fi
-}
-
-positive_int() {
-  [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive whole number, got '$2'"
-}
 
 REPS=5 SCALE=70 MD5_ROWS=3000000 OUT="" BIN_DIR="" SMOKE=0
 while (($# > 0)); do
@@ -97,69 +81,18 @@ while (($# > 0)); do
 done
 [[ -n $OUT ]] || OUT="$ROOT/bench/results/datapath-$(date -u +%Y-%m-%d).md"
 
-# Prints the first directory holding initdb and pg_ctl: pg_config --bindir, PATH, then
-# /usr/lib/postgresql/*/bin newest first (as deploy/demo.sh).
-find_pg_bindir() {
-  local candidates=() dir
-  if command -v pg_config >/dev/null 2>&1; then
-    candidates+=("$(pg_config --bindir 2>/dev/null || true)")
-  fi
-  if command -v initdb >/dev/null 2>&1; then
-    candidates+=("$(dirname "$(command -v initdb)")")
-  fi
-  while IFS= read -r dir; do
-    candidates+=("$dir")
-  done < <(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V -r)
-  for dir in "${candidates[@]}"; do
-    if [[ -n $dir && -x $dir/initdb && -x $dir/pg_ctl ]]; then
-      echo "$dir"
-      return 0
-    fi
-  done
-  return 1
-}
-
-# Prints a PostgreSQL tool from the server's bindir, else from PATH.
-pg_tool() {
-  local tool=$1
-  if [[ -x $PGBIN/$tool ]]; then
-    echo "$PGBIN/$tool"
-  elif command -v "$tool" >/dev/null 2>&1; then
-    command -v "$tool"
-  else
-    die "cannot find $tool next to initdb ($PGBIN) or on PATH: install the PostgreSQL server and client (Debian/Ubuntu: apt-get install postgresql)"
-  fi
-}
-
-# Prints N distinct free TCP ports on 127.0.0.1.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
 # --- prerequisites -------------------------------------------------------------------------
 
 ((BASH_VERSINFO[0] >= 5)) || die "needs bash 5 or newer (for EPOCHREALTIME)"
 command -v python3 >/dev/null 2>&1 || die "python3 not found: the bench uses it to pick ports, read JSON and write the report"
 command -v zstd >/dev/null 2>&1 \
   || die "the zstd command-line tool is not installed; it is the baseline the bench compares with: install it (Debian/Ubuntu: apt-get install zstd)"
-PGBIN=$(find_pg_bindir) \
-  || die "cannot find PostgreSQL server binaries (initdb, pg_ctl): install PostgreSQL 15+ (Debian/Ubuntu: apt-get install postgresql) or put its bin directory on PATH"
-PSQL=$(pg_tool psql)
-PG_DUMP=$(pg_tool pg_dump)
-PG_RESTORE=$(pg_tool pg_restore)
-PGBENCH=$(pg_tool pgbench)
-if is_root; then
-  id postgres >/dev/null 2>&1 \
-    || die "running as root, but there is no postgres user to own the cluster: create one (useradd -r postgres) or run as a normal user"
-fi
+PGBIN=$(need_pg_bindir)
+PSQL=$(pg_tool "$PGBIN" psql)
+PG_DUMP=$(pg_tool "$PGBIN" pg_dump)
+PG_RESTORE=$(pg_tool "$PGBIN" pg_restore)
+PGBENCH=$(pg_tool "$PGBIN" pgbench)
+need_postgres_user
 
 if [[ -z $BIN_DIR ]]; then
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) or pass --bin-dir"
@@ -235,17 +168,10 @@ sql() {
 sql_value() { sql "$1" -A -t -c "$2"; }
 
 start_cluster() {
-  local dir="$WORK/pg"
-  mkdir -p "$dir"
-  if is_root; then chown postgres: "$dir"; fi
-  chmod 700 "$dir"
-  as_postgres "$PGBIN/initdb" -D "$dir" -U postgres -A trust -N -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 \
-    || die "initdb failed: $(tail -n 5 "$WORK/initdb.log")"
   # Larger WAL between checkpoints: loading and restoring a GB should not be paced by
   # checkpoints landing at random points of the measurements.
-  as_postgres "$PGBIN/pg_ctl" -D "$dir" -w -l "$dir/log" \
-    -o "-p $PG_PORT -k '$dir' -c listen_addresses=127.0.0.1 -c max_wal_size=8GB -c checkpoint_timeout=30min" \
-    start >/dev/null || die "PostgreSQL did not start: $(tail -n 5 "$dir/log")"
+  start_cluster_in "$PGBIN" "$WORK/pg" "$PG_PORT" "$WORK/initdb.log" \
+    -c max_wal_size=8GB -c checkpoint_timeout=30min
   CLUSTER_STARTED=1
 }
 

@@ -28,69 +28,9 @@ show() {
   printf '%s$ %s%s\n' "$DIM" "$*" "$RESET"
   "$@"
 }
-die() {
-  echo "demo: $*" >&2
-  exit 1
-}
-
-is_root() { [[ $EUID -eq 0 ]]; }
-
-# PostgreSQL refuses to run as root, so the clusters belong to the postgres user then.
-as_postgres() {
-  if is_root; then
-    runuser -u postgres -- "$@"
-  else
-    "$@"
-  fi
-}
-
-# Prints the first directory holding initdb and pg_ctl: pg_config --bindir, PATH, then
-# /usr/lib/postgresql/*/bin newest first.
-find_pg_bindir() {
-  local candidates=() dir
-  if command -v pg_config >/dev/null 2>&1; then
-    candidates+=("$(pg_config --bindir 2>/dev/null || true)")
-  fi
-  if command -v initdb >/dev/null 2>&1; then
-    candidates+=("$(dirname "$(command -v initdb)")")
-  fi
-  while IFS= read -r dir; do
-    candidates+=("$dir")
-  done < <(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V -r)
-  for dir in "${candidates[@]}"; do
-    if [[ -n $dir && -x $dir/initdb && -x $dir/pg_ctl ]]; then
-      echo "$dir"
-      return 0
-    fi
-  done
-  return 1
-}
-
-# Prints a PostgreSQL client tool from the server's bindir, else from PATH.
-pg_tool() {
-  local bindir=$1 tool=$2
-  if [[ -x $bindir/$tool ]]; then
-    echo "$bindir/$tool"
-  elif command -v "$tool" >/dev/null 2>&1; then
-    command -v "$tool"
-  else
-    die "cannot find $tool next to initdb ($bindir) or on PATH: install the PostgreSQL client (Debian/Ubuntu: apt-get install postgresql-client)"
-  fi
-}
-
-# Prints N distinct free TCP ports on 127.0.0.1, holding them all open while choosing so
-# none is picked twice.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+SCRIPT=demo
+# shellcheck source=deploy/lib.sh
+source "$ROOT/deploy/lib.sh"
 
 record_pid() { echo "$1" >>"$DEMO/pids"; }
 
@@ -147,15 +87,8 @@ stop_demo() {
 # Creates a cluster in DIR listening on 127.0.0.1:PORT with its socket in DIR.
 start_cluster() {
   local dir=$1 port=$2
-  mkdir -p "$dir"
-  is_root && chown postgres: "$dir"
-  chmod 700 "$dir"
   echo "$dir" >>"$DEMO/clusters"
-  as_postgres "$PGBIN/initdb" -D "$dir" -U postgres -A trust -N -E UTF8 --locale=C >"$DEMO/initdb-$(basename "$dir").log" 2>&1 \
-    || die "initdb of $dir failed: see $DEMO/initdb-$(basename "$dir").log"
-  as_postgres "$PGBIN/pg_ctl" -D "$dir" -w -l "$dir/log" \
-    -o "-p $port -k '$dir' -c listen_addresses=127.0.0.1" start >/dev/null \
-    || die "PostgreSQL in $dir did not start: see $dir/log"
+  start_cluster_in "$PGBIN" "$dir" "$port" "$DEMO/initdb-$(basename "$dir").log"
 }
 
 sql() {
@@ -309,13 +242,9 @@ print(backups[0]["artifact_id"] if backups else "")
 start_demo() {
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust from https://rustup.rs"
   command -v python3 >/dev/null 2>&1 || die "python3 not found: the demo uses it to pick free ports and read JSON"
-  PGBIN=$(find_pg_bindir) \
-    || die "cannot find PostgreSQL server binaries (initdb, pg_ctl): install PostgreSQL 15+ (Debian/Ubuntu: apt-get install postgresql) or put its bin directory on PATH"
+  PGBIN=$(need_pg_bindir)
   PSQL=$(pg_tool "$PGBIN" psql)
-  if is_root; then
-    id postgres >/dev/null 2>&1 \
-      || die "running as root, but there is no postgres user to own the clusters: create one (useradd -r postgres) or run as a normal user"
-  fi
+  need_postgres_user
 
   if [[ -d $DEMO ]]; then
     step "Stopping the previous demo"

@@ -69,7 +69,7 @@ pg_tool() {
   elif command -v "$tool" >/dev/null 2>&1; then
     command -v "$tool"
   else
-    die "cannot find $tool next to initdb ($bindir) or on PATH: install the PostgreSQL client (Debian/Ubuntu: apt-get install postgresql-client)"
+    die "cannot find $tool next to initdb ($bindir) or on PATH: install the PostgreSQL server and client (Debian/Ubuntu: apt-get install postgresql)"
   fi
 }
 

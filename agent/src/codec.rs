@@ -244,6 +244,53 @@ pub async fn decompress_to_pipe(
     decompress(src, input, File::from(pipe), false, read_counter).await
 }
 
+/// Writes the header and table of contents of the archive compressed in `src` (its first
+/// bytes, up to the data) to a new file `dest`: all pg_restore needs to restore the entries
+/// without data, such as the indexes and constraints of `--section=post-data`. Reads only
+/// as far as the table of contents goes.
+pub async fn extract_toc(src: &Path, dest: &Path) -> AgentResult<()> {
+    let input =
+        File::open(src).map_err(AgentError::io(format!("cannot open {}", src.display())))?;
+    let output = File::create_new(dest)
+        .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
+    let (src, dest) = (src.to_path_buf(), dest.to_path_buf());
+    blocking(move || {
+        let cannot_read = || AgentError::io(format!("cannot read {}", src.display()));
+        let mut decoder = zstd::Decoder::new(input).map_err(cannot_read())?;
+        let mut writer = BufWriter::new(output);
+        let mut scanner = ArchiveScanner::new();
+        let mut chunk = vec![0; 64 << 10];
+        let end = loop {
+            if let Some(end) = scanner.data_start() {
+                break end;
+            }
+            if let Some(why) = scanner.failure() {
+                return Err(AgentError::io(format!(
+                    "cannot read the archive in {}",
+                    src.display()
+                ))(io::Error::other(why.to_owned())));
+            }
+            let n = decoder.read(&mut chunk).map_err(cannot_read())?;
+            if n == 0 {
+                return Err(cannot_read()(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the archive ends inside its table of contents",
+                )));
+            }
+            scanner.feed(&chunk[..n]);
+            writer
+                .write_all(&chunk[..n])
+                .map_err(AgentError::io(format!("cannot write {}", dest.display())))?;
+        };
+        writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| file.set_len(end))
+            .map_err(AgentError::io(format!("cannot write {}", dest.display())))
+    })
+    .await
+}
+
 /// Asks for a larger buffer on a pipe to or from a tool: fewer, larger reads and writes,
 /// and fewer wake-ups of both sides. The kernel may refuse, which costs only speed.
 pub fn widen_pipe(pipe: impl AsFd) {
@@ -314,7 +361,7 @@ fn read_decompressed(
     let mut writer = WriteSide {
         inner: BufWriter::with_capacity(CHUNK_BYTES, output),
         error: None,
-        archive: ArchiveScanner::new(),
+        archive: fill_offsets.then(ArchiveScanner::new),
     };
     let decoded = io::copy(&mut decoder, &mut writer);
     // A failed read is not a damaged file: zstd passes it on as its own error, which would
@@ -337,7 +384,7 @@ fn read_decompressed(
         (None, Err(error)) => (None, Some(error.into_error())),
     };
     let mut offsets_filled = None;
-    if let (Some(file), true, Ok(_)) = (file, fill_offsets, &decoded) {
+    if let (Some(file), Some(archive), Ok(_)) = (file, archive, &decoded) {
         let patches = archive.patches();
         if let Ok(patches) = &patches {
             write_error = patches
@@ -355,11 +402,11 @@ fn read_decompressed(
 }
 
 /// Passes writes through, remembers the first one that failed, and shows what was written
-/// to an archive scanner.
+/// to an archive scanner, if any.
 struct WriteSide<W> {
     inner: W,
     error: Option<io::Error>,
-    archive: ArchiveScanner,
+    archive: Option<ArchiveScanner>,
 }
 
 impl<W: Write> Write for WriteSide<W> {
@@ -368,7 +415,9 @@ impl<W: Write> Write for WriteSide<W> {
             self.error
                 .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
         })?;
-        self.archive.feed(&buf[..written]);
+        if let Some(archive) = &mut self.archive {
+            archive.feed(&buf[..written]);
+        }
         Ok(written)
     }
 

@@ -9,11 +9,15 @@
 //! changes anything runs in `pg_restore`.
 //!
 //! A parallel pg_restore (`restore_jobs` > 1) needs a file it can seek in, so the dump is
-//! staged first, and the decompression is time the restore waits. When parallelism cannot
-//! help, because `restore_jobs` is 1 or one table holds nearly all the data (a parallel
-//! restore cannot end before its largest table), the dump streams instead: decompressed on
-//! the way into one pg_restore, hashed once more as it goes, with no `decompress` phase and
-//! nothing staged (see [`streams`]).
+//! staged first, and the decompression is time the restore waits. When parallel jobs cannot
+//! load the data sooner, because `restore_jobs` is 1 or one table holds nearly all of it (a
+//! parallel restore cannot end before its largest table), the dump streams instead (see
+//! [`streams`]): decompressed on the way into one pg_restore for the schema and the data,
+//! hashed once more as it goes, with no `decompress` phase. Only the archive's table of
+//! contents is staged, from which `pg_restore --section=post-data -j N` then builds the
+//! indexes and constraints in parallel. A streamed restore writes into its new database
+//! before the second hash ends; if the dump changed since it was verified, the copy fails
+//! and its database is dropped like any failed copy's.
 
 use std::ffi::OsString;
 use std::fs;
@@ -155,7 +159,8 @@ pub struct RestoredCopy {
 }
 
 /// Restores `artifact` into `plan.into` through the phases in the module doc, each recorded
-/// in `phases` when it finishes, using `staged` for the decompressed dump. `created` names
+/// in `phases` when it finishes, using `staged` for the decompressed dump (or, streaming,
+/// its table of contents). `created` names
 /// the database once this copy may have created it (or dropped a leftover of that name), so
 /// the caller can drop it after a failure or cancellation; the caller also removes
 /// `staged` ([`remove_staged`]) whatever happened.
@@ -175,11 +180,21 @@ pub async fn restore_copy(
         verify_checksum(artifact, &dump, progress),
     )
     .await?;
+    let staging_dir = ctx.staging_dir.clone();
+    blocking(move || {
+        fs::create_dir_all(&staging_dir).map_err(AgentError::io(format!(
+            "cannot create {}",
+            staging_dir.display()
+        )))
+    })
+    .await?;
     let jobs = ctx.config.restore_jobs;
-    let raw_bytes = if streams(&manifest.tables, jobs) {
+    let raw_bytes = if streams(&manifest.tables, jobs) && stage_toc(artifact, &dump, staged).await {
         let archive = Archive::Streamed {
             artifact,
             dump: &dump,
+            toc: staged,
+            jobs,
         };
         timed(
             phases,
@@ -192,7 +207,7 @@ pub async fn restore_copy(
         let raw_bytes = timed(
             phases,
             phase::DECOMPRESS,
-            decompress(ctx, artifact, &dump, staged, progress),
+            decompress(artifact, &dump, staged, progress),
         )
         .await?;
         let archive = Archive::Staged { path: staged, jobs };
@@ -234,14 +249,32 @@ pub fn streams(tables: &[TableRowCount], jobs: u32) -> bool {
     total > 0 && largest as f64 >= STREAM_SHARE * total as f64
 }
 
+/// Stages the dump's header and table of contents alone in `staged`, for the post-data
+/// part of a streamed restore. Returns whether it could; if not (an archive the agent cannot
+/// read), the restore stages the whole dump instead, as it always could.
+async fn stage_toc(artifact: &ArtifactRef<'_>, dump: &Path, staged: &Path) -> bool {
+    match codec::extract_toc(dump, staged).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(artifact_id = artifact.id, %error, "cannot stage the table of contents alone; staging the whole dump");
+            let _ = fs::remove_file(staged);
+            false
+        }
+    }
+}
+
 /// Where pg_restore reads the dump from.
 enum Archive<'a> {
     /// The decompressed dump in the staging directory, restored with `jobs` parallel jobs.
     Staged { path: &'a Path, jobs: u32 },
-    /// The compressed dump in the repository, decompressed into pg_restore's stdin.
+    /// The compressed dump in the repository, decompressed into one pg_restore's stdin for
+    /// the schema and the data; then the indexes, constraints and the rest of the post-data
+    /// entries from `toc`, the staged table of contents, with `jobs` parallel jobs.
     Streamed {
         artifact: &'a ArtifactRef<'a>,
         dump: &'a Path,
+        toc: &'a Path,
+        jobs: u32,
     },
 }
 
@@ -320,20 +353,11 @@ async fn verify_checksum(
 /// Decompresses the verified dump into `staged` and returns its size. The bytes are hashed
 /// again on the way: the file must not have changed since it was verified.
 async fn decompress(
-    ctx: &AgentContext,
     artifact: &ArtifactRef<'_>,
     dump: &Path,
     staged: &Path,
     progress: &ProgressReporter,
 ) -> AgentResult<u64> {
-    let staging_dir = ctx.staging_dir.clone();
-    blocking(move || {
-        fs::create_dir_all(&staging_dir).map_err(AgentError::io(format!(
-            "cannot create {}",
-            staging_dir.display()
-        )))
-    })
-    .await?;
     let read = progress
         .track(phase::DECOMPRESS, |counter| {
             codec::decompress_to_file(dump, staged, counter)
@@ -432,17 +456,39 @@ async fn create_and_restore(
                 })
                 .await
         }
-        Archive::Streamed { artifact, dump } => {
+        Archive::Streamed {
+            artifact,
+            dump,
+            toc,
+            jobs,
+        } => {
             progress
                 .track(phase::PG_RESTORE, |counter| async {
+                    let mut data_args = args.clone();
+                    data_args.extend(["--section=pre-data", "--section=data"].map(OsString::from));
                     let (process, stdin) =
-                        Subprocess::spawn_fed(&pg_restore, &args, Some(&into.url))?;
-                    let (read, restored) = tokio::join!(
-                        codec::decompress_to_pipe(dump, stdin, counter),
-                        process.wait()
-                    );
+                        Subprocess::spawn_fed(&pg_restore, &data_args, Some(&into.url))?;
+                    let decompressing = codec::decompress_to_pipe(dump, stdin, counter);
+                    let waiting = process.wait();
+                    tokio::pin!(decompressing, waiting);
+                    let (read, restored) = tokio::select! {
+                        read = &mut decompressing => (read, waiting.await),
+                        restored = &mut waiting => match restored {
+                            // Dropping the decompression stops it: pg_restore's error is the
+                            // answer, and the rest of the dump need not be read for it.
+                            Err(error) => return Err(error),
+                            Ok(()) => (decompressing.await, Ok(())),
+                        },
+                    };
                     let (read, write_error) = read?;
-                    streamed_outcome(artifact, read, write_error, restored)
+                    streamed_outcome(artifact, read, write_error, restored)?;
+                    let mut post_args = args.clone();
+                    post_args.push(OsString::from("--section=post-data"));
+                    post_args.push(OsString::from(format!("--jobs={jobs}")));
+                    post_args.push(toc.as_os_str().to_owned());
+                    Subprocess::spawn(&pg_restore, &post_args, Some(&into.url), Stdio::null())?
+                        .wait()
+                        .await
                 })
                 .await
         }

@@ -421,6 +421,30 @@ pub async fn list_tables(
     .map_err(db.sql_error("cannot list the tables of"))
 }
 
+/// Takes ACCESS SHARE locks on `tables` until the transaction ends, as pg_dump does for
+/// its own session: a TRUNCATE or a rewriting ALTER TABLE, which are not MVCC-safe, cannot
+/// commit meanwhile, so counting rows in the transaction's snapshot later stays exact. Without
+/// ONLY, inheritance children are locked too.
+pub async fn lock_tables(
+    db: &PgDatabase,
+    conn: &mut PgConnection,
+    tables: &[(String, String)],
+) -> AgentResult<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = tables
+        .iter()
+        .map(|(schema, table)| format!("{}.{}", quote_ident(schema), quote_ident(table)))
+        .collect();
+    let sql = format!("LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", "));
+    sqlx::query(AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .map_err(db.sql_error("cannot lock the tables of"))?;
+    Ok(())
+}
+
 /// Counts the rows of one table exactly.
 pub async fn count_rows(
     db: &PgDatabase,

@@ -78,6 +78,9 @@ struct Layout {
     minor: u8,
     int_size: usize,
     off_size: usize,
+    /// Whether pg_dump compressed the data (Warden's backups never do): its rows cannot be
+    /// counted then.
+    compressed: bool,
 }
 
 /// Where the scanner is in the archive.
@@ -127,6 +130,8 @@ pub struct ArchiveScanner {
     /// The block being read and the lines of its data so far, when its rows are counted.
     counting: Option<(i64, CopyLines)>,
     failed: Option<String>,
+    /// Where the data section starts: the header and the TOC are the bytes before.
+    data_start: Option<u64>,
 }
 
 impl Default for ArchiveScanner {
@@ -152,6 +157,7 @@ impl ArchiveScanner {
             rows: HashMap::new(),
             counting: None,
             failed: None,
+            data_start: None,
         }
     }
 
@@ -250,6 +256,18 @@ impl ArchiveScanner {
         }
     }
 
+    /// Returns why the scanner gave up, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Returns where the data section starts once the header and the whole TOC went by:
+    /// those bytes alone are an archive pg_restore can restore every entry without data
+    /// from (`--section=post-data`).
+    pub fn data_start(&self) -> Option<u64> {
+        self.data_start
+    }
+
     /// Returns the writes that give every data block's TOC entry its position, as pg_dump
     /// writes them to a seekable file; none when the archive was not read to a clean end or
     /// already has its offsets.
@@ -279,7 +297,9 @@ impl ArchiveScanner {
     /// when it was read to a clean end by a scanner [counting rows](Self::counting_rows).
     /// A table named twice, or by a name that is not UTF-8, is left out.
     pub fn table_rows(&self) -> Result<Vec<TableRows>, String> {
-        self.complete()?;
+        if self.complete()?.compressed {
+            return Err("pg_dump compressed the table data".to_owned());
+        }
         if !self.count_rows {
             return Err("this scanner does not count rows".to_owned());
         }
@@ -404,6 +424,7 @@ impl ArchiveScanner {
                 }
                 State::Toc { .. } => {
                     // The TOC is complete: the rest is data.
+                    self.data_start = Some(self.pending_start + consumed as u64);
                     let rest = self.pending.split_off(consumed);
                     self.pending = Vec::new();
                     self.state = State::BlockStart;
@@ -475,7 +496,12 @@ fn decode_int(bytes: &[u8]) -> i64 {
         .iter()
         .enumerate()
         .fold(0i64, |acc, (i, b)| acc | (i64::from(*b) << (8 * i)));
-    if bytes[0] != 0 { -magnitude } else { magnitude }
+    // A magnitude of 2^63 or more is no integer pg_dump writes; it stays wrong, not a panic.
+    if bytes[0] != 0 {
+        magnitude.wrapping_neg()
+    } else {
+        magnitude
+    }
 }
 
 /// Reads header and TOC fields from a buffer that may end early: `Ok(None)` from any read
@@ -561,11 +587,12 @@ fn parse_header(buf: &[u8]) -> Result<Option<(Layout, i64, usize)>, String> {
     if format != FORMAT_CUSTOM {
         return Err(format!("archive format {format} is not custom"));
     }
-    if minor >= 15 {
-        need!(f.byte()); // compression algorithm
+    // The compression algorithm (0 is none), or before 1.15 the zlib level (0 is none).
+    let compressed = if minor >= 15 {
+        need!(f.byte()) != 0
     } else {
-        need!(f.int()); // compression level
-    }
+        need!(f.int()) != 0
+    };
     for _ in 0..7 {
         need!(f.int()); // creation date
     }
@@ -581,6 +608,7 @@ fn parse_header(buf: &[u8]) -> Result<Option<(Layout, i64, usize)>, String> {
         minor,
         int_size,
         off_size,
+        compressed,
     };
     Ok(Some((layout, toc_count, f.at)))
 }
@@ -617,14 +645,20 @@ fn parse_entry(buf: &[u8], layout: Layout) -> Result<Option<Entry>, String> {
     let tag = need!(f.str())?;
     let desc = need!(f.str())?;
     need!(f.int()); // section
-    // Definition, DROP statement, COPY statement.
-    for _ in 0..3 {
+    // Definition, DROP statement.
+    for _ in 0..2 {
         need!(f.skip_str())?;
     }
+    let copy = need!(f.str())?;
     let schema = need!(f.str())?;
     need!(f.skip_str())?; // tablespace
-    let table = match (desc, schema, tag) {
-        (Some(b"TABLE DATA"), Some(schema), Some(tag)) => Some((schema.to_vec(), tag.to_vec())),
+    // Only data dumped as COPY text has a row per line (not `--inserts`).
+    let table = match (desc, copy, schema, tag) {
+        (Some(b"TABLE DATA"), Some(copy), Some(schema), Some(tag))
+            if copy.starts_with(b"COPY ") =>
+        {
+            Some((schema.to_vec(), tag.to_vec()))
+        }
         _ => None,
     };
     if layout.minor >= 14 {
@@ -913,6 +947,34 @@ mod tests {
         newer[6] = 17;
         assert!(scan_in_pieces(&newer, 16).unwrap_err().contains("1.17"));
         assert!(scan_in_pieces(b"-- plain SQL dump\n", 4).is_err());
+    }
+
+    #[test]
+    fn rows_of_compressed_data_are_not_counted_but_offsets_are_found() {
+        let (mut archive, fields, blocks) = Writer::archive(16, &[(2, 3)]);
+        // The compression algorithm follows the version, sizes and format bytes.
+        archive[11] = 1;
+        let error = rows_in_pieces(&archive, 64).expect_err("compressed");
+        assert!(error.contains("compressed"), "{error}");
+        assert_eq!(scan_in_pieces(&archive, 64), Ok(expected(&fields, &blocks)));
+    }
+
+    #[test]
+    fn the_table_of_contents_ends_where_the_first_block_starts() {
+        let (archive, _, blocks) = Writer::archive(15, &[(3, 2), (2, 1)]);
+        let mut scanner = ArchiveScanner::new();
+        for (i, piece) in archive.chunks(5).enumerate() {
+            assert_eq!(
+                scanner.data_start().is_some(),
+                i * 5 >= blocks[0].1 as usize
+            );
+            scanner.feed(piece);
+        }
+        assert_eq!(scanner.data_start(), Some(blocks[0].1));
+        assert_eq!(scanner.failure(), None);
+        let mut bad = ArchiveScanner::new();
+        bad.feed(b"-- plain SQL dump\n");
+        assert!(bad.failure().is_some() && bad.data_start().is_none());
     }
 
     #[test]

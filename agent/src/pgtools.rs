@@ -9,6 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
+use std::fs::File;
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -381,8 +383,7 @@ async fn relay_stderr(tool: String, stderr: ChildStderr, url: Option<PgUrl>) -> 
 /// --bindir`), kept while the file answering stays the same (device, inode, size and
 /// modification time): a package upgrade replaces the file and the question is asked again.
 /// Asking costs a process per candidate directory on every order otherwise, 4 ms for a
-/// binary and 20 ms for Debian's `pg_wrapper` (a Perl script) on the benchmark machine:
-/// about 4% of a backup of 140 MB.
+/// binary on the benchmark machine. Scripts are asked every time (see [`FileStamp::of`]).
 #[derive(Debug, Default)]
 pub struct ProbeCache {
     answers: Mutex<HashMap<Probe, (FileStamp, String)>>,
@@ -401,7 +402,17 @@ struct FileStamp {
 }
 
 impl FileStamp {
+    /// Returns the stamp of the file at `path`, or `None` for a script (`#!`): Debian's
+    /// `pg_wrapper` answers for whichever client version is installed, and stays the same
+    /// file when those change.
     fn of(path: &Path) -> Option<Self> {
+        let mut head = [0u8; 2];
+        let is_script = File::open(path)
+            .and_then(|mut file| file.read_exact(&mut head))
+            .is_ok_and(|()| &head == b"#!");
+        if is_script {
+            return None;
+        }
         let meta = std::fs::metadata(path).ok()?;
         Some(Self {
             dev: meta.dev(),
@@ -551,41 +562,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probes_are_asked_once_until_the_file_changes() {
+    async fn probes_are_asked_once_until_the_file_changes_and_scripts_every_time() {
         use std::os::unix::fs::PermissionsExt;
+        // `date +%N` answers differently every time it runs: an answer seen twice was kept.
         let dir = tempfile::tempdir().expect("tempdir");
-        let tool = dir.path().join("pg_dump");
-        let runs = dir.path().join("runs");
-        let write_tool = |version: &str| {
-            let script = format!(
-                "#!/bin/sh\necho run >> '{}'\necho 'pg_dump (PostgreSQL) {version}'\n",
-                runs.display()
-            );
+        let tool = dir.path().join("tool");
+        let date = ["/bin/date", "/usr/bin/date"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("date");
+        let install = |from: &str| {
             // A new file, as a package upgrade writes it.
             let _ = std::fs::remove_file(&tool);
-            std::fs::write(&tool, script).expect("write");
-            std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        };
-        let ran = || {
-            std::fs::read_to_string(&runs)
-                .unwrap_or_default()
-                .lines()
-                .count()
+            std::fs::copy(from, &tool).expect("copy");
         };
         let probes = ProbeCache::default();
-        write_tool("15.4");
-        for _ in 0..3 {
-            let answer = probes.capture(&tool, "--version").await.expect("runs");
-            assert_eq!(answer.trim(), "pg_dump (PostgreSQL) 15.4");
-        }
-        assert_eq!(ran(), 1);
-        write_tool("15.10");
-        let answer = probes.capture(&tool, "--version").await.expect("runs");
-        assert_eq!(answer.trim(), "pg_dump (PostgreSQL) 15.10");
-        assert_eq!(ran(), 2);
+        install(date);
+        let first = probes.capture(&tool, "+%N").await.expect("runs");
+        assert_eq!(probes.capture(&tool, "+%N").await.expect("runs"), first);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        install(date);
+        assert_ne!(probes.capture(&tool, "+%N").await.expect("runs"), first);
+
+        std::fs::write(&tool, format!("#!/bin/sh\nexec {date} \"$1\"\n")).expect("write");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let first = probes.capture(&tool, "+%N").await.expect("runs");
+        assert_ne!(probes.capture(&tool, "+%N").await.expect("runs"), first);
         // A tool that is gone fails, and failures are not kept.
         std::fs::remove_file(&tool).expect("remove");
-        assert!(probes.capture(&tool, "--version").await.is_err());
+        assert!(probes.capture(&tool, "+%N").await.is_err());
     }
 
     #[tokio::test]

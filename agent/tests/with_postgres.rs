@@ -358,9 +358,11 @@ async fn restores_time_each_phase_and_a_missing_dump_is_corrupt() {
 #[tokio::test]
 async fn restores_that_parallel_jobs_cannot_speed_up_stream_the_dump() {
     let mut setup = Setup::new("restore-streams");
-    setup.cluster.psql(
+    setup.cluster.psql_script(
         "app",
-        "INSERT INTO orders SELECT i, i * 10 FROM generate_series(4, 5000) i",
+        "INSERT INTO orders SELECT i, i * 10 FROM generate_series(4, 5000) i;
+         CREATE INDEX orders_total ON orders (total);
+         CREATE VIEW big_orders AS SELECT id FROM orders WHERE total > 100;",
     );
     let artifact = setup.backup().await;
     let streamed = [
@@ -392,6 +394,21 @@ async fn restores_that_parallel_jobs_cannot_speed_up_stream_the_dump() {
         "{:?}",
         setup.staged_files()
     );
+    // The post-data part (indexes, constraints) came from the staged table of contents.
+    assert_eq!(
+        setup.cluster.query_value(
+            "app copy",
+            "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes \
+             WHERE tablename = 'orders'"
+        ),
+        "orders_pkey,orders_total"
+    );
+    assert_eq!(
+        setup
+            .cluster
+            .query_value("app copy", "SELECT count(*) FROM big_orders"),
+        "4990"
+    );
 
     // One job streams whatever the shares, a replace and a drill too.
     setup.ctx.config.restore_jobs = 1;
@@ -422,6 +439,30 @@ async fn restores_that_parallel_jobs_cannot_speed_up_stream_the_dump() {
     .await;
     assert!(result.success, "{}", result.error);
     assert!(setup.databases_starting_with("warden_").is_empty());
+
+    // A pg_restore that fails early is the error, at once: the artifact is not blamed, and
+    // the database it wrote to is dropped.
+    let fake = tempfile::tempdir().expect("tempdir");
+    let real = warden_tests::pg::pg_bindir();
+    for tool in ["pg_dump", "pg_dumpall"] {
+        std::os::unix::fs::symlink(real.join(tool), fake.path().join(tool)).expect("symlink");
+    }
+    let pg_restore = fake.path().join("pg_restore");
+    let script =
+        "#!/bin/sh\nhead -c 100 >/dev/null\necho 'pg_restore: error: the fake fails' >&2\nexit 1\n";
+    std::fs::write(&pg_restore, script).expect("write");
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&pg_restore, executable).expect("chmod");
+    setup.ctx.config.pg_bindir = Some(fake.path().to_path_buf());
+    let result = run(&setup, "o-failing", restore_spec(&artifact, "never")).await;
+    assert!(
+        !result.success && !result.artifact_corrupt,
+        "{}",
+        result.error
+    );
+    assert!(result.error.contains("the fake fails"), "{}", result.error);
+    assert!(!setup.cluster.database_exists("never"));
+    setup.ctx.config.pg_bindir = None;
 
     // A damaged dump is refused before pg_restore starts, as when staging.
     damage_dump(&setup, &artifact);

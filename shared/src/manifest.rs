@@ -39,7 +39,8 @@ pub struct ArtifactManifest {
     pub tables: Vec<TableRowCount>,
     pub started_unix_ms: i64,
     pub finished_unix_ms: i64,
-    /// Milliseconds per phase: snapshot, dump, globals, commit.
+    /// Milliseconds per phase: snapshot, dump (with globals alongside, also timed alone),
+    /// count_rows, commit.
     pub timings_ms: BTreeMap<String, u64>,
 }
 

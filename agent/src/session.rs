@@ -38,6 +38,16 @@ use crate::health;
 use crate::orders::{AgentContext, failed_result, order_kind, run_order};
 use crate::progress::{ProgressReporter, ProgressUpdate};
 
+/// The connection to the coordinator at `url`, with the agent's timeouts and HTTP/2
+/// keepalive (the coordinator-scale simulator connects the same way).
+pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
 /// How long to wait for the coordinator's `Welcome` after connecting.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long cancelled orders get to clean up when the agent is asked to stop.
@@ -177,12 +187,8 @@ impl Session {
             url: url.clone(),
             reason: error_chain(&source),
         };
-        let channel = Endpoint::from_shared(url.clone())
+        let channel = endpoint(&url)
             .map_err(connect_error)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
             .connect()
             .await
             .map_err(connect_error)?;

@@ -3,19 +3,16 @@
 //! agent, measures every method once, and writes a report with a row for every method of
 //! both datasets and a verdict for every target. How fast anything was is not checked here.
 
-use std::fs::File;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use warden_tests::binaries::{binaries, profile_dir};
+use warden_tests::binaries::binaries;
 use warden_tests::fixtures::say_skipped;
-use warden_tests::{TestDir, heavy_test_lock, tail};
+use warden_tests::script::run_bench_smoke;
+use warden_tests::{TestDir, heavy_test_lock};
 
 /// The smoke run takes seconds; this only stops a hung one.
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the script gets to stop what it started after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(30);
 
 const DATASETS: [&str; 2] = ["pgb", "md5"];
 const BACKUP_METHODS: [&str; 4] = [
@@ -51,62 +48,13 @@ fn datapath_bench_smoke_run_reports_every_method_and_target() {
     binaries();
     let _heavy = heavy_test_lock();
     let dir = TestDir::new("bench-smoke");
-    let report = dir.path().join("datapath.md");
-    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/datapath.sh");
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(profile_dir())
-        .arg("--out")
-        .arg(&report)
-        // The bench's work directory (cluster, repository) goes inside the test's.
-        .env("TMPDIR", dir.path())
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout).expect("create stdout file"))
-        .stderr(File::create(&stderr).expect("create stderr file"))
-        .spawn()
-        .expect("run bench/datapath.sh");
-
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the bench") {
-            break status;
-        }
-        if started.elapsed() > SMOKE_TIMEOUT {
-            // SIGTERM lets the script stop the cluster and processes it started.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let stopping = Instant::now();
-            while child.try_wait().ok().flatten().is_none() && stopping.elapsed() < STOP_GRACE {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "bench/datapath.sh --smoke did not finish within {SMOKE_TIMEOUT:?}:\n{}",
-                tail(&stderr, 40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(
-        status.success(),
-        "bench/datapath.sh --smoke failed ({status}):\n{}",
-        tail(&stderr, 60)
-    );
-
-    let text = std::fs::read_to_string(&report)
-        .unwrap_or_else(|e| panic!("read the report {}: {e}", report.display()));
-    assert_eq!(
-        std::fs::read_to_string(&stdout)
-            .expect("read stdout")
-            .trim(),
-        text.trim(),
-        "the report is printed too"
+    // The bench's work directory (cluster, repository) goes inside the test's.
+    let (_, text) = run_bench_smoke(
+        "datapath.sh",
+        "datapath.md",
+        "warden-bench.",
+        dir.path(),
+        SMOKE_TIMEOUT,
     );
     let rows_of = |ds: &str, method: &str| {
         let prefix = format!("| {ds} | {method} |");
@@ -130,12 +78,4 @@ fn datapath_bench_smoke_run_reports_every_method_and_target() {
         .collect();
     // (a) ≤ 0.5 × (b) time and size on md5, (a) ≤ 1.10 × (c) and the restore target on both.
     assert_eq!(verdicts.len(), 6, "targets in:\n{text}");
-    // The smoke run leaves nothing behind: its work directory is gone.
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("list test dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("warden-bench."))
-        .collect();
-    assert!(left.is_empty(), "work directories left behind: {left:?}");
 }

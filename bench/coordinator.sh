@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# Coordinator-scale benchmark of Warden (see BENCHMARKS.md): what one coordinator costs while
+# it carries a large fleet, measured with warden-fleet-sim (bench/fleet-sim), which runs every
+# agent of the fleet in one process, each on its own gRPC connection on loopback.
+#
+# Everything lives in a temporary directory under /tmp (TMPDIR): a real warden-coordinator
+# (release build, its SQLite store on disk, default heartbeat interval and lease) and a fleet
+# policy whose limits let every order start at once. Then warden-fleet-sim measures:
+#
+#   registration  every agent connects and says Hello; until ListAgents shows all online
+#   idle CPU      the coordinator's utime + stime (/proc/PID/stat) while agents heartbeat
+#   memory        the coordinator's VmRSS after each phase and its peak, VmHWM
+#   dispatch      --orders backups submitted at once through the admin API (SubmitBackup, as
+#                 `warden backup` does), each timed until its simulated agent received it
+#
+# A markdown report (--out) gets the machine, the command, the limits of the run (file
+# descriptors, ports) and PASS/MISS per target of issue 6; the raw figures go beside it
+# (same name, .json). Everything started is stopped, and the directory removed, on exit.
+#
+#   bench/coordinator.sh            full run: 10,000 agents, 5 databases each, 5,000 orders
+#   bench/coordinator.sh --smoke    tiny run that only shows the bench works (CI)
+#
+# Each connection takes a file descriptor on both sides: the coordinator and the simulator
+# each need one per agent plus a few hundred. The soft limit (ulimit -n) is raised up to the
+# hard limit for both; a hard limit too low stops the bench with how to raise it.
+#
+# Needs: bash 5, python3, cargo unless --bin-dir is given.
+set -euo pipefail
+export LC_ALL=C
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# File descriptors each process needs beyond one per agent (store, logs, admin connections,
+# listeners).
+FD_MARGIN=512
+
+usage() {
+  cat <<EOF
+usage: $0 [--smoke] [--agents N] [--dbs-per-agent M] [--orders K] [--idle SECONDS] [--out FILE] [--bin-dir DIR] [--baseline FILE]
+
+  --smoke            tiny run: 50 agents, 2 databases each, 100 orders, 3 s idle (options
+                     after it still apply)
+  --agents N         simulated agents, each on its own connection (default 10000)
+  --dbs-per-agent M  databases each agent reports (default 5)
+  --orders K         backups submitted at once, each of its own database (default 5000)
+  --idle SECONDS     how long idle CPU is measured (default 30)
+  --out FILE         the markdown report (default bench/results/coordinator-<UTC date>.md);
+                     the raw figures go beside it as .json
+  --bin-dir DIR      where warden, warden-coordinator and warden-fleet-sim are (default: build
+                     them with cargo build --release and use target/release)
+  --baseline FILE    the raw figures (.json) of an earlier run, e.g. before a change to the
+                     coordinator: the report shows both side by side
+EOF
+}
+
+SCRIPT=coordinator-bench
+# shellcheck source=deploy/lib.sh
+source "$ROOT/deploy/lib.sh"
+
+say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+AGENTS=10000 DBS=5 ORDERS=5000 IDLE=30 OUT="" BIN_DIR="" BASELINE="" SMOKE=0
+ARGS=("$@")
+while (($# > 0)); do
+  case $1 in
+    --smoke) SMOKE=1 AGENTS=50 DBS=2 ORDERS=100 IDLE=3 ;;
+    --agents | --dbs-per-agent | --orders | --idle | --out | --bin-dir | --baseline)
+      (($# >= 2)) || die "$1 needs a value"
+      case $1 in
+        --agents) positive_int "$1" "$2" && AGENTS=$2 ;;
+        --dbs-per-agent) positive_int "$1" "$2" && DBS=$2 ;;
+        --orders) positive_int "$1" "$2" && ORDERS=$2 ;;
+        --idle) positive_int "$1" "$2" && IDLE=$2 ;;
+        --out) OUT=$2 ;;
+        --bin-dir) BIN_DIR=$2 ;;
+        --baseline) BASELINE=$2 ;;
+      esac
+      shift
+      ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *)
+      usage >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
+((ORDERS <= AGENTS * DBS)) || die "--orders $ORDERS is more than the $((AGENTS * DBS)) databases of the fleet: every order backs up a database of its own"
+[[ -n $OUT ]] || OUT="$ROOT/bench/results/coordinator-$(date -u +%Y-%m-%d).md"
+if [[ -n $BASELINE ]]; then
+  [[ -f $BASELINE ]] || die "--baseline $BASELINE is not a file: give the .json of an earlier run"
+  BASELINE="$(cd "$(dirname "$BASELINE")" && pwd)/$(basename "$BASELINE")"
+fi
+
+# --- prerequisites -------------------------------------------------------------------------
+
+((BASH_VERSINFO[0] >= 5)) || die "needs bash 5 or newer"
+command -v python3 >/dev/null 2>&1 || die "python3 not found: the bench uses it to pick ports and write the report"
+
+if [[ -z $BIN_DIR ]]; then
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) or pass --bin-dir"
+  say "building the release binaries (cargo build --release)"
+  (cd "$ROOT" && cargo build --release --bins -p warden-coordinator -p warden-cli -p warden-fleet-sim) >&2
+  BIN_DIR="$ROOT/target/release"
+fi
+BIN_DIR=$(cd "$BIN_DIR" && pwd) || die "--bin-dir $BIN_DIR is not a directory"
+for bin in warden warden-coordinator warden-fleet-sim; do
+  [[ -x $BIN_DIR/$bin ]] || die "$BIN_DIR/$bin not found: build it (cargo build --release) or pass the right --bin-dir"
+done
+WARDEN="$BIN_DIR/warden"
+mkdir -p "$(dirname "$OUT")"
+OUT="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"
+JSON_OUT="${OUT%.md}.json"
+
+# File descriptors: one per connection on each side. The soft limit is raised to what the
+# run needs (at most the hard limit); both processes inherit it from this shell.
+FDS_NEEDED=$((AGENTS + FD_MARGIN))
+FD_SOFT_BEFORE=$(ulimit -Sn)
+FD_HARD=$(ulimit -Hn)
+if [[ $FD_HARD != unlimited ]] && ((FD_HARD < FDS_NEEDED)); then
+  die "the hard limit of open files is $FD_HARD, and $AGENTS agents need $FDS_NEEDED per process; raise it (as root: ulimit -Hn $FDS_NEEDED in this shell, or 'nofile' in /etc/security/limits.conf, or LimitNOFILE= for a systemd unit) or run fewer --agents"
+fi
+if [[ $FD_SOFT_BEFORE != unlimited ]] && ((FD_SOFT_BEFORE < FDS_NEEDED)); then
+  ulimit -Sn "$FDS_NEEDED" || die "cannot raise the open-files limit from $FD_SOFT_BEFORE to $FDS_NEEDED (hard limit $FD_HARD)"
+fi
+FD_SOFT=$(ulimit -Sn)
+# Ephemeral ports: every agent connection takes one on 127.0.0.1 (one destination port, so
+# the range bounds the fleet).
+read -r PORT_LOW PORT_HIGH </proc/sys/net/ipv4/ip_local_port_range
+PORTS=$((PORT_HIGH - PORT_LOW + 1))
+((PORTS > AGENTS + FD_MARGIN)) \
+  || die "the ephemeral port range $PORT_LOW-$PORT_HIGH ($PORTS ports) is too small for $AGENTS connections: widen net.ipv4.ip_local_port_range (sysctl -w net.ipv4.ip_local_port_range='1024 65535') or run fewer --agents"
+SOMAXCONN=$(cat /proc/sys/net/core/somaxconn)
+
+# --- the coordinator -----------------------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/warden-coordinator-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+  local status=$? pid waited
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    waited=0
+    while kill -0 "$pid" 2>/dev/null && ((waited < 50)); do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  if ((status != 0)); then
+    local log
+    for log in "$WORK"/coordinator.log "$WORK"/fleet-sim.log; do
+      [[ -f $log ]] || continue
+      echo "--- $log" >&2
+      tail -n 15 "$log" >&2 || true
+    done
+    echo "coordinator-bench: failed (exit $status)" >&2
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+read -r COORDINATOR_PORT HTTP_PORT <<<"$(free_ports 2)"
+export WARDEN_COORDINATOR="http://127.0.0.1:$COORDINATOR_PORT"
+STARTED=$SECONDS
+
+say "work directory $WORK; binaries from $BIN_DIR; open files $FD_SOFT (was $FD_SOFT_BEFORE, hard $FD_HARD)"
+# Health reports are asked for once an hour, so idle is heartbeats only (agents still send
+# one report as they connect, as real agents do); retention does not run during the bench.
+"$BIN_DIR/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
+  --store "sqlite://$WORK/warden.db" --health-interval 1h --prune-interval 1h \
+  >"$WORK/coordinator.log" 2>&1 </dev/null &
+COORDINATOR_PID=$!
+PIDS+=("$COORDINATOR_PID")
+
+deadline=$((SECONDS + 30))
+until "$WARDEN" agents >/dev/null 2>&1; do
+  kill -0 "$COORDINATOR_PID" 2>/dev/null || die "the coordinator exited during startup"
+((SECONDS < deadline)) || die "the coordinator did not answer within 30 s"
+  sleep 0.2
+done
+
+# Orders must start the moment they are submitted: no window holds a backup, and the limits
+# let every order of the run go at once (defaults: 2 per agent, 4 backups in the fleet).
+PER_AGENT=$(((ORDERS + AGENTS - 1) / AGENTS))
+((PER_AGENT >= 2)) || PER_AGENT=2
+cat >"$WORK/policy.toml" <<EOF
+[limits]
+per_agent = $PER_AGENT
+fleet_backups = $ORDERS
+EOF
+"$WARDEN" apply -f "$WORK/policy.toml" >"$WORK/apply.log" 2>&1 || die "warden apply failed: $(cat "$WORK/apply.log")"
+
+# --- the run -------------------------------------------------------------------------------
+
+say "simulating $AGENTS agents x $DBS databases, $ORDERS orders"
+"$BIN_DIR/warden-fleet-sim" --coordinator "$WARDEN_COORDINATOR" --coordinator-pid "$COORDINATOR_PID" \
+  --agents "$AGENTS" --dbs-per-agent "$DBS" --orders "$ORDERS" --idle "${IDLE}s" \
+  --out "$WORK/results.json" 2> >(tee "$WORK/fleet-sim.log" >&2) </dev/null \
+  || die "warden-fleet-sim failed"
+kill -0 "$COORDINATOR_PID" 2>/dev/null || die "the coordinator died during the run"
+FINISHED=$SECONDS
+
+# --- the report ----------------------------------------------------------------------------
+
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+mem_gib=$(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
+disk=$(df -h --output=source,fstype,size "$WORK" | tail -n 1 | tr -s ' ')
+{
+  echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "command	bench/coordinator.sh${ARGS[*]:+ ${ARGS[*]}}"
+  echo "cpu	${cpu_model:-unknown}, $(nproc) CPUs (shared by the coordinator and the simulator)"
+  echo "memory	$mem_gib GiB"
+  echo "kernel	$(uname -sr)"
+  echo "disk	$disk (the SQLite store, in $(dirname "$WORK"))"
+  echo "warden	$("$WARDEN" --version) ($BIN_DIR)"
+  echo "duration	$((FINISHED - STARTED)) s"
+  echo "open files	soft limit $FD_SOFT (raised from $FD_SOFT_BEFORE), hard limit $FD_HARD; $FDS_NEEDED needed per process"
+  echo "ports	ephemeral range $PORT_LOW-$PORT_HIGH ($PORTS ports); somaxconn $SOMAXCONN"
+  echo "policy	per_agent = $PER_AGENT, fleet_backups = $ORDERS; no windows"
+} >"$WORK/facts.tsv"
+cp "$WORK/results.json" "$JSON_OUT"
+
+python3 - "$WORK/facts.tsv" "$JSON_OUT" "$OUT" "$BASELINE" <<'EOF'
+import json, sys
+
+facts_path, json_path, out, baseline_path = sys.argv[1:]
+facts = dict(line.rstrip("\n").split("\t", 1) for line in open(facts_path))
+r = json.load(open(json_path))
+reg, idle, disp, mem = r["registration"], r["idle"], r["dispatch"], r["memory"]
+lat = disp["latency_ms"]
+peak_mib = max(m["peak_rss_kib"] for m in mem.values()) / 1024
+
+def fmt(value, unit, digits=1):
+    return "–" if value is None else f"{value:,.{digits}f} {unit}"
+
+lines = []
+w = lines.append
+w(f"# Warden coordinator-scale benchmark, {facts['date']}")
+w("")
+w(f"`{facts['command']}`: {r['agents']:,} simulated agents (bench/fleet-sim), each on its own "
+  f"gRPC connection on loopback, {r['dbs_per_agent']} databases each ({r['databases']:,} in all); "
+  f"heartbeat every {r['heartbeat_interval_ms']} ms, lease {r['lease_ms']} ms; "
+  f"{r['connect_concurrency']} agents dialling at once.")
+w("")
+w("| machine | |")
+w("|---|---|")
+for key in ("cpu", "memory", "kernel", "disk", "warden", "duration", "open files", "ports", "policy"):
+    w(f"| {key} | {facts[key]} |")
+w("")
+w("## Targets")
+w("")
+w("| figure | measured | target | result | what limits it |")
+w("|---|---:|---:|---|---|")
+rows = [
+    ("time to register all agents (ListAgents shows all online)",
+     fmt(reg["seconds"], "s") + ("" if reg["registered"] == r["agents"] else f" ({reg['registered']:,} of {r['agents']:,})"),
+     "< 60 s",
+     reg["seconds"] is not None and reg["seconds"] < 60,
+     "one store transaction per Hello (agent, its inventory, an audit event) on the single SQLite "
+     "writer, and the connection storm: every HTTP/2 handshake, the simulator's side included, "
+     "on the same 2 CPUs"),
+    ("coordinator CPU while idle (heartbeats only)",
+     fmt(idle["coordinator_cpu_cores"], "cores", 3), "< 0.5 cores",
+     idle["coordinator_cpu_cores"] < 0.5,
+     f"a heartbeat per agent every {r['heartbeat_interval_ms']} ms (kept in memory, no store "
+     "write) and an HTTP/2 keepalive ping per connection every 5 s: thousands of wake-ups a "
+     "second"),
+    ("coordinator peak RSS (VmHWM)",
+     fmt(peak_mib, "MiB"), "< 1024 MiB", peak_mib < 1024,
+     "per connected agent: its HTTP/2 connection and stream buffers, the session task and its "
+     "outbox"),
+    ("dispatch latency p99 (submitted to received by the agent)",
+     fmt(lat and lat["p99"], "ms"), "< 250 ms",
+     lat is not None and lat["p99"] < 250 and disp["missing"] == 0 and disp["rejected"] == 0,
+     "the single SQLite writer connection: about six statements per order (the order and its "
+     "audit event, the dispatch and its audit event), each a round trip to the connection's "
+     "thread, issued by the dispatcher thread in rounds of up to 1,024 orders"),
+]
+for name, measured, target, ok, limit in rows:
+    w(f"| {name} | {measured} | {target} | {'PASS' if ok else 'MISS'} | {limit} |")
+w("")
+w("## Details")
+w("")
+w("| figure | value |")
+w("|---|---|")
+details = [
+    ("agents shown online", f"{reg['registered']:,} of {r['agents']:,}"),
+    ("last Welcome received by the simulator", fmt(reg["last_welcome_seconds"], "s")),
+    ("coordinator CPU while agents registered", fmt(reg["coordinator_cpu_cores"], "cores", 2)),
+    ("simulator CPU while idle", fmt(idle["simulator_cpu_cores"], "cores", 3)),
+    ("coordinator RSS after registration / idle / dispatch",
+     " / ".join(fmt(mem[k]["rss_kib"] / 1024, "MiB") for k in ("after_registration", "after_idle", "after_dispatch"))),
+    ("orders submitted / accepted / rejected",
+     f"{disp['orders']:,} / {disp['accepted']:,} / {disp['rejected']:,}"
+     + (f" (first: {disp['first_rejection']})" if disp["first_rejection"] else "")),
+    ("orders received / more than once / missing / unexpected",
+     f"{disp['received']:,} / {disp['received_more_than_once']:,} / {disp['missing']:,} / {disp['unexpected']:,}"),
+    ("dispatch latency p50 / p90 / p99 / max",
+     "–" if lat is None else f"{lat['p50']:,.1f} / {lat['p90']:,.1f} / {lat['p99']:,.1f} / {lat['max']:,.1f} ms"),
+    ("all submissions answered", fmt(disp["submit_seconds"], "s", 2)),
+    ("all orders received", fmt(disp["all_received_seconds"], "s", 2)),
+    ("all orders succeeded (results recorded)",
+     fmt(disp["all_succeeded_seconds"], "s", 2) + f" ({disp['succeeded']:,} of {disp['accepted']:,})"),
+    ("coordinator CPU while dispatching", fmt(disp["coordinator_cpu_cores"], "cores", 2)),
+    ("sessions lost / failed to open", f"{r['sessions']['sessions_lost']:,} / {r['sessions']['open_failures']:,}"
+     + (f" (last: {r['sessions']['last_problem']})" if r["sessions"]["last_problem"] else "")),
+]
+for name, value in details:
+    w(f"| {name} | {value} |")
+w("")
+
+def figures(run):
+    lat = run["dispatch"]["latency_ms"] or {}
+    return [
+        ("time to register all agents", run["registration"]["seconds"], "s", 1),
+        ("coordinator CPU while idle", run["idle"]["coordinator_cpu_cores"], "cores", 3),
+        ("coordinator peak RSS", max(m["peak_rss_kib"] for m in run["memory"].values()) / 1024, "MiB", 1),
+        ("dispatch latency p50", lat.get("p50"), "ms", 1),
+        ("dispatch latency p99", lat.get("p99"), "ms", 1),
+        ("all submissions answered", run["dispatch"]["submit_seconds"], "s", 2),
+        ("all orders received", run["dispatch"]["all_received_seconds"], "s", 2),
+        ("all orders succeeded", run["dispatch"]["all_succeeded_seconds"], "s", 2),
+        ("coordinator CPU while dispatching", run["dispatch"]["coordinator_cpu_cores"], "cores", 2),
+    ]
+
+if baseline_path:
+    before = json.load(open(baseline_path))
+    w("## Before and after")
+    w("")
+    w(f"Before: `{baseline_path.rsplit('/', 1)[-1]}`, the same run on an earlier coordinator.")
+    w("")
+    w("| figure | before | after |")
+    w("|---|---:|---:|")
+    for (name, old, unit, digits), (_, new, _, _) in zip(figures(before), figures(r)):
+        w(f"| {name} | {fmt(old, unit, digits)} | {fmt(new, unit, digits)} |")
+    w("")
+text = "\n".join(lines)
+with open(out, "w") as f:
+    f.write(text + "\n")
+print(text)
+EOF
+say "report written to $OUT, raw figures in $JSON_OUT ($((SECONDS - STARTED)) s in all)"

@@ -58,11 +58,11 @@ source "$ROOT/deploy/lib.sh"
 
 say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-AGENTS=10000 DBS=5 ORDERS=5000 IDLE=30 OUT="" BIN_DIR="" BASELINE="" SMOKE=0
+AGENTS=10000 DBS=5 ORDERS=5000 IDLE=30 OUT="" BIN_DIR="" BASELINE=""
 ARGS=("$@")
 while (($# > 0)); do
   case $1 in
-    --smoke) SMOKE=1 AGENTS=50 DBS=2 ORDERS=100 IDLE=3 ;;
+    --smoke) AGENTS=50 DBS=2 ORDERS=100 IDLE=3 ;;
     --agents | --dbs-per-agent | --orders | --idle | --out | --bin-dir | --baseline)
       (($# >= 2)) || die "$1 needs a value"
       case $1 in
@@ -224,7 +224,12 @@ disk=$(df -h --output=source,fstype,size "$WORK" | tail -n 1 | tr -s ' ')
   echo "disk	$disk (the SQLite store, in $(dirname "$WORK"))"
   echo "warden	$("$WARDEN" --version) ($BIN_DIR)"
   echo "duration	$((FINISHED - STARTED)) s"
-  echo "open files	soft limit $FD_SOFT (raised from $FD_SOFT_BEFORE), hard limit $FD_HARD; $FDS_NEEDED needed per process"
+  if [[ $FD_SOFT == "$FD_SOFT_BEFORE" ]]; then
+    fd_soft="soft limit $FD_SOFT"
+  else
+    fd_soft="soft limit $FD_SOFT (raised from $FD_SOFT_BEFORE)"
+  fi
+  echo "open files	$fd_soft, hard limit $FD_HARD; $FDS_NEEDED needed per process"
   echo "ports	ephemeral range $PORT_LOW-$PORT_HIGH ($PORTS ports); somaxconn $SOMAXCONN"
   echo "policy	per_agent = $PER_AGENT, fleet_backups = $ORDERS; no windows"
 } >"$WORK/facts.tsv"

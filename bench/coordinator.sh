@@ -140,19 +140,9 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/warden-coordinator-bench.XXXXXX")
 PIDS=()
 
 cleanup() {
-  local status=$? pid waited
+  local status=$?
   trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    waited=0
-    while kill -0 "$pid" 2>/dev/null && ((waited < 50)); do
-      sleep 0.1
-      waited=$((waited + 1))
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   if ((status != 0)); then
     local log
     for log in "$WORK"/coordinator.log "$WORK"/fleet-sim.log; do

@@ -117,19 +117,9 @@ PIDS=()
 CLUSTER_STARTED=0
 
 cleanup() {
-  local status=$? pid waited
+  local status=$?
   trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    waited=0
-    while kill -0 "$pid" 2>/dev/null && ((waited < 50)); do
-      sleep 0.1
-      waited=$((waited + 1))
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   if ((CLUSTER_STARTED)); then
     as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate -w stop >/dev/null 2>&1 || true
   fi

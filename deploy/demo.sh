@@ -48,23 +48,14 @@ stop_demo() {
     echo "no demo running (.demo/ does not exist)"
     return 0
   fi
-  local pid dir waited
+  local pid dir
   if [[ -f $DEMO/pids ]]; then
     # Agents and coordinator get a moment to shut down gracefully, then are killed.
+    local pids=()
     while read -r pid; do
-      if [[ -n $pid ]]; then
-        kill "$pid" 2>/dev/null || true
-      fi
+      if [[ -n $pid ]]; then pids+=("$pid"); fi
     done <"$DEMO/pids"
-    while read -r pid; do
-      [[ -z $pid ]] && continue
-      waited=0
-      while kill -0 "$pid" 2>/dev/null && ((waited < 50)); do
-        sleep 0.1
-        waited=$((waited + 1))
-      done
-      kill -9 "$pid" 2>/dev/null || true
-    done <"$DEMO/pids"
+    stop_pids "${pids[@]}"
   fi
   if [[ -f $DEMO/clusters ]]; then
     local pg_ctl

@@ -89,6 +89,22 @@ start_cluster_in() {
     || die "PostgreSQL in $dir did not start: $(tail -n 5 "$dir/log")"
 }
 
+# Stops the processes PIDs: SIGTERM to all, up to 5 s each to exit, then SIGKILL.
+stop_pids() {
+  local pid waited
+  for pid in "$@"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "$@"; do
+    waited=0
+    while kill -0 "$pid" 2>/dev/null && ((waited < 50)); do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+}
+
 # Prints N distinct free TCP ports on 127.0.0.1, holding them all open while choosing so
 # none is picked twice.
 free_ports() {

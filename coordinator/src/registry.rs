@@ -2,9 +2,11 @@
 //! and when we last heard from them.
 //!
 //! Liveness is kept here rather than written to the store on every heartbeat: the store
-//! records an agent's connect and disconnect, the registry the beats in between.
+//! records an agent's connect and disconnect, the registry the beats in between. Each
+//! session also keeps the databases its agent reported in its Hello, so a submission to an
+//! online agent is checked without reading the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,8 @@ struct Session {
     generation: i64,
     outbox: mpsc::Sender<CoordinatorMessage>,
     last_seen: Instant,
+    /// The databases the agent reported in the Hello of this session.
+    databases: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -31,14 +35,22 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes `generation` the agent's live session, replacing (and so closing) an older one.
-    pub fn register(&self, agent: &str, generation: i64, outbox: mpsc::Sender<CoordinatorMessage>) {
+    /// Makes `generation` the agent's live session, replacing (and so closing) an older one;
+    /// `databases` are those its Hello reported.
+    pub fn register(
+        &self,
+        agent: &str,
+        generation: i64,
+        outbox: mpsc::Sender<CoordinatorMessage>,
+        databases: HashSet<String>,
+    ) {
         self.sessions().insert(
             agent.to_owned(),
             Session {
                 generation,
                 outbox,
                 last_seen: Instant::now(),
+                databases,
             },
         );
     }
@@ -77,6 +89,13 @@ impl Registry {
         self.sessions().contains_key(agent)
     }
 
+    /// Returns whether `agent` is online and reported `database` when it connected.
+    pub fn reports_database(&self, agent: &str, database: &str) -> bool {
+        self.sessions()
+            .get(agent)
+            .is_some_and(|s| s.databases.contains(database))
+    }
+
     /// Queues a message to the agent's live session; returns false when it has none or its
     /// outbox is closed or full.
     pub fn send(&self, agent: &str, message: CoordinatorMessage) -> bool {
@@ -106,8 +125,8 @@ mod tests {
         let registry = Registry::default();
         let (tx1, _rx1) = mpsc::channel(4);
         let (tx2, mut rx2) = mpsc::channel(4);
-        registry.register("db1", 1, tx1);
-        registry.register("db1", 2, tx2);
+        registry.register("db1", 1, tx1, HashSet::new());
+        registry.register("db1", 2, tx2, HashSet::new());
         assert!(!registry.touch("db1", 1));
         assert!(!registry.remove("db1", 1));
         assert!(registry.send("db1", CoordinatorMessage::default()));
@@ -117,10 +136,22 @@ mod tests {
     }
 
     #[test]
+    fn a_session_knows_the_databases_of_its_hello() {
+        let registry = Registry::default();
+        let (tx, _rx) = mpsc::channel(4);
+        registry.register("a1", 1, tx, HashSet::from(["app".to_owned()]));
+        assert!(registry.reports_database("a1", "app"));
+        assert!(!registry.reports_database("a1", "billing"));
+        assert!(!registry.reports_database("a2", "app"));
+        assert!(registry.remove("a1", 1));
+        assert!(!registry.reports_database("a1", "app"), "not once offline");
+    }
+
+    #[test]
     fn silent_sessions_expire() {
         let registry = Registry::default();
         let (tx, _rx) = mpsc::channel(4);
-        registry.register("db1", 1, tx);
+        registry.register("db1", 1, tx, HashSet::new());
         assert!(registry.expired(Duration::from_secs(60)).is_empty());
         assert_eq!(
             registry.expired(Duration::ZERO),

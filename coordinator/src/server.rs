@@ -42,6 +42,8 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error("cannot start the dispatcher thread: {0}")]
+    Dispatcher(std::io::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -81,7 +83,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.store).await?;
     let notifier = Notifier::start(&config.webhooks, DeliverySettings::default())?;
-    let fleet = Arc::new(Fleet::new(
+    let fleet = Fleet::new(
         store.clone(),
         FleetSettings {
             heartbeat_interval: config.heartbeat_interval,
@@ -92,7 +94,8 @@ pub async fn serve(
             health_interval: config.health_interval,
         },
         notifier.clone(),
-    ));
+    )
+    .map_err(ServerError::Dispatcher)?;
     fleet.started().await?;
 
     let reaper = tokio::spawn(reap_forever(fleet.clone()));

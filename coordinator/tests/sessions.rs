@@ -826,6 +826,85 @@ async fn orders_over_the_per_agent_limit_wait_held_with_the_reason() {
     assert_chain_intact(&mut admin).await;
 }
 
+/// Orders submitted at the same moment are recorded together and dispatched by shared
+/// passes, and their agent's reports are recorded together: none may be missed, sent twice
+/// or left unrecorded, and the audit chain stays whole.
+#[tokio::test]
+async fn backups_submitted_at_once_are_each_dispatched_once_and_their_results_recorded() {
+    const DATABASES: usize = 40;
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let names: Vec<String> = (0..DATABASES).map(|i| format!("db{i}")).collect();
+    let mut agent = harness
+        .connect(hello(
+            "a1",
+            &[],
+            names.iter().map(|name| database(name, vec![])).collect(),
+        ))
+        .await;
+    apply(
+        &mut admin,
+        format!("[limits]\nper_agent = {DATABASES}\nfleet_backups = {DATABASES}\n"),
+    )
+    .await;
+
+    let submissions = names.iter().map(|name| {
+        let mut admin = harness.admin();
+        let database = format!("a1/{name}");
+        async move {
+            admin
+                .submit_backup(pb::SubmitBackupRequest {
+                    database,
+                    reason: "at once".to_owned(),
+                })
+                .await
+                .expect("submit backup")
+                .into_inner()
+        }
+    });
+    let orders = futures::future::join_all(submissions).await;
+    for order in &orders {
+        assert_eq!(order.state(), pb::OrderState::Dispatched, "{order:?}");
+    }
+    let mut submitted: Vec<String> = orders.into_iter().map(|o| o.id).collect();
+    let mut received = Vec::with_capacity(DATABASES);
+    for _ in 0..DATABASES {
+        received.push(agent.next_order().await.order_id);
+    }
+    submitted.sort();
+    received.sort();
+    assert_eq!(received, submitted, "every order arrives once");
+    agent
+        .assert_no_order(Duration::from_millis(300), "an order sent twice")
+        .await;
+
+    for id in &received {
+        agent
+            .send(agent_message::Msg::Started(pb::OrderStarted {
+                order_id: id.clone(),
+            }))
+            .await;
+        agent
+            .report(backup_result(id, &uuid::Uuid::now_v7().to_string()))
+            .await;
+    }
+    let mut acked = Vec::with_capacity(DATABASES);
+    while acked.len() < DATABASES {
+        match agent.next().await {
+            coordinator_message::Msg::Ack(ack) => acked.push(ack.order_id),
+            other => panic!("expected acknowledgements, got {other:?}"),
+        }
+    }
+    acked.sort();
+    assert_eq!(acked, submitted, "every result is acknowledged once");
+    for id in &submitted {
+        let order = get_order(&mut admin, id).await;
+        assert_eq!(order.state(), pb::OrderState::Succeeded, "{order:?}");
+        assert!(order.started_unix_ms > 0, "{order:?}");
+    }
+    assert_chain_intact(&mut admin).await;
+}
+
 #[tokio::test]
 async fn slots_missed_while_the_coordinator_was_down_fire_once_on_start() {
     use chrono::{Datelike, Timelike};

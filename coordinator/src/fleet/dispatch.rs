@@ -27,7 +27,7 @@ use serde_json::json;
 use warden_proto::v1::CoordinatorMessage;
 use warden_shared::{ArtifactPointer, Labels, OrderKind, OrderSpec, OrderState};
 
-use super::policy::{database_labels, window_refusal};
+use super::policy::{labels_of_databases, window_refusal};
 use super::{
     Fleet, assignment, change_state, format_unix_ms, insert_order, is_exclusive, transition,
 };
@@ -86,20 +86,16 @@ impl Running {
 }
 
 impl Fleet {
-    /// Runs dispatch passes until one creates no new order (a pass may create safety backups,
-    /// which the next pass dispatches).
+    /// Returns once the dispatcher ran a pass that started after this call (see
+    /// [`super::dispatcher`]): every order the caller queued or freed a slot for before the
+    /// call has been looked at. A failing pass is logged there and retried by the policy
+    /// tick; only a dispatcher that stopped (the store is closing) is an error here.
     pub async fn dispatch(&self) -> CoordinatorResult<()> {
-        let _pass = self.dispatch_lock.lock().await;
-        for _ in 0..3 {
-            if !self.dispatch_pass(Utc::now()).await? {
-                break;
-            }
-        }
-        Ok(())
+        self.dispatcher.dispatch().await
     }
 
     /// One pass; returns whether it created orders.
-    async fn dispatch_pass(&self, now: DateTime<Utc>) -> CoordinatorResult<bool> {
+    pub(super) async fn dispatch_pass(&self, now: DateTime<Utc>) -> CoordinatorResult<bool> {
         let policy = self.policy();
         let limits = policy.policy.limits;
         let mut tx = self.store.begin().await?;
@@ -118,7 +114,13 @@ impl Fleet {
         // must not queue behind the fleet's scheduled backups (the sort is stable: oldest
         // first otherwise).
         pending.sort_by_key(|o| !is_safety_backup(o));
-        let labels = database_labels(&mut tx).await?;
+        // The labels of the waiting orders' databases only: a fleet has far more databases
+        // than orders waiting, and a pass runs after every submission and result.
+        let targets: Vec<(String, String)> = pending
+            .iter()
+            .map(|o| (o.agent.clone(), o.database.clone()))
+            .collect();
+        let labels = labels_of_databases(&mut tx, &targets).await?;
         let mut created = false;
         let mut assignments = Vec::new();
         let mut failed = Vec::new();

@@ -4,6 +4,7 @@
 //! messages to agents are sent only after that transaction committed.
 
 mod dispatch;
+mod dispatcher;
 mod migrate;
 mod monitor;
 mod policy;
@@ -32,6 +33,7 @@ use crate::registry::Registry;
 use crate::store::{
     AgentRecord, ArtifactRecord, InventoryDatabase, MigrateCommand, OrderRecord, Store, WriteTx,
 };
+use dispatcher::{Dispatcher, Report};
 
 /// Session settings the coordinator hands to agents, and its retry limit.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +113,9 @@ pub struct Fleet {
     policy: RwLock<Arc<PolicyState>>,
     /// One dispatch pass at a time, so limits are counted against a settled state.
     dispatch_lock: tokio::sync::Mutex<()>,
+    /// Records submitted orders and agents' reports and runs dispatch passes, on a thread
+    /// of its own.
+    dispatcher: Dispatcher,
     /// Cancelled when the coordinator shuts down: session tasks stop reading their streams.
     closing: CancellationToken,
     /// Health reports and the alert state between monitoring passes.
@@ -120,17 +125,32 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(store: Store, settings: FleetSettings, notifier: Notifier) -> Self {
-        Self {
-            store,
-            registry: Registry::default(),
-            settings,
-            policy: RwLock::new(Arc::new(PolicyState::default())),
-            dispatch_lock: tokio::sync::Mutex::new(()),
-            closing: CancellationToken::new(),
-            monitor: std::sync::Mutex::default(),
-            notifier,
-        }
+    /// Creates the fleet and starts its dispatcher thread, which ends when the fleet is
+    /// dropped.
+    pub fn new(
+        store: Store,
+        settings: FleetSettings,
+        notifier: Notifier,
+    ) -> std::io::Result<Arc<Self>> {
+        let mut started = Ok(());
+        let fleet = Arc::new_cyclic(|fleet| {
+            let dispatcher = Dispatcher::start(fleet.clone()).unwrap_or_else(|error| {
+                started = Err(error);
+                Dispatcher::stopped()
+            });
+            Self {
+                dispatcher,
+                store,
+                registry: Registry::default(),
+                settings,
+                policy: RwLock::new(Arc::new(PolicyState::default())),
+                dispatch_lock: tokio::sync::Mutex::new(()),
+                closing: CancellationToken::new(),
+                monitor: std::sync::Mutex::default(),
+                notifier,
+            }
+        });
+        started.map(|()| fleet)
     }
 
     pub fn store(&self) -> &Store {
@@ -286,7 +306,9 @@ impl Fleet {
         for order_id in acks {
             let _ = outbox.try_send(ack(order_id));
         }
-        self.registry.register(&agent.name, generation, outbox);
+        let databases = inventory.iter().map(|d| d.name.clone()).collect();
+        self.registry
+            .register(&agent.name, generation, outbox, databases);
         info!(agent = %agent.name, generation, databases = inventory.len(), "agent connected");
         self.dispatch().await?;
         Ok(generation)
@@ -314,14 +336,9 @@ impl Fleet {
                 ));
             }
             Some(agent_message::Msg::Started(started)) => {
-                let mut tx = self.store.begin().await?;
-                let order = owned_order(&mut tx, agent, &started.order_id).await?;
-                if let Some(mut order) = order.filter(|o| o.state == OrderState::Dispatched) {
-                    order.started_unix_ms = warden_shared::now_unix_ms();
-                    let actor = Actor::Agent(agent.to_owned());
-                    transition(&mut tx, &mut order, OrderState::Running, &actor, json!({})).await?;
-                }
-                tx.commit().await?;
+                self.dispatcher
+                    .report(agent, Report::Started(started))
+                    .await?;
             }
             Some(agent_message::Msg::Progress(progress)) => {
                 self.store
@@ -334,15 +351,9 @@ impl Fleet {
                     .await?;
             }
             Some(agent_message::Msg::Result(result)) => {
-                let mut tx = self.store.begin().await?;
-                let finished = self.apply_result(&mut tx, agent, &result).await?;
-                tx.commit().await?;
-                self.registry.send(agent, ack(result.order_id));
-                if let Some(order) = finished {
-                    self.alert_if_failed(&order);
-                    // A database or a concurrency slot may be free now for a held order.
-                    self.dispatch().await?;
-                }
+                self.dispatcher
+                    .report(agent, Report::Result(Box::new(result)))
+                    .await?;
             }
         }
         Ok(())
@@ -844,6 +855,12 @@ impl Fleet {
     }
 
     async fn online_database(&self, text: &str) -> CoordinatorResult<DatabaseId> {
+        // The live session answers for the databases its agent reported, as the store
+        // would, without a read: thousands of submissions at once need none.
+        let id = DatabaseId::parse(text)?;
+        if self.registry.reports_database(&id.agent, &id.database) {
+            return Ok(id);
+        }
         let id = self.known_database(text).await?;
         if !self.registry.is_online(&id.agent) {
             let last_seen = self
@@ -872,11 +889,8 @@ impl Fleet {
     }
 
     async fn submit(&self, actor: &Actor, order: OrderRecord) -> CoordinatorResult<OrderRecord> {
-        let mut tx = self.store.begin().await?;
-        insert_order(&mut tx, actor, &order).await?;
-        tx.commit().await?;
+        self.dispatcher.submit(actor, &order).await?;
         info!(order_id = %order.id, kind = %order.kind, database = %order.target(), "order submitted");
-        self.dispatch().await?;
         Ok(self.store.get_order(&order.id).await?.unwrap_or(order))
     }
 }

@@ -555,9 +555,24 @@ pub(super) async fn record_removed_artifacts(
 pub(super) async fn database_labels(
     conn: &mut SqliteConnection,
 ) -> CoordinatorResult<HashMap<(String, String), Labels>> {
+    Ok(labels_by_database(Store::database_labels(conn).await?))
+}
+
+/// [`database_labels`] of the given `(agent, database)` pairs only (those the fleet knows).
+pub(super) async fn labels_of_databases(
+    conn: &mut SqliteConnection,
+    databases: &[(String, String)],
+) -> CoordinatorResult<HashMap<(String, String), Labels>> {
+    Ok(labels_by_database(
+        Store::database_labels_of(conn, databases).await?,
+    ))
+}
+
+fn labels_by_database(
+    rows: Vec<(String, String, String, String, bool)>,
+) -> HashMap<(String, String), Labels> {
     let mut out = HashMap::new();
-    for (agent, database, agent_labels, own_labels, present) in Store::database_labels(conn).await?
-    {
+    for (agent, database, agent_labels, own_labels, present) in rows {
         let mut labels: Labels = serde_json::from_str(&agent_labels).unwrap_or_default();
         let own: Labels = serde_json::from_str(&own_labels).unwrap_or_default();
         labels.extend(own);
@@ -572,7 +587,7 @@ pub(super) async fn database_labels(
         }
         out.insert((agent, database), labels);
     }
-    Ok(out)
+    out
 }
 
 pub(super) const ABSENT_KEY: &str = "warden.absent";

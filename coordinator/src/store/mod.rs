@@ -780,4 +780,20 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?)
     }
+
+    /// [`Store::database_labels`] of the given `(agent, database)` pairs only.
+    pub async fn database_labels_of(
+        tx: &mut SqliteConnection,
+        databases: &[(String, String)],
+    ) -> StoreResult<Vec<(String, String, String, String, bool)>> {
+        Ok(sqlx::query_as(
+            "SELECT d.agent, d.name, a.labels_json, d.labels_json, d.present FROM databases d
+             JOIN agents a ON a.name = d.agent
+             WHERE (d.agent, d.name) IN
+               (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(databases).unwrap_or_default())
+        .fetch_all(&mut *tx)
+        .await?)
+    }
 }

@@ -277,9 +277,10 @@ rows = [
     ("dispatch latency p99 (submitted to received by the agent)",
      fmt(lat and lat["p99"], "ms"), "< 250 ms",
      lat is not None and lat["p99"] < 250 and disp["missing"] == 0 and disp["rejected"] == 0,
-     "the single SQLite writer connection: about six statements per order (the order and its "
-     "audit event, the dispatch and its audit event), each a round trip to the connection's "
-     "thread, issued by the dispatcher thread in rounds of up to 1,024 orders"),
+     "the dispatcher thread's work per order, about 75 us on CPUs shared with 10,000 sessions "
+     "and the simulator: rounds record every order that arrived meanwhile and dispatch them "
+     "in one transaction (a few statements a round), but each order is still bound, "
+     "decoded, audited (two hashed events) and encoded once or more"),
 ]
 for name, measured, target, ok, limit in rows:
     w(f"| {name} | {measured} | {target} | {'PASS' if ok else 'MISS'} | {limit} |")

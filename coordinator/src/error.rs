@@ -14,6 +14,9 @@ pub enum CoordinatorError {
     FailedPrecondition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something failed inside the coordinator; the message says what, and the log why.
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type CoordinatorResult<T> = Result<T, CoordinatorError>;
@@ -43,6 +46,7 @@ impl From<CoordinatorError> for tonic::Status {
                 tracing::error!(%error, "store error");
                 tonic::Status::internal("internal store error; see the coordinator log")
             }
+            CoordinatorError::Internal(message) => tonic::Status::internal(message),
         }
     }
 }

@@ -834,35 +834,14 @@ async fn backups_submitted_at_once_are_each_dispatched_once_and_their_results_re
     const DATABASES: usize = 40;
     let harness = Harness::start().await;
     let mut admin = harness.admin();
-    let names: Vec<String> = (0..DATABASES).map(|i| format!("db{i}")).collect();
-    let mut agent = harness
-        .connect(hello(
-            "a1",
-            &[],
-            names.iter().map(|name| database(name, vec![])).collect(),
-        ))
-        .await;
+    let (names, mut agent) = agent_with_databases(&harness, DATABASES).await;
     apply(
         &mut admin,
         format!("[limits]\nper_agent = {DATABASES}\nfleet_backups = {DATABASES}\n"),
     )
     .await;
 
-    let submissions = names.iter().map(|name| {
-        let mut admin = harness.admin();
-        let database = format!("a1/{name}");
-        async move {
-            admin
-                .submit_backup(pb::SubmitBackupRequest {
-                    database,
-                    reason: "at once".to_owned(),
-                })
-                .await
-                .expect("submit backup")
-                .into_inner()
-        }
-    });
-    let orders = futures::future::join_all(submissions).await;
+    let orders = submit_backups_at_once(&harness, "a1", &names).await;
     for order in &orders {
         assert_eq!(order.state(), pb::OrderState::Dispatched, "{order:?}");
     }
@@ -902,6 +881,118 @@ async fn backups_submitted_at_once_are_each_dispatched_once_and_their_results_re
         assert_eq!(order.state(), pb::OrderState::Succeeded, "{order:?}");
         assert!(order.started_unix_ms > 0, "{order:?}");
     }
+    assert_chain_intact(&mut admin).await;
+}
+
+/// Agent `a1` with databases `db0`, `db1`, ... (`count` of them); returns their names.
+async fn agent_with_databases(harness: &Harness, count: usize) -> (Vec<String>, ScriptedAgent) {
+    let names: Vec<String> = (0..count).map(|i| format!("db{i}")).collect();
+    let agent = harness
+        .connect(hello(
+            "a1",
+            &[],
+            names.iter().map(|name| database(name, vec![])).collect(),
+        ))
+        .await;
+    (names, agent)
+}
+
+/// Backups of `databases` of `agent`, submitted at the same moment on connections of their
+/// own.
+async fn submit_backups_at_once(
+    harness: &Harness,
+    agent: &str,
+    databases: &[String],
+) -> Vec<pb::Order> {
+    let submissions = databases.iter().map(|name| {
+        let mut admin = harness.admin();
+        let database = format!("{agent}/{name}");
+        async move {
+            admin
+                .submit_backup(pb::SubmitBackupRequest {
+                    database,
+                    reason: "at once".to_owned(),
+                })
+                .await
+                .expect("submit backup")
+                .into_inner()
+        }
+    });
+    futures::future::join_all(submissions).await
+}
+
+/// Limits hold for orders dispatched by the same pass, and reports that come twice or out of
+/// order change nothing twice: a result before its `Started`, a `Started` after its result,
+/// the same result again (acknowledged again, so the agent can forget it).
+#[tokio::test]
+async fn orders_submitted_together_respect_limits_and_repeated_reports_change_nothing() {
+    const DATABASES: usize = 12;
+    let harness = Harness::start().await;
+    let mut admin = harness.admin();
+    let (names, mut agent) = agent_with_databases(&harness, DATABASES).await;
+    apply(&mut admin, "[limits]\nper_agent = 3\n".to_owned()).await;
+
+    let orders = submit_backups_at_once(&harness, "a1", &names).await;
+    let dispatched: Vec<&pb::Order> = orders
+        .iter()
+        .filter(|o| o.state() == pb::OrderState::Dispatched)
+        .collect();
+    assert_eq!(dispatched.len(), 3, "{orders:?}");
+    for order in orders
+        .iter()
+        .filter(|o| o.state() != pb::OrderState::Dispatched)
+    {
+        assert_eq!(order.state(), pb::OrderState::Held, "{order:?}");
+        assert!(order.phase.contains("limits.per_agent = 3"), "{order:?}");
+    }
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        running.push(agent.next_order().await.order_id);
+    }
+    agent
+        .assert_no_order(Duration::from_millis(300), "an order over the limit")
+        .await;
+
+    let first = running[0].clone();
+    let result = backup_result(&first, &uuid::Uuid::now_v7().to_string());
+    agent.report(result.clone()).await;
+    agent
+        .send(agent_message::Msg::Started(pb::OrderStarted {
+            order_id: first.clone(),
+        }))
+        .await;
+    agent.report(result).await;
+    let mut acks = 0;
+    let mut next = None;
+    while acks < 2 || next.is_none() {
+        match agent.next().await {
+            coordinator_message::Msg::Ack(ack) => {
+                assert_eq!(ack.order_id, first);
+                acks += 1;
+            }
+            coordinator_message::Msg::Order(order) => {
+                assert!(next.is_none(), "one slot freed, one order: {order:?}");
+                next = Some(order.order_id);
+            }
+            other => panic!("expected acks and one order, got {other:?}"),
+        }
+    }
+    agent
+        .assert_no_order(
+            Duration::from_millis(300),
+            "a second order for one freed slot",
+        )
+        .await;
+    let done = get_order(&mut admin, &first).await;
+    assert_eq!(done.state(), pb::OrderState::Succeeded, "{done:?}");
+    let artifacts = audit_events(&mut admin, "artifact.created").await;
+    assert_eq!(artifacts.len(), 1, "one artifact for a result sent twice");
+    let successes: Vec<pb::AuditEvent> = audit_events(&mut admin, "order.succeeded")
+        .await
+        .into_iter()
+        .filter(|e| e.params_json.contains(&first))
+        .collect();
+    assert_eq!(successes.len(), 1, "{successes:?}");
     assert_chain_intact(&mut admin).await;
 }
 

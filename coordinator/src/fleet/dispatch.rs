@@ -29,12 +29,24 @@ use warden_shared::{ArtifactPointer, Labels, OrderKind, OrderSpec, OrderState};
 
 use super::policy::{labels_of_databases, window_refusal};
 use super::{
-    Fleet, assignment, change_state, format_unix_ms, insert_order, is_exclusive, transition,
+    Fleet, assignment, change_state, format_unix_ms, insert_order, is_exclusive, move_state,
+    transition,
 };
 use crate::audit::{Actor, NewAuditEvent};
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::policy::{self, Limits};
 use crate::store::{OrderRecord, RolloutState, Store, StoreError, WriteTx};
+
+/// Saves the orders a pass dispatched so far, in one statement.
+async fn save_dispatched(
+    tx: &mut WriteTx,
+    unsaved: &mut Vec<OrderRecord>,
+) -> CoordinatorResult<()> {
+    let orders: Vec<&OrderRecord> = unsaved.iter().collect();
+    Store::save_orders(tx, &orders).await?;
+    unsaved.clear();
+    Ok(())
+}
 
 /// What a pass decided for one order.
 enum Decision {
@@ -58,6 +70,16 @@ struct Outgoing {
     message: CoordinatorMessage,
 }
 
+/// What a pass decided that takes effect once its transaction commits.
+#[derive(Default)]
+pub(super) struct Pass {
+    /// Whether it created orders (safety backups), which the next pass dispatches.
+    created: bool,
+    assignments: Vec<Outgoing>,
+    /// Orders it failed, to alert on.
+    failed: Vec<OrderRecord>,
+}
+
 /// Counts of what runs now, updated as the pass dispatches.
 #[derive(Default)]
 struct Running {
@@ -71,6 +93,23 @@ struct Running {
 }
 
 impl Running {
+    /// What runs now that limits the `waiting` orders: the orders of their agents, and the
+    /// fleet's backups. A pass reads no more than that: a fleet runs far more orders than
+    /// one pass has waiting.
+    async fn of_agents_waiting(
+        tx: &mut WriteTx,
+        waiting: &[OrderRecord],
+    ) -> CoordinatorResult<Self> {
+        let agents: HashSet<&str> = waiting.iter().map(|o| o.agent.as_str()).collect();
+        let agents: Vec<&str> = agents.into_iter().collect();
+        let mut running = Self::default();
+        for order in Store::running_orders_of_agents(tx, &agents).await? {
+            running.add(&order);
+        }
+        running.backups = u32::try_from(Store::running_backups(tx).await?).unwrap_or(u32::MAX);
+        Ok(running)
+    }
+
     fn add(&mut self, order: &OrderRecord) {
         *self.per_agent.entry(order.agent.clone()).or_default() += 1;
         if order.kind == OrderKind::Backup {
@@ -94,42 +133,72 @@ impl Fleet {
         self.dispatcher.dispatch().await
     }
 
-    /// One pass; returns whether it created orders.
+    /// One pass in a transaction of its own; returns whether it created orders.
     pub(super) async fn dispatch_pass(&self, now: DateTime<Utc>) -> CoordinatorResult<bool> {
+        let mut tx = self.store.begin().await?;
+        let pass = self.pass_in(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(self.deliver(pass))
+    }
+
+    /// Sends what a pass dispatched, once its transaction committed, and alerts on the
+    /// orders it failed; returns whether it created orders.
+    pub(super) fn deliver(&self, pass: Pass) -> bool {
+        for order in &pass.failed {
+            self.alert_if_failed(order);
+        }
+        for outgoing in pass.assignments {
+            // If the session vanished meanwhile, the reaper or the next Hello reconciles.
+            self.registry.send(&outgoing.agent, outgoing.message);
+        }
+        pass.created
+    }
+
+    /// One pass inside `tx`; what it decided takes effect once `tx` commits and the pass is
+    /// delivered.
+    pub(super) async fn pass_in(
+        &self,
+        tx: &mut WriteTx,
+        now: DateTime<Utc>,
+    ) -> CoordinatorResult<Pass> {
         let policy = self.policy();
         let limits = policy.policy.limits;
-        let mut tx = self.store.begin().await?;
-        let mut running = Running::default();
-        for order in
-            Store::orders_in_states(&mut tx, &[OrderState::Dispatched, OrderState::Running]).await?
-        {
-            running.add(&order);
-        }
-        let mut pending =
-            Store::pending_orders(&mut tx, i64::from(self.settings.max_attempts)).await?;
+        let mut pending = Store::pending_orders(tx, i64::from(self.settings.max_attempts)).await?;
         if pending.is_empty() {
-            return Ok(false);
+            return Ok(Pass::default());
         }
+        let mut running = Running::of_agents_waiting(tx, &pending).await?;
         // Safety backups first: a destructive order waits on them inside its window, so they
         // must not queue behind the fleet's scheduled backups (the sort is stable: oldest
         // first otherwise).
         pending.sort_by_key(|o| !is_safety_backup(o));
-        // The labels of the waiting orders' databases only: a fleet has far more databases
-        // than orders waiting, and a pass runs after every submission and result.
-        let targets: Vec<(String, String)> = pending
-            .iter()
-            .map(|o| (o.agent.clone(), o.database.clone()))
-            .collect();
-        let labels = labels_of_databases(&mut tx, &targets).await?;
+        // Labels choose the windows that apply, so a policy without windows needs none; else
+        // those of the waiting orders' databases only: a fleet has far more databases than
+        // orders waiting, and a pass runs after every submission and result.
+        let labels = if policy.policy.windows.is_empty() {
+            HashMap::new()
+        } else {
+            let targets: Vec<(String, String)> = pending
+                .iter()
+                .map(|o| (o.agent.clone(), o.database.clone()))
+                .collect();
+            labels_of_databases(tx, &targets).await?
+        };
         let mut created = false;
         let mut assignments = Vec::new();
         let mut failed = Vec::new();
         // Orders this pass changed out of turn (a dropped safety backup): their copy in
         // `pending` is stale.
         let mut changed: HashSet<String> = HashSet::new();
+        // Orders dispatched, saved together before anything in the pass reads orders.
+        let mut unsaved: Vec<OrderRecord> = Vec::new();
         for mut order in pending {
             if changed.contains(&order.id) {
                 continue;
+            }
+            if !matches!(order.kind, OrderKind::Backup | OrderKind::Health) {
+                // Deciding a destructive order, a drill or a prune may read other orders.
+                save_dispatched(tx, &mut unsaved).await?;
             }
             let db_labels = labels
                 .get(&(order.agent.clone(), order.database.clone()))
@@ -137,7 +206,7 @@ impl Fleet {
                 .unwrap_or_default();
             let decision = self
                 .decide(
-                    &mut tx,
+                    tx,
                     &mut order,
                     &db_labels,
                     &running,
@@ -154,6 +223,10 @@ impl Fleet {
                 }
                 other => other?,
             };
+            if matches!(decision, Decision::Expire(_) | Decision::Fail(_)) {
+                // Ending an order may move its rollout on, which reads its orders.
+                save_dispatched(tx, &mut unsaved).await?;
+            }
             match decision {
                 Decision::Skip => {}
                 Decision::Dispatch => {
@@ -175,32 +248,34 @@ impl Fleet {
                         }
                         rollout_id = rollout;
                     }
-                    transition(
-                        &mut tx,
+                    // Dispatching ends nothing: no rollout moves on, so the save can wait.
+                    if move_state(
+                        tx,
                         &mut order,
                         OrderState::Dispatched,
                         &Actor::System,
                         params,
-                    )
-                    .await?;
-                    assignments.push(Outgoing {
-                        order_id: order.id.clone(),
-                        agent: order.agent.clone(),
-                        rollout_id,
-                        message: assignment(&order)?,
-                    });
+                    ) {
+                        assignments.push(Outgoing {
+                            order_id: order.id.clone(),
+                            agent: order.agent.clone(),
+                            rollout_id,
+                            message: assignment(&order)?,
+                        });
+                        unsaved.push(order);
+                    }
                 }
                 Decision::Hold {
                     reason,
                     until_unix_ms,
-                } => hold(&mut tx, &mut order, reason, until_unix_ms).await?,
+                } => hold(tx, &mut order, reason, until_unix_ms).await?,
                 Decision::Expire(why) => {
                     order.error = why;
                     order.finished_unix_ms = now.timestamp_millis();
                     // A rollout it halts cancels its other orders that have not started.
                     changed.extend(
                         transition(
-                            &mut tx,
+                            tx,
                             &mut order,
                             OrderState::Expired,
                             &Actor::System,
@@ -208,14 +283,14 @@ impl Fleet {
                         )
                         .await?,
                     );
-                    changed.extend(drop_safety_backup(&mut tx, &order).await?);
+                    changed.extend(drop_safety_backup(tx, &order).await?);
                 }
                 Decision::Fail(why) => {
                     order.error = why;
                     order.finished_unix_ms = now.timestamp_millis();
                     changed.extend(
                         transition(
-                            &mut tx,
+                            tx,
                             &mut order,
                             OrderState::Failed,
                             &Actor::System,
@@ -223,23 +298,20 @@ impl Fleet {
                         )
                         .await?,
                     );
-                    changed.extend(drop_safety_backup(&mut tx, &order).await?);
+                    changed.extend(drop_safety_backup(tx, &order).await?);
                     failed.push(order);
                 }
             }
         }
+        save_dispatched(tx, &mut unsaved).await?;
         // An order that expired or failed late in the pass may have halted its rollout after
         // the pass dispatched other orders of it: those never leave.
-        let assignments = withdraw_halted(&mut tx, assignments, now.timestamp_millis()).await?;
-        tx.commit().await?;
-        for order in &failed {
-            self.alert_if_failed(order);
-        }
-        for outgoing in assignments {
-            // If the session vanished meanwhile, the reaper or the next Hello reconciles.
-            self.registry.send(&outgoing.agent, outgoing.message);
-        }
-        Ok(created)
+        let assignments = withdraw_halted(tx, assignments, now.timestamp_millis()).await?;
+        Ok(Pass {
+            created,
+            assignments,
+            failed,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -590,8 +662,7 @@ async fn discard_safety_backup(
                 "why": why,
             }),
         ),
-    )
-    .await?;
+    );
     Ok(())
 }
 

@@ -7,28 +7,35 @@
 //! task waits behind all of them before it can issue its next statement: measured with
 //! 10,000 agents, about 400 µs a statement instead of 25 µs, and 5,000 orders submitted at
 //! once took seconds to reach their agents. Here a thread with a runtime of its own issues
-//! those statements, so each round trip costs what the store takes.
+//! those statements, so each round trip costs what the store takes, and rounds make few of
+//! them: a round's orders are inserted in one statement and their audit events in another.
 //!
 //! Each round takes every request waiting (up to [`MAX_BATCH`]). Submitted orders are
 //! recorded in one transaction (group commit), then one dispatch pass serves them and every
 //! request for a pass that came before it started. Reports are recorded in one transaction
-//! too, but only once no request is waiting (or the backlog grew past [`MAX_BACKLOG`]):
-//! starting work goes before recording how it went, or a burst of orders would wait behind
-//! the reports of the orders dispatched just before it. Reports can wait: an agent keeps a
-//! result until the coordinator acknowledges it. A transaction of many that fails is tried
-//! again one request at a time, so a bad request fails alone, with its own error.
+//! too, before the pass, so a slot they free is used at once; but while orders keep coming
+//! they wait, up to [`REPORT_MAX_WAIT`]: starting work goes before recording how it went.
+//! Agent sessions never wait for their reports to be recorded (they go on reading
+//! heartbeats); an agent keeps a result until the coordinator acknowledges it, which it does
+//! once the result is durable. A transaction of many that fails is split in halves and
+//! tried again, so a bad request fails alone, with its own error.
+//!
+//! A round that panics fails its own requests and the dispatcher goes on with the next.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::Weak;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::FutureExt as _;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{debug, error, warn};
 use warden_proto::v1;
 use warden_shared::OrderState;
 
-use super::{Fleet, ack, insert_order, owned_order, transition};
+use super::{Fleet, ack, insert_orders, owned_order, transition};
 use crate::audit::Actor;
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::store::{OrderRecord, StoreError, WriteTx};
@@ -36,8 +43,11 @@ use crate::store::{OrderRecord, StoreError, WriteTx};
 /// The most requests taken into one round, so one transaction never holds the store's
 /// writer for long.
 const MAX_BATCH: usize = 1024;
-/// Reports waiting past this many are recorded even while orders keep coming.
-const MAX_BACKLOG: usize = 4 * MAX_BATCH;
+/// The longest a report waits to be recorded while orders keep coming.
+const REPORT_MAX_WAIT: Duration = Duration::from_secs(1);
+/// The most reports recorded in one round: a result costs far more to record than an order,
+/// and orders submitted meanwhile wait for the round.
+const MAX_REPORTS: usize = 256;
 
 /// What an agent reports on an order it holds.
 pub(super) enum Report {
@@ -56,14 +66,18 @@ enum Request {
         order: Box<OrderRecord>,
         done: Done,
     },
-    /// Run a dispatch pass that starts after this request; answered after it.
-    Dispatch { done: oneshot::Sender<()> },
-    /// Record an agent's report; answered once it is durable (and acknowledged).
-    Report {
-        agent: String,
-        report: Report,
-        done: Done,
-    },
+    /// Run a dispatch pass that starts after this request; answered after it, if asked.
+    Dispatch { done: Option<Done> },
+    /// Record an agent's report; nobody waits for it.
+    Report(Reported),
+}
+
+/// A report waiting to be recorded, with when it arrived.
+pub(super) struct Reported {
+    agent: String,
+    report: Report,
+    received: Instant,
+    received_unix_ms: i64,
 }
 
 /// The queue of requests to the dispatcher thread, which runs while the queue is open.
@@ -92,8 +106,9 @@ impl Dispatcher {
         }
     }
 
-    /// Records `order` and dispatches it (or holds it, with the reason); returns once both
-    /// are durable.
+    /// Records `order` and dispatches it (or holds it, with the reason); returns once the
+    /// order is durable and a pass has looked at it. A pass that fails leaves it queued for
+    /// the next one (the policy tick runs one every tick), and is logged.
     pub(super) async fn submit(&self, actor: &Actor, order: &OrderRecord) -> CoordinatorResult<()> {
         let (done, answer) = oneshot::channel();
         self.send(Request::Submit {
@@ -101,25 +116,30 @@ impl Dispatcher {
             order: Box::new(order.clone()),
             done,
         })?;
-        answer.await.map_err(|_| stopped())?
+        answer.await.map_err(|_| failed_round())?
     }
 
-    /// Returns once a dispatch pass that started after this call has run.
+    /// Returns once a dispatch pass that started after this call has run, with its error.
     pub(super) async fn dispatch(&self) -> CoordinatorResult<()> {
         let (done, answer) = oneshot::channel();
-        self.send(Request::Dispatch { done })?;
-        answer.await.map_err(|_| stopped())
+        self.send(Request::Dispatch { done: Some(done) })?;
+        answer.await.map_err(|_| failed_round())?
     }
 
-    /// Records what `agent` reports; returns once it is durable.
-    pub(super) async fn report(&self, agent: &str, report: Report) -> CoordinatorResult<()> {
-        let (done, answer) = oneshot::channel();
-        self.send(Request::Report {
+    /// Asks for a dispatch pass without waiting for it.
+    pub(super) fn nudge(&self) -> CoordinatorResult<()> {
+        self.send(Request::Dispatch { done: None })
+    }
+
+    /// Queues what `agent` reports, stamped now, to be recorded without making the caller
+    /// wait; a result is acknowledged to the agent once it is durable.
+    pub(super) fn report(&self, agent: &str, report: Report) -> CoordinatorResult<()> {
+        self.send(Request::Report(Reported {
             agent: agent.to_owned(),
             report,
-            done,
-        })?;
-        answer.await.map_err(|_| stopped())?
+            received: Instant::now(),
+            received_unix_ms: warden_shared::now_unix_ms(),
+        }))
     }
 
     fn send(&self, request: Request) -> CoordinatorResult<()> {
@@ -132,18 +152,25 @@ fn stopped() -> CoordinatorError {
     CoordinatorError::Store(StoreError::Database(sqlx::Error::PoolClosed))
 }
 
-/// A report waiting to be recorded.
-struct Reported {
-    agent: String,
-    report: Report,
-    done: Done,
+/// The round that held a request ended without answering it: it panicked.
+fn failed_round() -> CoordinatorError {
+    CoordinatorError::Internal(
+        "the dispatcher failed while handling this request (a bug: the coordinator log has the panic); check the order's state before trying again".to_owned(),
+    )
+}
+
+/// The requests of one round, sorted by kind.
+#[derive(Default)]
+struct Round {
+    submitted: Vec<(Actor, Box<OrderRecord>, Done)>,
+    passes: Vec<Option<Done>>,
 }
 
 async fn serve(fleet: Weak<Fleet>, mut waiting: mpsc::UnboundedReceiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut backlog: VecDeque<Reported> = VecDeque::new();
+    let mut reports: VecDeque<Reported> = VecDeque::new();
     loop {
-        if backlog.is_empty() {
+        if reports.is_empty() {
             if waiting.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 return;
             }
@@ -158,29 +185,31 @@ async fn serve(fleet: Weak<Fleet>, mut waiting: mpsc::UnboundedReceiver<Request>
         let Some(fleet) = fleet.upgrade() else {
             return;
         };
-        let mut submitted = Vec::new();
-        let mut passes = Vec::new();
+        let mut round = Round::default();
         for request in batch.drain(..) {
             match request {
-                Request::Submit { actor, order, done } => submitted.push((actor, order, done)),
-                Request::Dispatch { done } => passes.push(done),
-                Request::Report {
-                    agent,
-                    report,
-                    done,
-                } => backlog.push_back(Reported {
-                    agent,
-                    report,
-                    done,
-                }),
+                Request::Submit { actor, order, done } => {
+                    round.submitted.push((actor, order, done));
+                }
+                Request::Dispatch { done } => round.passes.push(done),
+                Request::Report(reported) => reports.push_back(reported),
             }
         }
-        if !submitted.is_empty() || !passes.is_empty() {
-            fleet.record_and_dispatch(submitted, passes).await;
-        }
-        if !backlog.is_empty() && (waiting.is_empty() || backlog.len() > MAX_BACKLOG) {
-            let take = backlog.len().min(MAX_BATCH);
-            fleet.record_reports(backlog.drain(..take).collect()).await;
+        let due = round.submitted.is_empty()
+            || reports
+                .front()
+                .is_some_and(|r| r.received.elapsed() >= REPORT_MAX_WAIT);
+        let take = if due {
+            reports.len().min(MAX_REPORTS)
+        } else {
+            0
+        };
+        let reported: Vec<Reported> = reports.drain(..take).collect();
+        let work = AssertUnwindSafe(fleet.run_round(round, reported)).catch_unwind();
+        if work.await.is_err() {
+            error!(
+                "a dispatcher round panicked: its requests failed and its reports were not recorded (their agents send them again when they reconnect); the dispatcher goes on"
+            );
         }
     }
 }
@@ -188,94 +217,151 @@ async fn serve(fleet: Weak<Fleet>, mut waiting: mpsc::UnboundedReceiver<Request>
 /// One write the dispatcher records.
 enum Write<'a> {
     Order(&'a Actor, &'a OrderRecord),
-    Report(&'a str, &'a Report),
+    Report(&'a Reported),
 }
 
 impl Fleet {
-    /// Records the submitted orders, runs a pass, and answers every request.
-    async fn record_and_dispatch(
-        &self,
-        submitted: Vec<(Actor, Box<OrderRecord>, Done)>,
-        passes: Vec<oneshot::Sender<()>>,
-    ) {
-        let writes: Vec<Write<'_>> = submitted
+    /// Records the round's reports and orders, runs a pass, and answers every request.
+    async fn run_round(&self, round: Round, reported: Vec<Reported>) {
+        let started = Instant::now();
+        let reports = reported.len();
+        let mut ended = false;
+        if !reported.is_empty() {
+            ended = self.record_reports(reported).await;
+        }
+        let reports_took = started.elapsed();
+        let writes: Vec<Write<'_>> = round
+            .submitted
             .iter()
             .map(|(actor, order, _)| Write::Order(actor, order))
             .collect();
-        let recorded = self.write_batch(&writes).await;
-        self.dispatch_passes().await;
-        for ((_, _, done), result) in submitted.into_iter().zip(recorded) {
+        let (recorded, passed) = self.record_orders(&writes).await;
+        let orders_took = started.elapsed();
+        // A pass that ran with the orders started after every request of the round and after
+        // its reports: more are needed only for the safety backups it created.
+        let pass = match passed {
+            Some(false) => Ok(()),
+            Some(true) => self.dispatch_passes(2).await,
+            None if ended || !writes.is_empty() || !round.passes.is_empty() => {
+                self.dispatch_passes(3).await
+            }
+            None => Ok(()),
+        };
+        let pass = pass.map_err(|error| {
+            warn!(%error, "dispatch pass failed; the orders it did not look at wait for the next one");
+            "the dispatch pass after this request failed (the coordinator log says why); the policy tick runs the next one"
+        });
+        debug!(
+            reports,
+            orders = writes.len(),
+            passes = round.passes.len(),
+            reports_ms = reports_took.as_secs_f64() * 1e3,
+            orders_and_pass_ms = (orders_took - reports_took).as_secs_f64() * 1e3,
+            more_passes_ms = (started.elapsed() - orders_took).as_secs_f64() * 1e3,
+            "dispatcher round"
+        );
+        for ((_, _, done), result) in round.submitted.into_iter().zip(recorded) {
             let _ = done.send(result.map(drop));
         }
-        for done in passes {
-            let _ = done.send(());
+        for done in round.passes.into_iter().flatten() {
+            let _ = done.send(pass.map_err(|why| CoordinatorError::Internal(why.to_owned())));
         }
     }
 
-    /// Records reports, acknowledges the results, and runs a pass when one ended an order
-    /// (a database or a concurrency slot may be free now for a held order).
-    async fn record_reports(&self, reports: Vec<Reported>) {
-        let writes: Vec<Write<'_>> = reports
-            .iter()
-            .map(|r| Write::Report(&r.agent, &r.report))
-            .collect();
+    /// Records reports and acknowledges the results; returns whether one ended an order (a
+    /// database or a concurrency slot may be free now for a held order).
+    async fn record_reports(&self, reports: Vec<Reported>) -> bool {
+        let writes: Vec<Write<'_>> = reports.iter().map(Write::Report).collect();
         let recorded = self.write_batch(&writes).await;
         let mut ended = false;
-        for (reported, result) in reports.into_iter().zip(recorded) {
-            if let (Report::Result(result), Ok(_)) = (&reported.report, &result) {
-                self.registry
-                    .send(&reported.agent, ack(result.order_id.clone()));
-            }
-            if let Ok(Some(order)) = &result {
-                self.alert_if_failed(order);
-                ended = true;
-            }
-            let _ = reported.done.send(result.map(drop));
-        }
-        if ended {
-            self.dispatch_passes().await;
-        }
-    }
-
-    /// Runs dispatch passes until one creates no new order (a pass may create safety
-    /// backups, which the next pass dispatches). A pass that fails leaves its orders
-    /// waiting: the policy tick runs the next one within a second.
-    async fn dispatch_passes(&self) {
-        let _pass = self.dispatch_lock.lock().await;
-        for _ in 0..3 {
-            match self.dispatch_pass(Utc::now()).await {
-                Ok(true) => {}
-                Ok(false) => break,
+        for (reported, result) in reports.iter().zip(recorded) {
+            match result {
+                Ok(order) => {
+                    if let Report::Result(result) = &reported.report {
+                        self.registry
+                            .send(&reported.agent, ack(result.order_id.clone()));
+                    }
+                    if let Some(order) = order {
+                        self.alert_if_failed(&order);
+                        ended = true;
+                    }
+                }
                 Err(error) => {
-                    warn!(%error, "dispatch pass failed; the next policy tick tries again");
-                    break;
+                    warn!(agent = %reported.agent, %error, "could not record an agent's report; a result is recorded when the agent sends it again");
                 }
             }
         }
+        ended
     }
 
-    /// Makes every write in one transaction; if that fails, each in a transaction of its
-    /// own, so a write that cannot be made fails alone, with its own error. Returns a
-    /// result per write: the order a result ended, if any.
+    /// Records the round's orders and runs a pass over them in the same transaction, so one
+    /// commit makes them durable and dispatched. If that fails, they are recorded on their
+    /// own (see [`Fleet::write_batch`]) and no pass has run. Returns a result per order and,
+    /// when the pass ran, whether it created orders.
+    async fn record_orders(
+        &self,
+        writes: &[Write<'_>],
+    ) -> (Vec<CoordinatorResult<Option<OrderRecord>>>, Option<bool>) {
+        if writes.is_empty() {
+            return (Vec::new(), None);
+        }
+        let together = {
+            let _pass = self.dispatch_lock.lock().await;
+            self.record_and_pass(writes).await
+        };
+        match together {
+            Ok(created) => (writes.iter().map(|_| Ok(None)).collect(), Some(created)),
+            Err(error) => {
+                warn!(%error, orders = writes.len(), "recording orders with a dispatch pass failed; recording them on their own");
+                (self.write_batch(writes).await, None)
+            }
+        }
+    }
+
+    async fn record_and_pass(&self, writes: &[Write<'_>]) -> CoordinatorResult<bool> {
+        let mut tx = self.store.begin().await?;
+        self.write_in(&mut tx, writes).await?;
+        let pass = self.pass_in(&mut tx, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(self.deliver(pass))
+    }
+
+    /// Runs up to `most` dispatch passes, until one creates no new order (a pass may create
+    /// safety backups, which the next pass dispatches).
+    async fn dispatch_passes(&self, most: usize) -> CoordinatorResult<()> {
+        let _pass = self.dispatch_lock.lock().await;
+        for _ in 0..most {
+            if !self.dispatch_pass(Utc::now()).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every write in one transaction. If that fails, splits them in halves and tries
+    /// again, down to single writes, so a write that cannot be made fails alone, with its
+    /// own error, and the others cost a few more transactions, not one each. Returns a
+    /// result per write, in order: the order a result ended, if any.
     async fn write_batch(
         &self,
         writes: &[Write<'_>],
     ) -> Vec<CoordinatorResult<Option<OrderRecord>>> {
-        if writes.len() > 1 {
-            match self.write_together(writes).await {
-                Ok(ended) => return ended.into_iter().map(Ok).collect(),
+        let mut results = Vec::with_capacity(writes.len());
+        let mut parts = VecDeque::from([writes]);
+        while let Some(part) = parts.pop_front() {
+            if part.is_empty() {
+                continue;
+            }
+            match self.write_together(part).await {
+                Ok(ended) => results.extend(ended.into_iter().map(Ok)),
+                Err(error) if part.len() == 1 => results.push(Err(error)),
                 Err(error) => {
-                    warn!(%error, writes = writes.len(), "recording requests together failed; recording them one by one");
+                    warn!(%error, writes = part.len(), "recording requests together failed; splitting them");
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push_front(second);
+                    parts.push_front(first);
                 }
             }
-        }
-        let mut results = Vec::with_capacity(writes.len());
-        for write in writes.chunks(1) {
-            results.push(
-                self.write_together(write)
-                    .await
-                    .map(|mut ended| ended.remove(0)),
-            );
         }
         results
     }
@@ -285,17 +371,32 @@ impl Fleet {
         writes: &[Write<'_>],
     ) -> CoordinatorResult<Vec<Option<OrderRecord>>> {
         let mut tx = self.store.begin().await?;
+        let ended = self.write_in(&mut tx, writes).await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    /// Makes `writes` inside `tx`: the orders in one statement, then the reports in turn.
+    async fn write_in(
+        &self,
+        tx: &mut WriteTx,
+        writes: &[Write<'_>],
+    ) -> CoordinatorResult<Vec<Option<OrderRecord>>> {
+        let orders: Vec<(&Actor, &OrderRecord)> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::Order(actor, order) => Some((*actor, *order)),
+                Write::Report(_) => None,
+            })
+            .collect();
+        insert_orders(tx, &orders).await?;
         let mut ended = Vec::with_capacity(writes.len());
         for write in writes {
             ended.push(match write {
-                Write::Order(actor, order) => {
-                    insert_order(&mut tx, actor, order).await?;
-                    None
-                }
-                Write::Report(agent, report) => self.record_report(&mut tx, agent, report).await?,
+                Write::Order(..) => None,
+                Write::Report(reported) => self.record_report(tx, reported).await?,
             });
         }
-        tx.commit().await?;
         Ok(ended)
     }
 
@@ -303,20 +404,108 @@ impl Fleet {
     async fn record_report(
         &self,
         tx: &mut WriteTx,
-        agent: &str,
-        report: &Report,
+        reported: &Reported,
     ) -> CoordinatorResult<Option<OrderRecord>> {
-        match report {
+        let agent = reported.agent.as_str();
+        match &reported.report {
             Report::Started(started) => {
                 let order = owned_order(tx, agent, &started.order_id).await?;
                 if let Some(mut order) = order.filter(|o| o.state == OrderState::Dispatched) {
-                    order.started_unix_ms = warden_shared::now_unix_ms();
+                    order.started_unix_ms = reported.received_unix_ms;
                     let actor = Actor::Agent(agent.to_owned());
                     transition(tx, &mut order, OrderState::Running, &actor, json!({})).await?;
                 }
                 Ok(None)
             }
-            Report::Result(result) => self.apply_result(tx, agent, result).await,
+            Report::Result(result) => {
+                self.apply_result(tx, agent, result, reported.received_unix_ms)
+                    .await
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use warden_shared::{OrderSpec, OrderState};
+
+    use super::*;
+    use crate::fleet::FleetSettings;
+    use crate::notify::Notifier;
+    use crate::store::temp_store;
+
+    fn backup(database: &str) -> OrderRecord {
+        let spec = OrderSpec::Backup {
+            trigger: "manual".to_owned(),
+            verify: false,
+        };
+        OrderRecord::new("a1", database, &spec, "operator:ops", "test")
+    }
+
+    /// Submissions that arrive together share a transaction; one that cannot be recorded
+    /// (its id is taken) fails alone, with its own error, and the others are recorded once.
+    #[tokio::test]
+    async fn a_submission_that_cannot_be_recorded_fails_alone() {
+        let (_dir, store) = temp_store().await;
+        let settings = FleetSettings {
+            heartbeat_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
+            max_attempts: 3,
+            policy_tick: Duration::from_secs(1),
+            prune_interval: Duration::from_secs(3600),
+            health_interval: Duration::from_secs(3600),
+        };
+        let fleet = Fleet::new(store.clone(), settings, Notifier::disabled()).expect("fleet");
+        let actor = Actor::Operator("ops".to_owned());
+        let taken = backup("db0");
+        fleet
+            .dispatcher
+            .submit(&actor, &taken)
+            .await
+            .expect("first order");
+
+        let mut orders: Vec<OrderRecord> = (1..=8).map(|i| backup(&format!("db{i}"))).collect();
+        let mut duplicate = backup("db9");
+        duplicate.id.clone_from(&taken.id);
+        orders.insert(5, duplicate);
+        let results = futures::future::join_all(
+            orders
+                .iter()
+                .map(|order| fleet.dispatcher.submit(&actor, order)),
+        )
+        .await;
+        for (order, result) in orders.iter().zip(&results) {
+            if order.id == taken.id {
+                let error = result.as_ref().expect_err("a taken id is refused");
+                assert!(error.to_string().contains("UNIQUE"), "{error}");
+            } else {
+                result.as_ref().expect("the others are recorded");
+                let stored = store.get_order(&order.id).await.expect("read");
+                // The agent is offline, so the pass holds them with the reason.
+                assert_eq!(stored.map(|o| o.state), Some(OrderState::Held));
+            }
+        }
+        let first = store
+            .get_order(&taken.id)
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(
+            first.database, "db0",
+            "the taken id still names the first order"
+        );
+        let events = store.list_audit(0, 1000).await.expect("audit");
+        let submitted = events
+            .iter()
+            .filter(|e| e.action == "order.submitted")
+            .count();
+        assert_eq!(
+            submitted, 9,
+            "one event per recorded order, none for the refused one"
+        );
+        let report = crate::audit::verify_chain(events);
+        assert_eq!(report.broken, None);
     }
 }

@@ -19,7 +19,7 @@ use prost::Message as _;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 use warden_proto::v1::{
     self, CoordinatorMessage, agent_message, coordinator_message, order_result,
@@ -182,8 +182,7 @@ impl Fleet {
                 "",
                 json!({ "agents_marked_offline": agents, "version": env!("CARGO_PKG_VERSION") }),
             ),
-        )
-        .await?;
+        );
         tx.commit().await?;
         Ok(())
     }
@@ -254,12 +253,14 @@ impl Fleet {
                     "running": hello.running_order_ids,
                 }),
             ),
-        )
-        .await?;
+        );
         let mut acks = Vec::new();
         let mut finished = Vec::new();
         for result in &hello.unacknowledged_results {
-            finished.extend(self.apply_result(&mut tx, &agent.name, result).await?);
+            finished.extend(
+                self.apply_result(&mut tx, &agent.name, result, agent.last_seen_unix_ms)
+                    .await?,
+            );
             acks.push(result.order_id.clone());
         }
         let running: HashSet<&str> = hello.running_order_ids.iter().map(String::as_str).collect();
@@ -310,7 +311,8 @@ impl Fleet {
         self.registry
             .register(&agent.name, generation, outbox, databases);
         info!(agent = %agent.name, generation, databases = inventory.len(), "agent connected");
-        self.dispatch().await?;
+        // Orders waiting for this agent can start now; the session need not wait for them.
+        self.dispatcher.nudge()?;
         Ok(generation)
     }
 
@@ -336,9 +338,7 @@ impl Fleet {
                 ));
             }
             Some(agent_message::Msg::Started(started)) => {
-                self.dispatcher
-                    .report(agent, Report::Started(started))
-                    .await?;
+                self.dispatcher.report(agent, Report::Started(started))?;
             }
             Some(agent_message::Msg::Progress(progress)) => {
                 self.store
@@ -352,8 +352,7 @@ impl Fleet {
             }
             Some(agent_message::Msg::Result(result)) => {
                 self.dispatcher
-                    .report(agent, Report::Result(Box::new(result)))
-                    .await?;
+                    .report(agent, Report::Result(Box::new(result)))?;
             }
         }
         Ok(())
@@ -389,8 +388,7 @@ impl Fleet {
                 agent,
                 json!({ "why": why }),
             ),
-        )
-        .await?;
+        );
         tx.commit().await?;
         warn!(agent, why, "agent offline");
         Ok(())
@@ -454,11 +452,13 @@ impl Fleet {
     /// Records an agent's final word on an order; once the transaction commits, the agent
     /// may forget it. Returns the order it finished, or `None` for a duplicate of a result
     /// already recorded (or of an order this agent does not hold), which changes nothing.
+    /// `received_unix_ms` is when the coordinator received it: the order's finish.
     async fn apply_result(
         &self,
         tx: &mut WriteTx,
         agent: &str,
         result: &v1::OrderResult,
+        received_unix_ms: i64,
     ) -> CoordinatorResult<Option<OrderRecord>> {
         let Some(mut order) = owned_order(tx, agent, &result.order_id).await? else {
             warn!(agent, order_id = %result.order_id, "result for an order this agent does not hold");
@@ -510,7 +510,7 @@ impl Fleet {
                     warn!(order_id = %order.id, %why, "backup result rejected");
                     order.error = why;
                     order.result = Some(result.encode_to_vec());
-                    order.finished_unix_ms = warden_shared::now_unix_ms();
+                    order.finished_unix_ms = received_unix_ms;
                     transition(tx, &mut order, OrderState::Failed, &actor, json!({})).await?;
                     return Ok(Some(order));
                 }
@@ -518,7 +518,7 @@ impl Fleet {
         }
         order.error = result.error.clone();
         order.result = Some(result.encode_to_vec());
-        order.finished_unix_ms = warden_shared::now_unix_ms();
+        order.finished_unix_ms = received_unix_ms;
         // A finished order has no current phase; its state says how it ended.
         order.phase.clear();
         transition(tx, &mut order, next, &actor, params).await?;
@@ -600,9 +600,7 @@ impl Fleet {
                     "verified": artifact.verified,
                 }),
             ),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        );
         Ok(artifact)
     }
 
@@ -771,8 +769,7 @@ impl Fleet {
                         order.target(),
                         json!({ "order_id": order.id, "reason": reason }),
                     ),
-                )
-                .await?;
+                );
                 tx.commit().await?;
                 let cancel = coordinator_message::Msg::Cancel(v1::CancelOrder {
                     order_id: order.id.clone(),
@@ -895,19 +892,26 @@ impl Fleet {
     }
 }
 
-/// Records a new order with its audit event; break-glass orders get a second event that
-/// stands out in the log, with the reason. The event holds the spec's audit view: a
-/// migration's files by version and checksum, not their SQL.
+/// Records a new order with its audit event (see [`insert_orders`]).
 async fn insert_order(
     tx: &mut WriteTx,
     actor: &Actor,
     order: &OrderRecord,
 ) -> CoordinatorResult<()> {
-    Store::insert_order(tx, order).await?;
-    let spec = order.spec()?.audit_view();
-    Store::append_audit(
-        tx,
-        NewAuditEvent::new(
+    insert_orders(tx, &[(actor, order)]).await
+}
+
+/// Records new orders, in one statement, each with its audit event; break-glass orders get a
+/// second event that stands out in the log, with the reason. The event holds the spec's
+/// audit view: a migration's files by version and checksum, not their SQL.
+async fn insert_orders(
+    tx: &mut WriteTx,
+    orders: &[(&Actor, &OrderRecord)],
+) -> CoordinatorResult<()> {
+    let mut events = Vec::with_capacity(orders.len());
+    for (actor, order) in orders {
+        let spec = order.spec()?.audit_view();
+        events.push(NewAuditEvent::new(
             actor,
             "order.submitted",
             order.target(),
@@ -918,13 +922,9 @@ async fn insert_order(
                 "emergency": order.emergency,
                 "skip_safety_backup": order.skip_safety_backup,
             }),
-        ),
-    )
-    .await?;
-    if order.emergency {
-        Store::append_audit(
-            tx,
-            NewAuditEvent::new(
+        ));
+        if order.emergency {
+            events.push(NewAuditEvent::new(
                 actor,
                 "order.emergency",
                 order.target(),
@@ -933,9 +933,13 @@ async fn insert_order(
                     "reason": order.reason,
                     "skip_safety_backup": order.skip_safety_backup,
                 }),
-            ),
-        )
-        .await?;
+            ));
+        }
+    }
+    let records: Vec<&OrderRecord> = orders.iter().map(|(_, order)| *order).collect();
+    Store::insert_orders(tx, &records).await?;
+    for event in events {
+        Store::append_audit(tx, event);
     }
     Ok(())
 }
@@ -968,16 +972,31 @@ async fn change_state(
     order: &mut OrderRecord,
     next: OrderState,
     actor: &Actor,
-    mut params: serde_json::Value,
+    params: serde_json::Value,
 ) -> CoordinatorResult<bool> {
+    if !move_state(tx, order, next, actor, params) {
+        return Ok(false);
+    }
+    Store::save_order(tx, order).await?;
+    Ok(true)
+}
+
+/// [`change_state`] without saving the order: the caller saves it before anything in `tx`
+/// reads it (a dispatch pass saves the orders it dispatched together).
+fn move_state(
+    tx: &mut WriteTx,
+    order: &mut OrderRecord,
+    next: OrderState,
+    actor: &Actor,
+    mut params: serde_json::Value,
+) -> bool {
     if !order.state.can_become(next) {
         warn!(order_id = %order.id, from = %order.state, to = %next, "refused order transition");
-        return Ok(false);
+        return false;
     }
     let from = order.state;
     order.state = next;
     order.updated_unix_ms = warden_shared::now_unix_ms();
-    Store::save_order(tx, order).await?;
     if let Some(map) = params.as_object_mut() {
         map.insert("order_id".to_owned(), json!(order.id));
         map.insert("kind".to_owned(), json!(order.kind.as_str()));
@@ -989,10 +1008,10 @@ async fn change_state(
     Store::append_audit(
         tx,
         NewAuditEvent::new(actor, &format!("order.{next}"), order.target(), params),
-    )
-    .await?;
-    info!(order_id = %order.id, from = %from, to = %next, "order state changed");
-    Ok(true)
+    );
+    // The audit log records every change; the log has them for debugging.
+    debug!(order_id = %order.id, from = %from, to = %next, "order state changed");
+    true
 }
 
 async fn mark_lost(

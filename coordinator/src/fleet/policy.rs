@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use warden_proto::v1;
 use warden_shared::{DatabaseId, Labels, OrderSpec, OrderState, PruneTarget};
 
-use super::{Fleet, format_unix_ms, insert_order};
+use super::{Fleet, format_unix_ms, insert_order, insert_orders};
 use crate::audit::{Actor, NewAuditEvent};
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::policy::{
@@ -216,8 +216,7 @@ impl Fleet {
                     "changes": changes.iter().map(describe_change).collect::<Vec<_>>(),
                 }),
             ),
-        )
-        .await?;
+        );
         tx.commit().await?;
         info!(version, changes = changes.len(), "policy applied");
         self.set_policy(PolicyState {
@@ -328,6 +327,7 @@ impl Fleet {
                 continue;
             };
             let mut orders = Vec::new();
+            let mut created = Vec::new();
             let mut skipped = Vec::new();
             for ((agent, database), labels) in databases {
                 if !labels_present(labels) || !schedule.selector.matches(labels) {
@@ -370,9 +370,14 @@ impl Fleet {
                 let jitter = schedule.jitter_for(&target, slot);
                 order.not_before_unix_ms =
                     (slot + TimeDelta::from_std(jitter).unwrap_or_default()).timestamp_millis();
-                insert_order(&mut tx, &Actor::Scheduler, &order).await?;
                 orders.push(json!({ "database": target, "order_id": order.id }));
+                created.push(order);
             }
+            let created: Vec<(&Actor, &OrderRecord)> = created
+                .iter()
+                .map(|order| (&Actor::Scheduler, order))
+                .collect();
+            insert_orders(&mut tx, &created).await?;
             Store::set_schedule_slot(&mut tx, &schedule.name, slot.timestamp_millis()).await?;
             Store::append_audit(
                 &mut tx,
@@ -382,8 +387,7 @@ impl Fleet {
                     &schedule.name,
                     json!({ "slot": slot.to_rfc3339(), "orders": orders, "skipped": skipped }),
                 ),
-            )
-            .await?;
+            );
             info!(schedule = %schedule.name, slot = %slot, orders = orders.len(), skipped = skipped.len(), "schedule fired");
             fired = true;
         }
@@ -459,8 +463,7 @@ impl Fleet {
                                 "why": why,
                             }),
                         ),
-                    )
-                    .await?;
+                    );
                 }
                 outcome.rows.push(PruneRow {
                     artifact_id: artifact.id.clone(),
@@ -541,8 +544,7 @@ pub(super) async fn record_removed_artifacts(
                     order.target(),
                     json!({ "artifact_id": id, "order_id": order.id }),
                 ),
-            )
-            .await?;
+            );
             removed.push(id.clone());
         }
     }

@@ -6,7 +6,6 @@
 //! never offered for a restore again and no longer counts as a recovery point.
 
 use serde_json::json;
-use sqlx::SqliteConnection;
 use tracing::warn;
 use warden_proto::v1::{self, order_result};
 use warden_shared::{DatabaseId, Labels, OrderKind, OrderSpec, validate_agent_name};
@@ -195,8 +194,7 @@ pub(super) async fn record_recovery_result(
                 order,
                 "artifact.verified",
                 json!({ "artifact_id": artifact_id, "order_id": order.id, "restore_ms": drill.restore_ms }),
-            )
-            .await?;
+            );
         }
     }
     if !result.success && result.artifact_corrupt {
@@ -207,20 +205,14 @@ pub(super) async fn record_recovery_result(
                 order,
                 "artifact.corrupt",
                 json!({ "artifact_id": artifact_id, "order_id": order.id, "why": result.error }),
-            )
-            .await?;
+            );
         }
         params["artifact_corrupt"] = json!(true);
     }
     Ok(params)
 }
 
-async fn audit_artifact(
-    tx: &mut SqliteConnection,
-    order: &OrderRecord,
-    action: &str,
-    params: serde_json::Value,
-) -> CoordinatorResult<()> {
+fn audit_artifact(tx: &mut WriteTx, order: &OrderRecord, action: &str, params: serde_json::Value) {
     Store::append_audit(
         tx,
         NewAuditEvent::new(
@@ -229,9 +221,7 @@ async fn audit_artifact(
             order.target(),
             params,
         ),
-    )
-    .await?;
-    Ok(())
+    );
 }
 
 fn phases_json(phases: &[v1::PhaseTiming]) -> String {

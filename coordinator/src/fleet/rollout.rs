@@ -349,8 +349,7 @@ impl Fleet {
         Store::append_audit(
             &mut tx,
             NewAuditEvent::new(actor, "rollout.started", &id, params),
-        )
-        .await?;
+        );
         start_wave(&mut tx, &mut rollout, 1, actor).await?;
         tx.commit().await?;
         info!(rollout_id = %id, databases = total, waves = rollout.wave_count, "rollout started");
@@ -478,8 +477,7 @@ async fn start_wave(
                 "orders": orders,
             }),
         ),
-    )
-    .await?;
+    );
     info!(rollout_id = %rollout.id, wave, orders = orders.len(), "rollout wave started");
     Ok(())
 }
@@ -543,8 +541,7 @@ pub(super) async fn order_ended(
                 "databases": states.len(),
             }),
         ),
-    )
-    .await?;
+    );
     info!(rollout_id = %rollout.id, "rollout succeeded");
     Ok(Vec::new())
 }
@@ -608,8 +605,7 @@ async fn halt(
                 "skipped": skipped,
             }),
         ),
-    )
-    .await?;
+    );
     warn!(rollout_id = %rollout.id, error = %rollout.error, "rollout halted");
     Ok(changed)
 }

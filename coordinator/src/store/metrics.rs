@@ -171,12 +171,7 @@ mod tests {
     use super::*;
     use crate::store::{AgentRecord, OrderRecord};
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}/warden.db", dir.path().display());
-        let store = Store::open(&url).await.expect("store");
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     async fn add_agent(store: &Store, name: &str, online: bool) {
         let agent = AgentRecord {
@@ -209,7 +204,9 @@ mod tests {
             order.finished_unix_ms = 1_000_000 + (seconds * 1000.0) as i64;
         }
         let mut tx = store.begin().await.expect("tx");
-        Store::insert_order(&mut tx, &order).await.expect("order");
+        Store::insert_orders(&mut tx, &[&order])
+            .await
+            .expect("order");
         tx.commit().await.expect("commit");
     }
 

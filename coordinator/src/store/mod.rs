@@ -15,8 +15,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 pub use records::{
     AgentRecord, ArtifactRecord, DatabaseRecord, DrillRecord, InventoryDatabase, MigrateCommand,
@@ -25,8 +26,38 @@ pub use records::{
 
 use crate::audit::{AuditEvent, GENESIS_HASH, NewAuditEvent};
 
-/// A write transaction on the store.
-pub type WriteTx = Transaction<'static, Sqlite>;
+/// A write transaction on the store. Audit events appended to it are chained and written
+/// when it commits: one read of the chain's head and one insert however many there are, so
+/// a transaction that records a thousand changes costs two statements for their events, not
+/// two thousand. Nothing reads the chain inside a write transaction, so deferring the insert
+/// changes no answer; the events are stamped when appended and chained in that order.
+pub struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    audit: Vec<(NewAuditEvent, i64)>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+impl WriteTx {
+    /// Writes the audit events appended so far, then commits.
+    pub async fn commit(mut self) -> StoreResult<()> {
+        let events = std::mem::take(&mut self.audit);
+        Store::write_audit(&mut self.tx, events).await?;
+        Ok(self.tx.commit().await?)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,47 +112,67 @@ impl Store {
 
     /// Starts a write transaction; waits while another one is open.
     pub async fn begin(&self) -> StoreResult<WriteTx> {
-        Ok(self.writer.begin().await?)
+        Ok(WriteTx {
+            tx: self.writer.begin().await?,
+            audit: Vec::new(),
+        })
     }
 
     // ---- audit ----
 
-    /// Chains `event` after the newest stored event, inside `tx`.
-    pub async fn append_audit(
-        tx: &mut SqliteConnection,
-        event: NewAuditEvent,
-    ) -> StoreResult<AuditEvent> {
+    /// Appends `event` to the audit chain inside `tx`: it is stamped now and stored when `tx`
+    /// commits, after the events appended before it.
+    pub fn append_audit(tx: &mut WriteTx, event: NewAuditEvent) {
+        tx.audit.push((event, warden_shared::now_unix_ms()));
+    }
+
+    /// Chains `events` after the newest stored event and inserts them in one statement.
+    async fn write_audit(
+        conn: &mut SqliteConnection,
+        events: Vec<(NewAuditEvent, i64)>,
+    ) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let last: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await?;
-        let (prev_seq, prev_hash) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
-        let stored = AuditEvent::chain(event, prev_seq, &prev_hash, warden_shared::now_unix_ms());
-        sqlx::query(
-            "INSERT INTO audit_events (seq, at_unix_ms, actor, action, target, params_json, outcome, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        let (mut prev_seq, mut prev_hash) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let mut stored = Vec::with_capacity(events.len());
+        for (event, at_unix_ms) in events {
+            let event = AuditEvent::chain(event, prev_seq, &prev_hash, at_unix_ms);
+            prev_seq = event.seq;
+            prev_hash.clone_from(&event.hash);
+            stored.push(event);
+        }
+        execute_rows(
+            conn,
+            "INSERT INTO audit_events (seq, at_unix_ms, actor, action, target, params_json, outcome, prev_hash, hash) ",
+            "",
+            9,
+            &stored,
+            |mut row, event| {
+                row.push_bind(event.seq)
+                    .push_bind(event.at_unix_ms)
+                    .push_bind(event.actor.clone())
+                    .push_bind(event.action.clone())
+                    .push_bind(event.target.clone())
+                    .push_bind(event.params_json.clone())
+                    .push_bind(event.outcome.clone())
+                    .push_bind(event.prev_hash.clone())
+                    .push_bind(event.hash.clone());
+            },
         )
-        .bind(stored.seq)
-        .bind(stored.at_unix_ms)
-        .bind(&stored.actor)
-        .bind(&stored.action)
-        .bind(&stored.target)
-        .bind(&stored.params_json)
-        .bind(&stored.outcome)
-        .bind(&stored.prev_hash)
-        .bind(&stored.hash)
-        .execute(&mut *tx)
-        .await?;
-        Ok(stored)
+        .await
     }
 
     /// Appends one event in its own transaction (for events that change nothing else, such as
     /// a refused operator call).
-    pub async fn audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+    pub async fn audit(&self, event: NewAuditEvent) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        let stored = Self::append_audit(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(stored)
+        Self::append_audit(&mut tx, event);
+        tx.commit().await
     }
 
     /// Returns up to `limit` events with seq greater than `after_seq`, oldest first.
@@ -298,71 +349,68 @@ impl Store {
 
     // ---- orders ----
 
-    pub async fn insert_order(tx: &mut SqliteConnection, order: &OrderRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO orders (id, kind, agent, database, spec_json, state, requested_by, reason, attempts,
-                                 created_unix_ms, updated_unix_ms, started_unix_ms, finished_unix_ms,
-                                 phase, progress_bytes, progress_rate, error, result, emergency,
-                                 skip_safety_backup, safety_order_id, not_before_unix_ms,
-                                 held_until_unix_ms, deadline_unix_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    /// Inserts new orders, many to a statement.
+    pub async fn insert_orders(
+        tx: &mut SqliteConnection,
+        orders: &[&OrderRecord],
+    ) -> StoreResult<()> {
+        execute_rows(
+            tx,
+            "INSERT INTO orders (id, kind, agent, database, requested_by, reason, created_unix_ms,
+                                 emergency, skip_safety_backup, not_before_unix_ms,
+                                 state, attempts, updated_unix_ms, started_unix_ms,
+                                 finished_unix_ms, phase, progress_bytes, progress_rate, error,
+                                 result, safety_order_id, held_until_unix_ms, deadline_unix_ms,
+                                 spec_json) ",
+            "",
+            24,
+            orders,
+            |mut row, order| {
+                row.push_bind(order.id.clone())
+                    .push_bind(order.kind.as_str())
+                    .push_bind(order.agent.clone())
+                    .push_bind(order.database.clone())
+                    .push_bind(order.requested_by.clone())
+                    .push_bind(order.reason.clone())
+                    .push_bind(order.created_unix_ms)
+                    .push_bind(order.emergency)
+                    .push_bind(order.skip_safety_backup)
+                    .push_bind(order.not_before_unix_ms);
+                push_changing_fields(&mut row, order);
+            },
         )
-        .bind(&order.id)
-        .bind(order.kind.as_str())
-        .bind(&order.agent)
-        .bind(&order.database)
-        .bind(&order.spec_json)
-        .bind(order.state.as_str())
-        .bind(&order.requested_by)
-        .bind(&order.reason)
-        .bind(order.attempts)
-        .bind(order.created_unix_ms)
-        .bind(order.updated_unix_ms)
-        .bind(order.started_unix_ms)
-        .bind(order.finished_unix_ms)
-        .bind(&order.phase)
-        .bind(order.progress_bytes)
-        .bind(order.progress_rate)
-        .bind(&order.error)
-        .bind(&order.result)
-        .bind(order.emergency)
-        .bind(order.skip_safety_backup)
-        .bind(&order.safety_order_id)
-        .bind(order.not_before_unix_ms)
-        .bind(order.held_until_unix_ms)
-        .bind(order.deadline_unix_ms)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+        .await
     }
 
     /// Writes back every mutable field of an order (its spec too: a migration learns its
     /// pre-migration backup just before it is dispatched).
     pub async fn save_order(tx: &mut SqliteConnection, order: &OrderRecord) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE orders SET state = ?, attempts = ?, updated_unix_ms = ?, started_unix_ms = ?,
-                    finished_unix_ms = ?, phase = ?, progress_bytes = ?, progress_rate = ?, error = ?, result = ?,
-                    safety_order_id = ?, held_until_unix_ms = ?, deadline_unix_ms = ?, spec_json = ?
-             WHERE id = ?",
+        Self::save_orders(tx, &[order]).await
+    }
+
+    /// [`Store::save_order`] of many orders, many to a statement.
+    pub async fn save_orders(
+        tx: &mut SqliteConnection,
+        orders: &[&OrderRecord],
+    ) -> StoreResult<()> {
+        execute_rows(
+            tx,
+            "UPDATE orders SET state = v.column2, attempts = v.column3, updated_unix_ms = v.column4,
+                    started_unix_ms = v.column5, finished_unix_ms = v.column6, phase = v.column7,
+                    progress_bytes = v.column8, progress_rate = v.column9, error = v.column10,
+                    result = v.column11, safety_order_id = v.column12,
+                    held_until_unix_ms = v.column13, deadline_unix_ms = v.column14,
+                    spec_json = v.column15
+             FROM (",
+            ") AS v WHERE orders.id = v.column1",
+            15,
+            orders,
+            |mut row, order| {
+                row.push_bind(order.id.clone());
+                push_changing_fields(&mut row, order);
+            },
         )
-        .bind(order.state.as_str())
-        .bind(order.attempts)
-        .bind(order.updated_unix_ms)
-        .bind(order.started_unix_ms)
-        .bind(order.finished_unix_ms)
-        .bind(&order.phase)
-        .bind(order.progress_bytes)
-        .bind(order.progress_rate)
-        .bind(&order.error)
-        .bind(&order.result)
-        .bind(&order.safety_order_id)
-        .bind(order.held_until_unix_ms)
-        .bind(order.deadline_unix_ms)
-        .bind(&order.spec_json)
-        .bind(&order.id)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+        .await
     }
 
     /// Reads an order inside a write transaction (to change it).
@@ -432,6 +480,31 @@ impl Store {
         .bind(serde_json::to_string(&states).unwrap_or_default())
         .fetch_all(&mut *tx)
         .await?)
+    }
+
+    /// Orders dispatched or running on any of `agents`, oldest first.
+    pub async fn running_orders_of_agents(
+        tx: &mut SqliteConnection,
+        agents: &[&str],
+    ) -> StoreResult<Vec<OrderRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM orders WHERE state IN ('dispatched', 'running')
+               AND agent IN (SELECT value FROM json_each(?))
+             ORDER BY created_unix_ms, id",
+        )
+        .bind(serde_json::to_string(agents).unwrap_or_default())
+        .fetch_all(&mut *tx)
+        .await?)
+    }
+
+    /// How many backups are dispatched or running in the fleet.
+    pub async fn running_backups(tx: &mut SqliteConnection) -> StoreResult<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM orders WHERE state IN ('dispatched', 'running') AND kind = 'backup'",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(count)
     }
 
     /// Orders waiting to be dispatched, oldest first: queued, held, and lost ones that may be
@@ -795,5 +868,108 @@ impl Store {
         .bind(serde_json::to_string(databases).unwrap_or_default())
         .fetch_all(&mut *tx)
         .await?)
+    }
+}
+
+/// The most values bound to one statement: SQLite refuses more than 32,766.
+const MAX_BINDS: usize = 32_000;
+
+/// Runs `head VALUES (...), (...) tail` with a row of `columns` values bound by `push` for
+/// each of `rows`, as few statements as the bind limit allows. The statements are not
+/// cached: their length varies with the number of rows.
+async fn execute_rows<T>(
+    conn: &mut SqliteConnection,
+    head: &str,
+    tail: &str,
+    columns: usize,
+    rows: &[T],
+    mut push: impl FnMut(Separated<'_, Sqlite, &'static str>, &T),
+) -> StoreResult<()> {
+    for chunk in rows.chunks((MAX_BINDS / columns).max(1)) {
+        let mut query = QueryBuilder::<Sqlite>::new(head);
+        query.push_values(chunk, &mut push);
+        query.push(tail);
+        query.build().persistent(false).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Binds the fields of an order that change after it is created, in the order
+/// [`Store::save_orders`] names them (its `v.column2` to `v.column15`).
+fn push_changing_fields(row: &mut Separated<'_, Sqlite, &'static str>, order: &OrderRecord) {
+    row.push_bind(order.state.as_str())
+        .push_bind(order.attempts)
+        .push_bind(order.updated_unix_ms)
+        .push_bind(order.started_unix_ms)
+        .push_bind(order.finished_unix_ms)
+        .push_bind(order.phase.clone())
+        .push_bind(order.progress_bytes)
+        .push_bind(order.progress_rate)
+        .push_bind(order.error.clone())
+        .push_bind(order.result.clone())
+        .push_bind(order.safety_order_id.clone())
+        .push_bind(order.held_until_unix_ms)
+        .push_bind(order.deadline_unix_ms)
+        .push_bind(order.spec_json.clone());
+}
+
+/// A store in a temporary directory, for tests.
+#[cfg(test)]
+pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/warden.db", dir.path().display());
+    let store = Store::open(&url).await.expect("store");
+    (dir, store)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::audit::{Actor, verify_chain};
+
+    fn event(n: u32) -> NewAuditEvent {
+        NewAuditEvent::new(
+            &Actor::Operator("ops".to_owned()),
+            &format!("test.event{n}"),
+            "a1/app",
+            json!({ "n": n, "password": "hunter2" }),
+        )
+    }
+
+    #[tokio::test]
+    async fn events_of_a_transaction_are_chained_as_if_appended_one_by_one() {
+        let (_dir, store) = temp_store().await;
+        store.audit(event(0)).await.expect("one event");
+        let mut tx = store.begin().await.expect("tx");
+        for n in 1..=4 {
+            Store::append_audit(&mut tx, event(n));
+        }
+        tx.commit().await.expect("commit");
+        // A transaction that never commits leaves no event behind.
+        let mut dropped = store.begin().await.expect("tx");
+        Store::append_audit(&mut dropped, event(99));
+        drop(dropped);
+        store.audit(event(5)).await.expect("one more");
+
+        let stored = store.list_audit(0, 100).await.expect("list");
+        let actions: Vec<&str> = stored.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            (0..=5)
+                .map(|n| format!("test.event{n}"))
+                .collect::<Vec<_>>()
+        );
+        assert!(stored.iter().all(|e| !e.params_json.contains("hunter2")));
+        // Each event is exactly what appending it alone after the previous one would store.
+        let mut prev = (0, GENESIS_HASH.to_owned());
+        for (n, stored) in (0..).zip(&stored) {
+            let alone = AuditEvent::chain(event(n), prev.0, &prev.1, stored.at_unix_ms);
+            assert_eq!(&alone, stored);
+            prev = (alone.seq, alone.hash);
+        }
+        let report = verify_chain(stored);
+        assert_eq!((report.events_checked, report.broken), (6, None));
     }
 }

@@ -78,6 +78,9 @@ pub(super) struct Pass {
     assignments: Vec<Outgoing>,
     /// Orders it failed, to alert on.
     failed: Vec<OrderRecord>,
+    /// The pass's copy of each fresh order it decided, as it stored them; empty when the
+    /// pass changed some order twice (a halted rollout), and then read them from the store.
+    pub(super) fresh: Vec<OrderRecord>,
 }
 
 /// Counts of what runs now, updated as the pass dispatches.
@@ -136,14 +139,14 @@ impl Fleet {
     /// One pass in a transaction of its own; returns whether it created orders.
     pub(super) async fn dispatch_pass(&self, now: DateTime<Utc>) -> CoordinatorResult<bool> {
         let mut tx = self.store.begin().await?;
-        let pass = self.pass_in(&mut tx, now).await?;
+        let pass = self.pass_in(&mut tx, now, &[]).await?;
         tx.commit().await?;
-        Ok(self.deliver(pass))
+        Ok(self.deliver(pass).0)
     }
 
     /// Sends what a pass dispatched, once its transaction committed, and alerts on the
     /// orders it failed; returns whether it created orders.
-    pub(super) fn deliver(&self, pass: Pass) -> bool {
+    pub(super) fn deliver(&self, pass: Pass) -> (bool, Vec<OrderRecord>) {
         for order in &pass.failed {
             self.alert_if_failed(order);
         }
@@ -151,22 +154,39 @@ impl Fleet {
             // If the session vanished meanwhile, the reaper or the next Hello reconciles.
             self.registry.send(&outgoing.agent, outgoing.message);
         }
-        pass.created
+        (pass.created, pass.fresh)
     }
 
     /// One pass inside `tx`; what it decided takes effect once `tx` commits and the pass is
-    /// delivered.
+    /// delivered. `fresh` are orders inserted in `tx` just before: the pass takes them as
+    /// they are instead of reading them back, and returns its copy of each (see
+    /// [`Pass::fresh`]).
     pub(super) async fn pass_in(
         &self,
         tx: &mut WriteTx,
         now: DateTime<Utc>,
+        fresh: &[&OrderRecord],
     ) -> CoordinatorResult<Pass> {
         let policy = self.policy();
         let limits = policy.policy.limits;
-        let mut pending = Store::pending_orders(tx, i64::from(self.settings.max_attempts)).await?;
+        let fresh_ids: HashSet<&str> = fresh.iter().map(|o| o.id.as_str()).collect();
+        let mut pending = Store::pending_orders_except(
+            tx,
+            i64::from(self.settings.max_attempts),
+            &fresh_ids.iter().copied().collect::<Vec<_>>(),
+        )
+        .await?;
+        pending.extend(
+            fresh
+                .iter()
+                .filter(|o| matches!(o.state, OrderState::Queued | OrderState::Held))
+                .map(|o| (*o).clone()),
+        );
         if pending.is_empty() {
             return Ok(Pass::default());
         }
+        // Oldest first, as the store orders them.
+        pending.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
         let mut running = Running::of_agents_waiting(tx, &pending).await?;
         // Safety backups first: a destructive order waits on them inside its window, so they
         // must not queue behind the fleet's scheduled backups (the sort is stable: oldest
@@ -192,10 +212,12 @@ impl Fleet {
         let mut changed: HashSet<String> = HashSet::new();
         // Orders dispatched, saved together before anything in the pass reads orders.
         let mut unsaved: Vec<OrderRecord> = Vec::new();
+        let mut fresh_copies = Vec::with_capacity(fresh.len());
         for mut order in pending {
             if changed.contains(&order.id) {
                 continue;
             }
+            let is_fresh = fresh_ids.contains(order.id.as_str());
             if !matches!(order.kind, OrderKind::Backup | OrderKind::Health) {
                 // Deciding a destructive order, a drill or a prune may read other orders.
                 save_dispatched(tx, &mut unsaved).await?;
@@ -228,7 +250,11 @@ impl Fleet {
                 save_dispatched(tx, &mut unsaved).await?;
             }
             match decision {
-                Decision::Skip => {}
+                Decision::Skip => {
+                    if is_fresh {
+                        fresh_copies.push(order);
+                    }
+                }
                 Decision::Dispatch => {
                     running.add(&order);
                     order.attempts += 1;
@@ -262,13 +288,23 @@ impl Fleet {
                             rollout_id,
                             message: assignment(&order)?,
                         });
+                    }
+                    if is_fresh {
+                        fresh_copies.push(order.clone());
+                    }
+                    if order.state == OrderState::Dispatched {
                         unsaved.push(order);
                     }
                 }
                 Decision::Hold {
                     reason,
                     until_unix_ms,
-                } => hold(tx, &mut order, reason, until_unix_ms).await?,
+                } => {
+                    hold(tx, &mut order, reason, until_unix_ms).await?;
+                    if is_fresh {
+                        fresh_copies.push(order);
+                    }
+                }
                 Decision::Expire(why) => {
                     order.error = why;
                     order.finished_unix_ms = now.timestamp_millis();
@@ -284,6 +320,9 @@ impl Fleet {
                         .await?,
                     );
                     changed.extend(drop_safety_backup(tx, &order).await?);
+                    if is_fresh {
+                        fresh_copies.push(order);
+                    }
                 }
                 Decision::Fail(why) => {
                     order.error = why;
@@ -299,6 +338,9 @@ impl Fleet {
                         .await?,
                     );
                     changed.extend(drop_safety_backup(tx, &order).await?);
+                    if is_fresh {
+                        fresh_copies.push(order.clone());
+                    }
                     failed.push(order);
                 }
             }
@@ -306,11 +348,17 @@ impl Fleet {
         save_dispatched(tx, &mut unsaved).await?;
         // An order that expired or failed late in the pass may have halted its rollout after
         // the pass dispatched other orders of it: those never leave.
+        let dispatched = assignments.len();
         let assignments = withdraw_halted(tx, assignments, now.timestamp_millis()).await?;
+        if assignments.len() < dispatched || !changed.is_empty() {
+            // Orders changed after the pass decided them: the copies may be stale.
+            fresh_copies.clear();
+        }
         Ok(Pass {
             created,
             assignments,
             failed,
+            fresh: fresh_copies,
         })
     }
 

@@ -22,7 +22,7 @@
 //!
 //! A round that panics fails its own requests and the dispatcher goes on with the next.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -57,6 +57,8 @@ pub(super) enum Report {
 }
 
 type Done = oneshot::Sender<CoordinatorResult<()>>;
+/// Answers a submission: the order as the pass that ran with it left it, if known.
+type Submitted = oneshot::Sender<CoordinatorResult<Option<OrderRecord>>>;
 
 enum Request {
     /// Record this order with its audit event, then dispatch; answered after the pass.
@@ -64,7 +66,7 @@ enum Request {
         actor: Actor,
         /// Boxed: an order record is far larger than the other requests.
         order: Box<OrderRecord>,
-        done: Done,
+        done: Submitted,
     },
     /// Run a dispatch pass that starts after this request; answered after it, if asked.
     Dispatch { done: Option<Done> },
@@ -107,9 +109,14 @@ impl Dispatcher {
     }
 
     /// Records `order` and dispatches it (or holds it, with the reason); returns once the
-    /// order is durable and a pass has looked at it. A pass that fails leaves it queued for
-    /// the next one (the policy tick runs one every tick), and is logged.
-    pub(super) async fn submit(&self, actor: &Actor, order: &OrderRecord) -> CoordinatorResult<()> {
+    /// order is durable and a pass has looked at it, with the order as that pass left it
+    /// when it knows (`None`: read it from the store). A pass that fails leaves it queued
+    /// for the next one (the policy tick runs one every tick), and is logged.
+    pub(super) async fn submit(
+        &self,
+        actor: &Actor,
+        order: &OrderRecord,
+    ) -> CoordinatorResult<Option<OrderRecord>> {
         let (done, answer) = oneshot::channel();
         self.send(Request::Submit {
             actor: actor.clone(),
@@ -162,7 +169,7 @@ fn failed_round() -> CoordinatorError {
 /// The requests of one round, sorted by kind.
 #[derive(Default)]
 struct Round {
-    submitted: Vec<(Actor, Box<OrderRecord>, Done)>,
+    submitted: Vec<(Actor, Box<OrderRecord>, Submitted)>,
     passes: Vec<Option<Done>>,
 }
 
@@ -235,7 +242,7 @@ impl Fleet {
             .iter()
             .map(|(actor, order, _)| Write::Order(actor, order))
             .collect();
-        let (recorded, passed) = self.record_orders(&writes).await;
+        let (recorded, passed, mut copies) = self.record_orders(&writes).await;
         let orders_took = started.elapsed();
         // A pass that ran with the orders started after every request of the round and after
         // its reports: more are needed only for the safety backups it created.
@@ -260,8 +267,8 @@ impl Fleet {
             more_passes_ms = (started.elapsed() - orders_took).as_secs_f64() * 1e3,
             "dispatcher round"
         );
-        for ((_, _, done), result) in round.submitted.into_iter().zip(recorded) {
-            let _ = done.send(result.map(drop));
+        for ((_, order, done), result) in round.submitted.into_iter().zip(recorded) {
+            let _ = done.send(result.map(|_| copies.remove(&order.id)));
         }
         for done in round.passes.into_iter().flatten() {
             let _ = done.send(pass.map_err(|why| CoordinatorError::Internal(why.to_owned())));
@@ -296,32 +303,53 @@ impl Fleet {
 
     /// Records the round's orders and runs a pass over them in the same transaction, so one
     /// commit makes them durable and dispatched. If that fails, they are recorded on their
-    /// own (see [`Fleet::write_batch`]) and no pass has run. Returns a result per order and,
-    /// when the pass ran, whether it created orders.
+    /// own (see [`Fleet::write_batch`]) and no pass has run. Returns a result per order,
+    /// whether the pass (if it ran) created orders, and its copies of the orders by id.
     async fn record_orders(
         &self,
         writes: &[Write<'_>],
-    ) -> (Vec<CoordinatorResult<Option<OrderRecord>>>, Option<bool>) {
+    ) -> (
+        Vec<CoordinatorResult<Option<OrderRecord>>>,
+        Option<bool>,
+        HashMap<String, OrderRecord>,
+    ) {
         if writes.is_empty() {
-            return (Vec::new(), None);
+            return (Vec::new(), None, HashMap::new());
         }
         let together = {
             let _pass = self.dispatch_lock.lock().await;
             self.record_and_pass(writes).await
         };
         match together {
-            Ok(created) => (writes.iter().map(|_| Ok(None)).collect(), Some(created)),
+            Ok((created, copies)) => {
+                let copies = copies.into_iter().map(|o| (o.id.clone(), o)).collect();
+                (
+                    writes.iter().map(|_| Ok(None)).collect(),
+                    Some(created),
+                    copies,
+                )
+            }
             Err(error) => {
                 warn!(%error, orders = writes.len(), "recording orders with a dispatch pass failed; recording them on their own");
-                (self.write_batch(writes).await, None)
+                (self.write_batch(writes).await, None, HashMap::new())
             }
         }
     }
 
-    async fn record_and_pass(&self, writes: &[Write<'_>]) -> CoordinatorResult<bool> {
+    async fn record_and_pass(
+        &self,
+        writes: &[Write<'_>],
+    ) -> CoordinatorResult<(bool, Vec<OrderRecord>)> {
         let mut tx = self.store.begin().await?;
         self.write_in(&mut tx, writes).await?;
-        let pass = self.pass_in(&mut tx, Utc::now()).await?;
+        let fresh: Vec<&OrderRecord> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::Order(_, order) => Some(*order),
+                Write::Report(_) => None,
+            })
+            .collect();
+        let pass = self.pass_in(&mut tx, Utc::now(), &fresh).await?;
         tx.commit().await?;
         Ok(self.deliver(pass))
     }
@@ -460,11 +488,20 @@ mod tests {
         let fleet = Fleet::new(store.clone(), settings, Notifier::disabled()).expect("fleet");
         let actor = Actor::Operator("ops".to_owned());
         let taken = backup("db0");
-        fleet
+        let answered = fleet
             .dispatcher
             .submit(&actor, &taken)
             .await
-            .expect("first order");
+            .expect("first order")
+            .expect("the pass that ran with it knows it");
+        let stored = store.get_order(&taken.id).await.expect("read");
+        assert_eq!(
+            Some(&answered),
+            stored.as_ref(),
+            "the answer is what is stored"
+        );
+        assert_eq!(answered.state, OrderState::Held, "{answered:?}");
+        assert!(answered.phase.contains("offline"), "{answered:?}");
 
         let mut orders: Vec<OrderRecord> = (1..=8).map(|i| backup(&format!("db{i}"))).collect();
         let mut duplicate = backup("db9");
@@ -481,10 +518,17 @@ mod tests {
                 let error = result.as_ref().expect_err("a taken id is refused");
                 assert!(error.to_string().contains("UNIQUE"), "{error}");
             } else {
-                result.as_ref().expect("the others are recorded");
+                let answered = result.as_ref().expect("the others are recorded");
                 let stored = store.get_order(&order.id).await.expect("read");
                 // The agent is offline, so the pass holds them with the reason.
-                assert_eq!(stored.map(|o| o.state), Some(OrderState::Held));
+                assert_eq!(stored.as_ref().map(|o| o.state), Some(OrderState::Held));
+                if let Some(answered) = answered {
+                    assert_eq!(
+                        Some(answered),
+                        stored.as_ref(),
+                        "the answer is what is stored"
+                    );
+                }
             }
         }
         let first = store

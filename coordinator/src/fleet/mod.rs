@@ -886,9 +886,12 @@ impl Fleet {
     }
 
     async fn submit(&self, actor: &Actor, order: OrderRecord) -> CoordinatorResult<OrderRecord> {
-        self.dispatcher.submit(actor, &order).await?;
-        info!(order_id = %order.id, kind = %order.kind, database = %order.target(), "order submitted");
-        Ok(self.store.get_order(&order.id).await?.unwrap_or(order))
+        let dispatched = self.dispatcher.submit(actor, &order).await?;
+        debug!(order_id = %order.id, kind = %order.kind, database = %order.target(), "order submitted");
+        match dispatched {
+            Some(order) => Ok(order),
+            None => Ok(self.store.get_order(&order.id).await?.unwrap_or(order)),
+        }
     }
 }
 

@@ -508,10 +508,11 @@ impl Store {
     }
 
     /// Orders waiting to be dispatched, oldest first: queued, held, and lost ones that may be
-    /// retried (idempotent kinds with attempts left).
-    pub async fn pending_orders(
+    /// retried (idempotent kinds with attempts left); but none of `except`.
+    pub async fn pending_orders_except(
         tx: &mut SqliteConnection,
         max_attempts: i64,
+        except: &[&str],
     ) -> StoreResult<Vec<OrderRecord>> {
         let retried: Vec<&str> = warden_shared::OrderKind::ALL
             .into_iter()
@@ -519,12 +520,14 @@ impl Store {
             .map(|kind| kind.as_str())
             .collect();
         Ok(sqlx::query_as(
-            "SELECT * FROM orders WHERE state IN ('queued', 'held')
-                OR (state = 'lost' AND kind IN (SELECT value FROM json_each(?)) AND attempts < ?)
+            "SELECT * FROM orders WHERE (state IN ('queued', 'held')
+                OR (state = 'lost' AND kind IN (SELECT value FROM json_each(?)) AND attempts < ?))
+               AND id NOT IN (SELECT value FROM json_each(?))
              ORDER BY created_unix_ms, id",
         )
         .bind(serde_json::to_string(&retried).unwrap_or_default())
         .bind(max_attempts)
+        .bind(serde_json::to_string(except).unwrap_or_default())
         .fetch_all(&mut *tx)
         .await?)
     }

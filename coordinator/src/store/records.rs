@@ -27,7 +27,7 @@ pub struct DatabaseRecord {
     pub last_backup_unix_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct OrderRecord {
     pub id: String,
     #[sqlx(try_from = "String")]

@@ -304,6 +304,16 @@ details = [
      f"{disp['received']:,} / {disp['received_more_than_once']:,} / {disp['missing']:,} / {disp['unexpected']:,}"),
     ("dispatch latency p50 / p90 / p99 / max",
      "–" if lat is None else f"{lat['p50']:,.1f} / {lat['p90']:,.1f} / {lat['p99']:,.1f} / {lat['max']:,.1f} ms"),
+    *[(f"latency leg: {name}, p50 / p99",
+       "–" if leg is None else f"{leg['p50']:,.1f} / {leg['p99']:,.1f} ms")
+      for name, leg in (
+          ("call to order created in the coordinator (both gRPC stacks, runtime queues)",
+           disp["breakdown_ms"]["to_coordinator"]),
+          ("created to dispatched by a pass (dispatcher rounds)",
+           disp["breakdown_ms"]["in_coordinator"]),
+          ("dispatched to received by the agent (commit, outbox, both gRPC stacks)",
+           disp["breakdown_ms"]["to_agent"]),
+      )],
     ("all submissions answered", fmt(disp["submit_seconds"], "s", 2)),
     ("all orders received", fmt(disp["all_received_seconds"], "s", 2)),
     ("all orders succeeded (results recorded)",

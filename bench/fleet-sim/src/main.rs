@@ -20,6 +20,7 @@
 mod agent;
 mod procfs;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +151,8 @@ struct Dispatch {
     unexpected: usize,
     /// Submitted (just before the call) to received by the agent, in milliseconds.
     latency_ms: Option<Latency>,
+    /// The same, in three legs.
+    breakdown_ms: Breakdown,
     /// From the first submission to the last answer of the admin API.
     submit_seconds: f64,
     /// From the first submission to the last order's arrival.
@@ -159,6 +162,105 @@ struct Dispatch {
     /// From the first submission until every accepted order succeeded.
     all_succeeded_seconds: Option<f64>,
     coordinator_cpu_cores: f64,
+}
+
+/// Where the dispatch latency goes, on the one wall clock the coordinator and the simulator
+/// share (milliseconds; the coordinator stamps whole milliseconds).
+#[derive(Debug, Serialize)]
+struct Breakdown {
+    /// From the call to the coordinator creating the order: the simulator's and the
+    /// coordinator's gRPC stacks, and waiting for a runtime thread.
+    to_coordinator: Option<Latency>,
+    /// From that to the dispatch pass deciding it (its audit event `order.dispatched`):
+    /// waiting for and running the dispatcher's rounds.
+    in_coordinator: Option<Latency>,
+    /// From that to the agent receiving it: the commit, the session's outbox, both gRPC
+    /// stacks.
+    to_agent: Option<Latency>,
+}
+
+impl Breakdown {
+    fn of(
+        clock: &WallClock,
+        accepted: &[(Instant, String, i64)],
+        deliveries: &[Option<agent::Delivery>],
+        decided: &HashMap<String, i64>,
+    ) -> Self {
+        let (mut to_coordinator, mut in_coordinator, mut to_agent) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for ((sent, id, created), delivery) in accepted.iter().zip(deliveries) {
+            let (Some(delivery), Some(&decided)) = (delivery, decided.get(id)) else {
+                continue;
+            };
+            let (created, decided) = (*created as f64, decided as f64);
+            to_coordinator.push(created - clock.unix_ms(*sent));
+            in_coordinator.push(decided - created);
+            to_agent.push(clock.unix_ms(delivery.first) - decided);
+        }
+        Self {
+            to_coordinator: latency(&mut to_coordinator),
+            in_coordinator: latency(&mut in_coordinator),
+            to_agent: latency(&mut to_agent),
+        }
+    }
+}
+
+/// Converts [`Instant`]s to Unix milliseconds.
+struct WallClock {
+    at: Instant,
+    unix_ms: f64,
+}
+
+impl WallClock {
+    fn now() -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            at: Instant::now(),
+            unix_ms: unix.as_secs_f64() * 1000.0,
+        }
+    }
+
+    fn unix_ms(&self, instant: Instant) -> f64 {
+        if instant >= self.at {
+            self.unix_ms + instant.duration_since(self.at).as_secs_f64() * 1000.0
+        } else {
+            self.unix_ms - self.at.duration_since(instant).as_secs_f64() * 1000.0
+        }
+    }
+}
+
+/// When each order was dispatched, from the audit log: order id to `at_unix_ms` of its
+/// first `order.dispatched` event.
+async fn decided_at(
+    client: &mut AdminServiceClient<Channel>,
+) -> anyhow::Result<HashMap<String, i64>> {
+    const PAGE: u32 = 10_000;
+    let mut decided = HashMap::new();
+    let mut after_seq = 0;
+    loop {
+        let events = client
+            .list_audit(v1::ListAuditRequest {
+                after_seq,
+                limit: PAGE,
+            })
+            .await
+            .context("reading the audit log")?
+            .into_inner()
+            .events;
+        let Some(last) = events.last() else {
+            return Ok(decided);
+        };
+        after_seq = last.seq;
+        for event in events.iter().filter(|e| e.action == "order.dispatched") {
+            let params: serde_json::Value =
+                serde_json::from_str(&event.params_json).unwrap_or_default();
+            if let Some(id) = params["order_id"].as_str() {
+                decided.entry(id.to_owned()).or_insert(event.at_unix_ms);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -373,10 +475,11 @@ fn order_target(agents: &[SimAgent], index: usize) -> String {
     format!("{}/{}", agent.name, agent.databases[index / agents.len()])
 }
 
-/// One submission: when it was sent, and the order id or why it was refused.
+/// One submission: when it was sent, and the order (its id and when the coordinator created
+/// it) or why it was refused.
 struct Submitted {
     at: Instant,
-    order: Result<String, String>,
+    order: Result<(String, i64), String>,
 }
 
 /// Submits every backup at once and measures how long each took to reach its agent.
@@ -396,6 +499,7 @@ async fn dispatch(
         args.orders
     ));
     let cpu_before = CpuSample::take(pid)?;
+    let clock = WallClock::now();
     let started = Instant::now();
     let mut calls = JoinSet::new();
     for index in 0..args.orders {
@@ -409,7 +513,10 @@ async fn dispatch(
             let order = client
                 .submit_backup(request)
                 .await
-                .map(|response| response.into_inner().id)
+                .map(|response| {
+                    let order = response.into_inner();
+                    (order.id, order.created_unix_ms)
+                })
                 .map_err(|status| status.message().to_owned());
             Submitted { at, order }
         });
@@ -420,11 +527,14 @@ async fn dispatch(
     }
     let submit_seconds = started.elapsed().as_secs_f64();
     let first_rejection = submitted.iter().find_map(|s| s.order.clone().err());
-    let accepted: Vec<(Instant, String)> = submitted
+    let accepted: Vec<(Instant, String, i64)> = submitted
         .into_iter()
-        .filter_map(|s| Some((s.at, s.order.ok()?)))
+        .filter_map(|s| {
+            let (id, created_unix_ms) = s.order.ok()?;
+            Some((s.at, id, created_unix_ms))
+        })
         .collect();
-    let ids: Vec<String> = accepted.iter().map(|(_, id)| id.clone()).collect();
+    let ids: Vec<String> = accepted.iter().map(|(_, id, _)| id.clone()).collect();
     say(format!(
         "{} of {} accepted in {submit_seconds:.2} s",
         ids.len(),
@@ -441,7 +551,7 @@ async fn dispatch(
     };
     let mut latencies = Vec::with_capacity(ids.len());
     let mut last_arrival = None;
-    for ((at, _), delivery) in accepted.iter().zip(&deliveries) {
+    for ((at, _, _), delivery) in accepted.iter().zip(&deliveries) {
         if let Some(delivery) = delivery {
             latencies.push(delivery.first.duration_since(*at).as_secs_f64() * 1000.0);
             last_arrival = last_arrival.max(Some(delivery.first));
@@ -457,6 +567,8 @@ async fn dispatch(
     }
     let (succeeded, all_succeeded_seconds) =
         wait_for_success(&clients, &ids, started, args.order_timeout).await;
+    let decided = decided_at(&mut clients[0]).await?;
+    let breakdown = Breakdown::of(&clock, &accepted, &deliveries, &decided);
     let coordinator_cpu_cores = CpuSample::take(pid)?.cores_since(&cpu_before);
     Ok(Dispatch {
         orders: args.orders,
@@ -468,6 +580,7 @@ async fn dispatch(
         missing: ids.len() - received,
         unexpected: fleet.orders_received().saturating_sub(received),
         latency_ms,
+        breakdown_ms: breakdown,
         submit_seconds,
         all_received_seconds: (received == ids.len())
             .then(|| last_arrival.map(|last| last.duration_since(started).as_secs_f64()))

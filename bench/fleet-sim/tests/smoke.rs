@@ -2,8 +2,8 @@
 //! a tiny `--smoke` run against the binaries just built starts a real coordinator, connects
 //! 50 simulated agents, submits 100 backups at once and writes its report. Checked: every
 //! agent registered, every order was accepted, reached its agent exactly once and succeeded,
-//! no session was lost, and the report has a verdict for every target. How fast anything
-//! was is not checked here.
+//! no session was lost, the latency splits into its three legs, and the report has a verdict
+//! for every target. How fast anything was is not checked here.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +70,17 @@ fn coordinator_bench_smoke_run_registers_every_agent_and_delivers_every_order_on
     let p50 = at("/dispatch/latency_ms/p50").as_f64().expect("p50");
     let p99 = at("/dispatch/latency_ms/p99").as_f64().expect("p99");
     assert!(0.0 < p50 && p50 <= p99, "{figures:#}");
+    // Every order's latency splits into three legs on the shared clock: each leg has its
+    // percentiles, and no leg is negative beyond the coordinator's whole-millisecond stamps.
+    for leg in ["to_coordinator", "in_coordinator", "to_agent"] {
+        let p50 = at(&format!("/dispatch/breakdown_ms/{leg}/p50"))
+            .as_f64()
+            .unwrap_or_else(|| panic!("{leg} p50 in {figures:#}"));
+        let max = at(&format!("/dispatch/breakdown_ms/{leg}/max"))
+            .as_f64()
+            .unwrap_or_else(|| panic!("{leg} max in {figures:#}"));
+        assert!(-1.0 <= p50 && p50 <= max, "{leg} in {figures:#}");
+    }
     assert!(
         at("/memory/after_dispatch/peak_rss_kib").as_u64() > Some(0),
         "{figures:#}"

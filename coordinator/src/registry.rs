@@ -80,6 +80,13 @@ impl Registry {
         }
     }
 
+    /// Returns whether `generation` is the agent's live session.
+    pub fn is_live(&self, agent: &str, generation: i64) -> bool {
+        self.sessions()
+            .get(agent)
+            .is_some_and(|s| s.generation == generation)
+    }
+
     /// Drops every session, which ends their streams.
     pub fn clear(&self) {
         self.sessions().clear();

@@ -113,7 +113,9 @@ impl OrderState {
     pub fn can_become(self, next: OrderState) -> bool {
         use OrderState::*;
         match (self, next) {
-            (Queued, Held | Dispatched | Cancelled | Expired) => true,
+            // A queued order fails when what it needs went bad before a pass could start it
+            // (its artifact was condemned, its stored spec cannot be read).
+            (Queued, Held | Dispatched | Cancelled | Expired | Failed) => true,
             // A held destructive order fails when the safety backup it waits for failed.
             (Held, Queued | Dispatched | Cancelled | Expired | Failed) => true,
             (Dispatched, Running | Succeeded | Failed | Cancelled | Lost) => true,
@@ -373,6 +375,7 @@ mod tests {
         assert!(OrderState::Lost.can_become(OrderState::Dispatched));
         assert!(OrderState::Lost.can_become(OrderState::Cancelled));
         assert!(OrderState::Queued.can_become(OrderState::Dispatched));
+        assert!(OrderState::Queued.can_become(OrderState::Failed));
         assert!(!OrderState::Queued.can_become(OrderState::Running));
     }
 

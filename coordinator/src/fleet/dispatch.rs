@@ -78,8 +78,9 @@ pub(super) struct Pass {
     assignments: Vec<Outgoing>,
     /// Orders it failed, to alert on.
     failed: Vec<OrderRecord>,
-    /// The pass's copy of each fresh order it decided, as it stored them; empty when the
-    /// pass changed some order twice (a halted rollout), and then read them from the store.
+    /// The pass's copy of each fresh order it changed, as it stored them (an order missing
+    /// here, say one whose transition was refused, is read from the store); empty when the
+    /// pass changed some order twice (a halted rollout).
     pub(super) fresh: Vec<OrderRecord>,
 }
 
@@ -130,8 +131,9 @@ impl Running {
 impl Fleet {
     /// Returns once the dispatcher ran a pass that started after this call (see
     /// [`super::dispatcher`]): every order the caller queued or freed a slot for before the
-    /// call has been looked at. A failing pass is logged there and retried by the policy
-    /// tick; only a dispatcher that stopped (the store is closing) is an error here.
+    /// call has been looked at. A failing pass is logged there and its orders wait for the
+    /// policy tick's pass; the caller's committed work stands, so that is no error here. Only
+    /// a dispatcher that stopped (the store is closing) or a round that panicked is.
     pub async fn dispatch(&self) -> CoordinatorResult<()> {
         self.dispatcher.dispatch().await
     }
@@ -289,10 +291,10 @@ impl Fleet {
                             message: assignment(&order)?,
                         });
                     }
-                    if is_fresh {
-                        fresh_copies.push(order.clone());
-                    }
                     if order.state == OrderState::Dispatched {
+                        if is_fresh {
+                            fresh_copies.push(order.clone());
+                        }
                         unsaved.push(order);
                     }
                 }
@@ -320,7 +322,8 @@ impl Fleet {
                         .await?,
                     );
                     changed.extend(drop_safety_backup(tx, &order).await?);
-                    if is_fresh {
+                    // A refused transition changed only this copy.
+                    if is_fresh && order.state == OrderState::Expired {
                         fresh_copies.push(order);
                     }
                 }
@@ -338,7 +341,7 @@ impl Fleet {
                         .await?,
                     );
                     changed.extend(drop_safety_backup(tx, &order).await?);
-                    if is_fresh {
+                    if is_fresh && order.state == OrderState::Failed {
                         fresh_copies.push(order.clone());
                     }
                     failed.push(order);

@@ -74,9 +74,10 @@ enum Request {
     Report(Reported),
 }
 
-/// A report waiting to be recorded, with when it arrived.
-pub(super) struct Reported {
+/// A report waiting to be recorded, with the session that sent it and when it arrived.
+struct Reported {
     agent: String,
+    generation: i64,
     report: Report,
     received: Instant,
     received_unix_ms: i64,
@@ -126,7 +127,8 @@ impl Dispatcher {
         answer.await.map_err(|_| failed_round())?
     }
 
-    /// Returns once a dispatch pass that started after this call has run, with its error.
+    /// Returns once a dispatch pass that started after this call has run (or failed, which
+    /// the dispatcher logs: the orders wait for the next pass).
     pub(super) async fn dispatch(&self) -> CoordinatorResult<()> {
         let (done, answer) = oneshot::channel();
         self.send(Request::Dispatch { done: Some(done) })?;
@@ -140,9 +142,15 @@ impl Dispatcher {
 
     /// Queues what `agent` reports, stamped now, to be recorded without making the caller
     /// wait; a result is acknowledged to the agent once it is durable.
-    pub(super) fn report(&self, agent: &str, report: Report) -> CoordinatorResult<()> {
+    pub(super) fn report(
+        &self,
+        agent: &str,
+        generation: i64,
+        report: Report,
+    ) -> CoordinatorResult<()> {
         self.send(Request::Report(Reported {
             agent: agent.to_owned(),
+            generation,
             report,
             received: Instant::now(),
             received_unix_ms: warden_shared::now_unix_ms(),
@@ -190,6 +198,13 @@ async fn serve(fleet: Weak<Fleet>, mut waiting: mpsc::UnboundedReceiver<Request>
             }
         }
         let Some(fleet) = fleet.upgrade() else {
+            for request in batch.drain(..) {
+                match request {
+                    Request::Submit { done, .. } => drop(done.send(Err(stopped()))),
+                    Request::Dispatch { done: Some(done) } => drop(done.send(Err(stopped()))),
+                    Request::Dispatch { done: None } | Request::Report(_) => {}
+                }
+            }
             return;
         };
         let mut round = Round::default();
@@ -254,10 +269,9 @@ impl Fleet {
             }
             None => Ok(()),
         };
-        let pass = pass.map_err(|error| {
-            warn!(%error, "dispatch pass failed; the orders it did not look at wait for the next one");
-            "the dispatch pass after this request failed (the coordinator log says why); the policy tick runs the next one"
-        });
+        if let Err(error) = &pass {
+            warn!(%error, "dispatch pass failed; the orders it did not look at wait for the policy tick's pass");
+        }
         debug!(
             reports,
             orders = writes.len(),
@@ -270,8 +284,10 @@ impl Fleet {
         for ((_, order, done), result) in round.submitted.into_iter().zip(recorded) {
             let _ = done.send(result.map(|_| copies.remove(&order.id)));
         }
+        // The work that asked for the pass is committed either way: a failed pass is logged
+        // above, and its orders wait for the next pass.
         for done in round.passes.into_iter().flatten() {
-            let _ = done.send(pass.map_err(|why| CoordinatorError::Internal(why.to_owned())));
+            let _ = done.send(Ok(()));
         }
     }
 
@@ -322,7 +338,13 @@ impl Fleet {
         };
         match together {
             Ok((created, copies)) => {
-                let copies = copies.into_iter().map(|o| (o.id.clone(), o)).collect();
+                // Passes after one that created safety backups may change the new orders
+                // again (a hold's reason): then they are read back once those ran.
+                let copies = if created {
+                    HashMap::new()
+                } else {
+                    copies.into_iter().map(|o| (o.id.clone(), o)).collect()
+                };
                 (
                     writes.iter().map(|_| Ok(None)).collect(),
                     Some(created),
@@ -437,6 +459,12 @@ impl Fleet {
         let agent = reported.agent.as_str();
         match &reported.report {
             Report::Started(started) => {
+                if !self.registry.is_live(agent, reported.generation) {
+                    // A session that ended since: its agent's Hello said what runs now, and
+                    // the order may have been sent again, to a session that has not started
+                    // it.
+                    return Ok(None);
+                }
                 let order = owned_order(tx, agent, &started.order_id).await?;
                 if let Some(mut order) = order.filter(|o| o.state == OrderState::Dispatched) {
                     order.started_unix_ms = reported.received_unix_ms;
@@ -455,6 +483,7 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use warden_shared::{OrderSpec, OrderState};
@@ -472,11 +501,7 @@ mod tests {
         OrderRecord::new("a1", database, &spec, "operator:ops", "test")
     }
 
-    /// Submissions that arrive together share a transaction; one that cannot be recorded
-    /// (its id is taken) fails alone, with its own error, and the others are recorded once.
-    #[tokio::test]
-    async fn a_submission_that_cannot_be_recorded_fails_alone() {
-        let (_dir, store) = temp_store().await;
+    fn fleet(store: &crate::store::Store) -> Arc<Fleet> {
         let settings = FleetSettings {
             heartbeat_interval: Duration::from_secs(1),
             lease: Duration::from_secs(10),
@@ -485,7 +510,40 @@ mod tests {
             prune_interval: Duration::from_secs(3600),
             health_interval: Duration::from_secs(3600),
         };
-        let fleet = Fleet::new(store.clone(), settings, Notifier::disabled()).expect("fleet");
+        Fleet::new(store.clone(), settings, Notifier::disabled()).expect("fleet")
+    }
+
+    /// A queued order the pass cannot start (its stored spec no longer parses, say after a
+    /// downgrade) fails with the reason, instead of waiting queued forever.
+    #[tokio::test]
+    async fn a_queued_order_that_cannot_start_fails_with_the_reason() {
+        let (_dir, store) = temp_store().await;
+        let fleet = fleet(&store);
+        let mut broken = backup("db0");
+        broken.spec_json = "{\"kind\": \"backup\", \"trigger\": 7}".to_owned();
+        let mut tx = store.begin().await.expect("tx");
+        crate::store::Store::insert_orders(&mut tx, &[&broken])
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+
+        fleet.dispatch().await.expect("a pass");
+        let failed = store
+            .get_order(&broken.id)
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(failed.state, OrderState::Failed, "{failed:?}");
+        assert!(failed.error.contains("cannot be read"), "{failed:?}");
+        assert!(failed.finished_unix_ms > 0, "{failed:?}");
+    }
+
+    /// Submissions that arrive together share a transaction; one that cannot be recorded
+    /// (its id is taken) fails alone, with its own error, and the others are recorded once.
+    #[tokio::test]
+    async fn a_submission_that_cannot_be_recorded_fails_alone() {
+        let (_dir, store) = temp_store().await;
+        let fleet = fleet(&store);
         let actor = Actor::Operator("ops".to_owned());
         let taken = backup("db0");
         let answered = fleet

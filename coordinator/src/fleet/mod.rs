@@ -338,7 +338,8 @@ impl Fleet {
                 ));
             }
             Some(agent_message::Msg::Started(started)) => {
-                self.dispatcher.report(agent, Report::Started(started))?;
+                self.dispatcher
+                    .report(agent, generation, Report::Started(started))?;
             }
             Some(agent_message::Msg::Progress(progress)) => {
                 self.store
@@ -352,7 +353,7 @@ impl Fleet {
             }
             Some(agent_message::Msg::Result(result)) => {
                 self.dispatcher
-                    .report(agent, Report::Result(Box::new(result)))?;
+                    .report(agent, generation, Report::Result(Box::new(result)))?;
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod migration;
 pub mod names;
 pub mod order;
+pub mod pki;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

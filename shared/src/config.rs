@@ -42,6 +42,9 @@ where
                 file.display()
             )));
         }
+        // Config files hold credentials (database URLs, webhook URLs, key paths): one that
+        // others can read is refused before anything in it is used.
+        crate::pki::check_private(file).map_err(|e| ConfigError(e.to_string()))?;
         figment = figment.merge(Toml::file(file));
     }
     figment
@@ -91,9 +94,34 @@ mod tests {
     fn unknown_keys_in_the_file_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "lisen = \"x\"")?;
+            set_mode(Path::new("c.toml"), 0o600);
             let error = load::<Sample, _>(Some(Path::new("c.toml")), "WARDENTEST_", &NoFlags {})
                 .expect_err("typo refused");
             assert!(error.to_string().contains("lisen"), "{error}");
+            Ok(())
+        });
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_file_others_can_read_is_refused_before_it_is_read() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "listen = \"x\"")?;
+            for mode in [0o644, 0o640, 0o604] {
+                set_mode(Path::new("c.toml"), mode);
+                let error =
+                    load::<Sample, _>(Some(Path::new("c.toml")), "WARDENTEST_", &NoFlags {})
+                        .expect_err("readable by others");
+                assert!(error.to_string().contains("chmod 600"), "{error}");
+            }
+            set_mode(Path::new("c.toml"), 0o600);
+            let sample: Sample =
+                load(Some(Path::new("c.toml")), "WARDENTEST_", &NoFlags {}).expect("loads");
+            assert_eq!(sample.listen, "x");
             Ok(())
         });
     }

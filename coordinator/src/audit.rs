@@ -19,6 +19,8 @@ const SECRET_KEYS: [&str; 6] = ["password", "secret", "token", "url", "dsn", "cr
 pub enum Actor {
     Operator(String),
     Agent(String),
+    /// Someone with a shell on the coordinator's host (`warden-coordinator token create`).
+    Host(String),
     System,
     /// Fires backup schedules.
     Scheduler,
@@ -31,6 +33,7 @@ impl std::fmt::Display for Actor {
         match self {
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::Agent(name) => write!(f, "agent:{name}"),
+            Actor::Host(user) => write!(f, "host:{user}"),
             Actor::System => f.write_str("system:coordinator"),
             Actor::Scheduler => f.write_str("system:scheduler"),
             Actor::Retention => f.write_str("system:retention"),

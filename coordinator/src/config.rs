@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,15 @@ pub struct CoordinatorConfig {
     /// events = ["order_failed", "recovery_breach"]   # optional; default: every event
     /// ```
     pub webhooks: Vec<WebhookConfig>,
+    /// Where `warden-coordinator ca init` put the CA and the server certificate (`ca.pem`,
+    /// `ca-key.pem`, `server.pem`, `server-key.pem`; the keys mode 0600).
+    pub tls_dir: PathBuf,
+    /// How long the certificates signed for agents are valid; agents renew theirs when a
+    /// third of this is left.
+    #[serde(with = "humantime_serde")]
+    pub agent_cert_ttl: Duration,
+    /// Plaintext gRPC, no client certificates: for a development fleet on one machine only.
+    pub insecure_dev: bool,
 }
 
 /// One `[[webhooks]]` entry.
@@ -110,6 +120,9 @@ impl Default for CoordinatorConfig {
             log_json: false,
             otlp_endpoint: None,
             webhooks: Vec::new(),
+            tls_dir: PathBuf::from("tls"),
+            agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
+            insecure_dev: false,
         }
     }
 }
@@ -137,6 +150,13 @@ impl CoordinatorConfig {
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts must be at least 1"));
+        }
+        if self.agent_cert_ttl < Duration::from_secs(10) {
+            return Err(ConfigError::new(format!(
+                "agent_cert_ttl ({}) is too short: agents renew when a third is left, so give \
+                 them at least 10s (default 30 days)",
+                humantime::format_duration(self.agent_cert_ttl)
+            )));
         }
         if !self.store.starts_with("sqlite:") {
             return Err(ConfigError::new(format!(

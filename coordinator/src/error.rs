@@ -12,6 +12,12 @@ pub enum CoordinatorError {
     /// The request is valid but cannot run now (agent offline, artifact not complete, ...).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller has no valid credential: no token, an unknown, expired or revoked one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but its role does not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Something failed inside the coordinator; the message says what, and the log why.
@@ -40,6 +46,10 @@ impl From<CoordinatorError> for tonic::Status {
             CoordinatorError::NotFound(message) => tonic::Status::not_found(message),
             CoordinatorError::FailedPrecondition(message) => {
                 tonic::Status::failed_precondition(message)
+            }
+            CoordinatorError::Unauthenticated(message) => tonic::Status::unauthenticated(message),
+            CoordinatorError::PermissionDenied(message) => {
+                tonic::Status::permission_denied(message)
             }
             CoordinatorError::Store(error) => {
                 // Raw store errors stay in the coordinator's log; clients get a generic message.

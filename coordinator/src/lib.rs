@@ -12,6 +12,7 @@ pub mod notify;
 pub mod policy;
 pub mod registry;
 pub mod rto;
+pub mod security;
 pub mod server;
 pub mod store;
 

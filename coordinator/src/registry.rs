@@ -80,6 +80,11 @@ impl Registry {
         }
     }
 
+    /// The generation of the agent's live session, if it has one.
+    pub fn generation(&self, agent: &str) -> Option<i64> {
+        self.sessions().get(agent).map(|s| s.generation)
+    }
+
     /// Returns whether `generation` is the agent's live session.
     pub fn is_live(&self, agent: &str, generation: i64) -> bool {
         self.sessions()

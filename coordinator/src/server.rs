@@ -20,6 +20,8 @@ use crate::grpc::agent::AgentApi;
 use crate::http::metrics::ORDER_DURATION_BUCKETS;
 use crate::http::{DatabaseMetrics, Histogram, MetricsSnapshot, MetricsSource, OrderCount};
 use crate::notify::{DeliverySettings, Notifier, NotifyError};
+use crate::security::Security;
+use crate::security::tls::{self, ServerTls, TlsFiles};
 use crate::store::{Store, StoreError};
 
 /// How long alerts queued at shutdown may still take to go out.
@@ -46,6 +48,8 @@ pub enum ServerError {
     Dispatcher(std::io::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::security::tls::TlsError),
 }
 
 /// Binds `config.listen` (gRPC) and `config.http_listen` (HTTP) and serves until `shutdown`
@@ -81,6 +85,19 @@ pub async fn serve(
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // TLS first: a coordinator that cannot serve securely must not touch the store.
+    let tls = if config.insecure_dev {
+        warn!(
+            "--insecure-dev: plaintext gRPC and agents without certificates; for a development \
+             fleet on one machine only"
+        );
+        None
+    } else {
+        Some(ServerTls::load(
+            &TlsFiles::new(&config.tls_dir),
+            config.agent_cert_ttl,
+        )?)
+    };
     let store = Store::open(&config.store).await?;
     let notifier = Notifier::start(&config.webhooks, DeliverySettings::default())?;
     let fleet = Fleet::new(
@@ -127,6 +144,7 @@ pub async fn serve(
         grpc = %bound_addr(&grpc),
         http = %bound_addr(&http),
         store = %config.store,
+        tls = !config.insecure_dev,
         webhooks = config.webhooks.len(),
         "coordinator listening"
     );
@@ -142,20 +160,42 @@ pub async fn serve(
         }
     });
     let closer = fleet.clone();
-    let grpc_result = tonic::transport::Server::builder()
+    let (acceptor, authority) = match tls {
+        Some(tls) => (Some(tls.acceptor), Some(tls.agents)),
+        None => (None, None),
+    };
+    let security = Arc::new(Security::new(authority));
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AgentServiceServer::new(AgentApi::new(fleet.clone())))
-        .add_service(AdminServiceServer::new(AdminApi::new(fleet.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
-            let stop = stop.clone();
-            async move {
-                stop.cancelled().await;
-                info!("closing agent streams");
-                closer.close_sessions();
-            }
-        })
-        .await;
+        .add_service(AgentServiceServer::new(AgentApi::new(
+            fleet.clone(),
+            security.clone(),
+        )))
+        .add_service(AdminServiceServer::new(AdminApi::new(
+            fleet.clone(),
+            security,
+        )));
+    let closed = {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            info!("closing agent streams");
+            closer.close_sessions();
+        }
+    };
+    let grpc_result = match acceptor {
+        Some(acceptor) => {
+            router
+                .serve_with_incoming_shutdown(tls::incoming(grpc, acceptor), closed)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), closed)
+                .await
+        }
+    };
     // The gRPC server may have failed on its own: stop the HTTP server too.
     stop.cancel();
     let http_result = http_server.await;

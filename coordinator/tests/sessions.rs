@@ -8,17 +8,43 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use warden_coordinator::CoordinatorConfig;
+use warden_coordinator::audit::Actor;
+use warden_coordinator::security::tokens::{Role, TokenGrant, create_token};
+use warden_coordinator::store::Store;
 use warden_proto::v1::admin_service_client::AdminServiceClient;
 use warden_proto::v1::agent_service_client::AgentServiceClient;
 use warden_proto::v1::{self as pb, agent_message, coordinator_message};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The admin API as an admin calls it.
+type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds the harness's admin token to every call.
+#[derive(Clone)]
+struct Bearer(AsciiMetadataValue);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
 struct Harness {
     dir: tempfile::TempDir,
     channel: Channel,
+    token: AsciiMetadataValue,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), warden_coordinator::server::ServerError>>,
 }
@@ -48,13 +74,28 @@ impl Harness {
     }
 
     async fn start_in(dir: tempfile::TempDir) -> Self {
+        let store_url = format!("sqlite://{}/warden.db", dir.path().display());
+        // An admin token made in the store before the coordinator opens it, as
+        // `warden-coordinator token create` does on a host.
+        let store = Store::open(&store_url).await.expect("store");
+        let grant = TokenGrant::Operator {
+            name: "ops".to_owned(),
+            role: Role::Admin,
+        };
+        let (_, secret) = create_token(&store, &Actor::Host("test".to_owned()), &grant, None)
+            .await
+            .expect("admin token");
+        drop(store);
+        let token = format!("Bearer {secret}").parse().expect("token metadata");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let config = CoordinatorConfig {
             listen: addr,
-            store: format!("sqlite://{}/warden.db", dir.path().display()),
+            store: store_url,
+            // The scripted agents speak plaintext gRPC and have no certificates.
+            insecure_dev: true,
             heartbeat_interval: Duration::from_millis(200),
             lease: Duration::from_millis(800),
             ..CoordinatorConfig::default()
@@ -79,13 +120,14 @@ impl Harness {
         Self {
             dir,
             channel,
+            token,
             stop: Some(stop),
             server,
         }
     }
 
-    fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    fn admin(&self) -> Admin {
+        AdminServiceClient::with_interceptor(self.channel.clone(), Bearer(self.token.clone()))
     }
 
     async fn agent(
@@ -246,7 +288,7 @@ fn backup_result(order_id: &str, artifact_id: &str) -> pb::OrderResult {
     }
 }
 
-async fn get_order(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Order {
+async fn get_order(admin: &mut Admin, id: &str) -> pb::Order {
     admin
         .get_order(pb::GetOrderRequest { id: id.to_owned() })
         .await
@@ -254,7 +296,7 @@ async fn get_order(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Ord
         .into_inner()
 }
 
-async fn orders(admin: &mut AdminServiceClient<Channel>) -> Vec<pb::Order> {
+async fn orders(admin: &mut Admin) -> Vec<pb::Order> {
     admin
         .list_orders(pb::ListOrdersRequest::default())
         .await
@@ -263,11 +305,7 @@ async fn orders(admin: &mut AdminServiceClient<Channel>) -> Vec<pb::Order> {
         .orders
 }
 
-async fn wait_state(
-    admin: &mut AdminServiceClient<Channel>,
-    id: &str,
-    state: pb::OrderState,
-) -> pb::Order {
+async fn wait_state(admin: &mut Admin, id: &str, state: pb::OrderState) -> pb::Order {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let order = get_order(admin, id).await;
@@ -283,7 +321,7 @@ async fn wait_state(
     }
 }
 
-async fn assert_chain_intact(admin: &mut AdminServiceClient<Channel>) {
+async fn assert_chain_intact(admin: &mut Admin) {
     let verify = admin
         .verify_audit(pb::VerifyAuditRequest {})
         .await
@@ -292,7 +330,7 @@ async fn assert_chain_intact(admin: &mut AdminServiceClient<Channel>) {
     assert!(verify.ok, "{verify:?}");
 }
 
-async fn submit_backup(admin: &mut AdminServiceClient<Channel>) -> pb::Order {
+async fn submit_backup(admin: &mut Admin) -> pb::Order {
     admin
         .submit_backup(pb::SubmitBackupRequest {
             database: "a1/app".to_owned(),
@@ -659,7 +697,7 @@ fn verified_backup_result(order_id: &str, artifact_id: &str, verified: bool) -> 
 }
 
 /// Takes a backup through the scripted agent and returns its artifact id.
-async fn backed_up(admin: &mut AdminServiceClient<Channel>, agent: &mut ScriptedAgent) -> String {
+async fn backed_up(admin: &mut Admin, agent: &mut ScriptedAgent) -> String {
     let order = submit_backup(admin).await;
     assert_eq!(agent.next_order().await.order_id, order.id);
     let artifact_id = uuid::Uuid::now_v7().to_string();
@@ -1079,7 +1117,7 @@ fn once_window(
     )
 }
 
-async fn apply(admin: &mut AdminServiceClient<Channel>, toml: String) {
+async fn apply(admin: &mut Admin, toml: String) {
     let applied = admin
         .apply_policy(pb::ApplyPolicyRequest {
             toml,
@@ -1199,7 +1237,7 @@ async fn a_dispatched_restore_carries_its_window_close_and_a_freeze_holds_new_na
     assert_eq!(held.held_until_unix_ms, closes.timestamp_millis());
 }
 
-async fn all_audit_events(admin: &mut AdminServiceClient<Channel>) -> Vec<pb::AuditEvent> {
+async fn all_audit_events(admin: &mut Admin) -> Vec<pb::AuditEvent> {
     admin
         .list_audit(pb::ListAuditRequest {
             after_seq: 0,
@@ -1211,10 +1249,7 @@ async fn all_audit_events(admin: &mut AdminServiceClient<Channel>) -> Vec<pb::Au
         .events
 }
 
-async fn audit_events(
-    admin: &mut AdminServiceClient<Channel>,
-    action: &str,
-) -> Vec<pb::AuditEvent> {
+async fn audit_events(admin: &mut Admin, action: &str) -> Vec<pb::AuditEvent> {
     all_audit_events(admin)
         .await
         .into_iter()
@@ -1227,11 +1262,7 @@ fn audit_params(event: &pb::AuditEvent) -> serde_json::Value {
 }
 
 /// The parameters of the `action` event about order `order_id`.
-async fn order_audit_params(
-    admin: &mut AdminServiceClient<Channel>,
-    action: &str,
-    order_id: &str,
-) -> serde_json::Value {
+async fn order_audit_params(admin: &mut Admin, action: &str, order_id: &str) -> serde_json::Value {
     let events = audit_events(admin, action).await;
     let event = events
         .iter()
@@ -1321,7 +1352,7 @@ fn drill_request(artifact_id: &str) -> pb::SubmitDrillRequest {
     }
 }
 
-async fn artifact(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Artifact {
+async fn artifact(admin: &mut Admin, id: &str) -> pb::Artifact {
     admin
         .get_artifact(pb::GetArtifactRequest { id: id.to_owned() })
         .await
@@ -1557,7 +1588,7 @@ fn rollout_request(
 
 /// Submits a migration that must be queued; `what` names it when it is not.
 async fn submit_migrate(
-    admin: &mut AdminServiceClient<Channel>,
+    admin: &mut Admin,
     request: pb::SubmitMigrateRequest,
     what: &str,
 ) -> pb::Order {
@@ -1570,7 +1601,7 @@ async fn submit_migrate(
 
 /// Submits a migration that must be refused; `why` says why it should be.
 async fn refused_migrate(
-    admin: &mut AdminServiceClient<Channel>,
+    admin: &mut Admin,
     request: pb::SubmitMigrateRequest,
     why: &str,
 ) -> tonic::Status {
@@ -1579,7 +1610,7 @@ async fn refused_migrate(
 
 /// Submits a rollout that must start; `what` names it when it does not.
 async fn submit_rollout(
-    admin: &mut AdminServiceClient<Channel>,
+    admin: &mut Admin,
     request: pb::SubmitRolloutRequest,
     what: &str,
 ) -> pb::Rollout {
@@ -1592,7 +1623,7 @@ async fn submit_rollout(
 
 /// Submits a rollout that must be refused; `why` says why it should be.
 async fn refused_rollout(
-    admin: &mut AdminServiceClient<Channel>,
+    admin: &mut Admin,
     request: pb::SubmitRolloutRequest,
     why: &str,
 ) -> tonic::Status {
@@ -1735,7 +1766,7 @@ fn order_files(order: &pb::Order) -> Vec<pb::MigrationFile> {
     }
 }
 
-async fn rollout(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Rollout {
+async fn rollout(admin: &mut Admin, id: &str) -> pb::Rollout {
     admin
         .get_rollout(pb::GetRolloutRequest { id: id.to_owned() })
         .await
@@ -1743,12 +1774,12 @@ async fn rollout(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Rollo
         .into_inner()
 }
 
-async fn order_count(admin: &mut AdminServiceClient<Channel>) -> usize {
+async fn order_count(admin: &mut Admin) -> usize {
     orders(admin).await.len()
 }
 
 /// Waits until order `id` is held with a phase that says `why`.
-async fn wait_held_for(admin: &mut AdminServiceClient<Channel>, id: &str, why: &str) -> pb::Order {
+async fn wait_held_for(admin: &mut Admin, id: &str, why: &str) -> pb::Order {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let held = wait_state(admin, id, pb::OrderState::Held).await;
@@ -1761,7 +1792,7 @@ async fn wait_held_for(admin: &mut AdminServiceClient<Channel>, id: &str, why: &
 }
 
 /// Opens a maintenance window from an hour ago to an hour from now, with `limits`.
-async fn open_window(admin: &mut AdminServiceClient<Channel>, limits: &str) {
+async fn open_window(admin: &mut Admin, limits: &str) {
     let now = chrono::Utc::now();
     apply(
         admin,

@@ -373,6 +373,34 @@ impl Fleet {
         self.mark_offline(agent, generation, why).await
     }
 
+    /// Revokes every certificate of `agent` and ends its session: it can connect again only
+    /// after enrolling with a new token. Returns how many certificates were revoked.
+    pub async fn revoke_agent(
+        &self,
+        actor: &Actor,
+        agent: &str,
+        reason: &str,
+    ) -> CoordinatorResult<u64> {
+        warden_shared::validate_agent_name(agent)?;
+        let mut tx = self.store.begin().await?;
+        let revoked =
+            Store::revoke_certificates(&mut tx, agent, warden_shared::now_unix_ms()).await?;
+        Store::append_audit(
+            &mut tx,
+            NewAuditEvent::new(
+                actor,
+                "agent.revoke",
+                agent,
+                json!({ "reason": reason, "certificates_revoked": revoked }),
+            ),
+        );
+        tx.commit().await?;
+        if let Some(generation) = self.registry.generation(agent) {
+            self.agent_gone(agent, generation, "revoked").await?;
+        }
+        Ok(revoked)
+    }
+
     async fn mark_offline(&self, agent: &str, generation: i64, why: &str) -> CoordinatorResult<()> {
         let mut tx = self.store.begin().await?;
         if !Store::set_agent_offline(&mut tx, agent, generation, warden_shared::now_unix_ms())
@@ -1119,11 +1147,11 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn millis_i64(duration: Duration) -> i64 {
+pub(crate) fn millis_i64(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn format_unix_ms(unix_ms: i64) -> String {
+pub(crate) fn format_unix_ms(unix_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(unix_ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| "never".to_owned())

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
 use serde_json::json;
@@ -17,9 +18,12 @@ use crate::fleet::{
 };
 use crate::policy::{ChangeOp, Opening};
 use crate::rto::Assessment;
-use crate::store::{AgentRecord, ArtifactRecord, DatabaseRecord, OrderRecord};
+use crate::security::Security;
+use crate::security::tokens::{Role, TokenGrant, create_token, revoke_token};
+use crate::store::{AgentRecord, ArtifactRecord, DatabaseRecord, OrderRecord, TokenRecord};
 
-/// Metadata key naming the operator; bearer-token authentication replaces it later.
+/// Metadata key naming the person and host behind a call (`user@host`); the bearer token
+/// authenticates, this only adds where from to the audit log.
 pub const ACTOR_HEADER: &str = "x-warden-actor";
 
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -27,11 +31,60 @@ const MAX_LIST_LIMIT: u32 = 10_000;
 
 pub struct AdminApi {
     fleet: Arc<Fleet>,
+    security: Arc<Security>,
 }
 
 impl AdminApi {
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        Self { fleet }
+    pub fn new(fleet: Arc<Fleet>, security: Arc<Security>) -> Self {
+        Self { fleet, security }
+    }
+
+    /// Authenticates the caller's token and checks that its role allows `action` (`needs`).
+    /// A refusal is audited with the caller, the action, its target and the reason.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        needs: Role,
+        action: &str,
+        target: &str,
+    ) -> Result<Actor, Status> {
+        let client = claimed_client(request);
+        let peer = request
+            .remote_addr()
+            .map_or_else(String::new, |a| a.to_string());
+        let (actor, error) = match self
+            .security
+            .tokens
+            .authenticate(self.fleet.store(), bearer(request))
+            .await
+        {
+            Ok(caller) => {
+                let actor = Actor::Operator(match &client {
+                    Some(client) => format!("{} ({client})", caller.name),
+                    None => caller.name.clone(),
+                });
+                if caller.role >= needs {
+                    return Ok(actor);
+                }
+                let why = format!(
+                    "{action} needs the {needs} role; the token of {} has the {} role",
+                    caller.name, caller.role
+                );
+                (actor, CoordinatorError::PermissionDenied(why))
+            }
+            Err(why) => (
+                Actor::Operator(format!(
+                    "anonymous ({})",
+                    client.as_deref().unwrap_or("unknown")
+                )),
+                CoordinatorError::Unauthenticated(why),
+            ),
+        };
+        let params = json!({ "peer": peer, "needs": needs.as_str() });
+        self.fleet
+            .audit_refusal(&actor, action, target, params, &error)
+            .await;
+        Err(error.into())
     }
 
     /// Runs a mutating call; a refusal is audited before it is returned.
@@ -55,22 +108,25 @@ impl AdminApi {
     }
 }
 
-/// The operator named by the request, restricted to a printable, bounded form.
-fn actor_of<T>(request: &Request<T>) -> Actor {
-    let name: String = request
+/// What the CLI says of the person behind a call (`user@host`), restricted to a printable,
+/// bounded form. The token says who is calling; this says from where, for the audit log.
+fn claimed_client<T>(request: &Request<T>) -> Option<String> {
+    let claim: String = request
         .metadata()
         .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
+        .and_then(|v| v.to_str().ok())?
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(128)
         .collect();
-    Actor::Operator(if name.is_empty() {
-        "anonymous".to_owned()
-    } else {
-        name
-    })
+    (!claim.is_empty()).then_some(claim)
+}
+
+/// The bearer secret of a request's `authorization` metadata.
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let secret = value.strip_prefix("Bearer ").unwrap_or(value).trim();
+    (!secret.is_empty()).then_some(secret)
 }
 
 fn clamp_limit(limit: u32) -> i64 {
@@ -85,8 +141,10 @@ fn clamp_limit(limit: u32) -> i64 {
 impl AdminService for AdminApi {
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "agents.list", "")
+            .await?;
         let agents = self
             .fleet
             .store()
@@ -107,6 +165,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListDatabasesRequest>,
     ) -> Result<Response<pb::ListDatabasesResponse>, Status> {
+        self.authorize(
+            &request,
+            Role::Viewer,
+            "databases.list",
+            &request.get_ref().agent,
+        )
+        .await?;
         let agent = request.into_inner().agent;
         let filter = (!agent.is_empty()).then_some(agent.as_str());
         let databases = self
@@ -129,7 +194,15 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SubmitBackupRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let actor = actor_of(&request);
+        let needs = Role::Operator;
+        let actor = self
+            .authorize(
+                &request,
+                needs,
+                "backup.submit",
+                &request.get_ref().database,
+            )
+            .await?;
         let request = request.into_inner();
         let result = self
             .fleet
@@ -146,7 +219,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SubmitRestoreRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let actor = actor_of(&request);
+        let needs = restore_role(request.get_ref());
+        let actor = self
+            .authorize(&request, needs, "restore.submit", &request.get_ref().target)
+            .await?;
         let request = request.into_inner();
         let restore = RestoreRequest {
             artifact_id: request.artifact_id.clone(),
@@ -178,7 +254,15 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SubmitHealthRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let actor = actor_of(&request);
+        let needs = Role::Operator;
+        let actor = self
+            .authorize(
+                &request,
+                needs,
+                "health.submit",
+                &request.get_ref().database,
+            )
+            .await?;
         let request = request.into_inner();
         let result = self.fleet.submit_health(&actor, &request.database).await;
         let order = self
@@ -197,6 +281,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
+        self.authorize(&request, Role::Viewer, "order.get", &request.get_ref().id)
+            .await?;
         let order = self.fleet.get_order(&request.into_inner().id).await?;
         Ok(Response::new(order_to_proto(order)))
     }
@@ -205,6 +291,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        self.authorize(
+            &request,
+            Role::Viewer,
+            "orders.list",
+            &request.get_ref().database,
+        )
+        .await?;
         let request = request.into_inner();
         let database = if request.database.is_empty() {
             None
@@ -234,7 +327,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let actor = actor_of(&request);
+        let needs = Role::Operator;
+        let actor = self
+            .authorize(&request, needs, "order.cancel", &request.get_ref().id)
+            .await?;
         let request = request.into_inner();
         let result = self
             .fleet
@@ -251,6 +347,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        self.authorize(
+            &request,
+            Role::Viewer,
+            "artifacts.list",
+            &request.get_ref().database,
+        )
+        .await?;
         let request = request.into_inner();
         let database = if request.database.is_empty() {
             None
@@ -277,6 +380,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
+        self.authorize(
+            &request,
+            Role::Viewer,
+            "artifact.get",
+            &request.get_ref().id,
+        )
+        .await?;
         let artifact = self.fleet.get_artifact(&request.into_inner().id).await?;
         Ok(Response::new(artifact_to_proto(artifact)))
     }
@@ -285,6 +395,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "audit.list", "")
+            .await?;
         let request = request.into_inner();
         let after = i64::try_from(request.after_seq).unwrap_or(i64::MAX);
         let events = self
@@ -300,8 +412,10 @@ impl AdminService for AdminApi {
 
     async fn verify_audit(
         &self,
-        _request: Request<pb::VerifyAuditRequest>,
+        request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "audit.verify", "")
+            .await?;
         let report = self.fleet.verify_audit().await?;
         let (first_broken_seq, problem) = report
             .broken
@@ -319,7 +433,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let actor = actor_of(&request);
+        let needs = if request.get_ref().dry_run {
+            Role::Viewer
+        } else {
+            Role::Admin
+        };
+        let actor = self
+            .authorize(&request, needs, "policy.apply", "policy")
+            .await?;
         let request = request.into_inner();
         let result = self
             .fleet
@@ -334,8 +455,10 @@ impl AdminService for AdminApi {
 
     async fn export_policy(
         &self,
-        _request: Request<pb::ExportPolicyRequest>,
+        request: Request<pb::ExportPolicyRequest>,
     ) -> Result<Response<pb::ExportPolicyResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "policy.export", "policy")
+            .await?;
         let (version, toml) = self.fleet.export_policy();
         Ok(Response::new(pb::ExportPolicyResponse {
             toml,
@@ -345,8 +468,10 @@ impl AdminService for AdminApi {
 
     async fn list_windows(
         &self,
-        _request: Request<pb::ListWindowsRequest>,
+        request: Request<pb::ListWindowsRequest>,
     ) -> Result<Response<pb::ListWindowsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "windows.list", "")
+            .await?;
         let windows = self
             .fleet
             .list_windows(chrono::Utc::now())
@@ -372,7 +497,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::AddWindowRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let actor = actor_of(&request);
+        let needs = Role::Admin;
+        let actor = self
+            .authorize(&request, needs, "window.add", &request.get_ref().name)
+            .await?;
         let request = request.into_inner();
         let mut fields = toml::Table::new();
         for (key, value) in [
@@ -402,7 +530,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RemoveWindowRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let actor = actor_of(&request);
+        let needs = Role::Admin;
+        let actor = self
+            .authorize(&request, needs, "window.remove", &request.get_ref().name)
+            .await?;
         let name = request.into_inner().name;
         let result = self.fleet.remove_window(&actor, &name).await;
         let applied = self
@@ -415,6 +546,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::NextWindowRequest>,
     ) -> Result<Response<pb::NextWindowResponse>, Status> {
+        self.authorize(
+            &request,
+            Role::Viewer,
+            "window.next",
+            &request.get_ref().database,
+        )
+        .await?;
         let database = request.into_inner().database;
         let (id, labels, verdict) = self
             .fleet
@@ -443,7 +581,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SubmitDrillRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let actor = actor_of(&request);
+        let needs = Role::Operator;
+        let actor = self
+            .authorize(&request, needs, "drill.submit", &request.get_ref().database)
+            .await?;
         let request = request.into_inner();
         let artifact_id = (!request.artifact_id.is_empty()).then_some(request.artifact_id.as_str());
         let on = (!request.on.is_empty()).then_some(request.on.as_str());
@@ -460,8 +601,10 @@ impl AdminService for AdminApi {
 
     async fn rto_report(
         &self,
-        _request: Request<pb::RtoReportRequest>,
+        request: Request<pb::RtoReportRequest>,
     ) -> Result<Response<pb::RtoReportResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "rto.report", "")
+            .await?;
         let now = warden_shared::now_unix_ms();
         let rows = self.fleet.rto_report(now).await?;
         Ok(Response::new(pb::RtoReportResponse {
@@ -472,8 +615,10 @@ impl AdminService for AdminApi {
 
     async fn fleet_status(
         &self,
-        _request: Request<pb::FleetStatusRequest>,
+        request: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "fleet.status", "")
+            .await?;
         let now = warden_shared::now_unix_ms();
         let status = self.fleet.fleet_status().await?;
         Ok(Response::new(pb::FleetStatusResponse {
@@ -505,7 +650,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SubmitMigrateRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let actor = actor_of(&request);
+        let needs = if request.get_ref().status_only {
+            Role::Operator
+        } else {
+            Role::Admin
+        };
+        let actor = self
+            .authorize(
+                &request,
+                needs,
+                "migrate.submit",
+                &request.get_ref().database,
+            )
+            .await?;
         let request = request.into_inner();
         let migration = migration_request(request.migration.as_ref());
         let result = self
@@ -524,7 +681,15 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SubmitRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let actor = actor_of(&request);
+        let needs = Role::Admin;
+        let actor = self
+            .authorize(
+                &request,
+                needs,
+                "rollout.submit",
+                &request.get_ref().selector,
+            )
+            .await?;
         let request = request.into_inner();
         let migration = migration_request(request.migration.as_ref());
         let result = self
@@ -544,14 +709,18 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        self.authorize(&request, Role::Viewer, "rollout.get", &request.get_ref().id)
+            .await?;
         let rollout = self.fleet.get_rollout(&request.into_inner().id).await?;
         Ok(Response::new(rollout_to_proto(rollout)))
     }
 
     async fn list_rollouts(
         &self,
-        _request: Request<pb::ListRolloutsRequest>,
+        request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "rollouts.list", "")
+            .await?;
         let rollouts = self.fleet.list_rollouts().await?;
         Ok(Response::new(pb::ListRolloutsResponse {
             rollouts: rollouts.into_iter().map(rollout_to_proto).collect(),
@@ -562,7 +731,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::PruneRequest>,
     ) -> Result<Response<pb::PruneResponse>, Status> {
-        let actor = actor_of(&request);
+        let needs = if request.get_ref().dry_run {
+            Role::Viewer
+        } else {
+            Role::Admin
+        };
+        let actor = self
+            .authorize(&request, needs, "prune", &request.get_ref().database)
+            .await?;
         let request = request.into_inner();
         let only = if request.database.is_empty() {
             None
@@ -589,6 +765,137 @@ impl AdminService for AdminApi {
                 .collect(),
             order_ids: outcome.order_ids,
         }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let request_ref = request.get_ref();
+        let target = if request_ref.agent.is_empty() {
+            request_ref.name.clone()
+        } else {
+            request_ref.agent.clone()
+        };
+        let actor = self
+            .authorize(&request, Role::Admin, "token.create", &target)
+            .await?;
+        let request = request.into_inner();
+        let ttl = u64::try_from(request.ttl_ms)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        let grant = match (request.agent.is_empty(), request.role.parse::<Role>()) {
+            (false, _) if !request.role.is_empty() || !request.name.is_empty() => {
+                Err(CoordinatorError::InvalidArgument(
+                    "an enrollment token (--agent) has no role or name".to_owned(),
+                ))
+            }
+            (false, _) => Ok(TokenGrant::Enrollment {
+                agent: request.agent.clone(),
+            }),
+            (true, Ok(role)) => Ok(TokenGrant::Operator {
+                name: request.name.clone(),
+                role,
+            }),
+            (true, Err(error)) => Err(error),
+        };
+        let result = match grant {
+            Ok(grant) => create_token(self.fleet.store(), &actor, &grant, ttl).await,
+            Err(error) => Err(error),
+        };
+        let params =
+            json!({ "role": request.role, "agent": request.agent, "ttl_ms": request.ttl_ms });
+        let (token, secret) = self
+            .audited(&actor, "token.create", &target, params, result)
+            .await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token_to_proto(token)),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.authorize(&request, Role::Admin, "tokens.list", "")
+            .await?;
+        let tokens = self
+            .fleet
+            .store()
+            .list_tokens()
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let actor = self
+            .authorize(&request, Role::Admin, "token.revoke", &request.get_ref().id)
+            .await?;
+        let id = request.into_inner().id;
+        let result = revoke_token(self.fleet.store(), &self.security.tokens, &actor, &id).await;
+        let token = self
+            .audited(&actor, "token.revoke", &id, json!({}), result)
+            .await?;
+        Ok(Response::new(token_to_proto(token)))
+    }
+
+    async fn revoke_agent(
+        &self,
+        request: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        let actor = self
+            .authorize(
+                &request,
+                Role::Admin,
+                "agent.revoke",
+                &request.get_ref().agent,
+            )
+            .await?;
+        let request = request.into_inner();
+        let result = self
+            .fleet
+            .revoke_agent(&actor, &request.agent, &request.reason)
+            .await;
+        let params = json!({ "reason": request.reason });
+        let revoked = self
+            .audited(&actor, "agent.revoke", &request.agent, params, result)
+            .await?;
+        Ok(Response::new(pb::RevokeAgentResponse {
+            agent: request.agent,
+            certificates_revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+        }))
+    }
+}
+
+fn token_to_proto(token: TokenRecord) -> pb::Token {
+    pb::Token {
+        id: token.id,
+        kind: token.kind,
+        name: token.name,
+        role: token.role,
+        created_by: token.created_by,
+        created_unix_ms: token.created_unix_ms,
+        expires_unix_ms: token.expires_unix_ms,
+        used_unix_ms: token.used_unix_ms,
+        revoked_unix_ms: token.revoked_unix_ms,
+    }
+}
+
+/// The role a restore needs: a new database is an operator's, replacing one (and breaking
+/// glass) an admin's.
+fn restore_role(request: &pb::SubmitRestoreRequest) -> Role {
+    if request.replace || request.emergency || request.skip_safety_backup {
+        Role::Admin
+    } else {
+        Role::Operator
     }
 }
 

@@ -1,29 +1,87 @@
-//! `AgentService.Connect`: one bidirectional stream per agent.
+//! `AgentService`: one bidirectional stream per agent (`Connect`), and the agent's
+//! certificate: `Enroll` with a one-time token, `Renew` with the certificate in force.
+//! Refusals are audited with the agent's claimed name, the peer and the reason.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 use warden_proto::v1::agent_service_server::AgentService;
-use warden_proto::v1::{AgentMessage, CoordinatorMessage, agent_message};
+use warden_proto::v1::{self as pb, AgentMessage, CoordinatorMessage, agent_message};
 
+use crate::audit::Actor;
+use crate::error::CoordinatorError;
 use crate::fleet::Fleet;
+use crate::security::{AgentIdentity, Security};
 
 /// Messages queued to one agent before the stream applies backpressure.
 const OUTBOX_CAPACITY: usize = 256;
 
 pub struct AgentApi {
     fleet: Arc<Fleet>,
+    security: Arc<Security>,
 }
 
 impl AgentApi {
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        Self { fleet }
+    pub fn new(fleet: Arc<Fleet>, security: Arc<Security>) -> Self {
+        Self { fleet, security }
+    }
+
+    /// Audits a refused agent call and returns its status.
+    async fn refuse<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+        claimed: &str,
+        error: CoordinatorError,
+    ) -> Status {
+        let peer = request.remote_addr().map(|a| a.to_string());
+        let claimed = if claimed.is_empty() {
+            "unknown"
+        } else {
+            claimed
+        };
+        self.fleet
+            .audit_refusal(
+                &Actor::Agent(claimed.to_owned()),
+                action,
+                claimed,
+                json!({ "peer": peer }),
+                &error,
+            )
+            .await;
+        warn!(agent = claimed, %error, action, "agent refused");
+        error.into()
+    }
+
+    /// The agent the request's certificate speaks for (`None` with `--insecure-dev`), or
+    /// the audited refusal.
+    async fn certified<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+    ) -> Result<Option<AgentIdentity>, Status> {
+        match self.security.agent_of(self.fleet.store(), request).await {
+            Ok(identity) => Ok(identity),
+            Err(error) => {
+                let claimed = request
+                    .peer_certs()
+                    .and_then(|certs| {
+                        let first = certs.first()?;
+                        warden_shared::pki::CertInfo::from_der(first)
+                            .ok()?
+                            .common_name
+                    })
+                    .unwrap_or_default();
+                Err(self.refuse(request, action, &claimed, error).await)
+            }
+        }
     }
 }
 
@@ -37,6 +95,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let certified = self.certified(&request, "agent.connect").await?;
+        let meta =
+            Request::from_parts(request.metadata().clone(), request.extensions().clone(), ());
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(AgentMessage {
@@ -44,6 +105,17 @@ impl AgentService for AgentApi {
             }) => hello,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
+        if let Some(identity) = certified
+            && identity.name != hello.agent
+        {
+            let error = CoordinatorError::PermissionDenied(format!(
+                "the certificate of agent {} (serial {}) cannot speak for agent {}",
+                identity.name, identity.serial, hello.agent
+            ));
+            return Err(self
+                .refuse(&meta, "agent.connect", &hello.agent, error)
+                .await);
+        }
         let agent = hello.agent.clone();
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let generation = self.fleet.agent_hello(hello, outbox).await?;
@@ -71,5 +143,41 @@ impl AgentService for AgentApi {
         });
         let outbound = ReceiverStream::new(outbox_rx).map(Ok);
         Ok(Response::new(Box::pin(outbound)))
+    }
+
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        let result = self
+            .security
+            .enroll(self.fleet.store(), request.get_ref(), request.remote_addr())
+            .await;
+        match result {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                let agent = request.get_ref().agent.clone();
+                Err(self.refuse(&request, "agent.enroll", &agent, error).await)
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        let Some(identity) = self.certified(&request, "agent.renew").await? else {
+            return Err(crate::security::insecure_dev().into());
+        };
+        match self
+            .security
+            .renew(self.fleet.store(), &identity, &request.get_ref().csr_pem)
+            .await
+        {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => Err(self
+                .refuse(&request, "agent.renew", &identity.name, error)
+                .await),
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 mod records;
 mod recovery;
 mod rollouts;
+mod security;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub use records::{
     AgentRecord, ArtifactRecord, DatabaseRecord, DrillRecord, InventoryDatabase, MigrateCommand,
     OrderRecord, RolloutRecord, RolloutState, RolloutTargetRecord, TargetState,
 };
+
+pub use security::{CertificateRecord, TokenRecord};
 
 use crate::audit::{AuditEvent, GENESIS_HASH, NewAuditEvent};
 

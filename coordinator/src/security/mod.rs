@@ -1,0 +1,216 @@
+//! Who may talk to the coordinator: agents by client certificate from its built-in CA
+//! (enrolled with one-time tokens, renewed before expiry, revocable), operators by bearer
+//! tokens bound to a role. Every refusal is audited by the caller of these checks.
+
+pub mod ca;
+pub mod tls;
+pub mod tokens;
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use tonic::Request;
+use warden_proto::v1 as pb;
+use warden_shared::pki::CertInfo;
+
+use crate::audit::{Actor, NewAuditEvent};
+use crate::error::{CoordinatorError, CoordinatorResult};
+use crate::store::{CertificateRecord, Store};
+use tls::AgentAuthority;
+use tokens::{KIND_ENROLLMENT, TokenCache};
+
+/// The coordinator's credentials checks.
+pub struct Security {
+    pub tokens: TokenCache,
+    /// The CA agents are checked against; `None` with `--insecure-dev` (no TLS).
+    agents: Option<AgentAuthority>,
+}
+
+/// An agent a certificate speaks for.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    pub name: String,
+    pub serial: String,
+}
+
+impl Security {
+    pub fn new(agents: Option<AgentAuthority>) -> Self {
+        Self {
+            tokens: TokenCache::default(),
+            agents,
+        }
+    }
+
+    /// Whether agents must present certificates (false only with `--insecure-dev`).
+    pub fn agents_need_certificates(&self) -> bool {
+        self.agents.is_some()
+    }
+
+    /// The agent a request's client certificate speaks for: issued by this coordinator's
+    /// CA, in force, and not revoked. `Ok(None)` with `--insecure-dev`.
+    pub async fn agent_of<T>(
+        &self,
+        store: &Store,
+        request: &Request<T>,
+    ) -> CoordinatorResult<Option<AgentIdentity>> {
+        let Some(authority) = &self.agents else {
+            return Ok(None);
+        };
+        let certs = request.peer_certs();
+        let info = authority
+            .verify(certs.as_deref().map(Vec::as_slice))
+            .map_err(CoordinatorError::Unauthenticated)?;
+        let identity = identity(&info)?;
+        match store.certificate(&info.serial).await? {
+            Some(record) if record.revoked_unix_ms != 0 => {
+                Err(CoordinatorError::PermissionDenied(format!(
+                    "agent {} is revoked (certificate serial {} revoked at {}): an admin can \
+                     enroll it again with a new token",
+                    identity.name,
+                    info.serial,
+                    crate::fleet::format_unix_ms(record.revoked_unix_ms)
+                )))
+            }
+            Some(record) if record.agent == identity.name => Ok(Some(identity)),
+            _ => Err(CoordinatorError::Unauthenticated(format!(
+                "certificate serial {} of {} is not one this coordinator issued",
+                info.serial, identity.name
+            ))),
+        }
+    }
+
+    /// Enrolls an agent: uses up its token and signs its CSR, in one audited transaction.
+    pub async fn enroll(
+        &self,
+        store: &Store,
+        request: &pb::EnrollRequest,
+        peer: Option<SocketAddr>,
+    ) -> CoordinatorResult<pb::CertificateResponse> {
+        let authority = self.authority()?;
+        warden_shared::validate_agent_name(&request.agent)?;
+        let now = warden_shared::now_unix_ms();
+        let mut tx = store.begin().await?;
+        let token = Store::token_by_secret_in(&mut tx, &tokens::secret_hash(&request.token))
+            .await?
+            .filter(|t| t.kind == KIND_ENROLLMENT)
+            .ok_or_else(|| {
+                CoordinatorError::Unauthenticated(
+                    "unknown enrollment token: an admin makes one with `warden token create \
+                     --agent NAME`"
+                        .to_owned(),
+                )
+            })?;
+        if let Some(why) = tokens::unusable(&token, now) {
+            return Err(CoordinatorError::Unauthenticated(why));
+        }
+        if token.name != request.agent {
+            return Err(CoordinatorError::PermissionDenied(format!(
+                "enrollment token {} is for agent {}, not {}",
+                token.id, token.name, request.agent
+            )));
+        }
+        let issued = authority
+            .sign(&request.csr_pem, &request.agent)
+            .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
+        let mut used = token.clone();
+        used.used_unix_ms = now;
+        Store::save_token(&mut tx, &used).await?;
+        let response = issue(&mut tx, authority, &request.agent, issued, now).await?;
+        Store::append_audit(
+            &mut tx,
+            NewAuditEvent::new(
+                &Actor::Agent(request.agent.clone()),
+                "agent.enroll",
+                &request.agent,
+                json!({
+                    "token_id": token.id,
+                    "peer": peer.map(|p| p.to_string()),
+                    "not_after_unix_ms": response.not_after_unix_ms,
+                }),
+            ),
+        );
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    /// Signs a new certificate for an agent that presents its current one.
+    pub async fn renew(
+        &self,
+        store: &Store,
+        agent: &AgentIdentity,
+        csr_pem: &str,
+    ) -> CoordinatorResult<pb::CertificateResponse> {
+        let authority = self.authority()?;
+        let issued = authority
+            .sign(csr_pem, &agent.name)
+            .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
+        let now = warden_shared::now_unix_ms();
+        let mut tx = store.begin().await?;
+        let response = issue(&mut tx, authority, &agent.name, issued, now).await?;
+        Store::append_audit(
+            &mut tx,
+            NewAuditEvent::new(
+                &Actor::Agent(agent.name.clone()),
+                "agent.renew",
+                &agent.name,
+                json!({
+                    "previous_serial": agent.serial,
+                    "not_after_unix_ms": response.not_after_unix_ms,
+                }),
+            ),
+        );
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    fn authority(&self) -> CoordinatorResult<&AgentAuthority> {
+        self.agents.as_ref().ok_or_else(insecure_dev)
+    }
+}
+
+/// The refusal of certificate calls to a coordinator without TLS.
+pub fn insecure_dev() -> CoordinatorError {
+    CoordinatorError::FailedPrecondition(
+        "the coordinator runs with --insecure-dev: it issues no certificates".to_owned(),
+    )
+}
+
+/// Records a signed certificate and answers with it.
+async fn issue(
+    tx: &mut sqlx::SqliteConnection,
+    authority: &AgentAuthority,
+    agent: &str,
+    issued: warden_shared::pki::IssuedCert,
+    now: i64,
+) -> CoordinatorResult<pb::CertificateResponse> {
+    let not_after_unix_ms = issued.info.not_after.timestamp_millis();
+    Store::insert_certificate(
+        tx,
+        &CertificateRecord {
+            serial: issued.info.serial.clone(),
+            agent: agent.to_owned(),
+            issued_unix_ms: now,
+            not_after_unix_ms,
+            revoked_unix_ms: 0,
+        },
+    )
+    .await?;
+    Ok(pb::CertificateResponse {
+        certificate_pem: issued.cert_pem,
+        ca_pem: authority.ca_pem().to_owned(),
+        not_after_unix_ms,
+    })
+}
+
+fn identity(info: &CertInfo) -> CoordinatorResult<AgentIdentity> {
+    let name = info.common_name.clone().ok_or_else(|| {
+        CoordinatorError::Unauthenticated(format!(
+            "certificate serial {} names no agent",
+            info.serial
+        ))
+    })?;
+    Ok(AgentIdentity {
+        name,
+        serial: info.serial.clone(),
+    })
+}

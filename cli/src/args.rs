@@ -12,7 +12,7 @@ use warden_shared::{
 };
 
 /// Where the coordinator listens unless `--coordinator` or `WARDEN_COORDINATOR` say otherwise.
-pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7717";
+pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7717";
 
 /// Operate a Warden fleet: backups, restores, drills, migrations, health checks, policy and the
 /// audit log.
@@ -29,12 +29,62 @@ pub struct Cli {
     )]
     pub coordinator: String,
 
+    /// The CA certificate the coordinator's is checked against (the coordinator's
+    /// `tls/ca.pem`); needed for an https:// coordinator.
+    #[arg(long, global = true, env = "WARDEN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// A file (mode 0600) holding the operator token; `WARDEN_TOKEN` gives the token itself.
+    #[arg(long, global = true, env = "WARDEN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Creates a token and prints its secret, this once: an operator token (`--role`,
+    /// `--name`) or a one-time enrollment token for an agent (`--agent`).
+    #[command(group(ArgGroup::new("kind").required(true).args(["role", "agent"])))]
+    Create {
+        /// viewer (reads everything but secrets), operator (backups, health checks, drills,
+        /// restores under a new name, cancel) or admin (everything).
+        #[arg(long, value_parser = PossibleValuesParser::new(["viewer", "operator", "admin"]), requires = "name")]
+        role: Option<String>,
+        /// Who holds the operator token: the audit log's name for its calls.
+        #[arg(long, value_name = "NAME", conflicts_with = "agent")]
+        name: Option<String>,
+        /// The agent a one-time enrollment token (`warden-agent enroll --token`) is for.
+        #[arg(long, value_name = "AGENT", value_parser = parse_agent_name)]
+        agent: Option<String>,
+        /// How long it works, e.g. 1h, 30d (default: 30 days for operators, 1 hour for
+        /// enrollment).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Revokes a token: it stops working at once.
+    Revoke {
+        /// The token's id (`warden tokens`), not its secret.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Revokes every certificate of an agent and ends its session; it can connect again
+    /// only after enrolling with a new token.
+    Revoke {
+        #[arg(value_name = "AGENT", value_parser = parse_agent_name)]
+        name: String,
+        /// Why; recorded in the audit log.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +217,14 @@ pub enum Command {
     },
     /// Prints the fleet policy in force as a TOML document that `apply` takes back.
     Export,
+    /// Creates or revokes an operator or enrollment token (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Lists operator and enrollment tokens, never their secrets (admin).
+    Tokens,
+    /// Revokes an agent (admin).
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Removes the artifacts that retention no longer keeps.
     Prune {
         /// Shows what would be pruned without removing anything.

@@ -1,14 +1,14 @@
-//! The connection to the coordinator's AdminService, with the operator's name on every call.
-//!
-//! The coordinator writes the `x-warden-actor` metadata of each request into its audit log,
-//! so the log names the person (and machine) behind every backup, restore and cancel.
+//! The connection to the coordinator's AdminService: TLS checked against the coordinator's
+//! CA, the operator's bearer token on every call, and `user@host` beside it, which the
+//! coordinator writes into its audit log next to the token's holder.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 use warden_proto::v1::admin_service_client::AdminServiceClient;
 
@@ -25,10 +25,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type AdminClient = AdminServiceClient<InterceptedService<Channel, ActorInterceptor>>;
 
-/// Adds the operator's identity to every request.
-#[derive(Debug, Clone)]
+/// Adds the operator's token and identity to every request.
+#[derive(Clone)]
 pub struct ActorInterceptor {
     actor: AsciiMetadataValue,
+    authorization: Option<AsciiMetadataValue>,
 }
 
 impl Interceptor for ActorInterceptor {
@@ -36,8 +37,58 @@ impl Interceptor for ActorInterceptor {
         request
             .metadata_mut()
             .insert(ACTOR_METADATA_KEY, self.actor.clone());
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         Ok(request)
     }
+}
+
+/// The operator's token: `WARDEN_TOKEN`, else the file `--token-file` names (which others
+/// must not be able to read). None: calls go without, and the coordinator says what to do.
+fn operator_token(token_file: Option<&Path>) -> Result<Option<AsciiMetadataValue>, CliError> {
+    let secret = match std::env::var("WARDEN_TOKEN") {
+        Ok(secret) if !secret.trim().is_empty() => secret,
+        _ => match token_file {
+            Some(path) => warden_shared::pki::read_private(path)
+                .map_err(|e| CliError::Input(format!("token file: {e}")))?,
+            None => return Ok(None),
+        },
+    };
+    let value = format!("Bearer {}", secret.trim());
+    AsciiMetadataValue::try_from(value.as_str())
+        .map(Some)
+        .map_err(|_| {
+            CliError::Input(
+                "the operator token holds characters a token never has: check WARDEN_TOKEN or \
+                 the token file"
+                    .to_owned(),
+            )
+        })
+}
+
+/// TLS for an `https://` coordinator, checked against the CA in `ca_cert`.
+fn tls_config(url: &str, ca_cert: Option<&Path>) -> Result<Option<ClientTlsConfig>, CliError> {
+    if !url.starts_with("https://") {
+        return Ok(None);
+    }
+    let Some(path) = ca_cert else {
+        return Err(CliError::Input(format!(
+            "{url} serves TLS: pass --ca-cert (the coordinator's tls/ca.pem) or set \
+             WARDEN_CA_CERT"
+        )));
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        CliError::Input(format!(
+            "cannot read the CA certificate {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+    ))
 }
 
 /// A connected coordinator and the address it was reached at (errors name it).
@@ -48,8 +99,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Connects to the coordinator at `url`, failing fast when nothing answers there.
-    pub async fn connect(url: &str) -> Result<Self, CliError> {
+    /// Connects to the coordinator at `url` (TLS checked against `ca_cert` for https://),
+    /// failing fast when nothing answers there.
+    pub async fn connect(
+        url: &str,
+        ca_cert: Option<&Path>,
+        token_file: Option<&Path>,
+    ) -> Result<Self, CliError> {
         if !url.contains("://") {
             return Err(CliError::Input(format!(
                 "invalid coordinator address {url:?}: it needs a scheme, for example http://{url}"
@@ -64,6 +120,16 @@ impl Coordinator {
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
+        let endpoint = match tls_config(url, ca_cert)? {
+            Some(tls) => endpoint.tls_config(tls).map_err(|err| {
+                CliError::Input(format!(
+                    "TLS configuration for {url}: {}",
+                    error_chain(&err.to_string(), std::error::Error::source(&err))
+                ))
+            })?,
+            None => endpoint,
+        };
+        let authorization = operator_token(token_file)?;
         let channel = endpoint
             .connect()
             .await
@@ -73,6 +139,7 @@ impl Coordinator {
             })?;
         let interceptor = ActorInterceptor {
             actor: actor_metadata(&current_actor()),
+            authorization,
         };
         Ok(Self {
             client: AdminServiceClient::with_interceptor(channel, interceptor),
@@ -150,6 +217,7 @@ mod tests {
     fn interceptor_sets_the_actor() {
         let mut interceptor = ActorInterceptor {
             actor: actor_metadata("alice@ops-1"),
+            authorization: Some(MetadataValue::from_static("Bearer wdn_op_x")),
         };
         let request = interceptor.call(Request::new(())).expect("never refuses");
         assert_eq!(
@@ -159,11 +227,18 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("alice@ops-1")
         );
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer wdn_op_x")
+        );
     }
 
     #[tokio::test]
     async fn addresses_without_scheme_are_refused_before_connecting() {
-        let err = Coordinator::connect("127.0.0.1:7717")
+        let err = Coordinator::connect("127.0.0.1:7717", None, None)
             .await
             .expect_err("no scheme");
         assert!(matches!(err, CliError::Input(_)));
@@ -178,10 +253,18 @@ mod tests {
             .expect("bind a free port")
             .port();
         let url = format!("http://127.0.0.1:{port}");
-        let err = Coordinator::connect(&url)
+        let err = Coordinator::connect(&url, None, None)
             .await
             .expect_err("nothing listens");
         assert!(err.is_unreachable(), "{err}");
         assert!(err.to_string().contains(&url), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_https_coordinator_needs_its_ca_certificate() {
+        let err = Coordinator::connect("https://127.0.0.1:1", None, None)
+            .await
+            .expect_err("no CA");
+        assert!(err.to_string().contains("--ca-cert"), "{err}");
     }
 }

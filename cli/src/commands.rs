@@ -7,8 +7,8 @@ use warden_proto::v1;
 use warden_shared::DatabaseId;
 
 use crate::args::{
-    AuditArgs, AuditCommand, Cli, Command, RestoreArgs, WindowAddArgs, WindowCommand,
-    WindowsCommand,
+    AgentCommand, AuditArgs, AuditCommand, Cli, Command, RestoreArgs, TokenCommand, WindowAddArgs,
+    WindowCommand, WindowsCommand,
 };
 use crate::client::Coordinator;
 use crate::error::{CliError, Outcome};
@@ -17,8 +17,9 @@ use crate::format;
 use crate::json::order_state_name;
 use crate::migrate::MigrationPlan;
 use crate::render::{
-    RTO_BREACH, held_note, print_export, print_list, print_next_window, print_one, print_order,
-    print_policy_result, print_prune, print_rollout, print_rto, print_status, print_verify,
+    RTO_BREACH, held_note, print_created_token, print_export, print_list, print_next_window,
+    print_one, print_order, print_policy_result, print_prune, print_revoked_agent, print_rollout,
+    print_rto, print_status, print_verify,
 };
 
 /// Runs the command line and returns how it ended.
@@ -37,7 +38,12 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Migrate(args) => migration = Some(MigrationPlan::new(args)?),
         _ => {}
     }
-    let coordinator = Coordinator::connect(&cli.coordinator).await?;
+    let coordinator = Coordinator::connect(
+        &cli.coordinator,
+        cli.ca_cert.as_deref(),
+        cli.token_file.as_deref(),
+    )
+    .await?;
     let c = &coordinator;
     match cli.command {
         Command::Agents => {
@@ -186,6 +192,37 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
             };
             let response = c.answer(c.admin().prune(request).await)?;
             print_prune(&response, dry_run, all, json)?;
+        }
+        Command::Token(TokenCommand::Create {
+            role,
+            name,
+            agent,
+            ttl,
+        }) => {
+            let request = v1::CreateTokenRequest {
+                role: role.unwrap_or_default(),
+                name: name.unwrap_or_default(),
+                agent: agent.unwrap_or_default(),
+                ttl_ms: ttl.map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+            };
+            let created = c.answer(c.admin().create_token(request).await)?;
+            print_created_token(&created, json)?;
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let token = c.answer(c.admin().revoke_token(v1::RevokeTokenRequest { id }).await)?;
+            print_one(&token, json)?;
+        }
+        Command::Tokens => {
+            let tokens = c.answer(c.admin().list_tokens(v1::ListTokensRequest {}).await)?;
+            print_list(&tokens.tokens, json)?;
+        }
+        Command::Agent(AgentCommand::Revoke { name, reason }) => {
+            let request = v1::RevokeAgentRequest {
+                agent: name,
+                reason: reason.unwrap_or_default(),
+            };
+            let revoked = c.answer(c.admin().revoke_agent(request).await)?;
+            print_revoked_agent(&revoked, json)?;
         }
     }
     Ok(Outcome::Success)

@@ -1719,3 +1719,47 @@ mod tests {
         );
     }
 }
+
+/// A token as scripts see it: never its secret, which only `token create` prints, once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenJson {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub role: Option<String>,
+    pub created_by: String,
+    pub created: Option<String>,
+    pub expires: Option<String>,
+    pub used: Option<String>,
+    pub revoked: Option<String>,
+}
+
+impl From<&v1::Token> for TokenJson {
+    fn from(token: &v1::Token) -> Self {
+        Self {
+            id: token.id.clone(),
+            kind: token.kind.clone(),
+            name: token.name.clone(),
+            role: non_empty(&token.role),
+            created_by: token.created_by.clone(),
+            created: rfc3339(token.created_unix_ms),
+            expires: rfc3339(token.expires_unix_ms),
+            used: rfc3339(token.used_unix_ms),
+            revoked: rfc3339(token.revoked_unix_ms),
+        }
+    }
+}
+
+/// `warden token create --json`: the token and its secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CreatedTokenJson {
+    pub token: Option<TokenJson>,
+    pub secret: String,
+}
+
+/// `warden agent revoke --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RevokedAgentJson {
+    pub agent: String,
+    pub certificates_revoked: u32,
+}

@@ -14,11 +14,12 @@ use warden_shared::{OrderKind, OrderState};
 use crate::error::CliError;
 use crate::format;
 use crate::json::{
-    AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, DatabaseJson, DatabaseStatusJson,
-    ExportJson, FleetStatusJson, MigrationStatusJson, NextWindowJson, OrderJson, PolicyResultJson,
-    PruneJson, RolloutJson, RolloutTargetJson, RtoReportJson, RtoRowJson, WindowJson,
-    artifact_corrupt, migrate_outcome, migrate_params, order_kind, order_kind_name, order_outcome,
-    order_state, order_state_name, result_succeeded, source_artifact_id, version_number,
+    AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, CreatedTokenJson, DatabaseJson,
+    DatabaseStatusJson, ExportJson, FleetStatusJson, MigrationStatusJson, NextWindowJson,
+    OrderJson, PolicyResultJson, PruneJson, RevokedAgentJson, RolloutJson, RolloutTargetJson,
+    RtoReportJson, RtoRowJson, TokenJson, WindowJson, artifact_corrupt, migrate_outcome,
+    migrate_params, order_kind, order_kind_name, order_outcome, order_state, order_state_name,
+    result_succeeded, source_artifact_id, version_number,
 };
 
 /// The RTO status of a database that misses its target.
@@ -454,6 +455,80 @@ impl Entity for v1::Agent {
             format::or_none(&self.repository),
         ]
     }
+}
+
+impl Entity for v1::Token {
+    type Json = TokenJson;
+    const PLURAL: &'static str = "tokens";
+    const COLUMNS: &'static [&'static str] = &[
+        "ID",
+        "KIND",
+        "NAME",
+        "ROLE",
+        "STATE",
+        "EXPIRES",
+        "CREATED BY",
+    ];
+
+    fn to_json(&self) -> TokenJson {
+        self.into()
+    }
+
+    fn row(&self, now_ms: i64) -> Vec<String> {
+        let state = if self.revoked_unix_ms != 0 {
+            "revoked"
+        } else if self.expires_unix_ms <= now_ms {
+            "expired"
+        } else if self.used_unix_ms != 0 {
+            "used"
+        } else {
+            "active"
+        };
+        vec![
+            self.id.clone(),
+            self.kind.clone(),
+            self.name.clone(),
+            format::or_none(&self.role),
+            state.to_owned(),
+            format::time_relative(self.expires_unix_ms, now_ms),
+            self.created_by.clone(),
+        ]
+    }
+}
+
+/// Prints a new token and its secret, which nothing shows again.
+pub fn print_created_token(created: &v1::CreateTokenResponse, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&CreatedTokenJson {
+            token: created.token.as_ref().map(TokenJson::from),
+            secret: created.secret.clone(),
+        });
+    }
+    if let Some(token) = &created.token {
+        print_one(token, false)?;
+    }
+    let hint = match created.token.as_ref().map(|t| t.kind.as_str()) {
+        Some("enrollment") => "warden-agent enroll --token",
+        _ => "WARDEN_TOKEN or --token-file for the CLI",
+    };
+    print_text(&format!(
+        "\nsecret (shown once; for {hint}):\n{}",
+        created.secret
+    ))
+}
+
+pub fn print_revoked_agent(revoked: &v1::RevokeAgentResponse, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&RevokedAgentJson {
+            agent: revoked.agent.clone(),
+            certificates_revoked: revoked.certificates_revoked,
+        });
+    }
+    print_text(&format!(
+        "agent {} revoked: {} certificate(s); it can connect again only after enrolling with \
+         a new token",
+        revoked.agent, revoked.certificates_revoked
+    ))
 }
 
 impl Entity for v1::Database {

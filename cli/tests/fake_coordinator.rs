@@ -28,6 +28,9 @@ const HELD_REASON: &str = "no maintenance window is open for pg1/shop";
 #[derive(Default)]
 struct Recorded {
     actors: Vec<String>,
+    /// The `authorization` metadata of each call.
+    authorizations: Vec<String>,
+    tokens_created: Vec<v1::CreateTokenRequest>,
     polls: HashMap<String, usize>,
     restores: Vec<v1::SubmitRestoreRequest>,
     policies: Vec<v1::ApplyPolicyRequest>,
@@ -64,7 +67,15 @@ impl Fake {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("<none>")
             .to_owned();
-        self.recorded.lock().actors.push(actor);
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<none>")
+            .to_owned();
+        let mut recorded = self.recorded.lock();
+        recorded.actors.push(actor);
+        recorded.authorizations.push(authorization);
     }
 
     /// Answers a poll of the order or rollout `id` (`what`) by its script: one step further
@@ -648,6 +659,76 @@ fn rto_rows(troubled: bool) -> Vec<v1::RtoRow> {
 
 #[tonic::async_trait]
 impl AdminService for Fake {
+    async fn create_token(
+        &self,
+        request: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        self.record(&request);
+        let request = request.into_inner();
+        self.recorded.lock().tokens_created.push(request.clone());
+        let enrollment = !request.agent.is_empty();
+        Ok(Response::new(v1::CreateTokenResponse {
+            token: Some(v1::Token {
+                id: "t-1".into(),
+                kind: if enrollment { "enrollment" } else { "operator" }.into(),
+                name: if enrollment {
+                    request.agent
+                } else {
+                    request.name
+                },
+                role: request.role,
+                created_by: "operator:root".into(),
+                created_unix_ms: CREATED_MS,
+                expires_unix_ms: CREATED_MS + request.ttl_ms,
+                used_unix_ms: 0,
+                revoked_unix_ms: 0,
+            }),
+            secret: "wdn_op_s3cr3t".into(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<v1::ListTokensRequest>,
+    ) -> Result<Response<v1::ListTokensResponse>, Status> {
+        self.record(&request);
+        Ok(Response::new(v1::ListTokensResponse {
+            tokens: vec![v1::Token {
+                id: "t-1".into(),
+                kind: "operator".into(),
+                name: "alice".into(),
+                role: "viewer".into(),
+                created_by: "operator:root".into(),
+                created_unix_ms: CREATED_MS,
+                expires_unix_ms: CREATED_MS + 3_600_000,
+                used_unix_ms: 0,
+                revoked_unix_ms: CREATED_MS + 60_000,
+            }],
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::Token>, Status> {
+        self.record(&request);
+        Err(Status::not_found(format!(
+            "no token {:?}: `warden tokens` lists them",
+            request.into_inner().id
+        )))
+    }
+
+    async fn revoke_agent(
+        &self,
+        request: Request<v1::RevokeAgentRequest>,
+    ) -> Result<Response<v1::RevokeAgentResponse>, Status> {
+        self.record(&request);
+        Ok(Response::new(v1::RevokeAgentResponse {
+            agent: request.into_inner().agent,
+            certificates_revoked: 2,
+        }))
+    }
+
     async fn list_agents(
         &self,
         request: Request<v1::ListAgentsRequest>,
@@ -1145,8 +1226,16 @@ impl Run {
 }
 
 async fn warden(url: &str, args: &[&str]) -> Run {
+    warden_with(url, args, &[]).await
+}
+
+/// Runs the CLI with extra environment variables.
+async fn warden_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
+        .env_remove("WARDEN_TOKEN")
+        .env_remove("WARDEN_TOKEN_FILE")
+        .envs(env.iter().copied())
         .env("WARDEN_COORDINATOR", url)
         .env("USER", "tester")
         .stdin(Stdio::null())
@@ -2932,4 +3021,105 @@ async fn rollouts_list_one_row_each() {
     assert_eq!(json.as_array().map(Vec::len), Some(2));
     assert_eq!(json[1]["state"], "succeeded");
     assert_eq!(json[1]["targets"][2]["pre_migration_artifact_id"], "a-pre");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_goes_on_every_call_from_the_environment_or_a_private_file() {
+    let server = start(false).await;
+    let run = warden_with(
+        &server.url,
+        &["agents"],
+        &[("WARDEN_TOKEN", "wdn_op_abc\n")],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "wdn_op_from_file\n").expect("write");
+    let set_mode = |mode| {
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod")
+    };
+    set_mode(0o644);
+    let path = file.display().to_string();
+    let run = warden(&server.url, &["agents", "--token-file", &path]).await;
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+    set_mode(0o600);
+    let run = warden(&server.url, &["agents", "--token-file", &path]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = warden(&server.url, &["agents"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    assert_eq!(
+        server.recorded.lock().authorizations,
+        ["Bearer wdn_op_abc", "Bearer wdn_op_from_file", "<none>"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_created_listed_and_shown_once() {
+    let server = start(false).await;
+    let run = warden(
+        &server.url,
+        &[
+            "token", "create", "--role", "viewer", "--name", "alice", "--ttl", "1h", "--json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let created = run.json();
+    assert_eq!(created["secret"], "wdn_op_s3cr3t");
+    assert_eq!(created["token"]["role"], "viewer");
+    assert_eq!(created["token"]["expires"], "2026-11-26T22:30:05.250Z");
+    let sent = server.recorded.lock().tokens_created.clone();
+    assert_eq!(sent[0].ttl_ms, 3_600_000);
+    assert_eq!(
+        (sent[0].role.as_str(), sent[0].name.as_str()),
+        ("viewer", "alice")
+    );
+
+    let run = warden(&server.url, &["token", "create", "--agent", "db1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("warden-agent enroll --token"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("wdn_op_s3cr3t"), "{}", run.stdout);
+
+    // A role without a name, both kinds at once, or neither are refused before sending.
+    for args in [
+        &["token", "create", "--role", "admin"][..],
+        &[
+            "token", "create", "--role", "admin", "--name", "x", "--agent", "db1",
+        ],
+        &["token", "create"],
+        &["token", "create", "--role", "root", "--name", "x"],
+    ] {
+        let run = warden(&server.url, args).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stdout);
+    }
+    assert_eq!(server.recorded.lock().tokens_created.len(), 2);
+
+    let run = warden(&server.url, &["tokens", "--json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let tokens = run.json();
+    assert_eq!(tokens[0]["name"], "alice");
+    assert!(tokens[0].get("secret").is_none(), "{tokens}");
+    let run = warden(&server.url, &["tokens"]).await;
+    assert!(run.stdout.contains("revoked"), "{}", run.stdout);
+
+    let run = warden(&server.url, &["token", "revoke", "t-9"]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("warden tokens"), "{}", run.stderr);
+
+    let run = warden(
+        &server.url,
+        &["agent", "revoke", "db1", "--reason", "host lost", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["certificates_revoked"], 2);
 }

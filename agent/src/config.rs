@@ -55,8 +55,16 @@ const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 pub struct AgentConfig {
     /// Unique in the fleet: letters, digits, `.`, `_`, `-`.
     pub name: String,
-    /// URL of the coordinator's gRPC endpoint.
+    /// URL of the coordinator's gRPC endpoint: `https://` (mTLS), or `http://` with
+    /// `insecure_dev`.
     pub coordinator: String,
+    /// Where the agent keeps its certificate, its key (mode 0600) and the coordinator's CA
+    /// certificate: `agent.pem`, `agent-key.pem`, `ca.pem` (`warden-agent enroll` writes
+    /// them).
+    pub tls_dir: PathBuf,
+    /// Plaintext to a coordinator started with `--insecure-dev`: a development fleet on one
+    /// machine only.
+    pub insecure_dev: bool,
     /// Where artifacts are written: `file:///absolute/path`.
     pub repository: String,
     #[serde(default)]
@@ -85,7 +93,9 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             name: String::new(),
-            coordinator: "http://127.0.0.1:7717".to_owned(),
+            coordinator: "https://127.0.0.1:7717".to_owned(),
+            tls_dir: PathBuf::from("tls"),
+            insecure_dev: false,
             repository: String::new(),
             labels: BTreeMap::new(),
             pg_bindir: None,
@@ -354,12 +364,28 @@ impl AgentConfig {
                 self.coordinator
             ))
         })?;
-        // The agent is built without TLS for gRPC, so https:// could never connect.
-        if coordinator.scheme() != "http" {
-            return Err(AgentError::Config(format!(
-                "coordinator {:?} must be an http:// URL (this build has no TLS for gRPC)",
-                self.coordinator
-            )));
+        match (coordinator.scheme(), self.insecure_dev) {
+            ("https", false) | ("http", true) => {}
+            ("http", false) => {
+                return Err(AgentError::Config(format!(
+                    "coordinator {:?} is plaintext: use https:// (the coordinator serves TLS), \
+                     or set insecure_dev = true for a development fleet on one machine",
+                    self.coordinator
+                )));
+            }
+            ("https", true) => {
+                return Err(AgentError::Config(format!(
+                    "coordinator {:?} is https:// but insecure_dev = true asks for plaintext: \
+                     remove insecure_dev",
+                    self.coordinator
+                )));
+            }
+            (scheme, _) => {
+                return Err(AgentError::Config(format!(
+                    "coordinator {:?}: scheme {scheme:?} is not supported: use https://",
+                    self.coordinator
+                )));
+            }
         }
         if self.repository.is_empty() {
             return Err(AgentError::Config(
@@ -465,8 +491,15 @@ mod tests {
         assert!(error_of(|c| c.name.clear()).contains("name is not set"));
         assert!(error_of(|c| c.name = "db 1".to_owned()).contains("invalid agent name \"db 1\""));
         assert!(error_of(|c| c.coordinator = "::".to_owned()).contains("coordinator \"::\""));
-        assert!(error_of(|c| c.coordinator = "ftp://x".to_owned()).contains("http://"));
-        assert!(error_of(|c| c.coordinator = "https://x".to_owned()).contains("no TLS"));
+        assert!(error_of(|c| c.coordinator = "ftp://x".to_owned()).contains("use https://"));
+        assert!(
+            error_of(|c| c.coordinator = "http://x".to_owned()).contains("insecure_dev = true")
+        );
+        let plaintext_https = |c: &mut AgentConfig| {
+            c.coordinator = "https://x".to_owned();
+            c.insecure_dev = true;
+        };
+        assert!(error_of(plaintext_https).contains("remove insecure_dev"));
         assert!(error_of(|c| c.repository = "s3://bucket".to_owned()).contains("\"s3://bucket\""));
         assert!(error_of(|c| c.restore_jobs = 0).contains("restore_jobs"));
         for timeout in [
@@ -521,7 +554,7 @@ mod tests {
             &path,
             r#"
 name = "db1"
-coordinator = "http://127.0.0.1:7717"
+coordinator = "https://127.0.0.1:7717"
 repository = "file:///var/lib/warden/repo"
 labels = { env = "prod", region = "eu" }
 
@@ -532,8 +565,18 @@ labels = { tier = "critical" }
 "#,
         )
         .expect("write");
+        // The file holds a password: readable by others, it is refused.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        let error = AgentConfig::load(Some(&path))
+            .expect_err("mode 0644")
+            .to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         let config = AgentConfig::load(Some(&path)).expect("loads");
         assert_eq!(config.name, "db1");
+        assert_eq!(config.tls_dir, PathBuf::from("tls"));
         assert_eq!(config.labels["region"], "eu");
         assert_eq!(config.restore_jobs, 2);
         assert_eq!(config.maintenance_db, "postgres");
@@ -782,6 +825,8 @@ url = "postgres://warden:secret@10.0.0.5:5432/billing"
 "#,
         )
         .expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         let config = AgentConfig::load(Some(&path)).expect("loads");
         let migrate = config.databases[0].migrate.as_ref().expect("migrate");
         assert_eq!(migrate.timeout, DEFAULT_MIGRATE_TIMEOUT);

@@ -123,6 +123,9 @@ pub enum AgentError {
     /// The coordinator could not be reached; `reason` is the transport's error chain.
     #[error("cannot connect to the coordinator at {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// The agent's certificate: missing, unreadable, refused at enrollment or renewal.
+    #[error("{0}")]
+    Tls(String),
     /// The coordinator stream failed or broke the protocol.
     #[error("coordinator stream: {0}")]
     Stream(String),

@@ -16,6 +16,7 @@ pub mod copy;
 pub mod drill;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod migrate;
 pub mod orders;
 pub mod pg;

@@ -1,5 +1,6 @@
 //! `warden-agent --config agent.toml`: loads the configuration, cleans up what a previous run
-//! left unfinished, and serves the coordinator until SIGINT or SIGTERM.
+//! left unfinished, and serves the coordinator until SIGINT or SIGTERM, renewing its
+//! certificate as it goes. `warden-agent enroll --token T` gets the first certificate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,14 +9,17 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use warden_agent::{AgentConfig, AgentContext, copy, drill, session};
+use warden_agent::{AgentConfig, AgentContext, copy, drill, identity, session};
 
 /// Warden agent: backs up, restores and checks the PostgreSQL databases it is configured for.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Configuration file (TOML); `WARDEN_AGENT_*` environment variables override it.
-    #[arg(long)]
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (TOML, mode 0600); `WARDEN_AGENT_*` environment variables
+    /// override it.
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Prints the effective configuration, passwords replaced by ***, and exits.
     #[arg(long)]
@@ -26,6 +30,20 @@ struct Args {
     /// Also exports spans over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317.
     #[arg(long, env = "WARDEN_AGENT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Enrolls the agent with the coordinator: makes a key (it stays in `tls_dir`) and gets
+    /// it a certificate against a one-time token from `warden token create --agent NAME`.
+    Enroll {
+        /// The enrollment token.
+        #[arg(long, env = "WARDEN_AGENT_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The coordinator's CA certificate (its tls/ca.pem); default: `tls_dir`/ca.pem.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -54,6 +72,18 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = AgentConfig::load(args.config.as_deref())?;
+    if let Some(Command::Enroll { token, ca_cert }) = args.command {
+        let info = identity::enroll(&config, &token, ca_cert.as_deref()).await?;
+        println!(
+            "agent {} enrolled: certificate serial {} valid until {}, in {}",
+            config.name,
+            info.serial,
+            info.not_after
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            config.tls_dir.display()
+        );
+        return Ok(());
+    }
     let ctx = AgentContext::new(config)?;
     if args.dump_config {
         print!("{}", ctx.config.to_redacted_toml(&ctx.repository)?);
@@ -88,7 +118,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    session::run(Arc::new(ctx), shutdown).await;
+    let ctx = Arc::new(ctx);
+    let renewal = tokio::spawn(identity::renew_forever(
+        Arc::new(ctx.config.clone()),
+        shutdown.clone(),
+    ));
+    session::run(ctx, shutdown).await;
+    renewal.abort();
     tracing::info!("agent stopped");
     Ok(())
 }

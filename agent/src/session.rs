@@ -183,15 +183,14 @@ impl Session {
     /// Connects, says `Hello` and waits for `Welcome`.
     async fn open(&self) -> AgentResult<Stream> {
         let url = self.ctx.config.coordinator.clone();
-        let connect_error = |source: tonic::transport::Error| AgentError::Connect {
-            url: url.clone(),
-            reason: error_chain(&source),
-        };
-        let channel = endpoint(&url)
-            .map_err(connect_error)?
+        // Built for every connection: a renewed certificate is presented from the next one.
+        let channel = crate::identity::coordinator_endpoint(&self.ctx.config)?
             .connect()
             .await
-            .map_err(connect_error)?;
+            .map_err(|source| AgentError::Connect {
+                url: url.clone(),
+                reason: error_chain(&source),
+            })?;
         let (outbound, requests) = mpsc::unbounded_channel();
         // The receiver is alive, so the Hello is queued as the stream's first message.
         let _ = outbound.send(message(AgentMsg::Hello(self.hello())));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::binaries::binaries;
+use crate::process::Coordinator;
 
 /// What one CLI invocation did.
 #[derive(Debug, Clone)]
@@ -49,10 +50,13 @@ impl fmt::Display for CliOutput {
     }
 }
 
-/// The CLI pointed at one coordinator.
+/// The CLI pointed at one coordinator, with a token (`WARDEN_TOKEN`) and the CA the
+/// coordinator's certificate is checked against.
 #[derive(Debug, Clone)]
 pub struct Cli {
     coordinator: String,
+    ca_cert: Option<PathBuf>,
+    token: String,
     bin: PathBuf,
 }
 
@@ -60,23 +64,57 @@ pub struct Cli {
 pub const SETTLED_STATES: [&str; 4] = ["succeeded", "failed", "cancelled", "expired"];
 
 impl Cli {
-    pub fn new(coordinator_url: &str) -> Self {
+    /// The CLI of `coordinator` with its admin token.
+    pub fn new(coordinator: &Coordinator) -> Self {
         Self {
-            coordinator: coordinator_url.to_owned(),
+            coordinator: coordinator.url(),
+            ca_cert: coordinator.ca_cert(),
+            token: coordinator.admin_token().to_owned(),
             bin: binaries().cli.clone(),
         }
     }
 
-    /// Runs `warden --coordinator URL --json ARGS…` with stdin closed (no TTY).
-    pub fn run(&self, args: &[&str]) -> CliOutput {
+    /// The same CLI with another token (another operator, another role).
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: token.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// Creates an operator token with `role` for `name` and returns its secret.
+    pub fn operator_token(&self, role: &str, name: &str) -> String {
+        let created = self.json(&["token", "create", "--role", role, "--name", name]);
+        created["secret"].as_str().expect("secret").to_owned()
+    }
+
+    /// Creates a one-time enrollment token for `agent` and returns its secret.
+    pub fn enrollment_token(&self, agent: &str) -> String {
+        let created = self.json(&["token", "create", "--agent", agent]);
+        created["secret"].as_str().expect("secret").to_owned()
+    }
+
+    /// The CLI command with the coordinator, its CA and the token set, stdin closed (no
+    /// TTY): add arguments and run it.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--coordinator")
-            .arg(&self.coordinator)
-            .arg("--json")
-            .args(args)
-            .env("NO_COLOR", "1")
+        cmd.arg("--coordinator").arg(&self.coordinator);
+        if let Some(ca_cert) = &self.ca_cert {
+            cmd.arg("--ca-cert").arg(ca_cert);
+        }
+        cmd.env("NO_COLOR", "1")
+            .env("WARDEN_TOKEN", &self.token)
             .env_remove("WARDEN_COORDINATOR")
+            .env_remove("WARDEN_CA_CERT")
+            .env_remove("WARDEN_TOKEN_FILE")
             .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `warden --json ARGS…`.
+    pub fn run(&self, args: &[&str]) -> CliOutput {
+        let mut cmd = self.command();
+        cmd.arg("--json").args(args);
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", self.bin.display()));

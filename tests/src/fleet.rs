@@ -129,12 +129,13 @@ impl FleetBuilder {
         if let Some(toml) = &self.coordinator_config {
             std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
             let path = coordinator_dir.join("coordinator.toml");
-            std::fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            crate::process::write_private(&path, toml);
             coordinator_args.push("--config".to_owned());
             coordinator_args.push(path.display().to_string());
         }
         let args: Vec<&str> = coordinator_args.iter().map(String::as_str).collect();
         let coordinator = Coordinator::start_with(&coordinator_dir, &args, &self.env);
+        let cli = Cli::new(&coordinator);
         let mut agents = Vec::new();
         for (i, cluster) in clusters.iter().enumerate() {
             let name = format!("a{}", i + 1);
@@ -165,15 +166,18 @@ impl FleetBuilder {
             let config = AgentConfig {
                 name: name.clone(),
                 coordinator: coordinator.url(),
+                insecure_dev: !coordinator.tls(),
                 repository_dir: repo.clone(),
                 labels,
                 staging_dir: Some(agent_dir.join("staging")),
                 databases,
             };
             std::fs::create_dir_all(agent_dir.join("staging")).expect("staging dir");
-            agents.push(Agent::start_new(&agent_dir, config, &self.env));
+            let ca_cert = coordinator.ca_cert();
+            let token = ca_cert.as_ref().map(|_| cli.enrollment_token(&name));
+            let enrollment = token.as_deref().zip(ca_cert.as_deref());
+            agents.push(Agent::start_new(&agent_dir, config, &self.env, enrollment));
         }
-        let cli = Cli::new(&coordinator.url());
         let fleet = Fleet {
             agents,
             coordinator,

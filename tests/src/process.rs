@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use warden_proto::v1::admin_service_client::AdminServiceClient;
+
 use crate::binaries::binaries;
 use crate::{free_port, tail};
 
@@ -90,7 +92,9 @@ impl Drop for LoggedChild {
 }
 
 /// A `warden-coordinator` process on fixed ports (gRPC, and HTTP for `/metrics` and
-/// `/healthz`) with a SQLite store in its own directory.
+/// `/healthz`) with a SQLite store in its own directory. It serves TLS from a CA that
+/// `ca init` made in `DIR/tls` (plaintext only when started with `--insecure-dev`), and an
+/// admin token made on the host (`token create`) is ready for the CLI.
 pub struct Coordinator {
     proc: LoggedChild,
     dir: PathBuf,
@@ -98,6 +102,58 @@ pub struct Coordinator {
     http_port: u16,
     extra_args: Vec<String>,
     env: BTreeMap<String, String>,
+    admin_token: String,
+}
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+pub struct BearerToken(tonic::metadata::AsciiMetadataValue);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// An AdminService client with a bearer token.
+pub type AdminClient = AdminServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// Runs `warden-coordinator ARGS` to completion and returns its stdout, panicking with its
+/// output when it fails.
+pub fn coordinator_command(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(&binaries().coordinator)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WARDEN_TLS_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run warden-coordinator {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "warden-coordinator {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The `secret` of a token document printed with `--json`.
+pub fn token_secret(json: &str) -> String {
+    let document: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("token JSON ({e}): {json}"));
+    document["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no secret in {document:#}"))
+        .to_owned()
 }
 
 impl Coordinator {
@@ -109,6 +165,37 @@ impl Coordinator {
     /// Starts a coordinator with extra command-line flags and environment variables.
     pub fn start_with(dir: &Path, extra_args: &[&str], env: &BTreeMap<String, String>) -> Self {
         std::fs::create_dir_all(dir).expect("coordinator dir");
+        let insecure = extra_args.contains(&"--insecure-dev");
+        if !insecure {
+            let tls_dir = dir.join("tls").display().to_string();
+            coordinator_command(
+                dir,
+                &[
+                    "ca",
+                    "init",
+                    "--tls-dir",
+                    &tls_dir,
+                    "--hostname",
+                    "127.0.0.1",
+                    "--json",
+                ],
+            );
+        }
+        let store = format!("sqlite://{}", dir.join("warden.db").display());
+        let admin_token = token_secret(&coordinator_command(
+            dir,
+            &[
+                "--store",
+                &store,
+                "token",
+                "create",
+                "--role",
+                "admin",
+                "--name",
+                "test-admin",
+                "--json",
+            ],
+        ));
         let mut c = Self {
             proc: LoggedChild::new("coordinator", dir.join("coordinator.log")),
             dir: dir.to_path_buf(),
@@ -116,9 +203,47 @@ impl Coordinator {
             http_port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: env.clone(),
+            admin_token,
         };
         c.spawn_and_wait();
         c
+    }
+
+    /// Whether it serves TLS (it does unless started with `--insecure-dev`).
+    pub fn tls(&self) -> bool {
+        !self.extra_args.iter().any(|a| a == "--insecure-dev")
+    }
+
+    /// The CA certificate agents and the CLI check it by; `None` with `--insecure-dev`.
+    pub fn ca_cert(&self) -> Option<PathBuf> {
+        self.tls().then(|| self.dir.join("tls").join("ca.pem"))
+    }
+
+    /// The secret of an admin token made on the host before it started.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// An AdminService client over the coordinator's TLS, calling with `token`: the API as
+    /// a program other than the CLI uses it.
+    pub async fn admin_client(&self, token: &str) -> AdminClient {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url()).expect("endpoint");
+        if let Some(ca) = self.ca_cert() {
+            let pem = std::fs::read(&ca).expect("read ca.pem");
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                )
+                .expect("tls config");
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .expect("connect to the coordinator");
+        let bearer: tonic::metadata::AsciiMetadataValue =
+            format!("Bearer {token}").parse().expect("token metadata");
+        AdminServiceClient::with_interceptor(channel, BearerToken(bearer))
     }
 
     fn spawn_and_wait(&mut self) {
@@ -132,6 +257,8 @@ impl Coordinator {
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .args(["--heartbeat-interval", "500ms", "--lease", "3s"])
+            .arg("--tls-dir")
+            .arg(self.dir.join("tls"))
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .envs(&self.env)
@@ -184,7 +311,8 @@ impl Coordinator {
 
     /// Returns the URL agents and the CLI use.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -234,6 +362,8 @@ pub struct AgentDatabase {
 pub struct AgentConfig {
     pub name: String,
     pub coordinator: String,
+    /// Plaintext, for a coordinator started with `--insecure-dev`.
+    pub insecure_dev: bool,
     pub repository_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub staging_dir: Option<PathBuf>,
@@ -246,6 +376,9 @@ impl AgentConfig {
         let mut out = String::new();
         out.push_str(&format!("name = {}\n", toml_str(&self.name)));
         out.push_str(&format!("coordinator = {}\n", toml_str(&self.coordinator)));
+        if self.insecure_dev {
+            out.push_str("insecure_dev = true\n");
+        }
         out.push_str(&format!(
             "repository = {}\n",
             toml_str(&format!("file://{}", self.repository_dir.display()))
@@ -265,6 +398,25 @@ impl AgentConfig {
         }
         out
     }
+}
+
+/// Writes a file only its owner can read (config files hold credentials; Warden refuses
+/// them otherwise).
+pub fn write_private(path: &Path, contents: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    file.write_all(contents.as_bytes())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    // An existing file keeps its mode through `open`.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// Quotes a TOML basic string.
@@ -307,11 +459,36 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Writes the config into `dir/agent.toml` and starts the agent.
-    pub fn start_new(dir: &Path, config: AgentConfig, env: &BTreeMap<String, String>) -> Self {
+    /// Writes the config into `dir/agent.toml` (mode 0600: it holds passwords), enrolls the
+    /// agent with `enrollment` (a token and the coordinator's CA certificate) unless it is
+    /// plaintext, and starts it.
+    pub fn start_new(
+        dir: &Path,
+        config: AgentConfig,
+        env: &BTreeMap<String, String>,
+        enrollment: Option<(&str, &Path)>,
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("agent dir");
         let config_path = dir.join("agent.toml");
-        std::fs::write(&config_path, config.to_toml()).expect("write agent.toml");
+        write_private(&config_path, &config.to_toml());
+        if let Some((token, ca_cert)) = enrollment {
+            let out = Command::new(&binaries().agent)
+                .arg("--config")
+                .arg(&config_path)
+                .args(["enroll", "--token", token, "--ca-cert"])
+                .arg(ca_cert)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run warden-agent enroll");
+            assert!(
+                out.status.success(),
+                "warden-agent enroll of {} failed:\n{}\n{}",
+                config.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut agent = Self {
             proc: LoggedChild::new(&format!("agent {}", config.name), dir.join("agent.log")),
             config,

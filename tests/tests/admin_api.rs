@@ -3,8 +3,6 @@
 //! value in the message, and nothing is created.
 
 use tonic::Code;
-use tonic::transport::Endpoint;
-use warden_proto::v1::admin_service_client::AdminServiceClient;
 use warden_proto::v1::{
     GetArtifactRequest, GetOrderRequest, ListOrdersRequest, SubmitBackupRequest,
     SubmitHealthRequest, SubmitRestoreRequest,
@@ -28,12 +26,10 @@ fn coordinator_refuses_bad_requests_without_the_cli() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let channel = Endpoint::from_shared(fleet.coordinator.url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the coordinator");
-        let mut api = AdminServiceClient::new(channel);
+        let mut api = fleet
+            .coordinator
+            .admin_client(fleet.coordinator.admin_token())
+            .await;
         let order_count = |orders: Vec<_>| orders.len();
         let before = order_count(
             api.list_orders(ListOrdersRequest {

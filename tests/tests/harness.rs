@@ -162,6 +162,7 @@ fn agent_config_renders_as_toml() {
     let config = AgentConfig {
         name: "a1".into(),
         coordinator: "http://127.0.0.1:1".into(),
+        insecure_dev: true,
         repository_dir: "/tmp/repo dir".into(),
         labels: [("env".to_owned(), "test".to_owned())].into(),
         staging_dir: None,

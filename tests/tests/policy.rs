@@ -1371,10 +1371,9 @@ fn apply_dry_run_and_export_round_trip() {
     );
     // Without --json the CLI prints the document itself.
     let plain_export = {
-        let out = std::process::Command::new(&warden_tests::binaries::binaries().cli)
-            .args(["--coordinator", &fleet.coordinator.url(), "export"])
-            .env_remove("WARDEN_COORDINATOR")
-            .stdin(std::process::Stdio::null())
+        let out = cli
+            .command()
+            .arg("export")
             .output()
             .expect("run warden export");
         assert!(out.status.success(), "{out:?}");

@@ -295,7 +295,7 @@ impl CertificateAuthority {
     /// Verifies the CSR's signature and signs a client certificate for `agent`: CN = `agent`
     /// whatever the CSR asked for (names, SANs and extensions requested in the CSR are ignored,
     /// only its public key is used), EKU clientAuth, key usage digitalSignature, random 16-byte
-    /// positive serial, valid from now-5min (clock skew) to now+`ttl` (but never past the CA's
+    /// positive serial, valid from now-5min (clock skew; a tenth of `ttl` if less) to now+`ttl` (but never past the CA's
     /// own expiry), authority key identifier set. `agent` must be a valid agent name.
     pub fn sign_agent_csr(
         &self,
@@ -326,9 +326,12 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
+        // Backdated for clocks a little behind, but by a tenth of the lifetime at most: a
+        // short-lived certificate backdated by minutes would be due for renewal at once.
+        let backdate = TimeDelta::from_std(ttl / 10).map_or(CLOCK_SKEW, |t| t.min(CLOCK_SKEW));
         set_validity(
             &mut params,
-            now - CLOCK_SKEW,
+            now - backdate,
             after(now, ttl)?.min(self.not_after),
         )?;
         Ok(params)

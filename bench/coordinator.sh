@@ -160,24 +160,24 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 read -r COORDINATOR_PORT HTTP_PORT <<<"$(free_ports 2)"
+# The simulated agents have no certificates: the coordinator runs with --insecure-dev
+# (plaintext gRPC). Operator calls still need a token, made on the host as usual.
 export WARDEN_COORDINATOR="http://127.0.0.1:$COORDINATOR_PORT"
 STARTED=$SECONDS
 
 say "work directory $WORK; binaries from $BIN_DIR; open files $FD_SOFT (was $FD_SOFT_BEFORE, hard $FD_HARD)"
 # Health reports are asked for once an hour, so idle is heartbeats only (agents still send
 # one report as they connect, as real agents do); retention does not run during the bench.
+WARDEN_TOKEN=$("$BIN_DIR/warden-coordinator" --store "sqlite://$WORK/warden.db" token create --role admin \
+  --name bench | tail -n 1) || die "cannot make an admin token"
+export WARDEN_TOKEN
 "$BIN_DIR/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
-  --store "sqlite://$WORK/warden.db" --health-interval 1h --prune-interval 1h \
+  --store "sqlite://$WORK/warden.db" --health-interval 1h --prune-interval 1h --insecure-dev \
   >"$WORK/coordinator.log" 2>&1 </dev/null &
 COORDINATOR_PID=$!
 PIDS+=("$COORDINATOR_PID")
 
-deadline=$((SECONDS + 30))
-until "$WARDEN" agents >/dev/null 2>&1; do
-  kill -0 "$COORDINATOR_PID" 2>/dev/null || die "the coordinator exited during startup"
-((SECONDS < deadline)) || die "the coordinator did not answer within 30 s"
-  sleep 0.2
-done
+wait_for_coordinator "$WARDEN" "$COORDINATOR_PID" 30
 
 # Orders must start the moment they are submitted: no window holds a backup, and the limits
 # let every order of the run go at once (defaults: 2 per agent, 4 backups in the fleet).

@@ -148,7 +148,9 @@ start_background() {
 }
 
 read -r PG_PORT COORDINATOR_PORT HTTP_PORT <<<"$(free_ports 3)"
-export WARDEN_COORDINATOR="http://127.0.0.1:$COORDINATOR_PORT"
+# The fleet runs as in production: TLS, an enrolled agent, an admin token.
+export WARDEN_COORDINATOR="https://127.0.0.1:$COORDINATOR_PORT"
+export WARDEN_CA_CERT="$WORK/tls/ca.pem"
 
 sql() {
   local db=$1
@@ -181,12 +183,17 @@ SQL
 
 start_fleet() {
   mkdir -p "$WORK/repo" "$WORK/staging" "$WORK/out"
+  WARDEN_TOKEN=$(init_coordinator_security "$BIN_DIR" "$WORK/tls" "sqlite://$WORK/warden.db" bench) \
+    || die "cannot set up the coordinator's CA and admin token"
+  export WARDEN_TOKEN
   start_background "$WORK/coordinator.log" \
     "$BIN_DIR/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
-    --store "sqlite://$WORK/warden.db" --health-interval 1h --prune-interval 1h
-  cat >"$WORK/agent.toml" <<EOF
+    --store "sqlite://$WORK/warden.db" --tls-dir "$WORK/tls" --health-interval 1h --prune-interval 1h
+  wait_for_coordinator "$WARDEN" "${PIDS[-1]}" "$ONLINE_TIMEOUT"
+  (umask 077 && cat >"$WORK/agent.toml") <<EOF
 name = "$AGENT"
 coordinator = "$WARDEN_COORDINATOR"
+tls_dir = "$WORK/agent-tls"
 repository = "file://$WORK/repo"
 pg_bindir = "$PGBIN"
 staging_dir = "$WORK/staging"
@@ -199,6 +206,8 @@ url = "postgres://postgres@127.0.0.1:$PG_PORT/pgb"
 name = "md5"
 url = "postgres://postgres@127.0.0.1:$PG_PORT/md5"
 EOF
+  enroll_agent "$BIN_DIR" "$WORK/agent.toml" "$AGENT" "$WARDEN_CA_CERT" >"$WORK/enroll.log" 2>&1 \
+    || die "cannot enroll the agent: $(tail -n 3 "$WORK/enroll.log")"
   start_background "$WORK/agent.log" "$BIN_DIR/warden-agent" --config "$WORK/agent.toml"
 }
 

@@ -166,10 +166,13 @@ SQL
 
 write_agent_config() {
   local name=$1 database=$2 port=$3
-  cat >"$DEMO/agent-$name.toml" <<EOF
+  # Agent configs hold database credentials: only their owner may read them.
+  (umask 077 && cat >"$DEMO/agent-$name.toml") <<EOF
 # Demo agent $name: serves $name/$database from the cluster on port $port.
 name = "$name"
 coordinator = "$COORDINATOR_URL"
+# Its key and certificate (warden-agent enroll), and the coordinator's CA.
+tls_dir = "$DEMO/tls-$name"
 repository = "file://$DEMO/repo"
 labels = { env = "demo" }
 pg_bindir = "$PGBIN"
@@ -255,8 +258,10 @@ start_demo() {
   trap on_failed_start EXIT
 
   read -r PG1_PORT PG2_PORT COORDINATOR_PORT HTTP_PORT <<<"$(free_ports 4)"
-  COORDINATOR_URL="http://127.0.0.1:$COORDINATOR_PORT"
+  COORDINATOR_URL="https://127.0.0.1:$COORDINATOR_PORT"
   export WARDEN_COORDINATOR=$COORDINATOR_URL
+  export WARDEN_CA_CERT="$DEMO/tls/ca.pem"
+  export WARDEN_TOKEN_FILE="$DEMO/admin-token"
 
   # As root the clusters belong to postgres, which must be able to reach their directory;
   # when the repository sits somewhere it cannot (a home directory), they go to /tmp.
@@ -274,18 +279,32 @@ start_demo() {
   load_shop
   load_inventory
 
-  step "Starting the coordinator on $COORDINATOR_URL and two agents"
+  step "Securing the coordinator: its own CA, a TLS certificate, an admin token (in $DEMO)"
+  local admin_token
+  admin_token=$(init_coordinator_security "$BIN" "$DEMO/tls" sqlite://.demo/warden.db demo-admin) \
+    || die "cannot create the coordinator's CA and admin token"
+  (umask 077 && printf '%s\n' "$admin_token" >"$WARDEN_TOKEN_FILE")
+
+  step "Starting the coordinator on $COORDINATOR_URL (mTLS) and enrolling two agents"
   start_background "$DEMO/coordinator.log" \
     "$BIN/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
-    --store sqlite://.demo/warden.db --health-interval 5s >/dev/null
+    --store sqlite://.demo/warden.db --tls-dir "$DEMO/tls" --health-interval 5s >/dev/null
+  wait_for_coordinator "$WARDEN" "$(tail -n 1 "$DEMO/pids")" "$ONLINE_TIMEOUT"
   write_agent_config pg1 shop "$PG1_PORT"
   write_agent_config pg2 inventory "$PG2_PORT"
+  local agent
+  for agent in pg1 pg2; do
+    enroll_agent "$BIN" "$DEMO/agent-$agent.toml" "$agent" "$WARDEN_CA_CERT" \
+      || die "cannot enroll agent $agent: see the message above"
+  done
   start_background "$DEMO/agent-pg1.log" "$BIN/warden-agent" --config "$DEMO/agent-pg1.toml" >/dev/null
   start_background "$DEMO/agent-pg2.log" "$BIN/warden-agent" --config "$DEMO/agent-pg2.toml" >/dev/null
   wait_for_agents
 
   cat >"$DEMO/env" <<EOF
 export WARDEN_COORDINATOR=$COORDINATOR_URL
+export WARDEN_CA_CERT=$WARDEN_CA_CERT
+export WARDEN_TOKEN_FILE=$WARDEN_TOKEN_FILE
 export PATH="$BIN:\$PATH"
 EOF
 
@@ -338,15 +357,30 @@ EOF
   show warden rto || true
   show warden status
 
+  step "Roles: a viewer's token reads the fleet but may not restore; the refusal is audited (exit 2)"
+  (umask 077 && "$WARDEN" token create --role viewer --name demo-viewer --ttl 1h | tail -n 1 \
+    >"$DEMO/viewer-token")
+  show warden --token-file "$DEMO/viewer-token" agents
+  show warden --token-file "$DEMO/viewer-token" restore "$artifact" --new-name shop_viewer || true
+  printf '%s$ warden audit   (its newest event)%s\n' "$DIM" "$RESET"
+  "$WARDEN" --json audit --limit 100000 | python3 -c '
+import json, sys
+event = json.load(sys.stdin)[-1]
+print(event["seq"], event["actor"], event["action"], event["outcome"])
+'
+
   step "Checking the audit chain"
   show warden audit verify
   trap - EXIT
 
   cat <<EOF
 
-${BOLD}The demo fleet is running.${RESET} Point the CLI at it (or: source .demo/env):
+${BOLD}The demo fleet is running${RESET}, over mTLS: the coordinator's CA is in $DEMO/tls, each
+agent enrolled with a one-time token, and the CLI calls with the admin token in
+$DEMO/admin-token. Point the CLI at it (or: source .demo/env):
 
-  export WARDEN_COORDINATOR=$COORDINATOR_URL PATH="$BIN:\$PATH"
+  export WARDEN_COORDINATOR=$COORDINATOR_URL WARDEN_CA_CERT=$WARDEN_CA_CERT
+  export WARDEN_TOKEN_FILE=$WARDEN_TOKEN_FILE PATH="$BIN:\$PATH"
 
 Then try:
 
@@ -367,6 +401,9 @@ Then try:
   warden migrate status pg1/shop --dir deploy/migrations/shop
   warden migrate --selector database=shop --dir deploy/migrations/shop --waves 1,100%   (held until demo-nightly)
   warden rollouts
+  warden tokens
+  warden token create --role operator --name alice --ttl 8h
+  warden agent revoke pg2 --reason "demo"    (then: warden agents; it cannot connect again)
 
 PostgreSQL: psql -h 127.0.0.1 -p $PG1_PORT -U postgres shop   (pg2: port $PG2_PORT, inventory)
 Logs: $DEMO/coordinator.log, $DEMO/agent-pg1.log, $DEMO/agent-pg2.log

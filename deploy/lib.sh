@@ -118,3 +118,33 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
+
+# Makes the coordinator's CA and server certificate in DIR (`ca init`), for 127.0.0.1 and
+# localhost, and prints the secret of a new admin token for the store at STORE_URL, made on
+# this host as operators make their first one.
+init_coordinator_security() {
+  local bin=$1 dir=$2 store=$3 name=$4
+  "$bin/warden-coordinator" --tls-dir "$dir" ca init --hostname 127.0.0.1 --hostname localhost >/dev/null \
+    || return 1
+  # `token create` prints the secret on its last line.
+  "$bin/warden-coordinator" --store "$store" token create --role admin --name "$name" --ttl 7d | tail -n 1
+}
+
+# Waits until the coordinator (process PID) answers the CLI at WARDEN_COORDINATOR.
+wait_for_coordinator() {
+  local warden=$1 pid=$2 timeout=$3
+  local deadline=$((SECONDS + timeout))
+  until "$warden" agents >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || die "the coordinator exited during startup"
+    ((SECONDS < deadline)) || die "the coordinator did not answer within ${timeout}s"
+    sleep 0.2
+  done
+}
+
+# Enrolls agent NAME (config CONFIG): a one-time token made with the CLI (admin), then
+# `warden-agent enroll`, which makes the agent's key and gets its certificate.
+enroll_agent() {
+  local bin=$1 config=$2 name=$3 ca_cert=$4 token
+  token=$("$bin/warden" token create --agent "$name" --ttl 10m | tail -n 1) || return 1
+  WARDEN_AGENT_ENROLL_TOKEN=$token "$bin/warden-agent" --config "$config" enroll --ca-cert "$ca_cert"
+}

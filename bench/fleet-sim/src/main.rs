@@ -32,6 +32,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use warden_proto::v1;
 use warden_proto::v1::admin_service_client::AdminServiceClient;
@@ -233,9 +236,7 @@ impl WallClock {
 
 /// When each order was dispatched, from the audit log: order id to `at_unix_ms` of its
 /// first `order.dispatched` event.
-async fn decided_at(
-    client: &mut AdminServiceClient<Channel>,
-) -> anyhow::Result<HashMap<String, i64>> {
+async fn decided_at(client: &mut Admin) -> anyhow::Result<HashMap<String, i64>> {
     const PAGE: u32 = 10_000;
     let mut decided = HashMap::new();
     let mut after_seq = 0;
@@ -345,7 +346,35 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn admin_client(url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+/// The admin API with the operator token of `WARDEN_TOKEN` on every call.
+type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+struct Bearer(Option<AsciiMetadataValue>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn admin_client(url: &str) -> anyhow::Result<Admin> {
+    let token = match std::env::var("WARDEN_TOKEN") {
+        Ok(secret) => Some(
+            format!("Bearer {}", secret.trim())
+                .parse()
+                .context("WARDEN_TOKEN is not a token")?,
+        ),
+        Err(_) => None,
+    };
     let channel = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid coordinator URL {url:?}"))?
         .connect()
@@ -356,7 +385,7 @@ async fn admin_client(url: &str) -> anyhow::Result<AdminServiceClient<Channel>> 
                 error_chain(&e)
             )
         })?;
-    Ok(AdminServiceClient::new(channel))
+    Ok(AdminServiceClient::with_interceptor(channel, Bearer(token)))
 }
 
 fn sim_agents(args: &Args) -> Vec<SimAgent> {
@@ -375,7 +404,7 @@ fn agent_name(prefix: &str, index: usize) -> String {
 /// Starts every agent and waits until the coordinator shows them all online.
 async fn register(
     args: &Args,
-    admin: &AdminServiceClient<Channel>,
+    admin: &Admin,
     fleet: &Arc<Fleet>,
     stop: &CancellationToken,
     agents: &[SimAgent],
@@ -435,7 +464,7 @@ async fn register(
 }
 
 /// Counts the simulated agents the coordinator shows online.
-async fn online_agents(admin: &AdminServiceClient<Channel>, prefix: &str) -> anyhow::Result<usize> {
+async fn online_agents(admin: &Admin, prefix: &str) -> anyhow::Result<usize> {
     let agents = admin
         .clone()
         .list_agents(v1::ListAgentsRequest {})
@@ -594,7 +623,7 @@ async fn dispatch(
 /// Polls the orders until all succeeded, or `timeout`; returns how many did, and when the
 /// last did (counted from `started`) if all did.
 async fn wait_for_success(
-    clients: &[AdminServiceClient<Channel>],
+    clients: &[Admin],
     ids: &[String],
     started: Instant,
     timeout: Duration,

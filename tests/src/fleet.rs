@@ -167,6 +167,7 @@ impl FleetBuilder {
                 name: name.clone(),
                 coordinator: coordinator.url(),
                 insecure_dev: !coordinator.tls(),
+                tls_dir: None,
                 repository_dir: repo.clone(),
                 labels,
                 staging_dir: Some(agent_dir.join("staging")),

@@ -364,6 +364,8 @@ pub struct AgentConfig {
     pub coordinator: String,
     /// Plaintext, for a coordinator started with `--insecure-dev`.
     pub insecure_dev: bool,
+    /// Where its key and certificate are; default `tls` in the agent's directory.
+    pub tls_dir: Option<PathBuf>,
     pub repository_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub staging_dir: Option<PathBuf>,
@@ -378,6 +380,12 @@ impl AgentConfig {
         out.push_str(&format!("coordinator = {}\n", toml_str(&self.coordinator)));
         if self.insecure_dev {
             out.push_str("insecure_dev = true\n");
+        }
+        if let Some(dir) = &self.tls_dir {
+            out.push_str(&format!(
+                "tls_dir = {}\n",
+                toml_str(&dir.display().to_string())
+            ));
         }
         out.push_str(&format!(
             "repository = {}\n",
@@ -398,6 +406,29 @@ impl AgentConfig {
         }
         out
     }
+}
+
+/// Writes `config` into `dir/agent.toml` (mode 0600) and returns its path.
+pub fn write_agent_config(dir: &Path, config: &AgentConfig) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("agent dir");
+    let config_path = dir.join("agent.toml");
+    write_private(&config_path, &config.to_toml());
+    config_path
+}
+
+/// Runs `warden-agent --config CONFIG enroll --token TOKEN --ca-cert CA` in the config's
+/// directory and returns how it ended.
+pub fn enroll(config_path: &Path, token: &str, ca_cert: &Path) -> std::process::Output {
+    Command::new(&binaries().agent)
+        .arg("--config")
+        .arg(config_path)
+        .args(["enroll", "--token", token, "--ca-cert"])
+        .arg(ca_cert)
+        .current_dir(config_path.parent().expect("config dir"))
+        .env_remove("WARDEN_AGENT_ENROLL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run warden-agent enroll")
 }
 
 /// Writes a file only its owner can read (config files hold credentials; Warden refuses
@@ -461,26 +492,16 @@ pub struct Agent {
 impl Agent {
     /// Writes the config into `dir/agent.toml` (mode 0600: it holds passwords), enrolls the
     /// agent with `enrollment` (a token and the coordinator's CA certificate) unless it is
-    /// plaintext, and starts it.
+    /// plaintext or enrolled already, and starts it.
     pub fn start_new(
         dir: &Path,
         config: AgentConfig,
         env: &BTreeMap<String, String>,
         enrollment: Option<(&str, &Path)>,
     ) -> Self {
-        std::fs::create_dir_all(dir).expect("agent dir");
-        let config_path = dir.join("agent.toml");
-        write_private(&config_path, &config.to_toml());
+        let config_path = write_agent_config(dir, &config);
         if let Some((token, ca_cert)) = enrollment {
-            let out = Command::new(&binaries().agent)
-                .arg("--config")
-                .arg(&config_path)
-                .args(["enroll", "--token", token, "--ca-cert"])
-                .arg(ca_cert)
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run warden-agent enroll");
+            let out = enroll(&config_path, token, ca_cert);
             assert!(
                 out.status.success(),
                 "warden-agent enroll of {} failed:\n{}\n{}",

@@ -1,7 +1,8 @@
 //! Database credentials stay in the agent's config: after backups, a restore, a health check
 //! and a failing backup (whose error is the likeliest place to echo a connection URL), the
 //! password appears in no CLI output, audit event, log, store file or manifest, nor in the
-//! agent's `--dump-config`; and the globals dump carries no role password hashes.
+//! agent's `--dump-config`; and the globals dump carries no role password hashes. Token
+//! secrets are not in the coordinator's files either: it keeps their hashes only.
 
 use warden_tests::binaries::binaries;
 use warden_tests::repo::{GLOBALS_FILE, MANIFEST_FILE, files_below};
@@ -10,12 +11,16 @@ use warden_tests::{CliOutput, Fleet, free_port};
 const PASSWORD: &str = "Pw-7f3a9c1e5b-SECRET";
 
 fn assert_no_password_in(what: &str, bytes: &[u8]) {
-    let needle = PASSWORD.as_bytes();
+    assert_no_secret_in("the database password", PASSWORD, what, bytes);
+}
+
+fn assert_no_secret_in(secret_name: &str, secret: &str, what: &str, bytes: &[u8]) {
+    let needle = secret.as_bytes();
     if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
         let start = at.saturating_sub(120);
         let end = (at + needle.len() + 120).min(bytes.len());
         panic!(
-            "the database password appears in {what}: …{}…",
+            "{secret_name} appears in {what}: …{}…",
             String::from_utf8_lossy(&bytes[start..end])
         );
     }
@@ -147,13 +152,21 @@ fn database_password_never_leaves_the_agent_config() {
         assert_output_clean(out);
     }
 
-    // Logs, the store (including its WAL) and the repository's manifests.
+    // Logs, the store (including its WAL) and the repository's manifests. The store keeps
+    // only hashes of tokens: neither the admin token nor the agent's enrollment token (used
+    // up by now) is in any of its files.
+    let admin_token = fleet.coordinator.admin_token().to_owned();
+    let enrollment_token = fleet.cli().enrollment_token("a2");
     let coordinator_dir = fleet.coordinator.dir().to_path_buf();
     let agent_log = fleet.agent(1).log_path().to_path_buf();
     drop(fleet.agents.drain(..));
     fleet.coordinator.kill9();
     for file in files_below(&coordinator_dir) {
-        assert_no_password_in(&file.display().to_string(), &std::fs::read(&file).unwrap());
+        let bytes = std::fs::read(&file).unwrap();
+        let what = file.display().to_string();
+        assert_no_password_in(&what, &bytes);
+        assert_no_secret_in("the admin token", &admin_token, &what, &bytes);
+        assert_no_secret_in("an enrollment token", &enrollment_token, &what, &bytes);
     }
     let agent_log_bytes = std::fs::read(&agent_log).unwrap();
     assert!(

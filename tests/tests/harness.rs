@@ -163,6 +163,7 @@ fn agent_config_renders_as_toml() {
         name: "a1".into(),
         coordinator: "http://127.0.0.1:1".into(),
         insecure_dev: true,
+        tls_dir: None,
         repository_dir: "/tmp/repo dir".into(),
         labels: [("env".to_owned(), "test".to_owned())].into(),
         staging_dir: None,

@@ -126,6 +126,10 @@ pub enum AgentError {
     /// The agent's certificate: missing, unreadable, refused at enrollment or renewal.
     #[error("{0}")]
     Tls(String),
+    /// The coordinator refused this agent's credentials (certificate missing, expired,
+    /// revoked, of another CA or another agent); retrying soon cannot help.
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
     /// The coordinator stream failed or broke the protocol.
     #[error("coordinator stream: {0}")]
     Stream(String),
@@ -208,6 +212,11 @@ fn failed_checks(outcome: &v1::DrillOutcome) -> String {
 
 impl From<tonic::Status> for AgentError {
     fn from(status: tonic::Status) -> Self {
-        AgentError::Stream(format!("{} ({:?})", status.message(), status.code()))
+        match status.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                AgentError::Refused(status.message().to_owned())
+            }
+            _ => AgentError::Stream(format!("{} ({:?})", status.message(), status.code())),
+        }
     }
 }

@@ -2,9 +2,12 @@
 //! leaves this host), presented on every connection to the coordinator (mTLS), and renewed
 //! when a third of its lifetime is left.
 //!
-//! A renewal writes the new key and certificate as `.next` files first and renames them
-//! into place after; [`TlsFiles::finish_renewal`] completes a renewal a crash interrupted, so
-//! the key and the certificate in use always belong together.
+//! A renewal writes the new key, then the new certificate, as `.next` files, then renames
+//! the key and then the certificate into place, all under one lock.
+//! [`TlsFiles::finish_renewal`] settles what a crash left: a lone `agent-key.pem.next` was
+//! never paired with a certificate and goes; both `.next` files, or a lone
+//! `agent.pem.next` (its key already moved), complete the renewal. So the key and the
+//! certificate in use always belong together.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,11 +59,25 @@ impl TlsFiles {
         PathBuf::from(name)
     }
 
-    /// Completes a renewal that stopped between its renames: the `.next` files are the
-    /// newer pair.
+    /// Settles what an interrupted renewal left (see the module doc).
     pub fn finish_renewal(&self) -> AgentResult<()> {
-        for path in [self.key(), self.cert()] {
-            let next = Self::next(&path);
+        let _files = lock();
+        self.settle()
+    }
+
+    fn settle(&self) -> AgentResult<()> {
+        let key_next = Self::next(&self.key());
+        let cert_next = Self::next(&self.cert());
+        if !cert_next.exists() {
+            if key_next.exists() {
+                std::fs::remove_file(&key_next).map_err(|source| AgentError::Io {
+                    context: format!("cannot remove the unpaired key {}", key_next.display()),
+                    source,
+                })?;
+            }
+            return Ok(());
+        }
+        for (next, path) in [(key_next, self.key()), (cert_next, self.cert())] {
             if next.exists() {
                 std::fs::rename(&next, &path).map_err(|source| AgentError::Io {
                     context: format!(
@@ -74,12 +91,14 @@ impl TlsFiles {
         Ok(())
     }
 
-    /// Stores a key and its certificate: both as `.next` first, then renamed key first.
+    /// Stores a key and its certificate: key then certificate as `.next`, then renamed
+    /// key first, under the lock.
     fn store(&self, key_pem: &str, cert_pem: &str, ca_pem: &str) -> AgentResult<()> {
+        let _files = lock();
         pki::write_private(&Self::next(&self.key()), key_pem.as_bytes()).map_err(tls_error)?;
         pki::write_public(&Self::next(&self.cert()), cert_pem.as_bytes()).map_err(tls_error)?;
         pki::write_public(&self.ca(), ca_pem.as_bytes()).map_err(tls_error)?;
-        self.finish_renewal()
+        self.settle()
     }
 
     /// The certificate in force, if the agent has one.
@@ -94,6 +113,15 @@ impl TlsFiles {
             }),
         }
     }
+}
+
+/// One writer or reader of the TLS files at a time in this process: the renewal task
+/// and the session reconnecting.
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    static FILES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn tls_error(error: pki::PkiError) -> AgentError {
@@ -125,10 +153,14 @@ pub fn coordinator_endpoint(config: &AgentConfig) -> AgentResult<Endpoint> {
             config.name
         )));
     }
-    let identity = Identity::from_pem(
-        read_public(&files.cert())?,
-        pki::read_private(&files.key()).map_err(tls_error)?,
-    );
+    let identity = {
+        // Key and certificate read as one pair, never across a renewal's renames.
+        let _files = lock();
+        Identity::from_pem(
+            read_public(&files.cert())?,
+            pki::read_private(&files.key()).map_err(tls_error)?,
+        )
+    };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read_public(&files.ca())?))
         .identity(identity);
@@ -246,6 +278,16 @@ pub async fn renew_forever(config: std::sync::Arc<AgentConfig>, shutdown: Cancel
                             );
                             Duration::ZERO
                         }
+                        Err(error) if info.not_after <= chrono::Utc::now() => {
+                            // Only a new enrollment helps now; look again rarely.
+                            tracing::error!(
+                                %error,
+                                not_after = %info.not_after,
+                                "the certificate expired and cannot be renewed: enroll the \
+                                 agent again (`warden-agent enroll`)"
+                            );
+                            RENEW_CHECK
+                        }
                         Err(error) => {
                             tracing::warn!(
                                 %error,
@@ -275,4 +317,69 @@ pub async fn renew_forever(config: std::sync::Arc<AgentConfig>, shutdown: Cancel
 /// How long from now until `at` (zero if past).
 fn until(at: chrono::DateTime<chrono::Utc>) -> Duration {
     (at - chrono::Utc::now()).to_std().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> (tempfile::TempDir, TlsFiles) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = TlsFiles::new(dir.path());
+        (dir, files)
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).expect("read")
+    }
+
+    #[test]
+    fn a_stored_pair_replaces_the_old_one_and_leaves_no_next_files() {
+        let (_dir, files) = files();
+        files.store("key-1", "cert-1", "ca").expect("store");
+        files.store("key-2", "cert-2", "ca").expect("store");
+        assert_eq!(
+            (read(&files.key()), read(&files.cert())),
+            ("key-2".into(), "cert-2".into())
+        );
+        assert!(!TlsFiles::next(&files.key()).exists());
+        assert!(!TlsFiles::next(&files.cert()).exists());
+        pki::check_private(&files.key()).expect("the key is private");
+    }
+
+    #[test]
+    fn an_interrupted_renewal_settles_on_a_matching_pair() {
+        let (_dir, files) = files();
+        files.store("key-1", "cert-1", "ca").expect("store");
+        let key_next = TlsFiles::next(&files.key());
+        let cert_next = TlsFiles::next(&files.cert());
+
+        // Stopped after writing the new key only: it was never paired, the old pair stays.
+        pki::write_private(&key_next, b"key-2").expect("write");
+        files.finish_renewal().expect("settle");
+        assert_eq!(
+            (read(&files.key()), read(&files.cert())),
+            ("key-1".into(), "cert-1".into())
+        );
+        assert!(!key_next.exists());
+
+        // Stopped after both were written: the new pair goes in.
+        pki::write_private(&key_next, b"key-3").expect("write");
+        pki::write_public(&cert_next, b"cert-3").expect("write");
+        files.finish_renewal().expect("settle");
+        assert_eq!(
+            (read(&files.key()), read(&files.cert())),
+            ("key-3".into(), "cert-3".into())
+        );
+
+        // Stopped between the renames (the key moved): the certificate follows it.
+        pki::write_private(&files.key(), b"key-4").expect("write");
+        pki::write_public(&cert_next, b"cert-4").expect("write");
+        files.finish_renewal().expect("settle");
+        assert_eq!(
+            (read(&files.key()), read(&files.cert())),
+            ("key-4".into(), "cert-4".into())
+        );
+        assert!(!cert_next.exists());
+    }
 }

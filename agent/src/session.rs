@@ -48,6 +48,8 @@ pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
+/// How long an agent the coordinator refused waits before it asks again.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// How long to wait for the coordinator's `Welcome` after connecting.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long cancelled orders get to clean up when the agent is asked to stop.
@@ -141,6 +143,13 @@ impl Session {
                         break;
                     }
                     tracing::warn!(reason = %why, "coordinator session ended");
+                }
+                Some(Err(AgentError::Refused(why))) => {
+                    // Only an operator can fix this (enroll, renew in time, un-revoke): ask
+                    // again rarely, each refusal being audited.
+                    tracing::error!(%why, "the coordinator refused this agent's certificate");
+                    self.idle(REFUSED_RETRY).await;
+                    continue;
                 }
                 Some(Err(error)) => tracing::warn!(%error, "cannot open a coordinator session"),
                 None => self.note_shutdown(),

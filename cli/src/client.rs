@@ -69,6 +69,27 @@ fn operator_token(token_file: Option<&Path>) -> Result<Option<AsciiMetadataValue
         })
 }
 
+/// Whether `url` names this machine (a plaintext `--insecure-dev` coordinator may).
+fn is_loopback(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']'))
+        .map_or_else(
+            || host.rsplit_once(':').map_or(host, |(h, _)| h),
+            |(h, _)| h,
+        );
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// TLS for an `https://` coordinator, checked against the CA in `ca_cert`.
 fn tls_config(url: &str, ca_cert: Option<&Path>) -> Result<Option<ClientTlsConfig>, CliError> {
     if !url.starts_with("https://") {
@@ -108,13 +129,13 @@ impl Coordinator {
     ) -> Result<Self, CliError> {
         if !url.contains("://") {
             return Err(CliError::Input(format!(
-                "invalid coordinator address {url:?}: it needs a scheme, for example http://{url}"
+                "invalid coordinator address {url:?}: it needs a scheme, for example https://{url}"
             )));
         }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|err| {
                 CliError::Input(format!(
-                    "invalid coordinator address {url:?}: {}: use a URL like http://127.0.0.1:7717",
+                    "invalid coordinator address {url:?}: {}: use a URL like https://127.0.0.1:7717",
                     error_chain(&err.to_string(), std::error::Error::source(&err))
                 ))
             })?
@@ -130,6 +151,12 @@ impl Coordinator {
             None => endpoint,
         };
         let authorization = operator_token(token_file)?;
+        if authorization.is_some() && !url.starts_with("https://") && !is_loopback(url) {
+            return Err(CliError::Input(format!(
+                "{url} is plaintext and not on this machine: the token would cross the network \
+                 in the clear; use the coordinator's https:// address"
+            )));
+        }
         let channel = endpoint
             .connect()
             .await
@@ -242,7 +269,7 @@ mod tests {
             .await
             .expect_err("no scheme");
         assert!(matches!(err, CliError::Input(_)));
-        assert!(err.to_string().contains("http://127.0.0.1:7717"), "{err}");
+        assert!(err.to_string().contains("https://127.0.0.1:7717"), "{err}");
     }
 
     #[tokio::test]
@@ -258,6 +285,24 @@ mod tests {
             .expect_err("nothing listens");
         assert!(err.is_unreachable(), "{err}");
         assert!(err.to_string().contains(&url), "{err}");
+    }
+
+    #[test]
+    fn only_loopback_addresses_count_as_this_machine() {
+        for url in [
+            "http://127.0.0.1:7717",
+            "http://localhost:1",
+            "http://[::1]:7717/x",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.7:7717",
+            "http://coord.example",
+            "http://[2001:db8::1]:1",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ pub enum Actor {
     Agent(String),
     /// Someone with a shell on the coordinator's host (`warden-coordinator token create`).
     Host(String),
+    /// A caller that claims to be this agent but proved nothing (no certificate, one that
+    /// does not verify, an enrollment that failed): the name is only what it said.
+    UnverifiedAgent(String),
     System,
     /// Fires backup schedules.
     Scheduler,
@@ -34,6 +37,7 @@ impl std::fmt::Display for Actor {
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::Agent(name) => write!(f, "agent:{name}"),
             Actor::Host(user) => write!(f, "host:{user}"),
+            Actor::UnverifiedAgent(name) => write!(f, "unverified-agent:{name}"),
             Actor::System => f.write_str("system:coordinator"),
             Actor::Scheduler => f.write_str("system:scheduler"),
             Actor::Retention => f.write_str("system:retention"),

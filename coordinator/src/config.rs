@@ -151,6 +151,14 @@ impl CoordinatorConfig {
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts must be at least 1"));
         }
+        if self.insecure_dev && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::new(format!(
+                "insecure_dev serves plaintext without agent certificates, so it listens on \
+                 loopback only, not {}: use listen = \"127.0.0.1:7717\", or run `warden-coordinator \
+                 ca init` and drop insecure_dev",
+                self.listen
+            )));
+        }
         if self.agent_cert_ttl < Duration::from_secs(10) {
             return Err(ConfigError::new(format!(
                 "agent_cert_ttl ({}) is too short: agents renew when a third is left, so give \
@@ -207,6 +215,22 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         CoordinatorConfig::default().validate().expect("valid");
+    }
+
+    #[test]
+    fn insecure_dev_listens_on_loopback_only() {
+        let config = CoordinatorConfig {
+            insecure_dev: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 7717)),
+            ..CoordinatorConfig::default()
+        };
+        let error = config.validate().expect_err("invalid").to_string();
+        assert!(error.contains("loopback only"), "{error}");
+        let local = CoordinatorConfig {
+            insecure_dev: true,
+            ..CoordinatorConfig::default()
+        };
+        local.validate().expect("loopback is fine");
     }
 
     #[test]

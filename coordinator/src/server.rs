@@ -165,7 +165,11 @@ pub async fn serve(
         None => (None, None),
     };
     let security = Arc::new(Security::new(authority));
+    // Pings find peers that vanished (and idle connections nobody uses) without waiting
+    // for TCP to give up.
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AgentServiceServer::new(AgentApi::new(

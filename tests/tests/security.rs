@@ -129,7 +129,7 @@ fn agents_without_a_valid_certificate_for_their_name_are_refused_and_audited() {
         "{status:?}"
     );
     let event = wait_refusal(&fleet, "agent.connect", "no client certificate");
-    assert_eq!(event["actor"], "agent:unknown", "{event:#}");
+    assert_eq!(event["actor"], "unverified-agent:unknown", "{event:#}");
     assert!(
         event["params"]["peer"]
             .as_str()
@@ -162,7 +162,8 @@ fn agents_without_a_valid_certificate_for_their_name_are_refused_and_audited() {
         "agent.connect",
         "was not issued by this coordinator's CA",
     );
-    assert_eq!(event["actor"], "agent:a9", "{event:#}");
+    // Its name is only a claim: the audit log says so.
+    assert_eq!(event["actor"], "unverified-agent:a9", "{event:#}");
     drop(forged_agent);
 
     // A valid certificate of agent a8 cannot speak for a7.
@@ -175,7 +176,8 @@ fn agents_without_a_valid_certificate_for_their_name_are_refused_and_audited() {
         None,
     );
     let event = wait_refusal(&fleet, "agent.connect", "cannot speak for agent a7");
-    assert_eq!(event["actor"], "agent:a7", "{event:#}");
+    assert_eq!(event["actor"], "agent:a8", "{event:#}");
+    assert_eq!(event["target"], "a7", "{event:#}");
     drop(impostor);
 
     // None of them got in; the enrolled agent is untouched.
@@ -258,7 +260,7 @@ fn enrollment_tokens_work_once_before_they_expire_and_for_their_agent_only() {
         assert!(
             refused
                 .iter()
-                .any(|r| r.contains(&format!("agent:{agent}")) && r.contains(reason)),
+                .any(|r| r.contains(&format!("unverified-agent:{agent}")) && r.contains(reason)),
             "no refusal of {agent} ({reason}) in {refused:#?}"
         );
     }
@@ -298,7 +300,7 @@ fn an_expired_certificate_is_refused_and_live_agents_renew_theirs_in_time() {
     std::thread::sleep(Duration::from_secs(13).saturating_sub(enrolled_at.elapsed()));
     let late = Agent::start_new(&dir.join("c1"), c1, &BTreeMap::new(), None);
     let event = wait_refusal(&fleet, "agent.connect", "expired");
-    assert_eq!(event["actor"], "agent:c1", "{event:#}");
+    assert_eq!(event["actor"], "unverified-agent:c1", "{event:#}");
     // Its renewal is refused too: an expired certificate cannot buy a new one.
     wait_refusal(&fleet, "agent.renew", "expired");
     drop(late);
@@ -313,6 +315,20 @@ fn an_expired_certificate_is_refused_and_live_agents_renew_theirs_in_time() {
         renewals.iter().any(|e| e["actor"] == "agent:a1"),
         "a1 renewed its certificate: {renewals:#?}\n{}",
         fleet.logs()
+    );
+    // Its first session did not outlive the certificate it was opened with; it came back
+    // with the renewed one.
+    let ended: Vec<Value> = fleet
+        .cli()
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "agent.disconnected" && e["target"] == "a1")
+        .collect();
+    assert!(
+        ended
+            .iter()
+            .any(|e| e["params"]["why"] == "its certificate expired"),
+        "{ended:#?}"
     );
     fleet.wait_agent_online("a1", true);
     // Restarted long after its first certificate expired, a1 connects with the renewed one.
@@ -437,6 +453,17 @@ fn each_role_does_exactly_its_list_and_every_refusal_is_audited() {
             }
         }
     }
+    // Stopping destructive work is an admin's too: an operator cannot cancel a replace.
+    let replace = admin.json(&["restore", &artifact, "--replace", "--yes"]);
+    let replace_id = replace["id"].as_str().expect("id").to_owned();
+    assert_eq!(replace["state"], "held", "{replace:#}");
+    let out = clis[1].1.run(&["cancel", &replace_id]);
+    assert!(
+        out.code == 2 && out.stderr.contains("needs the admin role"),
+        "{out}"
+    );
+    expected_refusals += 1;
+    assert_eq!(admin.json(&["cancel", &replace_id])["state"], "cancelled");
     // Every refusal is audited with the caller, the action and the reason.
     let refused: Vec<Value> = admin
         .audit()

@@ -30,6 +30,7 @@ use crate::audit::{Actor, ChainReport, NewAuditEvent, verify_chain};
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::notify::Notifier;
 use crate::registry::Registry;
+use crate::security::AgentIdentity;
 use crate::store::{
     AgentRecord, ArtifactRecord, InventoryDatabase, MigrateCommand, OrderRecord, Store, WriteTx,
 };
@@ -206,6 +207,7 @@ impl Fleet {
         &self,
         hello: v1::Hello,
         outbox: mpsc::Sender<CoordinatorMessage>,
+        certificate: Option<&AgentIdentity>,
     ) -> CoordinatorResult<i64> {
         warden_shared::validate_agent_name(&hello.agent)?;
         let mut inventory = Vec::with_capacity(hello.databases.len());
@@ -237,6 +239,11 @@ impl Fleet {
         let actor = Actor::Agent(hello.agent.clone());
 
         let mut tx = self.store.begin().await?;
+        if let Some(certificate) = certificate {
+            // Serialized with `revoke_agent`: a certificate revoked since it was checked
+            // (the stream may have waited before its Hello) registers nothing.
+            crate::security::check_unrevoked(&mut tx, certificate).await?;
+        }
         let generation = Store::upsert_agent(&mut tx, &agent).await?;
         Store::replace_inventory(&mut tx, &agent.name, &inventory).await?;
         Store::append_audit(
@@ -310,6 +317,22 @@ impl Fleet {
         let databases = inventory.iter().map(|d| d.name.clone()).collect();
         self.registry
             .register(&agent.name, generation, outbox, databases);
+        if let Some(certificate) = certificate {
+            // A revocation that committed after our transaction looked for this session
+            // before it was registered; look again now that it is.
+            let revoked = self
+                .store
+                .certificate(&certificate.serial)
+                .await?
+                .is_none_or(|c| c.revoked_unix_ms != 0);
+            if revoked {
+                self.agent_gone(&agent.name, generation, "revoked").await?;
+                return Err(CoordinatorError::PermissionDenied(format!(
+                    "agent {} was revoked while it connected",
+                    agent.name
+                )));
+            }
+        }
         info!(agent = %agent.name, generation, databases = inventory.len(), "agent connected");
         // Orders waiting for this agent can start now; the session need not wait for them.
         self.dispatcher.nudge()?;
@@ -344,6 +367,7 @@ impl Fleet {
             Some(agent_message::Msg::Progress(progress)) => {
                 self.store
                     .set_progress(
+                        agent,
                         &progress.order_id,
                         &progress.phase,
                         i64::try_from(progress.bytes).unwrap_or(i64::MAX),
@@ -382,16 +406,27 @@ impl Fleet {
         reason: &str,
     ) -> CoordinatorResult<u64> {
         warden_shared::validate_agent_name(agent)?;
+        let now = warden_shared::now_unix_ms();
         let mut tx = self.store.begin().await?;
-        let revoked =
-            Store::revoke_certificates(&mut tx, agent, warden_shared::now_unix_ms()).await?;
+        let revoked = Store::revoke_certificates(&mut tx, agent, now).await?;
+        // Tokens made to enroll it (maybe leaked with the host) die with it.
+        let tokens = Store::revoke_enrollment_tokens(&mut tx, agent, now).await?;
+        if revoked == 0 && tokens == 0 && self.store.get_agent(agent).await?.is_none() {
+            return Err(CoordinatorError::NotFound(format!(
+                "no agent {agent:?}: `warden agents` lists them"
+            )));
+        }
         Store::append_audit(
             &mut tx,
             NewAuditEvent::new(
                 actor,
                 "agent.revoke",
                 agent,
-                json!({ "reason": reason, "certificates_revoked": revoked }),
+                json!({
+                    "reason": reason,
+                    "certificates_revoked": revoked,
+                    "enrollment_tokens_revoked": tokens,
+                }),
             ),
         );
         tx.commit().await?;
@@ -824,7 +859,9 @@ impl Fleet {
         params: serde_json::Value,
         error: &CoordinatorError,
     ) {
-        let event = NewAuditEvent::new(actor, action, target, params)
+        // Refused callers choose the target (a name, an id): keep what they can write short.
+        let target: String = target.chars().take(MAX_REFUSED_TARGET).collect();
+        let event = NewAuditEvent::new(actor, action, &target, params)
             .with_outcome(format!("refused: {error}"));
         if let Err(store_error) = self.store.audit(event).await {
             warn!(%store_error, action, "could not audit a refused call");
@@ -1142,6 +1179,9 @@ fn labels_json(labels: &HashMap<String, String>) -> String {
     let sorted: BTreeMap<&String, &String> = labels.iter().collect();
     serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned())
 }
+
+/// How much of a refused call's target the audit log keeps.
+const MAX_REFUSED_TARGET: usize = 128;
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

@@ -39,6 +39,21 @@ impl AdminApi {
         Self { fleet, security }
     }
 
+    /// The role cancelling an order needs: the role that could have submitted it. An
+    /// operator cancels backups, drills and restores into new databases; destructive orders
+    /// (a replace, an applying migration) and broken glass are an admin's to stop too.
+    async fn cancel_role(&self, order_id: &str) -> Role {
+        match self.fleet.get_order(order_id).await {
+            Ok(order)
+                if order.emergency || order.spec().map_or(true, |spec| spec.is_destructive()) =>
+            {
+                Role::Admin
+            }
+            // Unknown orders are refused by the fleet, with the reason.
+            _ => Role::Operator,
+        }
+    }
+
     /// Authenticates the caller's token and checks that its role allows `action` (`needs`).
     /// A refusal is audited with the caller, the action, its target and the reason.
     async fn authorize<T>(
@@ -327,7 +342,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let needs = Role::Operator;
+        let needs = self.cancel_role(&request.get_ref().id).await;
         let actor = self
             .authorize(&request, needs, "order.cancel", &request.get_ref().id)
             .await?;

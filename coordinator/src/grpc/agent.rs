@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use serde_json::json;
@@ -20,6 +21,19 @@ use crate::error::CoordinatorError;
 use crate::fleet::Fleet;
 use crate::security::{AgentIdentity, Security};
 
+/// How long a new stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<chrono::DateTime<chrono::Utc>>) {
+    match at {
+        Some(at) => {
+            tokio::time::sleep((at - chrono::Utc::now()).to_std().unwrap_or_default()).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Messages queued to one agent before the stream applies backpressure.
 const OUTBOX_CAPACITY: usize = 256;
 
@@ -33,30 +47,20 @@ impl AgentApi {
         Self { fleet, security }
     }
 
-    /// Audits a refused agent call and returns its status.
+    /// Audits a refused agent call (by `actor`, about agent `target`) and returns its status.
     async fn refuse<T>(
         &self,
         request: &Request<T>,
         action: &str,
-        claimed: &str,
+        actor: Actor,
+        target: &str,
         error: CoordinatorError,
     ) -> Status {
         let peer = request.remote_addr().map(|a| a.to_string());
-        let claimed = if claimed.is_empty() {
-            "unknown"
-        } else {
-            claimed
-        };
         self.fleet
-            .audit_refusal(
-                &Actor::Agent(claimed.to_owned()),
-                action,
-                claimed,
-                json!({ "peer": peer }),
-                &error,
-            )
+            .audit_refusal(&actor, action, target, json!({ "peer": peer }), &error)
             .await;
-        warn!(agent = claimed, %error, action, "agent refused");
+        warn!(%actor, target, %error, action, "agent refused");
         error.into()
     }
 
@@ -78,8 +82,15 @@ impl AgentApi {
                             .ok()?
                             .common_name
                     })
-                    .unwrap_or_default();
-                Err(self.refuse(request, action, &claimed, error).await)
+                    .unwrap_or_else(|| "unknown".to_owned());
+                let claimed: String = claimed.chars().take(64).collect();
+                // A revoked certificate did verify: its name is the caller's. Otherwise the
+                // name is only a claim.
+                let actor = match error {
+                    CoordinatorError::PermissionDenied(_) => Actor::Agent(claimed.clone()),
+                    _ => Actor::UnverifiedAgent(claimed.clone()),
+                };
+                Err(self.refuse(request, action, actor, &claimed, error).await)
             }
         }
     }
@@ -99,26 +110,52 @@ impl AgentService for AgentApi {
         let meta =
             Request::from_parts(request.metadata().clone(), request.extensions().clone(), ());
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Hello within {}s of connecting",
+                    HELLO_TIMEOUT.as_secs()
+                ))
+            })??;
+        let hello = match first {
             Some(AgentMessage {
                 msg: Some(agent_message::Msg::Hello(hello)),
             }) => hello,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        if let Some(identity) = certified
+        if let Some(identity) = &certified
             && identity.name != hello.agent
         {
             let error = CoordinatorError::PermissionDenied(format!(
                 "the certificate of agent {} (serial {}) cannot speak for agent {}",
                 identity.name, identity.serial, hello.agent
             ));
+            let actor = Actor::Agent(identity.name.clone());
+            let target: String = hello.agent.chars().take(64).collect();
             return Err(self
-                .refuse(&meta, "agent.connect", &hello.agent, error)
+                .refuse(&meta, "agent.connect", actor, &target, error)
                 .await);
         }
         let agent = hello.agent.clone();
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
-        let generation = self.fleet.agent_hello(hello, outbox).await?;
+        let generation = match self
+            .fleet
+            .agent_hello(hello, outbox, certified.as_ref())
+            .await
+        {
+            Ok(generation) => generation,
+            Err(error @ CoordinatorError::PermissionDenied(_)) => {
+                let actor = Actor::Agent(agent.clone());
+                return Err(self
+                    .refuse(&meta, "agent.connect", actor, &agent, error)
+                    .await);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        // A session does not outlive its certificate: the agent reconnects with its renewed
+        // one, and a certificate that was not renewed is refused then.
+        let expires = certified.map(|c| c.not_after);
 
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
@@ -126,6 +163,7 @@ impl AgentService for AgentApi {
                 let next = tokio::select! {
                     next = inbound.next() => next,
                     () = fleet.closing() => break "coordinator shutting down".to_owned(),
+                    () = until(expires) => break "its certificate expired".to_owned(),
                 };
                 match next {
                     Some(Ok(message)) => {
@@ -156,8 +194,11 @@ impl AgentService for AgentApi {
         match result {
             Ok(response) => Ok(Response::new(response)),
             Err(error) => {
-                let agent = request.get_ref().agent.clone();
-                Err(self.refuse(&request, "agent.enroll", &agent, error).await)
+                let agent: String = request.get_ref().agent.chars().take(64).collect();
+                let actor = Actor::UnverifiedAgent(agent.clone());
+                Err(self
+                    .refuse(&request, "agent.enroll", actor, &agent, error)
+                    .await)
             }
         }
     }
@@ -175,9 +216,12 @@ impl AgentService for AgentApi {
             .await
         {
             Ok(response) => Ok(Response::new(response)),
-            Err(error) => Err(self
-                .refuse(&request, "agent.renew", &identity.name, error)
-                .await),
+            Err(error) => {
+                let actor = Actor::Agent(identity.name.clone());
+                Err(self
+                    .refuse(&request, "agent.renew", actor, &identity.name, error)
+                    .await)
+            }
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Security {
 pub struct AgentIdentity {
     pub name: String,
     pub serial: String,
+    /// When the certificate expires: a session does not outlive it.
+    pub not_after: chrono::DateTime<chrono::Utc>,
 }
 
 impl Security {
@@ -61,22 +63,9 @@ impl Security {
             .verify(certs.as_deref().map(Vec::as_slice))
             .map_err(CoordinatorError::Unauthenticated)?;
         let identity = identity(&info)?;
-        match store.certificate(&info.serial).await? {
-            Some(record) if record.revoked_unix_ms != 0 => {
-                Err(CoordinatorError::PermissionDenied(format!(
-                    "agent {} is revoked (certificate serial {} revoked at {}): an admin can \
-                     enroll it again with a new token",
-                    identity.name,
-                    info.serial,
-                    crate::fleet::format_unix_ms(record.revoked_unix_ms)
-                )))
-            }
-            Some(record) if record.agent == identity.name => Ok(Some(identity)),
-            _ => Err(CoordinatorError::Unauthenticated(format!(
-                "certificate serial {} of {} is not one this coordinator issued",
-                info.serial, identity.name
-            ))),
-        }
+        let record = store.certificate(&info.serial).await?;
+        standing(&identity, record.as_ref())?;
+        Ok(Some(identity))
     }
 
     /// Enrolls an agent: uses up its token and signs its CSR, in one audited transaction.
@@ -89,8 +78,9 @@ impl Security {
         let authority = self.authority()?;
         warden_shared::validate_agent_name(&request.agent)?;
         let now = warden_shared::now_unix_ms();
-        let mut tx = store.begin().await?;
-        let token = Store::token_by_secret_in(&mut tx, &tokens::secret_hash(&request.token))
+        // Read first: a caller without a usable token never takes the store's write lock.
+        let token = store
+            .token_by_secret(&tokens::secret_hash(&request.token))
             .await?
             .filter(|t| t.kind == KIND_ENROLLMENT)
             .ok_or_else(|| {
@@ -112,9 +102,19 @@ impl Security {
         let issued = authority
             .sign(&request.csr_pem, &request.agent)
             .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
-        let mut used = token.clone();
-        used.used_unix_ms = now;
-        Store::save_token(&mut tx, &used).await?;
+        let mut tx = store.begin().await?;
+        // Used up here, in the transaction that records the certificate: of two enrollments
+        // with one token, the second finds it used (or revoked meanwhile).
+        let current = Store::token_for_update(&mut tx, &token.id).await?;
+        if let Some(why) = current.as_ref().and_then(|t| tokens::unusable(t, now)) {
+            return Err(CoordinatorError::Unauthenticated(why));
+        }
+        if !Store::use_token(&mut tx, &token.id, now).await? {
+            return Err(CoordinatorError::Unauthenticated(format!(
+                "enrollment token {} was already used",
+                token.id
+            )));
+        }
         let response = issue(&mut tx, authority, &request.agent, issued, now).await?;
         Store::append_audit(
             &mut tx,
@@ -123,7 +123,8 @@ impl Security {
                 "agent.enroll",
                 &request.agent,
                 json!({
-                    "token_id": token.id,
+                    // Not `token_id`: keys naming a token are redacted in the audit log.
+                    "enrollment_id": token.id,
                     "peer": peer.map(|p| p.to_string()),
                     "not_after_unix_ms": response.not_after_unix_ms,
                 }),
@@ -146,6 +147,9 @@ impl Security {
             .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
         let now = warden_shared::now_unix_ms();
         let mut tx = store.begin().await?;
+        // Again in the transaction: a revocation that committed since the call was checked
+        // must not be outlived by a fresh certificate.
+        check_unrevoked(&mut tx, agent).await?;
         let response = issue(&mut tx, authority, &agent.name, issued, now).await?;
         Store::append_audit(
             &mut tx,
@@ -165,6 +169,42 @@ impl Security {
 
     fn authority(&self) -> CoordinatorResult<&AgentAuthority> {
         self.agents.as_ref().ok_or_else(insecure_dev)
+    }
+}
+
+/// Checks, in a write transaction, that the agent's certificate is still in force: no
+/// revocation that committed since the call was authenticated slips through.
+pub async fn check_unrevoked(
+    tx: &mut sqlx::SqliteConnection,
+    agent: &AgentIdentity,
+) -> CoordinatorResult<()> {
+    let record = Store::certificate_in(tx, &agent.serial).await?;
+    standing(agent, record.as_ref())
+}
+
+/// Whether the certificate the store recorded lets `identity` in: issued here for this very
+/// agent, and not revoked.
+fn standing(identity: &AgentIdentity, record: Option<&CertificateRecord>) -> CoordinatorResult<()> {
+    match record {
+        Some(record) if record.revoked_unix_ms != 0 => {
+            Err(CoordinatorError::PermissionDenied(format!(
+                "agent {} is revoked (certificate serial {} revoked at {}): an admin can enroll \
+                 it again with a new token",
+                identity.name,
+                identity.serial,
+                crate::fleet::format_unix_ms(record.revoked_unix_ms)
+            )))
+        }
+        Some(record) if record.agent == identity.name => Ok(()),
+        Some(record) => Err(CoordinatorError::Unauthenticated(format!(
+            "certificate serial {} names agent {} but was issued to {}: the CA key may be \
+             misused; revoke both agents and rotate the CA",
+            identity.serial, identity.name, record.agent
+        ))),
+        None => Err(CoordinatorError::Unauthenticated(format!(
+            "certificate serial {} of {} is not one this coordinator issued",
+            identity.serial, identity.name
+        ))),
     }
 }
 
@@ -212,5 +252,6 @@ fn identity(info: &CertInfo) -> CoordinatorResult<AgentIdentity> {
     Ok(AgentIdentity {
         name,
         serial: info.serial.clone(),
+        not_after: info.not_after,
     })
 }

@@ -22,6 +22,8 @@ pub const DEFAULT_OPERATOR_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_ENROLLMENT_TTL: Duration = Duration::from_secs(3600);
 /// The longest a token may live: long-lived credentials are how fleets get breached.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The longest an enrollment token may live: it is for provisioning a host, not keeping.
+pub const MAX_ENROLLMENT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Secrets start with their kind, so a leaked one is recognizable (secret scanners) and an
 /// enrollment token pasted as `--token` of the CLI gets a precise error.
@@ -127,7 +129,7 @@ pub async fn create_token(
     grant: &TokenGrant,
     ttl: Option<Duration>,
 ) -> CoordinatorResult<(TokenRecord, String)> {
-    let (kind, name, role, prefix, default_ttl) = match grant {
+    let (kind, name, role, prefix, default_ttl, max_ttl) = match grant {
         TokenGrant::Operator { name, role } => {
             validate_holder(name)?;
             (
@@ -136,6 +138,7 @@ pub async fn create_token(
                 role.as_str(),
                 OPERATOR_PREFIX,
                 DEFAULT_OPERATOR_TTL,
+                MAX_TTL,
             )
         }
         TokenGrant::Enrollment { agent } => {
@@ -146,15 +149,16 @@ pub async fn create_token(
                 "",
                 ENROLLMENT_PREFIX,
                 DEFAULT_ENROLLMENT_TTL,
+                MAX_ENROLLMENT_TTL,
             )
         }
     };
     let ttl = ttl.unwrap_or(default_ttl);
-    if ttl.is_zero() || ttl > MAX_TTL {
+    if ttl.is_zero() || ttl > max_ttl {
         return Err(CoordinatorError::InvalidArgument(format!(
-            "invalid ttl {}: a token lives between 1s and {}",
+            "invalid ttl {}: an {kind} token lives between 1ms and {}",
             humantime::format_duration(ttl),
-            humantime::format_duration(MAX_TTL)
+            humantime::format_duration(max_ttl)
         )));
     }
     let now = warden_shared::now_unix_ms();
@@ -248,8 +252,7 @@ impl TokenCache {
             Some(token) => token,
             None => match store.token_by_secret(&hash).await {
                 Ok(Some(token)) if token.kind == KIND_OPERATOR => {
-                    self.write().insert(hash, token.clone());
-                    token
+                    self.write().entry(hash).or_insert(token).clone()
                 }
                 Ok(_) => return Err("unknown token".to_owned()),
                 Err(error) => {
@@ -271,9 +274,11 @@ impl TokenCache {
         })
     }
 
-    /// Forgets a token (revoked: the next call reads the store's state).
-    pub fn forget(&self, secret_sha256: &str) {
-        self.write().remove(secret_sha256);
+    /// Keeps a revoked token as revoked: a lookup that read it from the store before the
+    /// revocation committed cannot put it back as valid (lookups never overwrite).
+    fn remember_revoked(&self, token: &TokenRecord) {
+        self.write()
+            .insert(token.secret_sha256.clone(), token.clone());
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TokenRecord>> {
@@ -300,7 +305,7 @@ pub async fn revoke_token(
     };
     if token.revoked_unix_ms == 0 {
         token.revoked_unix_ms = warden_shared::now_unix_ms();
-        Store::save_token(&mut tx, &token).await?;
+        Store::save_token_revoked(&mut tx, &token).await?;
         Store::append_audit(
             &mut tx,
             NewAuditEvent::new(
@@ -312,7 +317,7 @@ pub async fn revoke_token(
         );
     }
     tx.commit().await?;
-    cache.forget(&token.secret_sha256);
+    cache.remember_revoked(&token);
     Ok(token)
 }
 

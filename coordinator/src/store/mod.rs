@@ -609,9 +609,11 @@ impl Store {
         .await?)
     }
 
-    /// Records progress without an audit event: progress is not a state change.
+    /// Records the progress `agent` reports of its order `id`, without an audit event:
+    /// progress is not a state change. Another agent's orders are not its to report on.
     pub async fn set_progress(
         &self,
+        agent: &str,
         id: &str,
         phase: &str,
         bytes: i64,
@@ -619,13 +621,14 @@ impl Store {
     ) -> StoreResult<()> {
         sqlx::query(
             "UPDATE orders SET phase = ?, progress_bytes = ?, progress_rate = ?, updated_unix_ms = ?
-             WHERE id = ? AND state IN ('dispatched', 'running')",
+             WHERE id = ? AND agent = ? AND state IN ('dispatched', 'running')",
         )
         .bind(phase)
         .bind(bytes)
         .bind(rate)
         .bind(warden_shared::now_unix_ms())
         .bind(id)
+        .bind(agent)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -109,15 +109,52 @@ impl Store {
         .await?)
     }
 
-    /// Writes back when a token was used and revoked.
-    pub async fn save_token(tx: &mut SqliteConnection, token: &TokenRecord) -> StoreResult<()> {
-        sqlx::query("UPDATE tokens SET used_unix_ms = ?, revoked_unix_ms = ? WHERE id = ?")
-            .bind(token.used_unix_ms)
+    /// Writes back when a token was revoked.
+    pub async fn save_token_revoked(
+        tx: &mut SqliteConnection,
+        token: &TokenRecord,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE tokens SET revoked_unix_ms = ? WHERE id = ?")
             .bind(token.revoked_unix_ms)
             .bind(&token.id)
             .execute(&mut *tx)
             .await?;
         Ok(())
+    }
+
+    /// Uses up an enrollment token; returns false when it was used already (whatever ran
+    /// first wins, even if writers were ever concurrent).
+    pub async fn use_token(
+        tx: &mut SqliteConnection,
+        id: &str,
+        now_unix_ms: i64,
+    ) -> StoreResult<bool> {
+        Ok(
+            sqlx::query("UPDATE tokens SET used_unix_ms = ? WHERE id = ? AND used_unix_ms = 0")
+                .bind(now_unix_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    /// Revokes the enrollment tokens of `agent` not used yet; returns how many.
+    pub async fn revoke_enrollment_tokens(
+        tx: &mut SqliteConnection,
+        agent: &str,
+        now_unix_ms: i64,
+    ) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE tokens SET revoked_unix_ms = ?
+             WHERE kind = 'enrollment' AND name = ? AND used_unix_ms = 0 AND revoked_unix_ms = 0",
+        )
+        .bind(now_unix_ms)
+        .bind(agent)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected())
     }
 
     pub async fn insert_certificate(
@@ -141,6 +178,14 @@ impl Store {
 
     pub async fn certificate(&self, serial: &str) -> StoreResult<Option<CertificateRecord>> {
         let mut conn = self.read().await?;
+        Self::certificate_in(&mut conn, serial).await
+    }
+
+    /// [`Store::certificate`] inside a write transaction, serialized with revocations.
+    pub async fn certificate_in(
+        conn: &mut SqliteConnection,
+        serial: &str,
+    ) -> StoreResult<Option<CertificateRecord>> {
         Ok(sqlx::query_as(
             "SELECT serial, agent, issued_unix_ms, not_after_unix_ms, revoked_unix_ms
              FROM agent_certificates WHERE serial = ?",

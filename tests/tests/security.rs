@@ -527,3 +527,48 @@ fn each_role_does_exactly_its_list_and_every_refusal_is_audited() {
         );
     }
 }
+
+#[test]
+fn tls_is_the_default_and_plaintext_is_refused_both_ways() {
+    // Without `ca init` (and without --insecure-dev) the coordinator does not start, and
+    // says what to run; it has not touched the store.
+    let dir = warden_tests::TestDir::new("security-default");
+    let out = std::process::Command::new(&warden_tests::binaries::binaries().coordinator)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--store",
+        ])
+        .arg(format!("sqlite://{}/warden.db", dir.path().display()))
+        .current_dir(dir.path())
+        .env_remove("WARDEN_TLS_DIR")
+        .env_remove("WARDEN_INSECURE_DEV")
+        .output()
+        .expect("run warden-coordinator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without TLS files: {stderr}");
+    assert!(
+        stderr.contains("ca init") && stderr.contains("--insecure-dev"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("warden.db").exists(),
+        "the store was created"
+    );
+
+    // A plaintext client gets nowhere with the TLS port.
+    let fleet = Fleet::builder("security-plaintext").build();
+    let plain = format!("http://127.0.0.1:{}", fleet.coordinator.port());
+    let out = std::process::Command::new(&warden_tests::binaries::binaries().cli)
+        .args(["--coordinator", &plain, "agents"])
+        .env("WARDEN_TOKEN", fleet.coordinator.admin_token())
+        .env_remove("WARDEN_CA_CERT")
+        .env_remove("WARDEN_TOKEN_FILE")
+        .output()
+        .expect("run warden");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+}

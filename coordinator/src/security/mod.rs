@@ -150,6 +150,20 @@ impl Security {
         // Again in the transaction: a revocation that committed since the call was checked
         // must not be outlived by a fresh certificate.
         check_unrevoked(&mut tx, agent).await?;
+        // Only the newest certificate renews. An older one asking means two holders of the
+        // agent's keys (a copy renewing on its own): refuse, and let the audit log show it.
+        let newest = Store::newest_certificate(&mut tx, &agent.name).await?;
+        if newest.as_deref() != Some(agent.serial.as_str()) {
+            return Err(CoordinatorError::PermissionDenied(format!(
+                "certificate serial {} of agent {} was renewed already (newest: {}): a second \
+                 copy of its key may exist; revoke the agent (`warden agent revoke {}`) and \
+                 enroll it again",
+                agent.serial,
+                agent.name,
+                newest.as_deref().unwrap_or("none"),
+                agent.name
+            )));
+        }
         let response = issue(&mut tx, authority, &agent.name, issued, now).await?;
         Store::append_audit(
             &mut tx,
@@ -254,4 +268,89 @@ fn identity(info: &CertInfo) -> CoordinatorResult<AgentIdentity> {
         serial: info.serial.clone(),
         not_after: info.not_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::ca::{CaInit, init};
+    use crate::security::tls::{ServerTls, TlsFiles};
+    use crate::security::tokens::{TokenGrant, create_token};
+    use crate::store::temp_store;
+    use warden_shared::pki;
+
+    async fn security(dir: &std::path::Path) -> Security {
+        let files = TlsFiles::new(&dir.join("tls"));
+        init(&CaInit {
+            files: files.clone(),
+            hostnames: vec!["127.0.0.1".to_owned()],
+            import: None,
+        })
+        .expect("ca init");
+        let tls = ServerTls::load(&files, std::time::Duration::from_secs(3600)).expect("load");
+        Security::new(Some(tls.agents))
+    }
+
+    fn identity_of(response: &pb::CertificateResponse) -> AgentIdentity {
+        identity(&CertInfo::from_pem(&response.certificate_pem).expect("cert")).expect("name")
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_unrevoked_certificate_renews_and_a_token_enrolls_once() {
+        let (dir, store) = temp_store().await;
+        let security = security(dir.path()).await;
+        let admin = Actor::Operator("root".to_owned());
+        let grant = TokenGrant::Enrollment {
+            agent: "db1".to_owned(),
+        };
+        let (_, token) = create_token(&store, &admin, &grant, None)
+            .await
+            .expect("token");
+        let enroll = |token: &str| pb::EnrollRequest {
+            token: token.to_owned(),
+            agent: "db1".to_owned(),
+            csr_pem: pki::agent_key_and_csr("db1").expect("csr").csr_pem,
+        };
+        let first = security
+            .enroll(&store, &enroll(&token), None)
+            .await
+            .expect("enroll");
+        let error = security
+            .enroll(&store, &enroll(&token), None)
+            .await
+            .expect_err("a token works once");
+        assert!(error.to_string().contains("already used"), "{error}");
+
+        let csr = || pki::agent_key_and_csr("db1").expect("csr").csr_pem;
+        let original = identity_of(&first);
+        let second = security
+            .renew(&store, &original, &csr())
+            .await
+            .expect("renew");
+        let error = security
+            .renew(&store, &original, &csr())
+            .await
+            .expect_err("the replaced certificate renews no more");
+        assert!(error.to_string().contains("renewed already"), "{error}");
+        let renewed = identity_of(&second);
+        assert_ne!(renewed.serial, original.serial);
+        let third = security
+            .renew(&store, &renewed, &csr())
+            .await
+            .expect("the newest renews");
+
+        let mut tx = store.begin().await.expect("tx");
+        Store::revoke_certificates(&mut tx, "db1", warden_shared::now_unix_ms())
+            .await
+            .expect("revoke");
+        tx.commit().await.expect("commit");
+        let error = security
+            .renew(&store, &identity_of(&third), &csr())
+            .await
+            .expect_err("a revoked certificate renews no more");
+        assert!(error.to_string().contains("is revoked"), "{error}");
+        let events = store.list_audit(0, 100).await.expect("audit");
+        let renewals = events.iter().filter(|e| e.action == "agent.renew").count();
+        assert_eq!(renewals, 2, "{events:?}");
+    }
 }

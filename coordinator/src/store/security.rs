@@ -195,6 +195,20 @@ impl Store {
         .await?)
     }
 
+    /// The serial of the newest certificate issued to `agent`.
+    pub async fn newest_certificate(
+        conn: &mut SqliteConnection,
+        agent: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT serial FROM agent_certificates WHERE agent = ?
+             ORDER BY issued_unix_ms DESC, rowid DESC LIMIT 1",
+        )
+        .bind(agent)
+        .fetch_optional(&mut *conn)
+        .await?)
+    }
+
     /// Revokes every certificate of `agent` not revoked yet; returns how many.
     pub async fn revoke_certificates(
         tx: &mut SqliteConnection,

@@ -14,6 +14,7 @@ use warden_proto::v1::agent_service_client::AgentServiceClient;
 use warden_proto::v1::{self as pb, agent_message};
 use warden_shared::pki::{self, CertificateAuthority};
 use warden_tests::process::{enroll, write_agent_config};
+use warden_tests::repo::files_below;
 use warden_tests::{Agent, AgentConfig, Cli, Fleet};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -238,6 +239,20 @@ fn enrollment_tokens_work_once_before_they_expire_and_for_their_agent_only() {
     );
     let (ok, stderr) = enroll_as("b2", &token);
     assert!(ok, "the token's own agent enrolls: {stderr}");
+    // The key was made on the agent's side and stayed there: no coordinator file has it.
+    let key = std::fs::read_to_string(dir.join("b2/tls/agent-key.pem")).expect("b2's key");
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(key_body.len() > 40, "{key}");
+    for file in files_below(fleet.coordinator.dir()) {
+        let text: String = String::from_utf8_lossy(&std::fs::read(&file).expect("read"))
+            .lines()
+            .collect();
+        assert!(
+            !text.contains(&key_body),
+            "the agent's key is in {}",
+            file.display()
+        );
+    }
     let (ok, stderr) = enroll_as("b2", &token);
     assert!(!ok && stderr.contains("already used"), "{stderr}");
     let (ok, stderr) = enroll_as("b4", "wdn_en_0000");

@@ -8,14 +8,12 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use warden_coordinator::CoordinatorConfig;
 use warden_coordinator::audit::Actor;
 use warden_coordinator::security::tokens::{Role, TokenGrant, create_token};
 use warden_coordinator::store::Store;
+use warden_proto::auth::{AdminClient, Bearer};
 use warden_proto::v1::admin_service_client::AdminServiceClient;
 use warden_proto::v1::agent_service_client::AgentServiceClient;
 use warden_proto::v1::{self as pb, agent_message, coordinator_message};
@@ -23,28 +21,12 @@ use warden_proto::v1::{self as pb, agent_message, coordinator_message};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The admin API as an admin calls it.
-type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Adds the harness's admin token to every call.
-#[derive(Clone)]
-struct Bearer(AsciiMetadataValue);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
+type Admin = AdminClient;
 
 struct Harness {
     dir: tempfile::TempDir,
     channel: Channel,
-    token: AsciiMetadataValue,
+    token: Bearer,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), warden_coordinator::server::ServerError>>,
 }
@@ -86,7 +68,7 @@ impl Harness {
             .await
             .expect("admin token");
         drop(store);
-        let token = format!("Bearer {secret}").parse().expect("token metadata");
+        let token = Bearer::new(&secret).expect("token metadata");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -127,7 +109,7 @@ impl Harness {
     }
 
     fn admin(&self) -> Admin {
-        AdminServiceClient::with_interceptor(self.channel.clone(), Bearer(self.token.clone()))
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     async fn agent(

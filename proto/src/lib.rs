@@ -10,6 +10,52 @@ pub mod v1 {
     tonic::include_proto!("warden.v1");
 }
 
+/// Operator authentication on the wire: every AdminService call carries
+/// `authorization: Bearer <token>`.
+pub mod auth {
+    use tonic::metadata::AsciiMetadataValue;
+    use tonic::metadata::errors::InvalidMetadataValue;
+    use tonic::service::Interceptor;
+    use tonic::service::interceptor::InterceptedService;
+    use tonic::transport::Channel;
+
+    use crate::v1::admin_service_client::AdminServiceClient;
+
+    /// Adds an operator token to every call (none: calls go without, and the coordinator
+    /// says what to do).
+    #[derive(Clone)]
+    pub struct Bearer(Option<AsciiMetadataValue>);
+
+    impl Bearer {
+        /// The token `secret` (surrounding whitespace, e.g. a file's newline, ignored).
+        pub fn new(secret: &str) -> Result<Self, InvalidMetadataValue> {
+            Ok(Self(Some(format!("Bearer {}", secret.trim()).parse()?)))
+        }
+
+        /// No token.
+        pub fn none() -> Self {
+            Self(None)
+        }
+    }
+
+    impl Interceptor for Bearer {
+        fn call(
+            &mut self,
+            mut request: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            if let Some(token) = &self.0 {
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.clone());
+            }
+            Ok(request)
+        }
+    }
+
+    /// The admin API with a token on every call.
+    pub type AdminClient = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+}
+
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warden_descriptor");
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use warden_proto::auth::AdminClient;
+use warden_proto::auth::Bearer;
 use warden_proto::v1::admin_service_client::AdminServiceClient;
 
 use crate::binaries::binaries;
@@ -104,27 +106,6 @@ pub struct Coordinator {
     env: BTreeMap<String, String>,
     admin_token: String,
 }
-
-/// Adds a bearer token to every call.
-#[derive(Clone)]
-pub struct BearerToken(tonic::metadata::AsciiMetadataValue);
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// An AdminService client with a bearer token.
-pub type AdminClient = AdminServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
->;
 
 /// Runs `warden-coordinator ARGS` to completion and returns its stdout, panicking with its
 /// output when it fails.
@@ -241,9 +222,7 @@ impl Coordinator {
             .connect()
             .await
             .expect("connect to the coordinator");
-        let bearer: tonic::metadata::AsciiMetadataValue =
-            format!("Bearer {token}").parse().expect("token metadata");
-        AdminServiceClient::with_interceptor(channel, BearerToken(bearer))
+        AdminServiceClient::with_interceptor(channel, Bearer::new(token).expect("token metadata"))
     }
 
     fn spawn_and_wait(&mut self) {

@@ -32,10 +32,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+use warden_proto::auth::{AdminClient as Admin, Bearer};
 use warden_proto::v1;
 use warden_proto::v1::admin_service_client::AdminServiceClient;
 
@@ -346,34 +344,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin API with the operator token of `WARDEN_TOKEN` on every call.
-type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
-
-#[derive(Clone)]
-struct Bearer(Option<AsciiMetadataValue>);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
 async fn admin_client(url: &str) -> anyhow::Result<Admin> {
+    // The operator token of `WARDEN_TOKEN` goes on every call.
     let token = match std::env::var("WARDEN_TOKEN") {
-        Ok(secret) => Some(
-            format!("Bearer {}", secret.trim())
-                .parse()
-                .context("WARDEN_TOKEN is not a token")?,
-        ),
-        Err(_) => None,
+        Ok(secret) => Bearer::new(&secret).context("WARDEN_TOKEN is not a token")?,
+        Err(_) => Bearer::none(),
     };
     let channel = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid coordinator URL {url:?}"))?
@@ -385,7 +360,7 @@ async fn admin_client(url: &str) -> anyhow::Result<Admin> {
                 error_chain(&e)
             )
         })?;
-    Ok(AdminServiceClient::with_interceptor(channel, Bearer(token)))
+    Ok(AdminServiceClient::with_interceptor(channel, token))
 }
 
 fn sim_agents(args: &Args) -> Vec<SimAgent> {

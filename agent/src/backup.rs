@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,18 +23,19 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warden_proto::v1;
 use warden_shared::manifest::{
-    ArtifactFile, DUMP_FILE, GLOBALS_FILE, MANIFEST_FILE, MANIFEST_FORMAT, TableRowCount,
+    ArtifactFile, DUMP_FILE, GLOBALS_FILE, MANIFEST_FORMAT, SEALED_SUFFIX, TableRowCount,
 };
 use warden_shared::{ArtifactManifest, now_unix_ms};
 
-use crate::codec::{self, StoredFile};
+use crate::codec::{self, Stored, StoredFile};
 use crate::error::{AgentError, AgentResult};
-use crate::orders::{AgentContext, OrderTarget, blocking, cancellable, elapsed_ms};
+use crate::orders::{AgentContext, OrderTarget, cancellable, elapsed_ms};
 use crate::pg::{self, PgDatabase, PgUrl, ServerVersion};
 use crate::pgarchive::ArchiveScanner;
 use crate::pgtools::{PgTools, PgVersion, Subprocess, ToolRequirement};
 use crate::progress::ProgressReporter;
-use crate::repository::{self, Repository};
+use crate::repository::{ArtifactWriter, Repository};
+use crate::sealing::Key;
 
 /// Takes a backup of the target database and returns the committed artifact.
 pub async fn run(
@@ -49,19 +50,18 @@ pub async fn run(
     // UUIDv7 sorts by creation time, so artifact directories list in backup order.
     let artifact_id = Uuid::now_v7().to_string();
     let artifact_path = Repository::artifact_path(&ctx.config.name, &artifact_id);
-    let repository = ctx.repository.clone();
-    let path = artifact_path.clone();
-    let dir = blocking(move || repository.create_artifact_dir(&path)).await?;
+    let writer = ctx.repository.create_artifact(&artifact_path).await?;
     tracing::info!(%order_id, database = %db.label, %artifact_id, "backup started");
 
     let artifact = Artifact {
         id: artifact_id,
         path: artifact_path,
-        dir,
+        writer,
+        seal: ctx.keys.sealing().cloned(),
     };
     let dumped = cancellable(
         cancel,
-        dump_data(ctx, target, order_id, progress, &artifact.dir),
+        dump_data(ctx, target, order_id, progress, &artifact),
     )
     .await;
     let committed = match dumped {
@@ -70,15 +70,14 @@ pub async fn run(
         Err(error) => Err(error),
     };
     let mut finished = match committed {
-        Ok(outcome) if params.verify => cancellable(
-            cancel,
-            verify_committed(&ctx.repository, &artifact.path, progress),
-        )
-        .await
-        .map(|()| v1::BackupOutcome {
-            verified: true,
-            ..outcome
-        }),
+        Ok(outcome) if params.verify => {
+            cancellable(cancel, verify_committed(ctx, &artifact.path, progress))
+                .await
+                .map(|()| v1::BackupOutcome {
+                    verified: true,
+                    ..outcome
+                })
+        }
         other => other,
     };
     if let Err(error) = &mut finished {
@@ -102,11 +101,11 @@ async fn discard(
     artifact: &Artifact,
     error: &mut AgentError,
 ) {
-    let repository = repository.clone();
-    let (id, path) = (artifact.id.clone(), artifact.path.clone());
-    let removed = blocking(move || repository.remove_artifact(&id, &path)).await;
+    let removed = repository
+        .remove_artifact(&artifact.id, &artifact.path)
+        .await;
     if let Err(e) = &removed {
-        tracing::warn!(%order_id, path = %artifact.dir.display(), error = %e, "cannot remove the failed artifact");
+        tracing::warn!(%order_id, location = %artifact.writer.location(), error = %e, "cannot remove the failed artifact");
     }
     if let AgentError::BackupVerification { removed: r, .. } = error {
         *r = removed.is_ok();
@@ -114,39 +113,63 @@ async fn discard(
 }
 
 /// Reads the committed dump of the artifact at `artifact_path` back and checks its sha256
-/// against the committed manifest, reporting the bytes read as phase "verifying".
+/// against the committed manifest (and, sealed, that a key of this agent opens it),
+/// reporting the bytes read as phase "verifying".
 pub async fn verify_committed(
-    repository: &Repository,
+    ctx: &AgentContext,
     artifact_path: &str,
     progress: &ProgressReporter,
 ) -> AgentResult<()> {
-    let dump = repository.resolve(artifact_path)?.join(DUMP_FILE);
-    let (repo, path) = (repository.clone(), artifact_path.to_owned());
-    let manifest = blocking(move || repo.read_manifest(&path)).await?;
-    let sha256 = progress
-        .track("verifying", |counter| codec::sha256_file(&dump, counter))
+    let manifest = ctx.repository.read_manifest(artifact_path).await?;
+    let key = match &manifest.encryption {
+        Some(encryption) => Some(ctx.keys.opening(&manifest.artifact_id, encryption)?.clone()),
+        None => None,
+    };
+    let name = &manifest.dump.name;
+    let source = ctx.repository.open_file(artifact_path, name).await?;
+    let stored = Stored {
+        source,
+        key,
+        location: format!("{artifact_path}/{name}"),
+    };
+    let hashed = progress
+        .track("verifying", |counter| codec::sha256_of(stored, counter))
         .await?;
-    if sha256 == manifest.dump.sha256 {
-        Ok(())
-    } else {
-        Err(AgentError::BackupVerification {
-            detail: format!(
-                "{DUMP_FILE} sha256 is {sha256} but the manifest records {}",
-                manifest.dump.sha256
-            ),
-            removed: false,
-        })
+    let failed = |detail: String| AgentError::BackupVerification {
+        detail,
+        removed: false,
+    };
+    if hashed.sha256 != manifest.dump.sha256 {
+        return Err(failed(format!(
+            "{name} sha256 is {} but the manifest records {}",
+            hashed.sha256, manifest.dump.sha256
+        )));
     }
+    hashed
+        .opens
+        .map_err(|why| failed(format!("{name} does not open with its key: {why}")))
 }
 
-/// The artifact being written: its id, path relative to the repository, and directory.
+/// The artifact being written: its id, path relative to the repository, where its files go
+/// and the key that seals them.
 struct Artifact {
     id: String,
     path: String,
-    dir: PathBuf,
+    writer: ArtifactWriter,
+    seal: Option<Key>,
 }
 
-/// What the cancellable part of a backup produced; the data files are still `.partial`.
+impl Artifact {
+    /// Name of data file `name` as stored: with `.age` when sealed.
+    fn stored_name(&self, name: &str) -> String {
+        match self.seal {
+            Some(_) => format!("{name}{SEALED_SUFFIX}"),
+            None => name.to_owned(),
+        }
+    }
+}
+
+/// What the cancellable part of a backup produced; the data files are not committed yet.
 struct Dumped {
     started_unix_ms: i64,
     timings: BTreeMap<String, u64>,
@@ -158,7 +181,7 @@ struct Dumped {
     globals_error: Option<String>,
 }
 
-/// Dumps the database and the globals into `.partial` files in `dir`, and counts the rows.
+/// Dumps the database and the globals into the data files of `artifact`, and counts the rows.
 /// `timings` gets `snapshot` (finding the tools, opening it, listing and locking the
 /// tables), `dump` (pg_dump, zstd and sha256, with the globals alongside), `globals` (that
 /// alone) and `count_rows` (the tables counted with SQL, see [`row_counts`]).
@@ -167,7 +190,7 @@ async fn dump_data(
     target: &OrderTarget,
     order_id: &str,
     progress: &ProgressReporter,
-    dir: &Path,
+    artifact: &Artifact,
 ) -> AgentResult<Dumped> {
     let db = &target.db;
     let started_unix_ms = now_unix_ms();
@@ -212,10 +235,16 @@ async fn dump_data(
         OsString::from("--no-password"),
         dbname_arg(&db.url),
     ];
-    let dump_partial = repository::partial_path(dir, DUMP_FILE);
+    let dump_name = artifact.stored_name(DUMP_FILE);
+    let dump_sink = artifact.writer.create_file(&dump_name).await?;
     let pg_dump = tools.path("pg_dump");
+    let dump_target = Target {
+        sink: dump_sink,
+        seal: artifact.seal.clone(),
+        location: format!("{}/{dump_name}", artifact.path),
+    };
     let dumping = progress.track("dump", |counter| {
-        archive_to_file(&pg_dump, &dump_args, &db.url, &dump_partial, counter)
+        archive_to(&pg_dump, &dump_args, &db.url, dump_target, counter)
     });
     // The globals are a few kilobytes, dumped beside the database rather than after it; their
     // progress would only interrupt the dump's.
@@ -225,25 +254,31 @@ async fn dump_data(
         OsString::from("--no-password"),
         dbname_arg(&db.url),
     ];
-    let globals_partial = repository::partial_path(dir, GLOBALS_FILE);
+    let globals_name = artifact.stored_name(GLOBALS_FILE);
+    let globals_sink = artifact.writer.create_file(&globals_name).await?;
+    let globals_target = Target {
+        sink: globals_sink,
+        seal: artifact.seal.clone(),
+        location: format!("{}/{globals_name}", artifact.path),
+    };
     let pg_dumpall = tools.path("pg_dumpall");
     let globals = async {
         let started = Instant::now();
-        let dumped = tool_to_file(
+        let dumped = tool_to(
             &pg_dumpall,
             &globals_args,
             &db.url,
-            &globals_partial,
+            globals_target,
             Arc::default(),
         )
         .await;
         let globals = match dumped {
             Ok(stored) => (Some(stored), None),
             // Managed servers often refuse the catalogs pg_dumpall reads; the dump itself is
-            // still a complete backup of the database, so record why and go on.
+            // still a complete backup of the database, so record why and go on without them.
             Err(error @ AgentError::Subprocess { .. }) => {
                 tracing::warn!(%order_id, database = %db.label, %error, "globals not dumped");
-                let _ = tokio::fs::remove_file(&globals_partial).await;
+                artifact.writer.discard_file(&globals_name).await?;
                 (None, Some(error.to_string()))
             }
             Err(error) => return Err(error),
@@ -359,16 +394,13 @@ async fn commit(
         globals_error,
     } = dumped;
     let phase = Instant::now();
-    let dir = artifact.dir.clone();
-    let has_globals = globals.is_some();
-    blocking(move || {
-        repository::commit_file(&dir, DUMP_FILE)?;
-        if has_globals {
-            repository::commit_file(&dir, GLOBALS_FILE)?;
-        }
-        Ok(())
-    })
-    .await?;
+    let dump_name = artifact.stored_name(DUMP_FILE);
+    let globals_name = artifact.stored_name(GLOBALS_FILE);
+    let mut names = vec![dump_name.clone()];
+    if globals.is_some() {
+        names.push(globals_name.clone());
+    }
+    artifact.writer.commit_files(names).await?;
     record(&mut timings, "commit", phase);
 
     let manifest = ArtifactManifest {
@@ -381,27 +413,30 @@ async fn commit(
         server_version: server.text,
         server_version_num: server.num,
         pg_dump_version,
-        dump: artifact_file(DUMP_FILE, dump),
-        globals: globals.map(|g| artifact_file(GLOBALS_FILE, g)),
+        dump: artifact_file(&dump_name, dump),
+        globals: globals.map(|g| artifact_file(&globals_name, g)),
         globals_error,
         tables,
         started_unix_ms,
         finished_unix_ms: now_unix_ms(),
         timings_ms: timings,
+        encryption: artifact.seal.as_ref().map(Key::encryption),
     };
     let manifest_json = serde_json::to_string_pretty(&manifest).map_err(|e| AgentError::Io {
         context: "cannot serialize the manifest".to_owned(),
         source: e.into(),
     })?;
-    let dir = artifact.dir.clone();
-    let bytes = manifest_json.clone().into_bytes();
-    blocking(move || repository::write_file_atomically(&dir, MANIFEST_FILE, &bytes)).await?;
+    artifact
+        .writer
+        .write_manifest(manifest_json.clone().into_bytes())
+        .await?;
     tracing::info!(
         %order_id,
         database = %target.db.label,
         artifact_id = %artifact.id,
         size_bytes = manifest.dump.size_bytes,
         raw_bytes = manifest.dump.raw_bytes,
+        key_id = artifact.seal.as_ref().map_or("", |k| k.id()),
         tables = manifest.tables.len(),
         rows = manifest.total_rows(),
         "backup committed"
@@ -414,18 +449,34 @@ async fn commit(
     })
 }
 
-/// Runs pg_dump (its custom format on stdout) and stores the archive compressed in `dest`,
-/// read on the way by an [`ArchiveScanner`] that counts the rows of each table's data.
-async fn archive_to_file(
+/// Where a tool's output is stored: the sink of a data file, the key sealing it, and its
+/// location for messages.
+struct Target {
+    sink: Box<dyn crate::repository::Sink>,
+    seal: Option<Key>,
+    location: String,
+}
+
+/// Runs pg_dump (its custom format on stdout) and stores the archive compressed in
+/// `target`, read on the way by an [`ArchiveScanner`] that counts the rows of each table's
+/// data.
+async fn archive_to(
     program: &Path,
     args: &[OsString],
     url: &PgUrl,
-    dest: &Path,
+    target: Target,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<(StoredFile, ArchiveScanner)> {
     let (process, stdout) = start_tool(program, args, url)?;
-    // As in `tool_to_file`: on a write error `process` is dropped here, which kills pg_dump.
-    let stored = codec::compress_archive_to_file(stdout, dest, raw_counter).await?;
+    // As in `tool_to`: on a write error `process` is dropped here, which kills pg_dump.
+    let stored = codec::compress_archive_to(
+        stdout,
+        target.sink,
+        target.seal,
+        &target.location,
+        raw_counter,
+    )
+    .await?;
     process.wait().await?;
     Ok(stored)
 }
@@ -445,18 +496,25 @@ fn start_tool(
     Ok((process, stdout))
 }
 
-/// Runs a tool whose stdout is the data and stores it compressed in `dest`.
-async fn tool_to_file(
+/// Runs a tool whose stdout is the data and stores it compressed in `target`.
+async fn tool_to(
     program: &Path,
     args: &[OsString],
     url: &PgUrl,
-    dest: &Path,
+    target: Target,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<StoredFile> {
     let (process, stdout) = start_tool(program, args, url)?;
     // On a write error `process` is dropped here, which kills the tool: it would otherwise
     // block forever on a full pipe.
-    let stored = codec::compress_to_file(stdout, dest, raw_counter).await?;
+    let stored = codec::compress_to(
+        stdout,
+        target.sink,
+        target.seal,
+        &target.location,
+        raw_counter,
+    )
+    .await?;
     // The exit status decides: a tool that failed midway leaves a short but valid stream.
     process.wait().await?;
     Ok(stored)
@@ -484,25 +542,38 @@ fn record(timings: &mut BTreeMap<String, u64>, phase: &str, started: Instant) {
 mod tests {
     use std::fs;
 
-    use url::Url;
-
     use super::*;
+    use crate::orders::tests::context;
 
-    /// Writes a committed artifact the way a backup does, with a real zstd dump.
-    async fn committed_artifact(repository: &Repository, id: &str) -> Artifact {
+    /// Writes a committed artifact the way a backup does, with a real zstd dump, sealed
+    /// when the context has a key.
+    async fn committed_artifact(ctx: &AgentContext, id: &str) -> Artifact {
         let path = Repository::artifact_path("db1", id);
-        let dir = repository.create_artifact_dir(&path).expect("create");
+        let artifact = Artifact {
+            id: id.to_owned(),
+            writer: ctx.repository.create_artifact(&path).await.expect("create"),
+            path,
+            seal: ctx.keys.sealing().cloned(),
+        };
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 977).to_le_bytes())
             .collect();
-        let dump = codec::compress_to_file(
+        let name = artifact.stored_name(DUMP_FILE);
+        let sink = artifact.writer.create_file(&name).await.expect("sink");
+        let dump = codec::compress_to(
             &data[..],
-            &repository::partial_path(&dir, DUMP_FILE),
+            sink,
+            artifact.seal.clone(),
+            &name,
             Arc::default(),
         )
         .await
         .expect("compress");
-        repository::commit_file(&dir, DUMP_FILE).expect("commit");
+        artifact
+            .writer
+            .commit_files(vec![name.clone()])
+            .await
+            .expect("commit");
         let manifest = ArtifactManifest {
             format: MANIFEST_FORMAT,
             artifact_id: id.to_owned(),
@@ -513,26 +584,29 @@ mod tests {
             server_version: "17.2".to_owned(),
             server_version_num: 170_002,
             pg_dump_version: "pg_dump (PostgreSQL) 17.2".to_owned(),
-            dump: artifact_file(DUMP_FILE, dump),
+            dump: artifact_file(&name, dump),
             globals: None,
             globals_error: None,
             tables: Vec::new(),
             started_unix_ms: 0,
             finished_unix_ms: 0,
             timings_ms: BTreeMap::new(),
+            encryption: artifact.seal.as_ref().map(Key::encryption),
         };
         let json = serde_json::to_vec(&manifest).expect("json");
-        repository::write_file_atomically(&dir, MANIFEST_FILE, &json).expect("manifest");
-        Artifact {
-            id: id.to_owned(),
-            path,
-            dir,
-        }
+        artifact
+            .writer
+            .write_manifest(json)
+            .await
+            .expect("manifest");
+        artifact
     }
 
-    fn repo(dir: &Path) -> Repository {
-        let url = Url::from_file_path(dir).expect("absolute path");
-        Repository::from_url(url.as_str()).expect("file url")
+    fn dir_of(ctx: &AgentContext, artifact: &Artifact) -> std::path::PathBuf {
+        ctx.repository
+            .local_root()
+            .expect("a file repository")
+            .join(&artifact.path)
     }
 
     fn recording_progress() -> (ProgressReporter, Arc<std::sync::Mutex<Vec<&'static str>>>) {
@@ -547,11 +621,11 @@ mod tests {
     #[tokio::test]
     async fn verification_passes_on_an_intact_dump() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let repository = repo(tmp.path());
-        let artifact = committed_artifact(&repository, "a1").await;
+        let ctx = context(tmp.path());
+        let artifact = committed_artifact(&ctx, "a1").await;
         let (progress, phases) = recording_progress();
 
-        verify_committed(&repository, &artifact.path, &progress)
+        verify_committed(&ctx, &artifact.path, &progress)
             .await
             .expect("intact dump verifies");
         let phases = phases.lock().expect("lock");
@@ -561,25 +635,27 @@ mod tests {
     #[tokio::test]
     async fn verification_detects_a_damaged_dump_and_the_artifact_is_removed() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let repository = repo(tmp.path());
-        let artifact = committed_artifact(&repository, "a1").await;
-        let dump = artifact.dir.join(DUMP_FILE);
+        let ctx = context(tmp.path());
+        let artifact = committed_artifact(&ctx, "a1").await;
+        let dump = dir_of(&ctx, &artifact).join(DUMP_FILE);
         let mut bytes = fs::read(&dump).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x01;
         fs::write(&dump, &bytes).expect("write");
-        let recorded = repository
+        let recorded = ctx
+            .repository
             .read_manifest(&artifact.path)
+            .await
             .expect("manifest")
             .dump
             .sha256;
         let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
 
         let (progress, _) = recording_progress();
-        let mut error = verify_committed(&repository, &artifact.path, &progress)
+        let mut error = verify_committed(&ctx, &artifact.path, &progress)
             .await
             .expect_err("damaged dump");
-        discard(&repository, "o1", &artifact, &mut error).await;
+        discard(&ctx.repository, "o1", &artifact, &mut error).await;
         assert_eq!(
             error.to_string(),
             format!(
@@ -587,7 +663,7 @@ mod tests {
                  records {recorded}; the artifact was removed"
             )
         );
-        assert!(!artifact.dir.exists());
+        assert!(!dir_of(&ctx, &artifact).exists());
         assert_eq!(
             fs::read_dir(tmp.path().join("db1")).expect("list").count(),
             0,
@@ -598,14 +674,14 @@ mod tests {
     #[tokio::test]
     async fn verification_fails_when_the_dump_is_missing() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let repository = repo(tmp.path());
-        let artifact = committed_artifact(&repository, "a1").await;
-        fs::remove_file(artifact.dir.join(DUMP_FILE)).expect("remove");
+        let ctx = context(tmp.path());
+        let artifact = committed_artifact(&ctx, "a1").await;
+        fs::remove_file(dir_of(&ctx, &artifact).join(DUMP_FILE)).expect("remove");
         let (progress, _) = recording_progress();
-        let error = verify_committed(&repository, &artifact.path, &progress)
+        let error = verify_committed(&ctx, &artifact.path, &progress)
             .await
             .expect_err("missing dump")
             .to_string();
-        assert!(error.contains("cannot open"), "{error}");
+        assert!(error.contains("dump.zst is missing"), "{error}");
     }
 }

@@ -10,8 +10,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use crate::error::{AgentError, AgentResult};
 use crate::orders::blocking;
 use crate::pgarchive::ArchiveScanner;
+use crate::repository::{Sink, Source};
+use crate::sealing::{Key, OpenError};
 
 /// Size of the chunks read from a pipe or file and handed to zstd.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -42,27 +44,40 @@ pub struct StoredFile {
     pub sha256: String,
 }
 
-/// Compresses everything `reader` yields into a new file `dest` and fsyncs it. `raw_counter`
-/// grows by each chunk read, for progress reports.
-pub async fn compress_to_file<R>(
+/// A stored file to read: its bytes, the key that opens them if they are sealed, and where
+/// they are (for messages).
+pub struct Stored {
+    pub source: Source,
+    pub key: Option<Key>,
+    pub location: String,
+}
+
+/// Compresses everything `reader` yields into `sink` (`location` names it in messages),
+/// sealed with `seal` if given, and finishes the sink. `raw_counter` grows by each chunk
+/// read, for progress reports.
+pub async fn compress_to<R>(
     reader: R,
-    dest: &Path,
+    sink: Box<dyn Sink>,
+    seal: Option<Key>,
+    location: &str,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<StoredFile>
 where
     R: AsyncRead + Unpin,
 {
-    compress(reader, dest, raw_counter, None)
+    compress(reader, sink, seal, location, raw_counter, None)
         .await
         .map(|(stored, _)| stored)
 }
 
-/// [`compress_to_file`] for a pg_dump custom-format archive, which is also read as it goes
+/// [`compress_to`] for a pg_dump custom-format archive, which is also read as it goes
 /// by: the scanner returned has the rows of each table's data
 /// ([`ArchiveScanner::table_rows`]).
-pub async fn compress_archive_to_file<R>(
+pub async fn compress_archive_to<R>(
     reader: R,
-    dest: &Path,
+    sink: Box<dyn Sink>,
+    seal: Option<Key>,
+    location: &str,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<(StoredFile, ArchiveScanner)>
 where
@@ -70,7 +85,9 @@ where
 {
     let (stored, scanner) = compress(
         reader,
-        dest,
+        sink,
+        seal,
+        location,
         raw_counter,
         Some(ArchiveScanner::counting_rows()),
     )
@@ -80,19 +97,18 @@ where
 
 async fn compress<R>(
     mut reader: R,
-    dest: &Path,
+    sink: Box<dyn Sink>,
+    seal: Option<Key>,
+    location: &str,
     raw_counter: Arc<AtomicU64>,
     scanner: Option<ArchiveScanner>,
 ) -> AgentResult<(StoredFile, Option<ArchiveScanner>)>
 where
     R: AsyncRead + Unpin,
 {
-    // Created here rather than on the compressing thread: once this future is dropped, no
-    // file may appear any more, or the caller's cleanup could miss it.
-    let file = File::create_new(dest)
-        .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    let writer = tokio::task::spawn_blocking(move || write_compressed(rx, file, scanner));
+    let writer =
+        tokio::task::spawn_blocking(move || write_compressed(rx, sink, seal.as_ref(), scanner));
 
     let read = async {
         loop {
@@ -121,13 +137,12 @@ where
     // A read error ends the stream without `End`, which makes the writer fail too; the read
     // error is the cause.
     read.map_err(AgentError::io(format!(
-        "cannot read the data for {}",
-        dest.display()
+        "cannot read the data for {location}"
     )))?;
     written
         .map_err(|e| io::Error::other(format!("compression thread failed: {e}")))
         .and_then(|r| r)
-        .map_err(AgentError::io(format!("cannot write {}", dest.display())))
+        .map_err(AgentError::io(format!("cannot write {location}")))
 }
 
 /// What the reading side hands to the compressing thread.
@@ -149,11 +164,16 @@ async fn fill_chunk<R: AsyncRead + Unpin>(reader: &mut R, chunk: &mut Vec<u8>) -
 
 fn write_compressed(
     mut chunks: mpsc::Receiver<Chunk>,
-    file: File,
+    sink: Box<dyn Sink>,
+    seal: Option<&Key>,
     mut scanner: Option<ArchiveScanner>,
 ) -> io::Result<(StoredFile, Option<ArchiveScanner>)> {
-    let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK_BYTES, file));
-    let mut encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL)?;
+    let hashing = HashingWriter::new(sink);
+    let sealed = match seal {
+        Some(key) => Sealed::Age(key.seal(hashing)?),
+        None => Sealed::Plain(hashing),
+    };
+    let mut encoder = zstd::Encoder::new(sealed, ZSTD_LEVEL)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     encoder.multithread(u32::try_from(workers).unwrap_or(1))?;
     let mut raw_bytes = 0u64;
@@ -171,17 +191,48 @@ fn write_compressed(
             None => return Err(io::Error::other("input abandoned")),
         }
     }
-    let hashing = encoder.finish()?;
+    let hashing = encoder.finish()?.finish()?;
     let size_bytes = hashing.bytes;
     let sha256 = hex::encode(hashing.hasher.finalize());
-    let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    hashing.inner.finish()?;
     let stored = StoredFile {
         raw_bytes,
         size_bytes,
         sha256,
     };
     Ok((stored, scanner))
+}
+
+/// The compressed stream on its way to the hashing writer: as is, or sealed.
+enum Sealed<W: Write> {
+    Plain(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Sealed<W> {
+    /// Ends the stream (the last sealed chunk) and returns the writer underneath.
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Self::Plain(w) => Ok(w),
+            Self::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Sealed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(w) => w.write(buf),
+            Self::Age(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.flush(),
+            Self::Age(w) => w.flush(),
+        }
+    }
 }
 
 /// What reading a compressed file back produced.
@@ -204,20 +255,18 @@ pub struct Decompressed {
 ///
 /// `dest` is scratch space for a restore and is not fsynced: pg_restore reads it through the
 /// page cache, it is removed right after, and a crash leaves it to be cleared at startup.
-/// `read_counter` grows by the compressed bytes read, for progress reports. Only failing to
-/// open or write files is an error here; a damaged `src` shows in the result.
+/// `read_counter` grows by the stored bytes read, for progress reports. Only failing to
+/// read `src` or write `dest` is an error here; a damaged `src` shows in the result.
 pub async fn decompress_to_file(
-    src: &Path,
+    src: Stored,
     dest: &Path,
     read_counter: Arc<AtomicU64>,
 ) -> AgentResult<Decompressed> {
-    // Both files are opened here rather than on the thread, so that no file can appear after
-    // this future is dropped (the caller removes `dest` right then).
-    let input =
-        File::open(src).map_err(AgentError::io(format!("cannot open {}", src.display())))?;
+    // Created here rather than on the thread, so that no file can appear after this future
+    // is dropped (the caller removes `dest` right then).
     let output = File::create_new(dest)
         .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
-    let (read, write_error) = decompress(src, input, output, true, read_counter).await?;
+    let (read, write_error) = decompress(src, output, true, read_counter).await?;
     match write_error {
         // A full staging disk is the agent's problem, not a damaged artifact.
         Some(error) => Err(AgentError::io(format!("cannot write {}", dest.display()))(
@@ -234,29 +283,30 @@ pub async fn decompress_to_file(
 /// and a failing one at its first error. The hash still covers every byte of `src`, and the
 /// write error is returned beside it for the caller to weigh against the tool's exit.
 pub async fn decompress_to_pipe(
-    src: &Path,
+    src: Stored,
     pipe: OwnedFd,
     read_counter: Arc<AtomicU64>,
 ) -> AgentResult<(Decompressed, Option<io::Error>)> {
-    let input =
-        File::open(src).map_err(AgentError::io(format!("cannot open {}", src.display())))?;
     widen_pipe(&pipe);
-    decompress(src, input, File::from(pipe), false, read_counter).await
+    decompress(src, File::from(pipe), false, read_counter).await
 }
 
 /// Writes the header and table of contents of the archive compressed in `src` (its first
 /// bytes, up to the data) to a new file `dest`: all pg_restore needs to restore the entries
 /// without data, such as the indexes and constraints of `--section=post-data`. Reads only
 /// as far as the table of contents goes.
-pub async fn extract_toc(src: &Path, dest: &Path) -> AgentResult<()> {
-    let input =
-        File::open(src).map_err(AgentError::io(format!("cannot open {}", src.display())))?;
+pub async fn extract_toc(src: Stored, dest: &Path) -> AgentResult<()> {
     let output = File::create_new(dest)
         .map_err(AgentError::io(format!("cannot create {}", dest.display())))?;
-    let (src, dest) = (src.to_path_buf(), dest.to_path_buf());
+    let dest = dest.to_path_buf();
     blocking(move || {
-        let cannot_read = || AgentError::io(format!("cannot read {}", src.display()));
-        let mut decoder = zstd::Decoder::new(input).map_err(cannot_read())?;
+        let location = src.location.clone();
+        let cannot_read = || AgentError::io(format!("cannot read {location}"));
+        let opened = Opened::open(src.source, src.key.as_ref()).map_err(|e| match e {
+            OpenError::Read(error) => cannot_read()(error),
+            OpenError::Refused(why) => cannot_read()(io::Error::other(why)),
+        })?;
+        let mut decoder = zstd::Decoder::new(opened).map_err(cannot_read())?;
         let mut writer = BufWriter::new(output);
         let mut scanner = ArchiveScanner::new();
         let mut chunk = vec![0; 64 << 10];
@@ -266,8 +316,7 @@ pub async fn extract_toc(src: &Path, dest: &Path) -> AgentResult<()> {
             }
             if let Some(why) = scanner.failure() {
                 return Err(AgentError::io(format!(
-                    "cannot read the archive in {}",
-                    src.display()
+                    "cannot read the archive in {location}"
                 ))(io::Error::other(why.to_owned())));
             }
             let n = decoder.read(&mut chunk).map_err(cannot_read())?;
@@ -300,8 +349,7 @@ pub fn widen_pipe(pipe: impl AsFd) {
 }
 
 async fn decompress(
-    src: &Path,
-    input: File,
+    src: Stored,
     output: File,
     fill_offsets: bool,
     read_counter: Arc<AtomicU64>,
@@ -310,27 +358,48 @@ async fn decompress(
     // cancelled), the guard tells the thread to stop reading instead of finishing the file.
     let abort = AbortOnDrop(Arc::new(AtomicBool::new(false)));
     let aborted = abort.0.clone();
-    let src = src.to_path_buf();
-    blocking(move || read_decompressed(input, output, fill_offsets, &src, read_counter, aborted))
-        .await
+    blocking(move || read_decompressed(src, output, fill_offsets, read_counter, aborted)).await
 }
 
-/// Returns the sha256 of every byte of the file at `path`, lowercase hex, read on a blocking
-/// thread. `read_counter` grows by the bytes read, for progress reports; dropping the
+/// Returns the sha256 of every byte of `src`, lowercase hex, read on a blocking thread.
+/// A sealed `src` must also open with its key: its header is read on the way, so a file
+/// sealed to another key than its manifest says is refused here, before any restore
+/// starts. `read_counter` grows by the bytes read, for progress reports; dropping the
 /// future stops the read.
-pub async fn sha256_file(path: &Path, read_counter: Arc<AtomicU64>) -> AgentResult<String> {
-    let file =
-        File::open(path).map_err(AgentError::io(format!("cannot open {}", path.display())))?;
+pub async fn sha256_of(src: Stored, read_counter: Arc<AtomicU64>) -> AgentResult<Hashed> {
     let abort = AbortOnDrop(Arc::new(AtomicBool::new(false)));
-    let hashing = HashingReader::new(file, read_counter, abort.0.clone());
-    let path = path.to_path_buf();
+    let hashing = SharedReader::new(HashingReader::new(
+        src.source,
+        read_counter,
+        abort.0.clone(),
+    ));
+    let location = src.location;
     blocking(move || {
-        let mut reader = BufReader::with_capacity(CHUNK_BYTES, hashing);
-        io::copy(&mut reader, &mut io::sink())
-            .map_err(AgentError::io(format!("cannot read {}", path.display())))?;
-        Ok(hex::encode(reader.into_inner().hasher.finalize()))
+        let opens = match &src.key {
+            Some(key) => match key.open(hashing.clone()) {
+                Ok(_) => Ok(()),
+                Err(OpenError::Refused(why)) => Err(why),
+                Err(OpenError::Read(error)) => {
+                    return Err(AgentError::io(format!("cannot read {location}"))(error));
+                }
+            },
+            None => Ok(()),
+        };
+        let sha256 = hashing
+            .finish()
+            .map_err(AgentError::io(format!("cannot read {location}")))?;
+        Ok(Hashed { sha256, opens })
     })
     .await
+}
+
+/// What [`sha256_of`] found.
+#[derive(Debug)]
+pub struct Hashed {
+    /// sha256 of every byte, lowercase hex.
+    pub sha256: String,
+    /// For a sealed file, why its key does not open it.
+    pub opens: Result<(), String>,
 }
 
 /// Sets its flag when dropped.
@@ -342,41 +411,45 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Decompresses `input` (the file at `src`) into `output`, filling in the data offsets of
+/// Decompresses (and opens, if sealed) `src` into `output`, filling in the data offsets of
 /// an archive if `fill_offsets`. Only a decode failure on bytes that were read without error
-/// says the file is damaged: a failed read (EIO on a network mount) is an
-/// [`AgentError::Io`] and a failed write is returned beside the result, whatever zstd made
-/// of either. After a failed write, the rest of `input` is still hashed.
+/// says the file is damaged: a failed read (EIO on a network mount, a dropped download) is
+/// an [`AgentError::Io`] and a failed write is returned beside the result, whatever zstd
+/// made of either. After a failed write, the rest of `src` is still hashed.
 fn read_decompressed(
-    input: impl Read,
+    src: Stored,
     output: File,
     fill_offsets: bool,
-    src: &Path,
     read_counter: Arc<AtomicU64>,
     aborted: Arc<AtomicBool>,
 ) -> AgentResult<(Decompressed, Option<io::Error>)> {
-    let hashing = HashingReader::new(input, read_counter, aborted);
-    let mut decoder = zstd::Decoder::with_buffer(BufReader::with_capacity(CHUNK_BYTES, hashing))
-        .map_err(AgentError::io("cannot start zstd"))?;
+    let location = src.location;
+    let hashing = SharedReader::new(HashingReader::new(src.source, read_counter, aborted));
     let mut writer = WriteSide {
         inner: BufWriter::with_capacity(CHUNK_BYTES, output),
         error: None,
         archive: fill_offsets.then(ArchiveScanner::new),
     };
-    let decoded = io::copy(&mut decoder, &mut writer);
-    // A failed read is not a damaged file: zstd passes it on as its own error, which would
-    // otherwise read as one.
-    if let Some(error) = decoder.get_mut().get_mut().error.take() {
-        return Err(AgentError::io(format!("cannot read {}", src.display()))(
-            error,
-        ));
+    let decoded = match Opened::open(hashing.clone(), src.key.as_ref()) {
+        Ok(opened) => {
+            let mut decoder =
+                zstd::Decoder::with_buffer(BufReader::with_capacity(CHUNK_BYTES, opened))
+                    .map_err(AgentError::io("cannot start zstd"))?;
+            io::copy(&mut decoder, &mut writer)
+        }
+        Err(OpenError::Read(error)) => Err(error),
+        Err(OpenError::Refused(why)) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+    };
+    // A failed read is not a damaged file: zstd (or age) passes it on as its own error,
+    // which would otherwise read as one.
+    if let Some(error) = hashing.take_error() {
+        return Err(AgentError::io(format!("cannot read {location}"))(error));
     }
     // Hash whatever the decoder left unread (trailing bytes, all after a damaged frame or a
     // failed write), so the checksum always covers the whole file.
-    let mut rest = decoder.finish();
-    io::copy(&mut rest, &mut io::sink())
-        .map_err(AgentError::io(format!("cannot read {}", src.display())))?;
-    let sha256 = hex::encode(rest.into_inner().hasher.finalize());
+    let sha256 = hashing
+        .finish()
+        .map_err(AgentError::io(format!("cannot read {location}")))?;
     let archive = writer.archive;
     let (file, mut write_error) = match (writer.error, writer.inner.into_inner()) {
         (Some(error), _) => (None, Some(error)),
@@ -399,6 +472,68 @@ fn read_decompressed(
         offsets_filled,
     };
     Ok((read, write_error))
+}
+
+/// The stored bytes on their way to zstd: as they are, or opened with their key.
+enum Opened<R: Read> {
+    Plain(R),
+    Age(age::stream::StreamReader<R>),
+}
+
+impl<R: Read> Opened<R> {
+    /// Opens `input` with `key` (reading its header), or passes it through without one.
+    fn open(input: R, key: Option<&Key>) -> Result<Self, OpenError> {
+        match key {
+            Some(key) => key.open(input).map(Self::Age),
+            None => Ok(Self::Plain(input)),
+        }
+    }
+}
+
+impl<R: Read> Read for Opened<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(r) => r.read(buf),
+            Self::Age(r) => r.read(buf),
+        }
+    }
+}
+
+/// A [`HashingReader`] that the decoding chain reads through while the caller keeps a
+/// handle on it, to hash whatever the chain left unread once it is done (age's reader does
+/// not give back the reader underneath it).
+#[derive(Clone)]
+struct SharedReader(Arc<Mutex<HashingReader<Source>>>);
+
+impl SharedReader {
+    fn new(reader: HashingReader<Source>) -> Self {
+        Self(Arc::new(Mutex::new(reader)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashingReader<Source>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the first failed read, if any.
+    fn take_error(&self) -> Option<io::Error> {
+        self.lock().error.take()
+    }
+
+    /// Reads the rest and returns the sha256 of every byte read, lowercase hex.
+    fn finish(&self) -> io::Result<String> {
+        let mut reader = self.lock();
+        io::copy(
+            &mut BufReader::with_capacity(CHUNK_BYTES, &mut *reader),
+            &mut io::sink(),
+        )?;
+        Ok(hex::encode(reader.hasher.clone().finalize()))
+    }
+}
+
+impl Read for SharedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.lock().read(buf)
+    }
 }
 
 /// Passes writes through, remembers the first one that failed, and shows what was written
@@ -509,6 +644,48 @@ impl<R: Read> Read for HashingReader<R> {
 mod tests {
     use super::*;
 
+    /// Writes a file the tests read back, as a repository's sink would.
+    struct FileSink(File);
+
+    impl Write for FileSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.write(buf)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+
+    impl Sink for FileSink {
+        fn finish(self: Box<Self>) -> io::Result<()> {
+            self.0.sync_all()
+        }
+    }
+
+    /// Compresses `data` into a new file at `path`, sealed with `seal`.
+    async fn store(data: &[u8], path: &Path, seal: Option<Key>) -> AgentResult<StoredFile> {
+        let file = File::create_new(path).map_err(AgentError::io("create"))?;
+        let location = path.display().to_string();
+        compress_to(
+            data,
+            Box::new(FileSink(file)),
+            seal,
+            &location,
+            Arc::default(),
+        )
+        .await
+    }
+
+    /// The file at `path` to read back, opened with `key`.
+    fn reading(path: &Path, key: Option<Key>) -> Stored {
+        Stored {
+            source: Box::new(File::open(path).expect("open")),
+            key,
+            location: path.display().to_string(),
+        }
+    }
+
     fn sample() -> Vec<u8> {
         // Several chunks, partly compressible, so multi-chunk and multi-frame paths run.
         (0..3 * CHUNK_BYTES + 12345)
@@ -522,9 +699,16 @@ mod tests {
         let data = sample();
         let stored_path = dir.path().join("dump.zst");
         let counter = Arc::new(AtomicU64::new(0));
-        let stored = compress_to_file(&data[..], &stored_path, counter.clone())
-            .await
-            .expect("compress");
+        let file = File::create_new(&stored_path).expect("create");
+        let stored = compress_to(
+            &data[..],
+            Box::new(FileSink(file)),
+            None,
+            "dump.zst",
+            counter.clone(),
+        )
+        .await
+        .expect("compress");
         let on_disk = std::fs::read(&stored_path).expect("read");
         assert_eq!(stored.raw_bytes, data.len() as u64);
         assert_eq!(counter.load(Ordering::Relaxed), data.len() as u64);
@@ -534,7 +718,7 @@ mod tests {
 
         let out_path = dir.path().join("restored");
         let read_counter = Arc::new(AtomicU64::new(0));
-        let back = decompress_to_file(&stored_path, &out_path, read_counter.clone())
+        let back = decompress_to_file(reading(&stored_path, None), &out_path, read_counter.clone())
             .await
             .expect("decompress");
         assert_eq!(back.sha256, stored.sha256);
@@ -547,7 +731,7 @@ mod tests {
     async fn a_full_disk_is_a_write_error_not_a_corrupt_artifact() {
         let dir = tempfile::tempdir().expect("tempdir");
         let stored_path = dir.path().join("dump.zst");
-        let stored = compress_to_file(&sample()[..], &stored_path, Arc::new(AtomicU64::new(0)))
+        let stored = store(&sample(), &stored_path, None)
             .await
             .expect("compress");
         // Every write to /dev/full fails with ENOSPC.
@@ -555,12 +739,10 @@ mod tests {
             .write(true)
             .open("/dev/full")
             .expect("/dev/full");
-        let input = File::open(&stored_path).expect("open");
         let (read, write_error) = read_decompressed(
-            input,
+            reading(&stored_path, None),
             full,
             true,
-            &stored_path,
             Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicBool::new(false)),
         )
@@ -578,9 +760,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let stored_path = dir.path().join("dump.zst");
         let data = sample();
-        let stored = compress_to_file(&data[..], &stored_path, Arc::default())
-            .await
-            .expect("compress");
+        let stored = store(&data, &stored_path, None).await.expect("compress");
         // `cat` reads everything; `head` stops after 100 bytes and exits.
         for (program, args, whole) in [("cat", vec![], true), ("head", vec!["-c", "100"], false)] {
             let out = dir.path().join(format!("{program}.out"));
@@ -591,9 +771,10 @@ mod tests {
                 .spawn()
                 .expect("spawn");
             let pipe = OwnedFd::from(child.stdin.take().expect("stdin"));
-            let (read, write_error) = decompress_to_pipe(&stored_path, pipe, Arc::default())
-                .await
-                .expect("the input reads");
+            let (read, write_error) =
+                decompress_to_pipe(reading(&stored_path, None), pipe, Arc::default())
+                    .await
+                    .expect("the input reads");
             assert!(child.wait().expect("wait").success());
             assert_eq!(read.sha256, stored.sha256, "{program}");
             let got = std::fs::read(&out).expect("read");
@@ -633,7 +814,7 @@ mod tests {
     async fn a_failed_read_is_an_io_error_not_a_corrupt_artifact() {
         let dir = tempfile::tempdir().expect("tempdir");
         let stored_path = dir.path().join("dump.zst");
-        compress_to_file(&sample()[..], &stored_path, Arc::default())
+        store(&sample(), &stored_path, None)
             .await
             .expect("compress");
         let bytes = std::fs::read(&stored_path).expect("read");
@@ -645,11 +826,15 @@ mod tests {
             };
             let dest = dir.path().join(format!("out-{fail_at}"));
             let output = File::create_new(&dest).expect("create");
+            let src = Stored {
+                source: Box::new(input),
+                key: None,
+                location: stored_path.display().to_string(),
+            };
             let result = read_decompressed(
-                input,
+                src,
                 output,
                 true,
-                &stored_path,
                 Arc::default(),
                 Arc::new(AtomicBool::new(false)),
             );
@@ -672,7 +857,7 @@ mod tests {
     async fn damaged_file_changes_the_hash_and_fails_to_decode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let stored_path = dir.path().join("dump.zst");
-        let stored = compress_to_file(&sample()[..], &stored_path, Arc::default())
+        let stored = store(&sample(), &stored_path, None)
             .await
             .expect("compress");
         let mut bytes = std::fs::read(&stored_path).expect("read");
@@ -681,26 +866,83 @@ mod tests {
         bytes.truncate(bytes.len() - 10);
         std::fs::write(&stored_path, &bytes).expect("write");
 
-        let back = decompress_to_file(&stored_path, &dir.path().join("out"), Arc::default())
-            .await
-            .expect("files open");
+        let back = decompress_to_file(
+            reading(&stored_path, None),
+            &dir.path().join("out"),
+            Arc::default(),
+        )
+        .await
+        .expect("files open");
         assert_ne!(back.sha256, stored.sha256);
         assert_eq!(back.sha256, hex::encode(Sha256::digest(&bytes)));
         assert!(back.decoded.is_err());
     }
 
     #[tokio::test]
-    async fn sha256_file_hashes_every_byte() {
+    async fn sha256_of_hashes_every_byte() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("data");
         let data = sample();
         std::fs::write(&path, &data).expect("write");
         let counter = Arc::new(AtomicU64::new(0));
-        let sha256 = sha256_file(&path, counter.clone()).await.expect("hash");
-        assert_eq!(sha256, hex::encode(Sha256::digest(&data)));
+        let hashed = sha256_of(reading(&path, None), counter.clone())
+            .await
+            .expect("hash");
+        assert_eq!(hashed.sha256, hex::encode(Sha256::digest(&data)));
+        assert_eq!(hashed.opens, Ok(()));
         assert_eq!(counter.load(Ordering::Relaxed), data.len() as u64);
-        let missing = sha256_file(&dir.path().join("missing"), Arc::default()).await;
-        assert!(missing.is_err());
+    }
+
+    #[tokio::test]
+    async fn sealed_files_round_trip_and_only_their_key_opens_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = |name: &str| {
+            let path = dir.path().join(name);
+            crate::sealing::generate(&path).expect("key");
+            crate::sealing::Keys::load(&[path])
+                .expect("load")
+                .sealing()
+                .cloned()
+                .expect("key")
+        };
+        let (key, other) = (key_file("k1"), key_file("k2"));
+        let data = sample();
+        let stored_path = dir.path().join("dump.zst.age");
+        let written = store(&data, &stored_path, Some(key.clone()))
+            .await
+            .expect("seal");
+        let on_disk = std::fs::read(&stored_path).expect("read");
+        assert_eq!(written.sha256, hex::encode(Sha256::digest(&on_disk)));
+        assert_eq!(written.size_bytes, on_disk.len() as u64);
+        assert!(on_disk.starts_with(b"age-encryption.org/v1\n"));
+
+        let hashed = sha256_of(reading(&stored_path, Some(key.clone())), Arc::default())
+            .await
+            .expect("hash");
+        assert_eq!(
+            (hashed.sha256.as_str(), hashed.opens),
+            (written.sha256.as_str(), Ok(()))
+        );
+        let refused = sha256_of(reading(&stored_path, Some(other.clone())), Arc::default())
+            .await
+            .expect("hash");
+        assert_eq!(refused.sha256, written.sha256, "hashed whole all the same");
+        assert!(refused.opens.is_err());
+
+        let out = dir.path().join("out");
+        let back = decompress_to_file(reading(&stored_path, Some(key)), &out, Arc::default())
+            .await
+            .expect("decompress");
+        assert_eq!(back.sha256, written.sha256);
+        assert_eq!(back.decoded.expect("decodes"), data.len() as u64);
+        assert_eq!(std::fs::read(&out).expect("read"), data);
+
+        let wrong = dir.path().join("wrong");
+        let back = decompress_to_file(reading(&stored_path, Some(other)), &wrong, Arc::default())
+            .await
+            .expect("the file reads");
+        assert_eq!(back.sha256, written.sha256, "hashed whole all the same");
+        assert!(back.decoded.is_err(), "another key does not open it");
     }
 
     #[tokio::test]
@@ -708,7 +950,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("taken");
         std::fs::write(&path, b"keep").expect("write");
-        let err = compress_to_file(&b"data"[..], &path, Arc::default()).await;
+        let err = store(b"data", &path, None).await;
         assert!(err.is_err());
         assert_eq!(std::fs::read(&path).expect("read"), b"keep");
     }

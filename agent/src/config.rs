@@ -16,7 +16,7 @@ use warden_shared::{validate_agent_name, validate_database_name};
 
 use crate::error::{AgentError, AgentResult};
 use crate::pg::PgUrl;
-use crate::repository::Repository;
+use crate::repository::{Repository, S3Settings};
 
 /// Prefix of the environment variables that override the file (`WARDEN_AGENT_NAME`, ...).
 pub const ENV_PREFIX: &str = "WARDEN_AGENT_";
@@ -47,6 +47,24 @@ pub const RESERVED_MIGRATE_ENV: [&str; 15] = [
 /// A database password at least this long is refused in the command lines of
 /// `[databases.migrate]`; a shorter one would match ordinary arguments.
 const MIN_PASSWORD_IN_ARGV: usize = 4;
+/// Where restores stage decompressed dumps when the repository is a bucket and
+/// `staging_dir` is not set (`/var/tmp` survives reboots and is rarely a small tmpfs).
+const OBJECT_STAGING_ROOT: &str = "/var/tmp/warden-staging";
+
+/// The keys of client-side encryption: age identity files (`warden-agent key generate` or
+/// `age-keygen` writes them), mode 0600. The first seals new backups; every one opens the
+/// backups it sealed, so rotating is putting the new key first and keeping the old ones
+/// while their backups are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    pub key_files: Vec<PathBuf>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// The longest `statement_timeout` PostgreSQL accepts: `i32::MAX` milliseconds.
 const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
@@ -65,14 +83,22 @@ pub struct AgentConfig {
     /// Plaintext to a coordinator started with `--insecure-dev`: a development fleet on one
     /// machine only.
     pub insecure_dev: bool,
-    /// Where artifacts are written: `file:///absolute/path`.
+    /// Where artifacts are written: `file:///absolute/path` or `s3://bucket/prefix`.
     pub repository: String,
+    /// Endpoint, region and credentials of an `s3://` repository, where the standard AWS
+    /// environment variables do not say them.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub s3: S3Settings,
+    /// Client-side encryption of new backups; the keys never leave this host.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub encryption: EncryptionConfig,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Where pg_dump, pg_restore and pg_dumpall are looked for first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pg_bindir: Option<PathBuf>,
-    /// Where restores stage decompressed dumps; default `<repository>/.staging/<name>`.
+    /// Where restores stage decompressed dumps; default `<repository>/.staging/<name>` for a
+    /// `file://` repository, `/var/tmp/warden-staging/<name>` for a bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging_dir: Option<PathBuf>,
     /// Parallel jobs of pg_restore.
@@ -97,6 +123,8 @@ impl Default for AgentConfig {
             tls_dir: PathBuf::from("tls"),
             insecure_dev: false,
             repository: String::new(),
+            s3: S3Settings::default(),
+            encryption: EncryptionConfig::default(),
             labels: BTreeMap::new(),
             pg_bindir: None,
             staging_dir: None,
@@ -393,7 +421,8 @@ impl AgentConfig {
                     .to_owned(),
             ));
         }
-        Repository::from_url(&self.repository)?;
+        Repository::open(&self.repository, &self.s3)?;
+        crate::sealing::Keys::load(&self.encryption.key_files)?;
         if self.restore_jobs == 0 {
             return Err(AgentError::Config(
                 "restore_jobs must be at least 1".to_owned(),
@@ -437,17 +466,25 @@ impl AgentConfig {
         self.databases.iter().find(|db| db.name == name)
     }
 
-    /// Returns the staging directory, defaulting to `<repository>/.staging/<name>`.
+    /// Returns the staging directory, defaulting to `<repository>/.staging/<name>` for a
+    /// `file://` repository and `/var/tmp/warden-staging/<name>` for a bucket.
     pub fn staging_dir(&self, repository: &Repository) -> PathBuf {
-        self.staging_dir
-            .clone()
-            .unwrap_or_else(|| repository.root().join(".staging").join(&self.name))
+        self.staging_dir.clone().unwrap_or_else(|| {
+            repository
+                .local_root()
+                .map_or_else(
+                    || PathBuf::from(OBJECT_STAGING_ROOT),
+                    |root| root.join(".staging"),
+                )
+                .join(&self.name)
+        })
     }
 
     /// Renders the effective configuration as TOML with every password replaced by `***`.
     pub fn to_redacted_toml(&self, repository: &Repository) -> AgentResult<String> {
         let mut shown = self.clone();
         shown.staging_dir = Some(self.staging_dir(repository));
+        shown.s3 = self.s3.redacted();
         for db in &mut shown.databases {
             db.url = db.redacted_url();
             db.migrate = db.migrate.as_ref().map(MigrateConfig::redacted);
@@ -500,7 +537,13 @@ mod tests {
             c.insecure_dev = true;
         };
         assert!(error_of(plaintext_https).contains("remove insecure_dev"));
-        assert!(error_of(|c| c.repository = "s3://bucket".to_owned()).contains("\"s3://bucket\""));
+        assert!(error_of(|c| c.repository = "s3:///prefix".to_owned()).contains("names no bucket"));
+        assert!(error_of(|c| c.repository = "s3://b/p?x=1".to_owned()).contains("has a query"));
+        assert!(error_of(|c| c.repository = "gs://bucket".to_owned()).contains("\"gs://bucket\""));
+        assert!(
+            error_of(|c| c.encryption.key_files = vec![PathBuf::from("/nonexistent/k")])
+                .contains("cannot use encryption key file /nonexistent/k")
+        );
         assert!(error_of(|c| c.restore_jobs = 0).contains("restore_jobs"));
         for timeout in [
             Duration::ZERO,
@@ -527,7 +570,7 @@ mod tests {
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(debug.contains("warden:***@10.0.0.5"), "{debug}");
 
-        let repository = Repository::from_url(&config.repository).expect("repo");
+        let repository = Repository::open(&config.repository, &config.s3).expect("repo");
         let dumped = config.to_redacted_toml(&repository).expect("toml");
         assert!(!dumped.contains("s3cret"), "{dumped}");
         assert!(
@@ -544,6 +587,27 @@ mod tests {
         assert_eq!(back.restore_jobs, 2);
         assert!(dumped.contains("drill_check_timeout = \"1m\""), "{dumped}");
         assert_eq!(back.drill_check_timeout, DEFAULT_DRILL_CHECK_TIMEOUT);
+
+        // A bucket's secret key and session token are hidden the same way; the staging
+        // directory cannot be in the bucket.
+        let mut config = valid();
+        config.repository = "s3://backups/warden".to_owned();
+        config.s3 = S3Settings {
+            endpoint: Some("http://127.0.0.1:9000".to_owned()),
+            access_key_id: Some("AKIDEXAMPLE".to_owned()),
+            secret_access_key: Some("wJalrXUtnFEMI".to_owned()),
+            session_token: Some("FwoGZXIvYXdzE".to_owned()),
+            ..S3Settings::default()
+        };
+        let debug = format!("{config:?}");
+        let repository = Repository::open(&config.repository, &config.s3).expect("repo");
+        let dumped = config.to_redacted_toml(&repository).expect("toml");
+        for shown in [&debug, &dumped] {
+            assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+            assert!(!shown.contains("FwoGZXIvYXdzE"), "{shown}");
+            assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
+        }
+        assert!(dumped.contains("/var/tmp/warden-staging/db1"), "{dumped}");
     }
 
     #[test]
@@ -773,7 +837,7 @@ labels = { tier = "critical" }
         assert!(debug.contains("\"APP_KEY\": \"***\""), "{debug}");
         assert!(debug.contains("artisan"), "{debug}");
 
-        let repository = Repository::from_url(&config.repository).expect("repo");
+        let repository = Repository::open(&config.repository, &config.s3).expect("repo");
         let dumped = config.to_redacted_toml(&repository).expect("toml");
         assert!(!dumped.contains("t0ps3cret"), "{dumped}");
         assert!(dumped.contains("APP_KEY = \"***\""), "{dumped}");

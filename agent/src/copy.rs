@@ -2,8 +2,9 @@
 //! executors share.
 //!
 //! A copy goes through fixed phases, each timed (they are the RTO measurements): `fetch`
-//! reads the manifest and locates the dump, `verify_checksum` hashes `dump.zst` and compares
-//! it with the catalog, `decompress` stages the plain dump, `pg_restore` creates the database
+//! reads the manifest and finds the key of a sealed dump, `verify_checksum` reads the whole
+//! dump from the repository, hashes it and compares it with the catalog (and checks that the
+//! key opens it), `decompress` stages the plain dump, `pg_restore` creates the database
 //! and restores into it, `verify_rows` compares every table's row count with the manifest.
 //! Nothing on the server changes before the checksum matched: the first statement that
 //! changes anything runs in `pg_restore`.
@@ -24,20 +25,23 @@ use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use sqlx::Connection;
 use warden_proto::v1;
 use warden_shared::ArtifactManifest;
-use warden_shared::manifest::{DUMP_FILE, TableRowCount};
+use warden_shared::manifest::TableRowCount;
 
 use crate::backup::dbname_arg;
-use crate::codec;
+use crate::codec::{self, Stored};
 use crate::error::{AgentError, AgentResult};
 use crate::orders::{AgentContext, OrderTarget, blocking, elapsed_ms};
 use crate::pg::{self, PgDatabase};
 use crate::pgtools::{PgTools, PgVersion, Subprocess, ToolRequirement};
 use crate::progress::ProgressReporter;
+use crate::sealing::Key;
 
 /// Names of the phases of restores and drills, in timings and progress reports.
 pub mod phase {
@@ -72,7 +76,7 @@ pub struct ArtifactRef<'a> {
     pub id: &'a str,
     /// Directory of the artifact relative to the repository root.
     pub path: &'a str,
-    /// sha256 of `dump.zst`.
+    /// sha256 of the stored dump.
     pub sha256: &'a str,
 }
 
@@ -252,8 +256,12 @@ pub fn streams(tables: &[TableRowCount], jobs: u32) -> bool {
 /// Stages the dump's header and table of contents alone in `staged`, for the post-data
 /// part of a streamed restore. Returns whether it could; if not (an archive the agent cannot
 /// read), the restore stages the whole dump instead, as it always could.
-async fn stage_toc(artifact: &ArtifactRef<'_>, dump: &Path, staged: &Path) -> bool {
-    match codec::extract_toc(dump, staged).await {
+async fn stage_toc(artifact: &ArtifactRef<'_>, dump: &Dump<'_>, staged: &Path) -> bool {
+    let extracted = match dump.open().await {
+        Ok(stored) => codec::extract_toc(stored, staged).await,
+        Err(error) => Err(error),
+    };
+    match extracted {
         Ok(()) => true,
         Err(error) => {
             tracing::warn!(artifact_id = artifact.id, %error, "cannot stage the table of contents alone; staging the whole dump");
@@ -272,7 +280,7 @@ enum Archive<'a> {
     /// entries from `toc`, the staged table of contents, with `jobs` parallel jobs.
     Streamed {
         artifact: &'a ArtifactRef<'a>,
-        dump: &'a Path,
+        dump: &'a Dump<'a>,
         toc: &'a Path,
         jobs: u32,
     },
@@ -298,21 +306,38 @@ pub fn record(phases: &mut Vec<v1::PhaseTiming>, phase: &str, started: Instant) 
     });
 }
 
-/// Reads the manifest, checks it against the catalog, and returns it with the path of the
-/// dump.
-async fn fetch(
-    ctx: &AgentContext,
+/// The dump of an artifact in the repository, opened afresh by each phase that reads it.
+struct Dump<'a> {
+    ctx: &'a AgentContext,
+    artifact_path: String,
+    name: String,
+    key: Option<Key>,
+}
+
+impl Dump<'_> {
+    /// Starts reading the dump from its first byte.
+    async fn open(&self) -> AgentResult<Stored> {
+        let source = self
+            .ctx
+            .repository
+            .open_file(&self.artifact_path, &self.name)
+            .await?;
+        Ok(Stored {
+            source,
+            key: self.key.clone(),
+            location: format!("{}/{}", self.artifact_path, self.name),
+        })
+    }
+}
+
+/// Reads the manifest, checks it against the catalog, and returns it with the dump: where
+/// it is and, sealed, the key that opens it. An artifact sealed with a key this agent does
+/// not hold is refused here, naming the key, before anything else happens.
+async fn fetch<'a>(
+    ctx: &'a AgentContext,
     artifact: &ArtifactRef<'_>,
-) -> AgentResult<(ArtifactManifest, PathBuf)> {
-    let repository = ctx.repository.clone();
-    let path = artifact.path.to_owned();
-    let (manifest, dump) = blocking(move || {
-        Ok((
-            repository.read_manifest(&path)?,
-            repository.artifact_file(&path, DUMP_FILE)?,
-        ))
-    })
-    .await?;
+) -> AgentResult<(ArtifactManifest, Dump<'a>)> {
+    let manifest = ctx.repository.read_manifest(artifact.path).await?;
     if manifest.artifact_id != artifact.id {
         return Err(artifact.corrupt(format!(
             "its manifest names artifact {}",
@@ -321,49 +346,62 @@ async fn fetch(
     }
     if manifest.dump.sha256 != artifact.sha256 {
         return Err(artifact.corrupt(format!(
-            "manifest.json says the sha256 of {DUMP_FILE} is {}, catalog says {}",
-            manifest.dump.sha256, artifact.sha256
+            "manifest.json says the sha256 of {} is {}, catalog says {}",
+            manifest.dump.name, manifest.dump.sha256, artifact.sha256
         )));
     }
+    let key = match &manifest.encryption {
+        Some(encryption) => Some(ctx.keys.opening(artifact.id, encryption)?.clone()),
+        None => None,
+    };
+    let dump = Dump {
+        ctx,
+        artifact_path: artifact.path.to_owned(),
+        name: manifest.dump.name.clone(),
+        key,
+    };
     Ok((manifest, dump))
 }
 
-/// Hashes the compressed dump and compares it with the catalog, before any of it is
-/// decompressed or reaches a server.
+/// Reads the whole stored dump, hashes it and compares it with the catalog, before any of
+/// it is decompressed or reaches a server; a sealed dump must also open with its key.
 async fn verify_checksum(
     artifact: &ArtifactRef<'_>,
-    dump: &Path,
+    dump: &Dump<'_>,
     progress: &ProgressReporter,
 ) -> AgentResult<()> {
-    let sha256 = progress
+    let stored = dump.open().await?;
+    let hashed = progress
         .track(phase::VERIFY_CHECKSUM, |counter| {
-            codec::sha256_file(dump, counter)
+            codec::sha256_of(stored, counter)
         })
         .await?;
-    if sha256 == artifact.sha256 {
-        Ok(())
-    } else {
-        Err(artifact.corrupt(format!(
-            "sha256 of {DUMP_FILE} is {sha256}, catalog says {}",
-            artifact.sha256
-        )))
+    if hashed.sha256 != artifact.sha256 {
+        return Err(artifact.corrupt(format!(
+            "sha256 of {} is {}, catalog says {}",
+            dump.name, hashed.sha256, artifact.sha256
+        )));
     }
+    hashed
+        .opens
+        .map_err(|why| artifact.corrupt(format!("{} does not open with its key: {why}", dump.name)))
 }
 
 /// Decompresses the verified dump into `staged` and returns its size. The bytes are hashed
 /// again on the way: the file must not have changed since it was verified.
 async fn decompress(
     artifact: &ArtifactRef<'_>,
-    dump: &Path,
+    dump: &Dump<'_>,
     staged: &Path,
     progress: &ProgressReporter,
 ) -> AgentResult<u64> {
+    let stored = dump.open().await?;
     let read = progress
         .track(phase::DECOMPRESS, |counter| {
-            codec::decompress_to_file(dump, staged, counter)
+            codec::decompress_to_file(stored, staged, counter)
         })
         .await?;
-    check_read(artifact, &read)?;
+    check_read(artifact, &dump.name, &read)?;
     match &read.offsets_filled {
         Some(Ok(filled)) => {
             tracing::debug!(artifact_id = artifact.id, filled, "data offsets filled in")
@@ -374,22 +412,37 @@ async fn decompress(
         }
         None => {}
     }
-    read.decoded.map_err(|e| undecodable(artifact, &e))
+    read.decoded
+        .map_err(|e| undecodable(artifact, &dump.name, &e))
 }
 
 /// Refuses a dump whose bytes changed since [`verify_checksum`] hashed them.
-fn check_read(artifact: &ArtifactRef<'_>, read: &codec::Decompressed) -> AgentResult<()> {
+fn check_read(
+    artifact: &ArtifactRef<'_>,
+    name: &str,
+    read: &codec::Decompressed,
+) -> AgentResult<()> {
     if read.sha256 == artifact.sha256 {
         return Ok(());
     }
     Err(artifact.corrupt(format!(
-        "{DUMP_FILE} changed while it was read: its sha256 is now {}, catalog says {}",
+        "{name} changed while it was read: its sha256 is now {}, catalog says {}",
         read.sha256, artifact.sha256
     )))
 }
 
-fn undecodable(artifact: &ArtifactRef<'_>, error: &std::io::Error) -> AgentError {
-    artifact.corrupt(format!("{DUMP_FILE} cannot be decompressed: {error}"))
+fn undecodable(artifact: &ArtifactRef<'_>, name: &str, error: &std::io::Error) -> AgentError {
+    artifact.corrupt(format!("{name} cannot be decompressed: {error}"))
+}
+
+/// Streams the verified dump into `pipe` (a pg_restore's stdin), hashing it again.
+async fn stream_dump(
+    dump: &Dump<'_>,
+    pipe: std::os::fd::OwnedFd,
+    counter: Arc<AtomicU64>,
+) -> AgentResult<(codec::Decompressed, Option<std::io::Error>)> {
+    let stored = dump.open().await?;
+    codec::decompress_to_pipe(stored, pipe, counter).await
 }
 
 /// Clears the way per `plan.in_the_way`, creates `plan.into` and runs pg_restore into it.
@@ -468,7 +521,7 @@ async fn create_and_restore(
                     data_args.extend(["--section=pre-data", "--section=data"].map(OsString::from));
                     let (process, stdin) =
                         Subprocess::spawn_fed(&pg_restore, &data_args, Some(&into.url))?;
-                    let decompressing = codec::decompress_to_pipe(dump, stdin, counter);
+                    let decompressing = stream_dump(dump, stdin, counter);
                     let waiting = process.wait();
                     tokio::pin!(decompressing, waiting);
                     let (read, restored) = tokio::select! {
@@ -481,7 +534,7 @@ async fn create_and_restore(
                         },
                     };
                     let (read, write_error) = read?;
-                    streamed_outcome(artifact, read, write_error, restored)?;
+                    streamed_outcome(artifact, &dump.name, read, write_error, restored)?;
                     let mut post_args = args.clone();
                     post_args.push(OsString::from("--section=post-data"));
                     post_args.push(OsString::from(format!("--jobs={jobs}")));
@@ -502,13 +555,14 @@ async fn create_and_restore(
 /// reading the last bytes restored everything the archive lists: the hash still covered them.
 fn streamed_outcome(
     artifact: &ArtifactRef<'_>,
+    name: &str,
     read: codec::Decompressed,
     write_error: Option<std::io::Error>,
     restored: AgentResult<()>,
 ) -> AgentResult<()> {
-    check_read(artifact, &read)?;
+    check_read(artifact, name, &read)?;
     if let (Err(error), None) = (&read.decoded, &write_error) {
-        return Err(undecodable(artifact, error));
+        return Err(undecodable(artifact, name, error));
     }
     restored?;
     if let Some(error) = write_error {
@@ -699,29 +753,51 @@ mod tests {
             })
         };
         let damaged = || Err(std::io::Error::other("frame damaged"));
-        assert!(streamed_outcome(&artifact, read("good", Ok(10)), None, Ok(())).is_ok());
+        assert!(
+            streamed_outcome(&artifact, "dump.zst", read("good", Ok(10)), None, Ok(())).is_ok()
+        );
         // pg_restore that ended without the last bytes, which the hash still covered.
         assert!(
-            streamed_outcome(&artifact, read("good", damaged()), broken_pipe(), Ok(())).is_ok()
+            streamed_outcome(
+                &artifact,
+                "dump.zst",
+                read("good", damaged()),
+                broken_pipe(),
+                Ok(())
+            )
+            .is_ok()
         );
         // Changed bytes condemn the artifact even when pg_restore was content, or failed.
         for restored in [Ok(()), failed()] {
-            let error = streamed_outcome(&artifact, read("bad", Ok(10)), None, restored)
-                .expect_err("changed");
+            let error =
+                streamed_outcome(&artifact, "dump.zst", read("bad", Ok(10)), None, restored)
+                    .expect_err("changed");
             assert!(
                 matches!(error, AgentError::CorruptArtifact { .. }),
                 "{error}"
             );
         }
-        let error = streamed_outcome(&artifact, read("good", damaged()), None, failed())
-            .expect_err("damaged");
+        let error = streamed_outcome(
+            &artifact,
+            "dump.zst",
+            read("good", damaged()),
+            None,
+            failed(),
+        )
+        .expect_err("damaged");
         assert!(
             error.to_string().contains("cannot be decompressed"),
             "{error}"
         );
         // Otherwise pg_restore's failure is the cause of a broken pipe.
-        let error = streamed_outcome(&artifact, read("good", damaged()), broken_pipe(), failed())
-            .expect_err("pg_restore failed");
+        let error = streamed_outcome(
+            &artifact,
+            "dump.zst",
+            read("good", damaged()),
+            broken_pipe(),
+            failed(),
+        )
+        .expect_err("pg_restore failed");
         assert!(error.to_string().contains("pg_restore failed"), "{error}");
     }
 

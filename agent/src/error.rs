@@ -2,8 +2,6 @@
 //! the agent log: it names the value that was wrong and, where there is one, what to do next.
 //! No variant ever holds a database URL, so credentials cannot leak through an error.
 
-use std::path::PathBuf;
-
 use warden_proto::v1;
 use warden_shared::NameError;
 use warden_shared::config::ConfigError;
@@ -51,14 +49,20 @@ pub enum AgentError {
     /// A file of an artifact is not in the repository, although the repository holds the
     /// directory of the agent that took it: the artifact was removed or never completed.
     #[error(
-        "{} is missing: artifact {artifact_path} is incomplete or was removed from the repository; \
-         it cannot be restored",
-        path.display()
+        "{location} is missing: artifact {artifact_path} is incomplete or was removed from the \
+         repository; it cannot be restored"
     )]
     ArtifactMissing {
         artifact_path: String,
-        path: PathBuf,
+        /// The file or object, as a path or an `s3://` URL.
+        location: String,
     },
+    /// An object store refused or failed a request; `message` is the store's own error.
+    #[error("{context}: {message}")]
+    Storage { context: String, message: String },
+    /// An artifact is sealed with a key this agent does not hold.
+    #[error("cannot restore artifact {artifact_id}: {detail}; nothing was changed")]
+    MissingKey { artifact_id: String, detail: String },
     /// A backup read back after its commit did not match its manifest; `removed` says
     /// whether its directory could be removed afterwards.
     #[error(

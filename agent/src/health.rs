@@ -7,7 +7,7 @@
 //! why, and the report fields are never half-filled. Periodic reports say the same with
 //! `report: None` and the error.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,8 @@ use crate::orders::{AgentContext, cancellable, elapsed_ms};
 use crate::pg::{self, PgDatabase};
 use crate::repository::Repository;
 
-/// The longest a health order waits for the repository's file system to answer.
-const ORDER_SPACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a health order waits for the repository to answer.
+const ORDER_REPOSITORY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Collects a health report of `db`, a database of `ctx`.
 pub async fn run(
@@ -32,11 +32,11 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> AgentResult<v1::HealthReport> {
     cancellable(cancel, async {
-        let space = ctx
-            .repository_space
-            .measure(&ctx.repository, ORDER_SPACE_TIMEOUT)
+        let check = ctx
+            .repository_gauge
+            .check(&ctx.repository, &ctx.config.name, ORDER_REPOSITORY_TIMEOUT)
             .await;
-        collect(db, space).await
+        collect(db, check.space).await
     })
     .await
 }
@@ -45,7 +45,9 @@ pub async fn run(
 /// server that hangs delays nobody else.
 pub async fn collect_all(ctx: &AgentContext, timeout: Duration) -> v1::HealthReports {
     let collected_unix_ms = now_unix_ms();
-    let space = ctx.repository_space.measure(&ctx.repository, timeout);
+    let check = ctx
+        .repository_gauge
+        .check(&ctx.repository, &ctx.config.name, timeout);
     let databases = join_all(ctx.config.databases.iter().map(|entry| async {
         let db = ctx.target(&entry.name)?.db;
         tokio::time::timeout(timeout, collect_connected(&db))
@@ -57,9 +59,14 @@ pub async fn collect_all(ctx: &AgentContext, timeout: Duration) -> v1::HealthRep
                 })
             })
     }));
-    let (space, databases) = tokio::join!(space, databases);
+    let (check, databases) = tokio::join!(check, databases);
+    if let Err(error) = &check.probe {
+        tracing::warn!(repository = %ctx.repository.url(), %error, "the repository check failed");
+    }
+    let space = check.space;
     v1::HealthReports {
         collected_unix_ms,
+        repository: Some(check.report(now_unix_ms())),
         databases: ctx
             .config
             .databases
@@ -197,57 +204,134 @@ pub struct RepositorySpace {
     pub total_bytes: u64,
 }
 
-/// Measures the file system of the repository, with at most one measurement in flight.
-///
-/// statvfs runs on a blocking thread, which cannot be stopped: on a hung network mount it
-/// stays blocked however long its caller waits. Were every health report to start its own,
-/// one thread would pile up per interval until the blocking pool was exhausted, stalling
-/// backups and restores. So a report that finds a measurement in flight does not start
-/// another; it takes the last measured value while the one in flight is still young, or
-/// zero (unknown) once it has taken longer than the report may wait.
-#[derive(Debug, Default)]
-pub struct SpaceGauge {
-    state: Arc<Mutex<GaugeState>>,
+/// What the agent found its repository to be: the space of its file system (zero for a
+/// bucket, or when it could not be read) and whether a probe could be written, read back
+/// and deleted, with how long that took or the storage's own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryCheck {
+    pub space: RepositorySpace,
+    pub probe: Result<Duration, String>,
 }
 
+impl RepositoryCheck {
+    /// The check as reported to the coordinator.
+    pub fn report(&self, checked_unix_ms: i64) -> v1::RepositoryHealth {
+        v1::RepositoryHealth {
+            ok: self.probe.is_ok(),
+            error: self.probe.as_ref().err().cloned().unwrap_or_default(),
+            probe_ms: self
+                .probe
+                .as_ref()
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            checked_unix_ms,
+        }
+    }
+}
+
+/// Checks the repository ([`RepositoryCheck`]), with at most one check in flight.
+///
+/// A check runs on a blocking thread (statvfs and file I/O on a `file://` repository),
+/// which cannot be stopped: on a hung network mount it stays blocked however long its
+/// caller waits. Were every health report to start its own, one thread would pile up per
+/// interval until the blocking pool was exhausted, stalling backups and restores. So a
+/// report that finds a check in flight does not start another; it takes the last result
+/// while the one in flight is still young, and reports the repository as not answering
+/// once it has taken longer than the report may wait.
 #[derive(Debug, Default)]
-struct GaugeState {
+pub struct RepositoryGauge {
+    gauge: Gauge<RepositoryCheck>,
+}
+
+impl RepositoryGauge {
+    /// Checks `repository` as agent `agent`, waiting at most `timeout`.
+    pub async fn check(
+        &self,
+        repository: &Repository,
+        agent: &str,
+        timeout: Duration,
+    ) -> RepositoryCheck {
+        let (repository, agent) = (repository.clone(), agent.to_owned());
+        let runtime = tokio::runtime::Handle::current();
+        let url = repository.url().to_owned();
+        let checked = self
+            .gauge
+            .measure_with(&url, timeout, move || {
+                let space = match repository.local_root() {
+                    Some(root) => file_system_space(root).unwrap_or_else(|error| {
+                        tracing::warn!(repository = %repository.url(), %error, "cannot measure the repository's file system");
+                        RepositorySpace::default()
+                    }),
+                    None => RepositorySpace::default(),
+                };
+                let probe = runtime
+                    .block_on(repository.probe(&agent))
+                    .map_err(|error| error.to_string());
+                RepositoryCheck { space, probe }
+            })
+            .await;
+        checked.unwrap_or_else(|why| RepositoryCheck {
+            space: RepositorySpace::default(),
+            probe: Err(why),
+        })
+    }
+}
+
+/// Runs a measurement on a blocking thread with at most one in flight (see
+/// [`RepositoryGauge`]).
+#[derive(Debug)]
+struct Gauge<T> {
+    state: Arc<Mutex<GaugeState<T>>>,
+}
+
+impl<T> Default for Gauge<T> {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(Mutex::new(GaugeState {
+                in_flight_since: None,
+                last: None,
+            })),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GaugeState<T> {
     /// When the measurement in flight started; `None` when there is none.
     in_flight_since: Option<Instant>,
-    /// The result of the last finished measurement (zero if it failed).
-    last: RepositorySpace,
+    /// The result of the last finished measurement.
+    last: Option<T>,
 }
 
-impl SpaceGauge {
-    /// Measures the file system of `repository`'s root, waiting at most `timeout`. A
-    /// failure, a timeout or a measurement still hanging reads as zero, and is logged.
-    pub async fn measure(&self, repository: &Repository, timeout: Duration) -> RepositorySpace {
-        let root = repository.root().to_path_buf();
-        self.measure_with(repository.url(), timeout, move || file_system_space(root))
-            .await
-    }
-
-    /// [`SpaceGauge::measure`] with the measurement given, for tests.
+impl<T: Clone + Send + 'static> Gauge<T> {
+    /// Runs `measurement`, waiting at most `timeout`; says why there is no value when it
+    /// did not answer in time, or when one in flight is overdue.
     async fn measure_with(
         &self,
         url: &str,
         timeout: Duration,
-        measurement: impl FnOnce() -> AgentResult<RepositorySpace> + Send + 'static,
-    ) -> RepositorySpace {
+        measurement: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
         {
             let mut state = self.lock();
             if let Some(since) = state.in_flight_since {
                 let waited = since.elapsed();
-                if waited < timeout {
-                    return state.last;
+                if waited < timeout
+                    && let Some(last) = &state.last
+                {
+                    return Ok(last.clone());
                 }
-                tracing::warn!(
-                    repository = %url,
-                    waited_s = waited.as_secs(),
-                    "the repository's file system has not answered yet; not measuring it again \
-                     until it does"
-                );
-                return RepositorySpace::default();
+                if waited >= timeout {
+                    tracing::warn!(
+                        repository = %url,
+                        waited_s = waited.as_secs(),
+                        "the repository has not answered yet; not checking it again until it does"
+                    );
+                    return Err(format!(
+                        "the repository has not answered for {} s",
+                        waited.as_secs()
+                    ));
+                }
+                return Err("the repository's first check is still running".to_owned());
             }
             state.in_flight_since = Some(Instant::now());
         }
@@ -255,46 +339,42 @@ impl SpaceGauge {
         let in_flight = InFlight(self.state.clone());
         let measured = tokio::task::spawn_blocking(move || {
             let measured = measurement();
-            in_flight.finish(measured.as_ref().copied().unwrap_or_default());
+            in_flight.finish(measured.clone());
             measured
         });
         match tokio::time::timeout(timeout, measured).await {
-            Ok(Ok(Ok(space))) => space,
-            Ok(Ok(Err(error))) => {
-                tracing::warn!(repository = %url, %error, "cannot measure the repository's file system");
-                RepositorySpace::default()
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(repository = %url, %error, "the measurement of the repository's file system failed");
-                RepositorySpace::default()
-            }
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(format!("the repository check failed: {error}")),
             Err(_) => {
                 tracing::warn!(
                     repository = %url,
                     timeout_s = timeout.as_secs_f64(),
-                    "the repository's file system did not answer"
+                    "the repository did not answer"
                 );
-                RepositorySpace::default()
+                Err(format!(
+                    "the repository did not answer within {} s",
+                    timeout.as_secs_f64()
+                ))
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GaugeState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GaugeState<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The measurement in flight of a [`SpaceGauge`]; ends it when dropped.
-struct InFlight(Arc<Mutex<GaugeState>>);
+/// The measurement in flight of a [`Gauge`]; ends it when dropped.
+struct InFlight<T>(Arc<Mutex<GaugeState<T>>>);
 
-impl InFlight {
+impl<T> InFlight<T> {
     /// Records the measured value; the flag is cleared as this is dropped.
-    fn finish(self, space: RepositorySpace) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).last = space;
+    fn finish(self, value: T) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).last = Some(value);
     }
 }
 
-impl Drop for InFlight {
+impl<T> Drop for InFlight<T> {
     fn drop(&mut self) {
         self.0
             .lock()
@@ -303,8 +383,8 @@ impl Drop for InFlight {
     }
 }
 
-fn file_system_space(root: PathBuf) -> AgentResult<RepositorySpace> {
-    let stats = rustix::fs::statvfs(&root).map_err(|errno| {
+fn file_system_space(root: &Path) -> AgentResult<RepositorySpace> {
+    let stats = rustix::fs::statvfs(root).map_err(|errno| {
         AgentError::io(format!("cannot read the file system of {}", root.display()))(errno.into())
     })?;
     Ok(RepositorySpace {
@@ -320,22 +400,43 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     #[tokio::test]
-    async fn the_repository_file_system_is_measured() {
+    async fn the_repository_is_measured_and_probed() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let url = url::Url::from_file_path(tmp.path()).expect("absolute path");
-        let repository = Repository::from_url(url.as_str()).expect("file url");
-        let gauge = SpaceGauge::default();
-        let space = gauge.measure(&repository, WAIT).await;
-        assert!(space.total_bytes > 0, "{space:?}");
-        assert!(space.free_bytes <= space.total_bytes, "{space:?}");
+        let repository = Repository::open(url.as_str(), &Default::default()).expect("file url");
+        let gauge = RepositoryGauge::default();
+        let check = gauge.check(&repository, "db1", WAIT).await;
+        assert!(check.space.total_bytes > 0, "{check:?}");
+        assert!(
+            check.space.free_bytes <= check.space.total_bytes,
+            "{check:?}"
+        );
+        assert!(check.probe.is_ok(), "{check:?}");
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join(".probe"))
+                .expect("probe dir")
+                .count(),
+            0,
+            "the probe file is gone"
+        );
+        let report = check.report(7);
+        assert!(report.ok && report.error.is_empty() && report.checked_unix_ms == 7);
 
-        let gone = Repository::from_url("file:///nonexistent/warden/repo").expect("file url");
-        assert_eq!(gauge.measure(&gone, WAIT).await, RepositorySpace::default());
+        let gone = Repository::open("file:///nonexistent/warden/repo", &Default::default())
+            .expect("file url");
+        let check = RepositoryGauge::default().check(&gone, "db1", WAIT).await;
+        assert_eq!(check.space, RepositorySpace::default());
+        assert!(!check.report(7).ok);
+        let error = check.probe.expect_err("no such directory");
+        assert!(
+            error.contains("/nonexistent/warden/repo does not exist"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
     async fn a_hanging_measurement_is_never_started_twice() {
-        let gauge = SpaceGauge::default();
+        let gauge = Gauge::<RepositorySpace>::default();
         let space = |free_bytes| RepositorySpace {
             free_bytes,
             total_bytes: 100,
@@ -345,44 +446,47 @@ mod tests {
             let started = started.clone();
             move || {
                 started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(answer.expect("only counted, never run"))
+                answer.expect("only counted, never run")
             }
         };
         assert_eq!(
             gauge
                 .measure_with("r", WAIT, counted(Some(space(40))))
                 .await,
-            space(40)
+            Ok(space(40))
         );
 
-        // A file system that does not answer until the test lets it.
+        // A repository that does not answer until the test lets it.
         let (answer, hanging) = std::sync::mpsc::channel::<()>();
         let hung = {
             let started = started.clone();
             move || {
                 started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = hanging.recv();
-                Ok(space(30))
+                space(30)
             }
         };
         let short = Duration::from_millis(50);
-        assert_eq!(
-            gauge.measure_with("r", short, hung).await,
-            RepositorySpace::default(),
-            "it did not answer in time"
+        let late = gauge.measure_with("r", short, hung).await;
+        assert!(
+            late.as_ref()
+                .is_err_and(|e| e.contains("did not answer within")),
+            "{late:?}"
         );
         // Reports keep coming, but no second thread is started while the first hangs: a
-        // young measurement gives the last value, an overdue one zero.
+        // young measurement gives the last value, an overdue one says it is overdue.
         for _ in 0..20 {
             assert_eq!(
                 gauge.measure_with("r", WAIT, counted(None)).await,
-                space(40),
+                Ok(space(40)),
                 "the last measured value while the one in flight is young"
             );
-            assert_eq!(
-                gauge.measure_with("r", short, counted(None)).await,
-                RepositorySpace::default(),
-                "unknown once the one in flight is overdue"
+            let overdue = gauge.measure_with("r", short, counted(None)).await;
+            assert!(
+                overdue
+                    .as_ref()
+                    .is_err_and(|e| e.contains("has not answered for")),
+                "{overdue:?}"
             );
         }
         assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 2);
@@ -394,12 +498,12 @@ mod tests {
             assert!(Instant::now() < deadline, "the measurement never ended");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(gauge.lock().last, space(30));
+        assert_eq!(gauge.lock().last, Some(space(30)));
         assert_eq!(
             gauge
                 .measure_with("r", WAIT, counted(Some(space(20))))
                 .await,
-            space(20)
+            Ok(space(20))
         );
         assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 3);
     }

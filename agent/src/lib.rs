@@ -6,8 +6,9 @@
 //! [`health`] or [`prune`] executor; restores and drills share [`copy`], drills and migrations
 //! share the SQL checks of [`drill`], migrations start their commands and hooks with
 //! [`program`]; the executors use [`pg`] for SQL, [`pgtools`] for the PostgreSQL client
-//! binaries, [`codec`] to move dumps in and out of the [`repository`] (filling in the data
-//! offsets of archives on the way out with [`pgarchive`]).
+//! binaries, [`codec`] to move dumps in and out of the [`repository`] (a directory or a
+//! bucket), sealed with [`sealing`] when encryption is configured, filling in the data
+//! offsets of archives on the way out with [`pgarchive`].
 
 pub mod backup;
 pub mod codec;
@@ -27,6 +28,7 @@ pub mod progress;
 pub mod prune;
 pub mod repository;
 pub mod restore;
+pub mod sealing;
 pub mod session;
 
 pub use config::AgentConfig;

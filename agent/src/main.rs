@@ -1,6 +1,7 @@
 //! `warden-agent --config agent.toml`: loads the configuration, cleans up what a previous run
 //! left unfinished, and serves the coordinator until SIGINT or SIGTERM, renewing its
-//! certificate as it goes. `warden-agent enroll --token T` gets the first certificate.
+//! certificate as it goes. `warden-agent enroll --token T` gets the first certificate;
+//! `warden-agent key generate FILE` writes an encryption key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use warden_agent::{AgentConfig, AgentContext, copy, drill, identity, session};
+use warden_agent::repository::Repository;
+use warden_agent::{AgentConfig, AgentContext, copy, drill, identity, sealing, session};
 
 /// Warden agent: backs up, restores and checks the PostgreSQL databases it is configured for.
 #[derive(Debug, Parser)]
@@ -44,6 +46,18 @@ enum Command {
         #[arg(long)]
         ca_cert: Option<PathBuf>,
     },
+    /// Encryption keys of backups.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeyCommand {
+    /// Writes a new age X25519 identity to FILE (mode 0600, never over an existing file) and
+    /// prints its key id, the public key that manifests record. List the file first in
+    /// `[encryption] key_files` to seal new backups with it; keep the old files listed while
+    /// their backups are kept.
+    Generate { file: PathBuf },
 }
 
 #[tokio::main]
@@ -71,6 +85,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Key(KeyCommand::Generate { file })) = &args.command {
+        let id = sealing::generate(file)?;
+        println!("{id}");
+        eprintln!(
+            "wrote {}: keep a copy off this host (backups sealed with it cannot be restored \
+             without it), and list it first in [encryption] key_files",
+            file.display()
+        );
+        return Ok(());
+    }
     let config = AgentConfig::load(args.config.as_deref())?;
     if let Some(Command::Enroll { token, ca_cert }) = args.command {
         let info = identity::enroll(&config, &token, ca_cert.as_deref()).await?;
@@ -91,11 +115,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Leftovers of a crash go before the first order can arrive.
-    ctx.repository.check_root()?;
-    let removed = ctx
-        .repository
-        .cleanup_incomplete(&ctx.config.name)
-        .context("cannot clean up unfinished artifacts")?;
+    ctx.repository.check_root().await?;
+    let removed = match ctx.repository.cleanup_incomplete(&ctx.config.name).await {
+        Ok(removed) => removed,
+        // A bucket that cannot be reached now does not keep the agent from serving: the
+        // repository check in its health reports says why, and the next start cleans up.
+        Err(error) if matches!(ctx.repository, Repository::Object(_)) => {
+            tracing::error!(repository = %ctx.repository.url(), %error, "cannot clean up unfinished artifacts");
+            Vec::new()
+        }
+        Err(error) => return Err(error).context("cannot clean up unfinished artifacts"),
+    };
     let staged =
         copy::clear_staging(&ctx.staging_dir).context("cannot clear the staging directory")?;
     // Servers that are down are skipped (and logged): their leftovers go at the next start.

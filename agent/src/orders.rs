@@ -19,17 +19,20 @@ use crate::pg::PgDatabase;
 use crate::pgtools::ProbeCache;
 use crate::progress::ProgressReporter;
 use crate::repository::Repository;
+use crate::sealing::Keys;
 use crate::{backup, drill, health, migrate, prune, restore};
 
 /// What every executor needs: the configuration, where artifacts and staged files go, the
-/// drills running in this process, and the measurements of the repository's file system.
+/// keys that seal and open them, the drills running in this process, and the checks of the
+/// repository.
 #[derive(Debug)]
 pub struct AgentContext {
     pub config: AgentConfig,
     pub repository: Repository,
+    pub keys: Keys,
     pub staging_dir: PathBuf,
     pub drills: RunningDrills,
-    pub repository_space: health::SpaceGauge,
+    pub repository_gauge: health::RepositoryGauge,
     /// What the PostgreSQL client binaries said about themselves.
     pub probes: ProbeCache,
 }
@@ -37,14 +40,16 @@ pub struct AgentContext {
 impl AgentContext {
     /// Builds the context from a validated configuration.
     pub fn new(config: AgentConfig) -> AgentResult<Self> {
-        let repository = Repository::from_url(&config.repository)?;
+        let repository = Repository::open(&config.repository, &config.s3)?;
+        let keys = Keys::load(&config.encryption.key_files)?;
         let staging_dir = config.staging_dir(&repository);
         Ok(Self {
             config,
             repository,
+            keys,
             staging_dir,
             drills: RunningDrills::default(),
-            repository_space: health::SpaceGauge::default(),
+            repository_gauge: health::RepositoryGauge::default(),
             probes: ProbeCache::default(),
         })
     }
@@ -257,11 +262,9 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use url::Url;
-    use warden_shared::manifest::MANIFEST_FILE;
 
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::repository::write_file_atomically;
 
     /// An agent `db1` serving `app`, with its repository at `repository`.
     pub(crate) fn context(repository: &Path) -> AgentContext {
@@ -321,11 +324,16 @@ pub(crate) mod tests {
     async fn a_prune_order_runs_without_a_database() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ctx = context(tmp.path());
-        let dir = ctx
+        let writer = ctx
             .repository
-            .create_artifact_dir("db1/a1")
+            .create_artifact("db1/a1")
+            .await
             .expect("create");
-        write_file_atomically(&dir, MANIFEST_FILE, b"{}").expect("manifest");
+        writer
+            .write_manifest(b"{}".to_vec())
+            .await
+            .expect("manifest");
+        let dir = tmp.path().join("db1/a1");
         let progress = ProgressReporter::new(|_| {});
         let cancel = CancellationToken::new();
 
@@ -368,7 +376,7 @@ pub(crate) mod tests {
             },
             AgentError::ArtifactMissing {
                 artifact_path: "db1/a1".to_owned(),
-                path: PathBuf::from("/repo/db1/a1/dump.zst"),
+                location: "/repo/db1/a1/dump.zst".to_owned(),
             },
             AgentError::RowCountMismatch("\"public\".\"t\" has 1 rows, the artifact 2".to_owned()),
         ];

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use warden_proto::v1;
 
 use crate::error::{AgentError, AgentResult};
-use crate::orders::{blocking, cancellable};
+use crate::orders::cancellable;
 use crate::repository::{Removal, Repository};
 
 /// Removes every artifact the order lists and returns their ids; fails naming each one that
@@ -20,21 +20,20 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> AgentResult<v1::PruneOutcome> {
     // An unmounted share must not read as "every artifact already gone".
-    repository.check_root()?;
+    repository.check_root().await?;
     let mut removed = Vec::new();
     let mut failed = Vec::new();
     for artifact in &params.artifacts {
         if cancel.is_cancelled() {
             return Err(AgentError::Cancelled);
         }
-        let (repo, id, path) = (
-            repository.clone(),
-            artifact.artifact_id.clone(),
-            artifact.artifact_path.clone(),
-        );
-        // A cancel stops before the next entry; a removal under way finishes on its thread,
-        // and a retry finds it done.
-        let removal = cancellable(cancel, blocking(move || repo.remove_artifact(&id, &path))).await;
+        // A cancel stops before the next entry, or between the deletions of one, and a retry
+        // finishes what was left.
+        let removal = cancellable(
+            cancel,
+            repository.remove_artifact(&artifact.artifact_id, &artifact.artifact_path),
+        )
+        .await;
         match removal {
             Ok(removal) => {
                 tracing::info!(
@@ -70,15 +69,18 @@ mod tests {
     use warden_shared::manifest::{DUMP_FILE, MANIFEST_FILE};
 
     use super::*;
-    use crate::repository::write_file_atomically;
+    use crate::repository::{LocalRepository, write_file_atomically};
 
     fn repo(dir: &Path) -> Repository {
         let url = Url::from_file_path(dir).expect("absolute path");
-        Repository::from_url(url.as_str()).expect("file url")
+        Repository::Local(LocalRepository::from_url(url.as_str()).expect("file url"))
     }
 
     fn artifact(r: &Repository, path: &str) -> std::path::PathBuf {
-        let dir = r.create_artifact_dir(path).expect("create");
+        let Repository::Local(local) = r else {
+            panic!("a file repository")
+        };
+        let dir = local.create_artifact_dir(path).expect("create");
         write_file_atomically(&dir, DUMP_FILE, b"dump").expect("dump");
         write_file_atomically(&dir, MANIFEST_FILE, b"{}").expect("manifest");
         dir

@@ -747,7 +747,8 @@ async fn a_failed_post_check_restores_the_pre_migration_backup_exactly() {
     let dump = setup
         .ctx
         .repository
-        .root()
+        .local_root()
+        .expect("a file repository")
         .join(&artifact.path)
         .join(warden_shared::manifest::DUMP_FILE);
     let mut bytes = std::fs::read(&dump).expect("read dump");

@@ -72,7 +72,8 @@ fn damage_dump(setup: &Setup, artifact: &Artifact) {
     let dump = setup
         .ctx
         .repository
-        .root()
+        .local_root()
+        .expect("a file repository")
         .join(&artifact.path)
         .join(DUMP_FILE);
     let mut bytes = std::fs::read(&dump).expect("read dump");
@@ -338,7 +339,8 @@ async fn restores_time_each_phase_and_a_missing_dump_is_corrupt() {
     let dump = setup
         .ctx
         .repository
-        .root()
+        .local_root()
+        .expect("a file repository")
         .join(&artifact.path)
         .join(DUMP_FILE);
     std::fs::remove_file(&dump).expect("remove dump");

@@ -952,6 +952,36 @@ pub struct FleetStatusJson {
     pub agents_online: u32,
     pub agents_total: u32,
     pub databases: Vec<DatabaseStatusJson>,
+    /// Each agent's newest probe of its repository, failing ones first.
+    pub repositories: Vec<AgentRepositoryJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentRepositoryJson {
+    pub agent: String,
+    pub repository: String,
+    pub agent_online: bool,
+    /// Whether the agent could write, read back and delete a probe object.
+    pub ok: bool,
+    /// The storage's own error when it could not.
+    pub error: Option<String>,
+    pub probe_ms: u64,
+    pub checked_at: Option<String>,
+}
+
+impl From<&v1::AgentRepository> for AgentRepositoryJson {
+    fn from(repository: &v1::AgentRepository) -> Self {
+        let health = repository.health.clone().unwrap_or_default();
+        Self {
+            agent: repository.agent.clone(),
+            repository: repository.repository.clone(),
+            agent_online: repository.agent_online,
+            ok: health.ok,
+            error: (!health.error.is_empty()).then_some(health.error),
+            probe_ms: health.probe_ms,
+            checked_at: rfc3339(health.checked_unix_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -979,6 +1009,11 @@ impl From<&v1::FleetStatusResponse> for FleetStatusJson {
                 .databases
                 .iter()
                 .map(DatabaseStatusJson::from)
+                .collect(),
+            repositories: status
+                .repositories
+                .iter()
+                .map(AgentRepositoryJson::from)
                 .collect(),
         }
     }
@@ -1580,6 +1615,17 @@ mod tests {
                 rto_status: "at_risk".into(),
             }],
             generated_unix_ms: CREATED_MS,
+            repositories: vec![v1::AgentRepository {
+                agent: "pg1".into(),
+                repository: "s3://backups/warden".into(),
+                agent_online: true,
+                health: Some(v1::RepositoryHealth {
+                    ok: false,
+                    error: "InvalidAccessKeyId".into(),
+                    probe_ms: 0,
+                    checked_unix_ms: CREATED_MS,
+                }),
+            }],
         };
         assert_eq!(
             serde_json::to_value(FleetStatusJson::from(&status)).expect("serializes"),
@@ -1589,6 +1635,11 @@ mod tests {
                     {"database": "pg2/inventory", "agent_online": false, "health": "down",
                      "health_reasons": ["agent pg2 is offline"], "health_at": null,
                      "report": null, "newest_backup_at": CREATED, "rto_status": "at_risk"}
+                ],
+                "repositories": [
+                    {"agent": "pg1", "repository": "s3://backups/warden", "agent_online": true,
+                     "ok": false, "error": "InvalidAccessKeyId", "probe_ms": 0,
+                     "checked_at": CREATED}
                 ]
             })
         );

@@ -14,12 +14,12 @@ use warden_shared::{OrderKind, OrderState};
 use crate::error::CliError;
 use crate::format;
 use crate::json::{
-    AgentJson, ArtifactJson, AuditEventJson, AuditVerifyJson, CreatedTokenJson, DatabaseJson,
-    DatabaseStatusJson, ExportJson, FleetStatusJson, MigrationStatusJson, NextWindowJson,
-    OrderJson, PolicyResultJson, PruneJson, RevokedAgentJson, RolloutJson, RolloutTargetJson,
-    RtoReportJson, RtoRowJson, TokenJson, WindowJson, artifact_corrupt, migrate_outcome,
-    migrate_params, order_kind, order_kind_name, order_outcome, order_state, order_state_name,
-    result_succeeded, source_artifact_id, version_number,
+    AgentJson, AgentRepositoryJson, ArtifactJson, AuditEventJson, AuditVerifyJson,
+    CreatedTokenJson, DatabaseJson, DatabaseStatusJson, ExportJson, FleetStatusJson,
+    MigrationStatusJson, NextWindowJson, OrderJson, PolicyResultJson, PruneJson, RevokedAgentJson,
+    RolloutJson, RolloutTargetJson, RtoReportJson, RtoRowJson, TokenJson, WindowJson,
+    artifact_corrupt, migrate_outcome, migrate_params, order_kind, order_kind_name, order_outcome,
+    order_state, order_state_name, result_succeeded, source_artifact_id, version_number,
 };
 
 /// The RTO status of a database that misses its target.
@@ -309,12 +309,18 @@ pub fn print_status(status: &v1::FleetStatusResponse, json: bool) -> Result<(), 
     if json {
         return print_json(&FleetStatusJson::from(status));
     }
+    let now_ms = warden_shared::now_unix_ms();
     let table = if status.databases.is_empty() {
         "no databases".to_owned()
     } else {
-        list_table(&status.databases, warden_shared::now_unix_ms()).trim_fmt()
+        list_table(&status.databases, now_ms).trim_fmt()
     };
-    print_text(&format!("{}\n\n{table}", status_summary(status)))
+    let mut text = format!("{}\n\n{table}", status_summary(status));
+    if !status.repositories.is_empty() {
+        text.push_str("\n\n");
+        text.push_str(&list_table(&status.repositories, now_ms).trim_fmt());
+    }
+    print_text(&text)
 }
 
 /// The head of `warden status`: agents online, databases by health, databases by RTO status.
@@ -1548,6 +1554,39 @@ impl Entity for v1::DatabaseStatus {
     }
 }
 
+impl Entity for v1::AgentRepository {
+    type Json = AgentRepositoryJson;
+    const PLURAL: &'static str = "repositories";
+    // ERROR last: free text wraps there, see `arrange_columns`.
+    const COLUMNS: &'static [&'static str] =
+        &["AGENT", "REPOSITORY", "STATE", "PROBE", "CHECKED", "ERROR"];
+
+    fn to_json(&self) -> AgentRepositoryJson {
+        self.into()
+    }
+
+    fn row(&self, now_ms: i64) -> Vec<String> {
+        let health = self.health.clone().unwrap_or_default();
+        let state = match (self.agent_online, health.ok) {
+            (false, _) => "agent offline",
+            (true, true) => "ok",
+            (true, false) => "failing",
+        };
+        vec![
+            self.agent.clone(),
+            self.repository.clone(),
+            state.to_owned(),
+            if health.ok {
+                format::millis(health.probe_ms)
+            } else {
+                format::NONE.to_owned()
+            },
+            format::ago(health.checked_unix_ms, now_ms),
+            format::or_none(&health.error),
+        ]
+    }
+}
+
 /// Formats a wire value whose 0 means unknown or none, "-" then.
 fn known(value: u64, show: fn(u64) -> String) -> String {
     if value == 0 {
@@ -2100,6 +2139,7 @@ mod tests {
                 database("pg2/e", "melting", "ok"),
             ],
             generated_unix_ms: NOW,
+            repositories: Vec::new(),
         };
         assert_eq!(
             status_summary(&status),

@@ -1115,6 +1115,32 @@ impl AdminService for Fake {
                 database("pg1/shop", true, "healthy", &[], "ok"),
             ],
             generated_unix_ms: CREATED_MS,
+            repositories: vec![
+                v1::AgentRepository {
+                    agent: "pg1".into(),
+                    repository: "s3://backups/warden".into(),
+                    agent_online: true,
+                    health: Some(v1::RepositoryHealth {
+                        ok: false,
+                        error: "cannot write s3://backups/warden/.warden-probe/pg1/x: \
+                                SignatureDoesNotMatch"
+                            .into(),
+                        probe_ms: 0,
+                        checked_unix_ms: CREATED_MS,
+                    }),
+                },
+                v1::AgentRepository {
+                    agent: "pg2".into(),
+                    repository: "file:///var/lib/warden/repo".into(),
+                    agent_online: false,
+                    health: Some(v1::RepositoryHealth {
+                        ok: true,
+                        error: String::new(),
+                        probe_ms: 4,
+                        checked_unix_ms: CREATED_MS,
+                    }),
+                },
+            ],
         }))
     }
 
@@ -2164,7 +2190,7 @@ async fn status_shows_the_fleet_at_a_glance() {
         "{}",
         run.stdout
     );
-    assert_eq!(lines.len(), 8, "{}", run.stdout);
+    assert_eq!(lines.len(), 12, "{}", run.stdout);
     assert_eq!(
         columns(lines[4]),
         "DATABASE HEALTH LATENCY SIZE CONNECTIONS NEWEST BACKUP RTO WHY",
@@ -2184,6 +2210,24 @@ async fn status_shows_the_fleet_at_a_glance() {
         ],
     );
     assert!(lines[7].starts_with("pg1/shop"), "{}", run.stdout);
+    assert_eq!(lines[8], "");
+    assert_eq!(
+        columns(lines[9]),
+        "AGENT REPOSITORY STATE PROBE CHECKED ERROR"
+    );
+    assert_has_all(
+        lines[10],
+        &[
+            "pg1",
+            "s3://backups/warden",
+            "failing",
+            "SignatureDoesNotMatch",
+        ],
+    );
+    assert_has_all(
+        lines[11],
+        &["pg2", "file:///var/lib/warden/repo", "agent offline"],
+    );
 
     let json = warden(&server.url, &["status", "--json"]).await;
     assert_eq!(json.code, 0, "{}", json.stderr);

@@ -14,6 +14,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const DUMP_FILE: &str = "dump.zst";
 /// File name of the zstd-compressed `pg_dumpall --globals-only` output.
 pub const GLOBALS_FILE: &str = "globals.sql.zst";
+/// Suffix of a file sealed with age (see [`Encryption`]): `dump.zst.age`.
+pub const SEALED_SUFFIX: &str = ".age";
+/// The one encryption scheme: age, to an X25519 recipient.
+pub const ENCRYPTION_SCHEME: &str = "age-x25519";
 /// Current manifest format.
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -42,6 +46,19 @@ pub struct ArtifactManifest {
     /// Milliseconds per phase: snapshot, dump (with globals alongside, also timed alone),
     /// count_rows, commit.
     pub timings_ms: BTreeMap<String, u64>,
+    /// How the data files are sealed; absent when they are not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// The encryption of an artifact's data files (dump and globals): never the key, only which
+/// one. The sha256 and size of each file are those of the sealed bytes as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// [`ENCRYPTION_SCHEME`].
+    pub scheme: String,
+    /// The key's public half (`age1...`): what an agent needs the identity of to restore.
+    pub key_id: String,
 }
 
 /// One file of an artifact.

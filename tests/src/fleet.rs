@@ -23,6 +23,8 @@ pub struct FleetBuilder {
     cluster_setup: Option<Box<ClusterSetup>>,
     coordinator_config: Option<String>,
     repository: Option<PathBuf>,
+    repository_url: Option<String>,
+    agent_sections: String,
     agent_labels: BTreeMap<String, String>,
 }
 
@@ -88,6 +90,19 @@ impl FleetBuilder {
     /// space with their health, and a nearly full disk makes every database `degraded`.
     pub fn repository(mut self, dir: &Path) -> Self {
         self.repository = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Makes every agent write to `url` (e.g. `s3://bucket/prefix`) instead of the shared
+    /// directory.
+    pub fn repository_url(mut self, url: &str) -> Self {
+        self.repository_url = Some(url.to_owned());
+        self
+    }
+
+    /// Appends TOML tables to every agent's configuration (e.g. `[s3]`, `[encryption]`).
+    pub fn agent_sections(mut self, toml: &str) -> Self {
+        self.agent_sections.push_str(toml);
         self
     }
 
@@ -169,9 +184,11 @@ impl FleetBuilder {
                 insecure_dev: !coordinator.tls(),
                 tls_dir: None,
                 repository_dir: repo.clone(),
+                repository_url: self.repository_url.clone(),
                 labels,
                 staging_dir: Some(agent_dir.join("staging")),
                 databases,
+                sections: self.agent_sections.clone(),
             };
             std::fs::create_dir_all(agent_dir.join("staging")).expect("staging dir");
             let ca_cert = coordinator.ca_cert();
@@ -220,6 +237,8 @@ impl Fleet {
             cluster_setup: None,
             coordinator_config: None,
             repository: None,
+            repository_url: None,
+            agent_sections: String::new(),
             agent_labels: BTreeMap::new(),
         }
     }

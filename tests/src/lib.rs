@@ -15,6 +15,7 @@ pub mod http;
 pub mod pg;
 pub mod process;
 pub mod repo;
+pub mod s3;
 pub mod script;
 pub mod store;
 

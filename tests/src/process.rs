@@ -346,9 +346,13 @@ pub struct AgentConfig {
     /// Where its key and certificate are; default `tls` in the agent's directory.
     pub tls_dir: Option<PathBuf>,
     pub repository_dir: PathBuf,
+    /// A repository URL other than `file://repository_dir`, e.g. `s3://bucket/prefix`.
+    pub repository_url: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub staging_dir: Option<PathBuf>,
     pub databases: Vec<AgentDatabase>,
+    /// TOML tables appended as they are, e.g. `[s3]` or `[encryption]`.
+    pub sections: String,
 }
 
 impl AgentConfig {
@@ -366,10 +370,11 @@ impl AgentConfig {
                 toml_str(&dir.display().to_string())
             ));
         }
-        out.push_str(&format!(
-            "repository = {}\n",
-            toml_str(&format!("file://{}", self.repository_dir.display()))
-        ));
+        let repository = self
+            .repository_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.repository_dir.display()));
+        out.push_str(&format!("repository = {}\n", toml_str(&repository)));
         out.push_str(&format!("labels = {}\n", toml_table(&self.labels)));
         if let Some(staging) = &self.staging_dir {
             out.push_str(&format!(
@@ -382,6 +387,10 @@ impl AgentConfig {
             out.push_str(&format!("name = {}\n", toml_str(&db.name)));
             out.push_str(&format!("url = {}\n", toml_str(&db.url)));
             out.push_str(&format!("labels = {}\n", toml_table(&db.labels)));
+        }
+        if !self.sections.is_empty() {
+            out.push('\n');
+            out.push_str(&self.sections);
         }
         out
     }
@@ -509,6 +518,14 @@ impl Agent {
             .envs(&self.env)
             .current_dir(&self.dir);
         self.proc.spawn(cmd);
+    }
+
+    /// Changes the agent's configuration and restarts it with the new one (after SIGKILL).
+    pub fn reconfigure(&mut self, change: impl FnOnce(&mut AgentConfig)) {
+        change(&mut self.config);
+        self.proc.kill9();
+        write_agent_config(&self.dir, &self.config);
+        self.start();
     }
 
     /// Kills the agent with SIGKILL (it gets no chance to clean up).

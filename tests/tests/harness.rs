@@ -165,6 +165,8 @@ fn agent_config_renders_as_toml() {
         insecure_dev: true,
         tls_dir: None,
         repository_dir: "/tmp/repo dir".into(),
+        repository_url: None,
+        sections: String::new(),
         labels: [("env".to_owned(), "test".to_owned())].into(),
         staging_dir: None,
         databases: vec![AgentDatabase {

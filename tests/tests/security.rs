@@ -56,6 +56,8 @@ fn agent_config(fleet: &Fleet, name: &str, tls_dir: Option<PathBuf>) -> AgentCon
         insecure_dev: false,
         tls_dir,
         repository_dir: fleet.repo().to_path_buf(),
+        repository_url: None,
+        sections: String::new(),
         labels: BTreeMap::new(),
         staging_dir: None,
         databases: Vec::new(),

@@ -366,6 +366,7 @@ fn backup_outcome(
         started_unix_ms: now,
         finished_unix_ms: now,
         timings_ms: Default::default(),
+        encryption: None,
     };
     let manifest_json =
         serde_json::to_string(&manifest).map_err(|e| format!("cannot write the manifest: {e}"))?;
@@ -394,6 +395,7 @@ fn healthy_report() -> v1::HealthReport {
 fn health_reports(agent: &SimAgent) -> v1::HealthReports {
     v1::HealthReports {
         collected_unix_ms: now_unix_ms(),
+        repository: None,
         databases: agent
             .databases
             .iter()

@@ -60,6 +60,8 @@ pub struct FleetStatus {
     pub agents_total: u32,
     /// Worst first.
     pub databases: Vec<DatabaseStatus>,
+    /// The newest repository check of each agent that sent one, failing ones first.
+    pub repositories: Vec<v1::AgentRepository>,
 }
 
 /// What the monitor knows between passes.
@@ -69,6 +71,8 @@ pub(super) struct MonitorState {
     health: HashMap<(String, String), HealthEntry>,
     /// Alert subject ("health:A/D", "rto:A/D", "agent:A") -> the state last announced.
     announced: HashMap<String, String>,
+    /// Agent -> its newest check of its repository.
+    repositories: HashMap<String, v1::RepositoryHealth>,
 }
 
 impl Fleet {
@@ -84,6 +88,9 @@ impl Fleet {
         let mut changed = Vec::new();
         {
             let mut state = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(repository) = reports.repository {
+                state.repositories.insert(agent.to_owned(), repository);
+            }
             for db in reports.databases {
                 let entry = HealthEntry {
                     report: db.report,
@@ -135,18 +142,27 @@ impl Fleet {
             .into_iter()
             .map(|a| (a.database.clone(), a))
             .collect();
-        let health = self
-            .monitor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .health
-            .clone();
+        let (health, checks) = {
+            let state = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+            (state.health.clone(), state.repositories.clone())
+        };
         let mut databases = Vec::new();
         for db in self.store.list_databases(None).await? {
             let id = format!("{}/{}", db.agent, db.name);
             let agent_online = online.contains(db.agent.as_str());
             let entry = health.get(&(db.agent.clone(), db.name.clone())).cloned();
-            let (state, reasons) = self.classify(entry.as_ref(), agent_online, now);
+            let (mut state, mut reasons) = self.classify(entry.as_ref(), agent_online, now);
+            // A repository the agent cannot write to or read from fails the next backup and
+            // any restore: the database is not safe, whatever its server says.
+            if let Some(check) = checks.get(&db.agent).filter(|c| agent_online && !c.ok) {
+                reasons.push(format!(
+                    "its agent cannot use its repository: {}",
+                    check.error
+                ));
+                if state == HealthState::Healthy {
+                    state = HealthState::Degraded;
+                }
+            }
             databases.push(DatabaseStatus {
                 recovery: report.remove(&id),
                 database: id,
@@ -163,10 +179,23 @@ impl Fleet {
                 &b.database,
             ))
         });
+        let mut repositories: Vec<v1::AgentRepository> = agents
+            .iter()
+            .filter_map(|agent| {
+                checks.get(&agent.name).map(|check| v1::AgentRepository {
+                    agent: agent.name.clone(),
+                    repository: agent.repository.clone(),
+                    agent_online: online.contains(agent.name.as_str()),
+                    health: Some(check.clone()),
+                })
+            })
+            .collect();
+        repositories.sort_by_key(|r| (r.health.as_ref().is_some_and(|h| h.ok), r.agent.clone()));
         Ok(FleetStatus {
             agents_online: u32::try_from(online.len()).unwrap_or(u32::MAX),
             agents_total: u32::try_from(agents.len()).unwrap_or(u32::MAX),
             databases,
+            repositories,
         })
     }
 

@@ -658,6 +658,7 @@ impl AdminService for AdminApi {
                 })
                 .collect(),
             generated_unix_ms: now,
+            repositories: status.repositories,
         }))
     }
 

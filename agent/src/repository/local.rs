@@ -1,50 +1,37 @@
-//! The artifact repository: `<root>/<agent>/<artifact_id>/{dump.zst, globals.sql.zst,
-//! manifest.json}` on a file system shared by the agents that restore each other's backups.
+//! A `file://` repository: a directory on a file system shared by the agents that restore
+//! each other's backups.
 //!
 //! Every file is written under `<name>.partial`, fsynced, renamed into place, and the
 //! directory fsynced, so a crash never leaves a file that looks finished but is not.
-//! `manifest.json` is written last: it is the commit point, and a directory without it is
-//! an unfinished backup that [`Repository::cleanup_incomplete`] removes.
-//!
-//! Removal runs the other way round: [`Repository::remove_artifact`] first renames the
-//! directory to `<artifact_id>.deleting`, so a crash midway never leaves a directory that
-//! looks like a complete artifact with files missing.
+//! Removal first renames the directory to `<artifact_id>.deleting`, so a crash midway never
+//! leaves a directory that looks like a complete artifact with files missing.
 
 use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use url::Url;
-use warden_shared::ArtifactManifest;
 use warden_shared::manifest::MANIFEST_FILE;
 
+use super::{DELETING_SUFFIX, Removal, Sink, Source, check_relative};
 use crate::error::{AgentError, AgentResult};
 
-/// Suffix of an artifact directory that is being removed; whatever carries it is garbage.
-const DELETING_SUFFIX: &str = ".deleting";
-
-/// What [`Repository::remove_artifact`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    /// The directory existed and is gone now.
-    Removed,
-    /// There was nothing to remove (a retried prune, or an artifact removed by hand).
-    AlreadyGone,
-}
+/// Directory of the probe files, beside the agents' directories.
+const PROBE_DIR: &str = ".probe";
 
 /// A `file://` repository.
 #[derive(Debug, Clone)]
-pub struct Repository {
+pub struct LocalRepository {
     url: String,
     root: PathBuf,
 }
 
-impl Repository {
+impl LocalRepository {
     /// Parses the repository URL; only `file:///absolute/path` is supported.
     pub fn from_url(url: &str) -> AgentResult<Self> {
         let unsupported = || {
             AgentError::Config(format!(
-                "repository {url:?} is not supported: use file:///absolute/path"
+                "repository {url:?} is not supported: use file:///absolute/path or s3://bucket/prefix"
             ))
         };
         let parsed = Url::parse(url).map_err(|_| unsupported())?;
@@ -112,56 +99,20 @@ impl Repository {
     /// Returns the directory of an artifact from its relative path, refusing paths that
     /// would leave the repository (the path comes over the wire).
     pub fn resolve(&self, artifact_path: &str) -> AgentResult<PathBuf> {
-        let relative = Path::new(artifact_path);
-        let safe = !artifact_path.is_empty()
-            && relative
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)));
-        if !safe {
-            return Err(AgentError::InvalidOrder(format!(
-                "artifact path {artifact_path:?} is not a relative path inside the repository"
-            )));
-        }
-        Ok(self.root.join(relative))
+        check_relative(artifact_path)?;
+        Ok(self.root.join(artifact_path))
     }
 
-    /// Returns the directory of an artifact that is about to be removed. Stricter than
-    /// [`Repository::resolve`], because a wrong catalog entry must never delete anything
-    /// else: the path must be `<agent>/<artifact_id>` with this very `artifact_id`, and
-    /// neither part may be hidden (`.staging`) or a directory being removed.
-    pub fn resolve_artifact(&self, artifact_id: &str, artifact_path: &str) -> AgentResult<PathBuf> {
-        let dir = self.resolve(artifact_path)?;
-        let parts: Vec<&str> = artifact_path.split('/').collect();
-        let refuse = |why: &str| {
-            Err(AgentError::InvalidOrder(format!(
-                "artifact path {artifact_path:?} of artifact {artifact_id:?} {why}; \
-                 refusing to remove it, nothing was deleted"
-            )))
-        };
-        match parts.as_slice() {
-            [agent, _] if warden_shared::validate_agent_name(agent).is_err() => refuse(&format!(
-                "does not start with an agent name ({agent:?} is not one)"
-            )),
-            [_, last] if *last != artifact_id => refuse("does not end with the artifact id"),
-            [_, _] if !is_artifact_id(artifact_id) => refuse(
-                "does not name an artifact: an id starts with a letter or digit and holds \
-                 only letters, digits, '.', '_' or '-'",
-            ),
-            [_, _] => Ok(dir),
-            _ => refuse("is not of the form AGENT/ARTIFACT_ID"),
-        }
-    }
-
-    /// Removes an artifact's directory and returns whether there was one. Idempotent: a
-    /// directory that is already gone is not an error, and the leftover of a removal that a
-    /// crash interrupted is finished.
+    /// Removes an artifact's directory (whose path [`super::check_artifact_path`] checked)
+    /// and returns whether there was one. Idempotent: a directory that is already gone is
+    /// not an error, and the leftover of a removal that a crash interrupted is finished.
     ///
     /// The directory is renamed to `<artifact_id>.deleting` and the rename made durable
     /// before anything inside is deleted, so the artifact disappears as a whole.
     pub fn remove_artifact(&self, artifact_id: &str, artifact_path: &str) -> AgentResult<Removal> {
-        let dir = self.resolve_artifact(artifact_id, artifact_path)?;
+        let dir = self.resolve(artifact_path)?;
         let Some(parent) = dir.parent() else {
-            // Unreachable: `resolve_artifact` only accepts two components under the root.
+            // Unreachable: `check_artifact_path` only accepts two components under the root.
             return Err(AgentError::InvalidOrder(format!(
                 "artifact path {artifact_path:?} has no parent directory"
             )));
@@ -206,20 +157,50 @@ impl Repository {
         Ok(removal)
     }
 
-    /// Reads and parses an artifact's manifest. A manifest that is not valid JSON of a
-    /// manifest makes the artifact corrupt.
-    pub fn read_manifest(&self, artifact_path: &str) -> AgentResult<ArtifactManifest> {
+    /// Reads an artifact's manifest; returns its bytes and where they were.
+    pub fn read_manifest_bytes(&self, artifact_path: &str) -> AgentResult<(Vec<u8>, String)> {
         let path = self.artifact_file(artifact_path, MANIFEST_FILE)?;
         let bytes =
             fs::read(&path).map_err(AgentError::io(format!("cannot read {}", path.display())))?;
-        serde_json::from_slice(&bytes).map_err(|e| AgentError::CorruptArtifact {
-            artifact_id: artifact_path
-                .rsplit('/')
-                .next()
-                .unwrap_or(artifact_path)
-                .to_owned(),
-            detail: format!("{} is not a valid manifest: {e}", path.display()),
-        })
+        Ok((bytes, path.display().to_string()))
+    }
+
+    /// Opens file `name` of the artifact at `artifact_path`.
+    pub fn open_file(&self, artifact_path: &str, name: &str) -> AgentResult<Source> {
+        let path = self.artifact_file(artifact_path, name)?;
+        let file =
+            File::open(&path).map_err(AgentError::io(format!("cannot open {}", path.display())))?;
+        Ok(Box::new(file))
+    }
+
+    /// Removes the probe files of `agent` that a kill left behind.
+    fn remove_stale_probes(&self, agent: &str) -> AgentResult<()> {
+        warden_shared::validate_agent_name(agent)?;
+        remove_dir_if_exists(&self.root.join(PROBE_DIR).join(agent)).map(|_| ())
+    }
+
+    /// Writes, fsyncs, reads back and removes a probe file of `agent` under
+    /// `.probe/<agent>/`.
+    pub fn probe(&self, agent: &str) -> AgentResult<()> {
+        self.check_root()?;
+        warden_shared::validate_agent_name(agent)?;
+        let dir = self.root.join(PROBE_DIR).join(agent);
+        fs::create_dir_all(&dir)
+            .map_err(AgentError::io(format!("cannot create {}", dir.display())))?;
+        let name = uuid::Uuid::now_v7().to_string();
+        let expected = format!("warden probe of agent {agent}");
+        write_file_atomically(&dir, &name, expected.as_bytes())?;
+        let path = dir.join(&name);
+        let read =
+            fs::read(&path).map_err(AgentError::io(format!("cannot read {}", path.display())));
+        let removed = fs::remove_file(&path)
+            .map_err(AgentError::io(format!("cannot remove {}", path.display())));
+        if read? != expected.as_bytes() {
+            return Err(AgentError::io(format!("cannot read {}", path.display()))(
+                io::Error::other("it does not hold what was written"),
+            ));
+        }
+        removed
     }
 
     /// Returns the path of file `name` of the artifact at `artifact_path`, which must exist.
@@ -235,13 +216,13 @@ impl Repository {
             Ok(meta) if meta.is_file() => Ok(path),
             Ok(_) => Err(AgentError::ArtifactMissing {
                 artifact_path: artifact_path.to_owned(),
-                path,
+                location: path.display().to_string(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if dir.parent().is_some_and(Path::is_dir) {
                     Err(AgentError::ArtifactMissing {
                         artifact_path: artifact_path.to_owned(),
-                        path,
+                        location: path.display().to_string(),
                     })
                 } else {
                     Err(AgentError::io(format!(
@@ -259,6 +240,7 @@ impl Repository {
     /// crash or kill) or that was being removed (`*.deleting`, a prune interrupted by one),
     /// and returns what it removed. Runs before the agent takes orders.
     pub fn cleanup_incomplete(&self, agent: &str) -> AgentResult<Vec<PathBuf>> {
+        self.remove_stale_probes(agent)?;
         let agent_dir = self.root.join(agent);
         let entries = match fs::read_dir(&agent_dir) {
             Ok(entries) => entries,
@@ -294,6 +276,39 @@ impl Repository {
     }
 }
 
+/// A data file being written under its `.partial` name.
+struct FileSink(BufWriter<File>);
+
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Sink for FileSink {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.0.into_inner().map_err(|e| e.into_error())?.sync_all()
+    }
+}
+
+/// Creates `<dir>/<name>.partial`, which must not exist, for [`commit_file`] to move into
+/// place once its sink is finished.
+pub fn create_file(dir: &Path, name: &str) -> AgentResult<Box<dyn Sink>> {
+    let partial = partial_path(dir, name);
+    let file = File::create_new(&partial).map_err(AgentError::io(format!(
+        "cannot create {}",
+        partial.display()
+    )))?;
+    Ok(Box::new(FileSink(BufWriter::with_capacity(
+        crate::codec::CHUNK_BYTES,
+        file,
+    ))))
+}
+
 /// Returns the temporary name a file is written under before it is committed.
 pub fn partial_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.partial"))
@@ -325,16 +340,6 @@ pub fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> AgentResul
     commit_file(dir, name)
 }
 
-/// Returns whether `id` can be an artifact id: a plain file name that is neither hidden
-/// nor a directory being removed. Backups use UUIDs.
-fn is_artifact_id(id: &str) -> bool {
-    id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && !id.ends_with(DELETING_SUFFIX)
-}
-
 /// Removes a directory tree; returns false if there was none.
 fn remove_dir_if_exists(dir: &Path) -> AgentResult<bool> {
     match fs::remove_dir_all(dir) {
@@ -356,16 +361,16 @@ fn fsync_dir(dir: &Path) -> AgentResult<()> {
 mod tests {
     use super::*;
 
-    fn repo(dir: &Path) -> Repository {
+    fn repo(dir: &Path) -> LocalRepository {
         let url = Url::from_file_path(dir).expect("absolute path");
-        Repository::from_url(url.as_str()).expect("file url")
+        LocalRepository::from_url(url.as_str()).expect("file url")
     }
 
     #[test]
     fn only_file_urls_with_absolute_paths() {
-        let ok = Repository::from_url("file:///var/lib/warden/repo").expect("valid");
+        let ok = LocalRepository::from_url("file:///var/lib/warden/repo").expect("valid");
         assert_eq!(ok.root(), Path::new("/var/lib/warden/repo"));
-        let spaced = Repository::from_url("file:///tmp/my%20repo").expect("valid");
+        let spaced = LocalRepository::from_url("file:///tmp/my%20repo").expect("valid");
         assert_eq!(spaced.root(), Path::new("/tmp/my repo"));
         for bad in [
             "s3://bucket/warden",
@@ -373,7 +378,7 @@ mod tests {
             "file://host/repo",
             "repo",
         ] {
-            let err = Repository::from_url(bad).expect_err(bad).to_string();
+            let err = LocalRepository::from_url(bad).expect_err(bad).to_string();
             assert!(err.contains(bad), "{err}");
             assert!(err.contains("file:///absolute/path"), "{err}");
         }
@@ -381,7 +386,7 @@ mod tests {
 
     #[test]
     fn artifact_paths_stay_inside_the_repository() {
-        let r = Repository::from_url("file:///repo").expect("valid");
+        let r = LocalRepository::from_url("file:///repo").expect("valid");
         assert_eq!(
             r.resolve("db1/0191").expect("ok"),
             Path::new("/repo/db1/0191")
@@ -420,7 +425,7 @@ mod tests {
     }
 
     /// Creates a committed artifact at `path` and returns its directory.
-    fn committed(r: &Repository, path: &str) -> PathBuf {
+    fn committed(r: &LocalRepository, path: &str) -> PathBuf {
         let dir = r.create_artifact_dir(path).expect("create");
         write_file_atomically(&dir, "dump.zst", b"x").expect("dump");
         write_file_atomically(&dir, MANIFEST_FILE, b"{}").expect("manifest");
@@ -468,13 +473,13 @@ mod tests {
         assert!(!leftover.exists());
     }
 
-    #[test]
-    fn remove_artifact_refuses_paths_that_could_hit_something_else() {
+    #[tokio::test]
+    async fn remove_artifact_refuses_paths_that_could_hit_something_else() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("repo");
         fs::create_dir(&root).expect("root");
-        let r = repo(&root);
-        let a1 = committed(&r, "db1/a1");
+        let r = super::super::Repository::Local(repo(&root));
+        let a1 = committed(&repo(&root), "db1/a1");
         let staging = root.join(".staging/db1");
         fs::create_dir_all(&staging).expect("staging");
         let outside = tmp.path().join("a1");
@@ -493,7 +498,7 @@ mod tests {
             ("a2", "db1/a1", "does not end with the artifact id"),
             ("db1", "db1", "is not of the form AGENT/ARTIFACT_ID"),
             ("a1", "x/db1/a1", "is not of the form AGENT/ARTIFACT_ID"),
-            ("a1", "db1//a1", "is not of the form AGENT/ARTIFACT_ID"),
+            ("a1", "db1//a1", "not a relative path inside the repository"),
             ("db1", ".staging/db1", "does not start with an agent name"),
             (".x", "db1/.x", "does not name an artifact"),
             (
@@ -503,7 +508,11 @@ mod tests {
             ),
             ("a3", "db1/a3", "is not a directory"),
         ] {
-            let error = r.remove_artifact(id, path).expect_err(path).to_string();
+            let error = r
+                .remove_artifact(id, path)
+                .await
+                .expect_err(path)
+                .to_string();
             assert!(error.contains(why), "{path}: {error}");
         }
         assert!(a1.join(MANIFEST_FILE).exists());
@@ -533,8 +542,8 @@ mod tests {
         assert!(r.create_artifact_dir("db1/a").is_err());
     }
 
-    #[test]
-    fn a_missing_file_of_an_artifact_is_told_apart_from_a_foreign_repository() {
+    #[tokio::test]
+    async fn a_missing_file_of_an_artifact_is_told_apart_from_a_foreign_repository() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = repo(tmp.path());
         let dir = committed(&r, "db1/a1");
@@ -552,7 +561,10 @@ mod tests {
             }
         }
         // No directory of agent db2 here: this repository is not the one it writes to.
-        match r.read_manifest("db2/a1") {
+        match super::super::Repository::Local(r.clone())
+            .read_manifest("db2/a1")
+            .await
+        {
             Err(error @ AgentError::Io { .. }) => {
                 assert!(
                     error.to_string().contains("is the repository shared"),
@@ -563,8 +575,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_manifest_with_fields_of_a_newer_agent_is_not_corrupt() {
+    #[tokio::test]
+    async fn a_manifest_with_fields_of_a_newer_agent_is_not_corrupt() {
+        use warden_shared::ArtifactManifest;
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = repo(tmp.path());
         let dir = r.create_artifact_dir("db1/a1").expect("create");
@@ -591,23 +604,33 @@ mod tests {
             started_unix_ms: 1,
             finished_unix_ms: 2,
             timings_ms: Default::default(),
+            encryption: None,
         };
         // ArtifactManifest does not deny unknown fields: what a newer agent adds is ignored.
         let mut json = serde_json::to_value(&manifest).expect("json");
-        json["encryption"] = serde_json::json!({"scheme": "age", "recipients": 2});
+        json["compression_level"] = serde_json::json!(3);
         json["dump"]["compression"] = serde_json::json!("zstd");
         let bytes = serde_json::to_vec(&json).expect("bytes");
         write_file_atomically(&dir, MANIFEST_FILE, &bytes).expect("manifest");
-        assert_eq!(r.read_manifest("db1/a1").expect("parses"), manifest);
+        assert_eq!(
+            super::super::Repository::Local(r.clone())
+                .read_manifest("db1/a1")
+                .await
+                .expect("parses"),
+            manifest
+        );
     }
 
-    #[test]
-    fn an_unreadable_manifest_makes_the_artifact_corrupt() {
+    #[tokio::test]
+    async fn an_unreadable_manifest_makes_the_artifact_corrupt() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = repo(tmp.path());
         let dir = r.create_artifact_dir("db1/a1").expect("create");
         write_file_atomically(&dir, MANIFEST_FILE, b"{\"format\": ").expect("manifest");
-        match r.read_manifest("db1/a1") {
+        match super::super::Repository::Local(r.clone())
+            .read_manifest("db1/a1")
+            .await
+        {
             Err(AgentError::CorruptArtifact {
                 artifact_id,
                 detail,

@@ -182,6 +182,10 @@ staging_dir = "$DEMO/staging-$name"
 name = "$database"
 url = "postgres://postgres@127.0.0.1:$port/$database"
 labels = { env = "demo" }
+
+# Backups are sealed with this key (age); both agents hold it, so either restores them.
+[encryption]
+key_files = ["$DEMO/backup.key"]
 EOF
 }
 
@@ -290,6 +294,10 @@ start_demo() {
     "$BIN/warden-coordinator" --listen "127.0.0.1:$COORDINATOR_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
     --store sqlite://.demo/warden.db --tls-dir "$DEMO/tls" --health-interval 5s >/dev/null
   wait_for_coordinator "$WARDEN" "$(tail -n 1 "$DEMO/pids")" "$ONLINE_TIMEOUT"
+  local key_id
+  key_id=$("$BIN/warden-agent" key generate "$DEMO/backup.key" 2>/dev/null) \
+    || die "cannot generate the backup encryption key"
+  echo "  backups are sealed with key $key_id ($DEMO/backup.key)"
   write_agent_config pg1 shop "$PG1_PORT"
   write_agent_config pg2 inventory "$PG2_PORT"
   local agent

@@ -101,6 +101,7 @@ async fn discard(
     artifact: &Artifact,
     error: &mut AgentError,
 ) {
+    artifact.writer.settle().await;
     let removed = repository
         .remove_artifact(&artifact.id, &artifact.path)
         .await;
@@ -396,11 +397,11 @@ async fn commit(
     let phase = Instant::now();
     let dump_name = artifact.stored_name(DUMP_FILE);
     let globals_name = artifact.stored_name(GLOBALS_FILE);
-    let mut names = vec![dump_name.clone()];
-    if globals.is_some() {
-        names.push(globals_name.clone());
+    let mut files = vec![(dump_name.clone(), dump.size_bytes)];
+    if let Some(globals) = &globals {
+        files.push((globals_name.clone(), globals.size_bytes));
     }
-    artifact.writer.commit_files(names).await?;
+    artifact.writer.commit_files(files).await?;
     record(&mut timings, "commit", phase);
 
     let manifest = ArtifactManifest {
@@ -571,7 +572,7 @@ mod tests {
         .expect("compress");
         artifact
             .writer
-            .commit_files(vec![name.clone()])
+            .commit_files(vec![(name.clone(), dump.size_bytes)])
             .await
             .expect("commit");
         let manifest = ArtifactManifest {

@@ -379,9 +379,14 @@ pub async fn sha256_of(src: Stored, read_counter: Arc<AtomicU64>) -> AgentResult
             Some(key) => match key.open(hashing.clone()) {
                 Ok(_) => Ok(()),
                 Err(OpenError::Refused(why)) => Err(why),
-                Err(OpenError::Read(error)) => {
-                    return Err(AgentError::io(format!("cannot read {location}"))(error));
-                }
+                // age's own end-of-file on a truncated header is the file's fault, not a
+                // failed read of the storage (which the hashing reader remembers).
+                Err(OpenError::Read(error)) => match hashing.take_error() {
+                    Some(failed) => {
+                        return Err(AgentError::io(format!("cannot read {location}"))(failed));
+                    }
+                    None => Err(error.to_string()),
+                },
             },
             None => Ok(()),
         };

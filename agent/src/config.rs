@@ -61,10 +61,6 @@ pub struct EncryptionConfig {
     pub key_files: Vec<PathBuf>,
 }
 
-fn is_default<T: Default + PartialEq>(value: &T) -> bool {
-    *value == T::default()
-}
-
 /// The longest `statement_timeout` PostgreSQL accepts: `i32::MAX` milliseconds.
 const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
@@ -87,10 +83,12 @@ pub struct AgentConfig {
     pub repository: String,
     /// Endpoint, region and credentials of an `s3://` repository, where the standard AWS
     /// environment variables do not say them.
-    #[serde(default, skip_serializing_if = "is_default")]
+    // Always serialized, even empty: the loader takes `WARDEN_AGENT_S3__*` variables only
+    // for keys the defaults show.
+    #[serde(default)]
     pub s3: S3Settings,
     /// Client-side encryption of new backups; the keys never leave this host.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default)]
     pub encryption: EncryptionConfig,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

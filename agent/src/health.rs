@@ -413,7 +413,7 @@ mod tests {
         );
         assert!(check.probe.is_ok(), "{check:?}");
         assert_eq!(
-            std::fs::read_dir(tmp.path().join(".probe"))
+            std::fs::read_dir(tmp.path().join(".probe/db1"))
                 .expect("probe dir")
                 .count(),
             0,

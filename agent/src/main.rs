@@ -130,9 +130,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         copy::clear_staging(&ctx.staging_dir).context("cannot clear the staging directory")?;
     // Servers that are down are skipped (and logged): their leftovers go at the next start.
     let scratch = drill::drop_leftover_scratch_databases(&ctx).await;
+    if matches!(ctx.repository, Repository::Object(_)) && ctx.keys.sealing().is_none() {
+        tracing::warn!(
+            repository = %ctx.repository.url(),
+            "backups go to a bucket unencrypted: set [encryption] key_files to seal them"
+        );
+    }
     tracing::info!(
         agent = %ctx.config.name,
         version = env!("CARGO_PKG_VERSION"),
+        repository = %ctx.repository.url(),
+        sealing_key = ctx.keys.sealing().map_or("none", |k| k.id()),
         databases = ctx.config.databases.len(),
         removed_unfinished_artifacts = removed.len(),
         removed_staged_dumps = staged.len(),

@@ -137,14 +137,7 @@ impl Keys {
                     if self.keys.is_empty() {
                         "it has no keys".to_owned()
                     } else {
-                        format!(
-                            "it holds {}",
-                            self.keys
-                                .iter()
-                                .map(|k| k.id.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
+                        format!("it holds {}", self.ids().join(", "))
                     }
                 ),
             })

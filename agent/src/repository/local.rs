@@ -277,36 +277,47 @@ impl LocalRepository {
 }
 
 /// A data file being written under its `.partial` name.
-struct FileSink(BufWriter<File>);
+struct FileSink {
+    file: BufWriter<File>,
+    /// Released when the file is finished or abandoned.
+    _guard: super::WriterGuard,
+}
 
 impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.file.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.file.flush()
     }
 }
 
 impl Sink for FileSink {
     fn finish(self: Box<Self>) -> io::Result<()> {
-        self.0.into_inner().map_err(|e| e.into_error())?.sync_all()
+        self.file
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
     }
 }
 
 /// Creates `<dir>/<name>.partial`, which must not exist, for [`commit_file`] to move into
 /// place once its sink is finished.
-pub fn create_file(dir: &Path, name: &str) -> AgentResult<Box<dyn Sink>> {
+pub fn create_file(
+    dir: &Path,
+    name: &str,
+    guard: super::WriterGuard,
+) -> AgentResult<Box<dyn Sink>> {
     let partial = partial_path(dir, name);
     let file = File::create_new(&partial).map_err(AgentError::io(format!(
         "cannot create {}",
         partial.display()
     )))?;
-    Ok(Box::new(FileSink(BufWriter::with_capacity(
-        crate::codec::CHUNK_BYTES,
-        file,
-    ))))
+    Ok(Box::new(FileSink {
+        file: BufWriter::with_capacity(crate::codec::CHUNK_BYTES, file),
+        _guard: guard,
+    }))
 }
 
 /// Returns the temporary name a file is written under before it is committed.

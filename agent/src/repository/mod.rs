@@ -15,7 +15,10 @@ mod object;
 
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::RwLock;
 
 pub use local::{LocalRepository, commit_file, partial_path, write_file_atomically};
 pub use object::{ObjectRepository, S3Settings};
@@ -101,12 +104,12 @@ impl Repository {
             Self::Local(r) => {
                 let (r, path) = (r.clone(), artifact_path.to_owned());
                 let dir = blocking(move || r.create_artifact_dir(&path)).await?;
-                Ok(ArtifactWriter::Local { dir })
+                Ok(ArtifactWriter::new(Place::Local { dir }))
             }
-            Self::Object(r) => Ok(ArtifactWriter::Object {
+            Self::Object(r) => Ok(ArtifactWriter::new(Place::Object {
                 repository: r.clone(),
                 path: r.check_path(artifact_path)?.to_owned(),
-            }),
+            })),
         }
     }
 
@@ -194,9 +197,19 @@ impl Repository {
     }
 }
 
+/// Held by every sink of an artifact, and by the task that aborts an abandoned upload,
+/// until nothing more can reach the repository from it: see [`ArtifactWriter::settle`].
+pub type WriterGuard = tokio::sync::OwnedRwLockReadGuard<()>;
+
 /// A new artifact being written.
 #[derive(Debug)]
-pub enum ArtifactWriter {
+pub struct ArtifactWriter {
+    place: Place,
+    writers: Arc<RwLock<()>>,
+}
+
+#[derive(Debug)]
+enum Place {
     Local {
         dir: std::path::PathBuf,
     },
@@ -207,31 +220,50 @@ pub enum ArtifactWriter {
 }
 
 impl ArtifactWriter {
+    fn new(place: Place) -> Self {
+        Self {
+            place,
+            writers: Arc::new(RwLock::new(())),
+        }
+    }
+
     /// Where the artifact is, for messages.
     pub fn location(&self) -> String {
-        match self {
-            Self::Local { dir } => dir.display().to_string(),
-            Self::Object { repository, path } => repository.location(path, ""),
+        match &self.place {
+            Place::Local { dir } => dir.display().to_string(),
+            Place::Object { repository, path } => repository.location(path, ""),
         }
     }
 
     /// Creates data file `name` of the artifact. It becomes part of the artifact once its
     /// sink is finished and [`ArtifactWriter::commit_files`] has run.
     pub async fn create_file(&self, name: &str) -> AgentResult<Box<dyn Sink>> {
-        match self {
-            Self::Local { dir } => {
+        let guard = self.writers.clone().read_owned().await;
+        match &self.place {
+            Place::Local { dir } => {
                 let dir = dir.clone();
                 let name = name.to_owned();
-                blocking(move || local::create_file(&dir, &name)).await
+                blocking(move || local::create_file(&dir, &name, guard)).await
             }
-            Self::Object { repository, path } => repository.create_file(path, name).await,
+            Place::Object { repository, path } => repository.create_file(path, name, guard).await,
+        }
+    }
+
+    /// Waits (a minute at most) until no sink of this artifact can write any more: a
+    /// cancelled backup's compressing thread may still be finishing an upload, or its
+    /// abandoned upload waiting for its parts in flight before it is aborted. Removing the
+    /// artifact before then could leave an object behind.
+    pub async fn settle(&self) {
+        let settled = tokio::time::timeout(SETTLE_TIMEOUT, self.writers.write()).await;
+        if settled.is_err() {
+            tracing::warn!(location = %self.location(), "a writer of the artifact has not stopped; removing it anyway");
         }
     }
 
     /// Removes data file `name`, abandoned before it was finished (its sink dropped).
     pub async fn discard_file(&self, name: &str) -> AgentResult<()> {
-        match self {
-            Self::Local { dir } => {
+        match &self.place {
+            Place::Local { dir } => {
                 let partial = partial_path(dir, name);
                 match tokio::fs::remove_file(&partial).await {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(AgentError::io(format!(
@@ -241,36 +273,44 @@ impl ArtifactWriter {
                     _ => Ok(()),
                 }
             }
-            Self::Object { repository, path } => repository.discard_file(path, name).await,
+            Place::Object { repository, path } => repository.discard_file(path, name).await,
         }
     }
 
-    /// Moves the finished data files `names` into place (a `file://` repository writes them
-    /// under `.partial` names first; an upload is in place once it is complete).
-    pub async fn commit_files(&self, names: Vec<String>) -> AgentResult<()> {
-        match self {
-            Self::Local { dir } => {
+    /// Puts the finished data files `files` (name, size) in place: a `file://` repository
+    /// wrote them under `.partial` names; in a bucket, they are checked to be there whole.
+    pub async fn commit_files(&self, files: Vec<(String, u64)>) -> AgentResult<()> {
+        match &self.place {
+            Place::Local { dir } => {
                 let dir = dir.clone();
-                blocking(move || names.iter().try_for_each(|name| commit_file(&dir, name))).await
+                blocking(move || {
+                    files
+                        .iter()
+                        .try_for_each(|(name, _)| commit_file(&dir, name))
+                })
+                .await
             }
-            Self::Object { .. } => Ok(()),
+            Place::Object { repository, path } => repository.check_files(path, &files).await,
         }
     }
 
     /// Writes the manifest: the commit point of the artifact.
     pub async fn write_manifest(&self, bytes: Vec<u8>) -> AgentResult<()> {
-        match self {
-            Self::Local { dir } => {
+        match &self.place {
+            Place::Local { dir } => {
                 let dir = dir.clone();
                 blocking(move || {
                     write_file_atomically(&dir, warden_shared::manifest::MANIFEST_FILE, &bytes)
                 })
                 .await
             }
-            Self::Object { repository, path } => repository.write_manifest(path, bytes).await,
+            Place::Object { repository, path } => repository.write_manifest(path, bytes).await,
         }
     }
 }
+
+/// The longest [`ArtifactWriter::settle`] waits.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Refuses an artifact path that would leave the repository (the path comes over the wire).
 fn check_relative(artifact_path: &str) -> AgentResult<()> {

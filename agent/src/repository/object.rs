@@ -2,9 +2,15 @@
 //! crate speaks the protocol).
 //!
 //! A data file is written as a multipart upload straight from the compressing thread:
-//! parts of [`PART_BYTES`], at most [`PARTS_IN_FLIGHT`] uploading while the next one fills,
-//! so the memory a backup holds for its upload is `(PARTS_IN_FLIGHT + 1) × PART_BYTES`
-//! (24 MiB) whatever the database's size, and nothing is staged on local disk.
+//! parts of [`FIRST_PART_BYTES`], at most [`PARTS_IN_FLIGHT`] uploading while the next one
+//! fills, so the memory a backup holds for its upload is `(PARTS_IN_FLIGHT + 1)` parts (24
+//! MiB) and nothing is staged on local disk. S3 takes at most 10,000 parts, so the part size
+//! doubles every [`PARTS_PER_SIZE`] parts: the first 8 GiB go in 8 MiB parts, the next 16
+//! GiB in 16 MiB parts, and so on (past 56 GiB stored, parts are 64 MiB and the upload holds
+//! 192 MiB); a file of about 1 TiB still fits.
+//!
+//! A download resumes where it broke off (a ranged GET of the same object version, by its
+//! ETag), so a restore that reads for hours survives a dropped connection.
 //!
 //! S3 cannot list the uploads a crash left unfinished without a permission few policies
 //! grant, so each upload announces itself first: `<file>.upload` holds its upload id from
@@ -30,7 +36,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, MultipartId, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt,
+    PutPayload, RetryConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -38,17 +45,26 @@ use tokio::task::JoinHandle;
 use url::Url;
 use warden_shared::manifest::MANIFEST_FILE;
 
-use super::{Removal, Sink, Source, check_relative};
+use super::{Removal, Sink, Source, WriterGuard, check_relative};
 use crate::error::{AgentError, AgentResult};
 
-/// Size of each part of a multipart upload but the last (S3's minimum is 5 MiB).
-pub const PART_BYTES: usize = 8 << 20;
+/// Size of the first parts of a multipart upload (S3's minimum is 5 MiB).
+pub const FIRST_PART_BYTES: usize = 8 << 20;
+/// Parts of one size before the size doubles.
+pub const PARTS_PER_SIZE: usize = 1000;
+/// S3's most parts in one upload.
+const MAX_PARTS: usize = 10_000;
 /// Parts uploading at once while the next one fills.
 pub const PARTS_IN_FLIGHT: usize = 2;
+/// How often a broken download is resumed before the read fails.
+const RESUMES: u32 = 10;
+/// The most of a storage error's text kept for messages (some stores answer with pages).
+const MAX_ERROR_CHARS: usize = 600;
 /// Suffix of the marker object that holds the id of a file's unfinished upload.
 const UPLOAD_SUFFIX: &str = ".upload";
-/// Prefix (under the repository's) of the probe objects.
-const PROBE_PREFIX: &str = ".warden-probe";
+/// Name (under an agent's prefix) of the directory of its probe objects: inside what a
+/// least-privilege policy lets the agent write, and cleared with unfinished artifacts.
+const PROBE_DIR: &str = ".probe";
 
 /// Where the bucket is and how to sign for it, beyond what the URL says. Every field left
 /// unset comes from the standard AWS environment variables (`AWS_ENDPOINT_URL`,
@@ -121,9 +137,16 @@ impl std::fmt::Debug for ObjectRepository {
 impl ObjectRepository {
     /// Parses `s3://bucket[/prefix]` and builds the client; reaches nothing yet.
     pub fn open(url: &str, settings: &S3Settings) -> AgentResult<Self> {
+        // The URL is shown in errors, with any credentials someone put in it hidden.
+        let shown = match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        };
         let invalid = |why: &str| {
             AgentError::Config(format!(
-                "repository {url:?} is not a usable S3 URL: {why}; use s3://bucket/prefix"
+                "repository {shown:?} is not a usable S3 URL: {why}; use s3://bucket/prefix"
             ))
         };
         let parsed = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
@@ -155,14 +178,15 @@ impl ObjectRepository {
                 ClientOptions::new()
                     .with_connect_timeout(Duration::from_secs(10))
                     // A download feeds a restore at the restore's pace: no deadline for the
-                    // whole body, only for each read.
+                    // whole body. A read may wait this long (a part's upload waits for its
+                    // answer as long: 8 MiB in 5 minutes is 28 KB/s).
                     .with_timeout_disabled()
-                    .with_read_timeout(Duration::from_secs(60)),
+                    .with_read_timeout(Duration::from_secs(300)),
             )
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
                 max_retries: 5,
-                retry_timeout: Duration::from_secs(60),
+                retry_timeout: Duration::from_secs(15 * 60),
             });
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.with_endpoint(endpoint);
@@ -243,74 +267,135 @@ impl ObjectRepository {
         let bytes = match self.store.get(&key).await {
             Ok(got) => got.bytes().await,
             Err(error) => Err(error),
+        };
+        match bytes {
+            Ok(bytes) => Ok((bytes.to_vec(), location)),
+            Err(error) => Err(self.read_error(artifact_path, &location, error).await),
         }
-        .map_err(|e| self.read_error(artifact_path, &location, e))?;
-        Ok((bytes.to_vec(), location))
     }
 
     /// Opens data file `name` of the artifact at `artifact_path` as a stream.
     pub async fn open_file(&self, artifact_path: &str, name: &str) -> AgentResult<Source> {
         let key = self.key(artifact_path, name)?;
         let location = self.location(artifact_path, name);
-        let got = self
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| self.read_error(artifact_path, &location, e))?;
+        let got = match self.store.get(&key).await {
+            Ok(got) => got,
+            Err(error) => return Err(self.read_error(artifact_path, &location, error).await),
+        };
         Ok(Box::new(StreamSource {
             runtime: Handle::current(),
+            store: self.store.clone(),
+            key,
+            e_tag: got.meta.e_tag.clone(),
+            offset: 0,
+            resumes: 0,
             stream: got.into_stream(),
             chunk: Bytes::new(),
         }))
     }
 
-    fn read_error(
+    /// Classifies a failed read of `location`. Not found is [`AgentError::ArtifactMissing`]
+    /// (the artifact is unusable, and the catalog marks it corrupt) only when the bucket
+    /// holds something of the agent that took the artifact: an S3 404 is also what a wrong
+    /// bucket, prefix or endpoint answers, which says nothing about the artifact.
+    async fn read_error(
         &self,
         artifact_path: &str,
         location: &str,
         error: object_store::Error,
     ) -> AgentError {
         match error {
-            object_store::Error::NotFound { .. } => AgentError::ArtifactMissing {
-                artifact_path: artifact_path.to_owned(),
-                location: location.to_owned(),
-            },
+            object_store::Error::NotFound { .. } => {
+                match self.holds_agent_of(artifact_path).await {
+                    Ok(true) => AgentError::ArtifactMissing {
+                        artifact_path: artifact_path.to_owned(),
+                        location: location.to_owned(),
+                    },
+                    Ok(false) => AgentError::Storage {
+                        context: format!("cannot read {location}"),
+                        message: self.foreign(artifact_path),
+                    },
+                    Err(error) => error,
+                }
+            }
             other => storage_error(format!("cannot read {location}"), other),
         }
     }
 
+    /// Whether the bucket holds any object of the agent that `artifact_path` starts with.
+    async fn holds_agent_of(&self, artifact_path: &str) -> AgentResult<bool> {
+        let agent = artifact_path.split('/').next().unwrap_or_default();
+        let prefix = self.key(agent, "")?;
+        match self.store.list(Some(&prefix)).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(error)) => Err(storage_error(
+                format!("cannot list {}", self.location(agent, "")),
+                error,
+            )),
+        }
+    }
+
+    /// Says that this repository holds nothing of the agent that took `artifact_path`.
+    fn foreign(&self, artifact_path: &str) -> String {
+        let agent = artifact_path.split('/').next().unwrap_or_default();
+        format!(
+            "not found, and {} holds nothing of agent {agent}: is this the bucket, prefix and \
+             endpoint that agent writes to?",
+            self.location("", "")
+        )
+    }
+
     /// Starts the multipart upload of data file `name` of the artifact at `artifact_path`,
     /// announced by its marker before any part is sent.
-    pub async fn create_file(&self, artifact_path: &str, name: &str) -> AgentResult<Box<dyn Sink>> {
+    ///
+    /// `guard` is held until the upload is complete or aborted, parts in flight included.
+    pub async fn create_file(
+        &self,
+        artifact_path: &str,
+        name: &str,
+        guard: WriterGuard,
+    ) -> AgentResult<Box<dyn Sink>> {
         let key = self.key(artifact_path, name)?;
         let marker = self.key(artifact_path, &format!("{name}{UPLOAD_SUFFIX}"))?;
         let location = self.location(artifact_path, name);
-        let id = self
-            .store
-            .create_multipart(&key)
-            .await
-            .map_err(|e| storage_error(format!("cannot start the upload of {location}"), e))?;
-        let announced = self
-            .store
-            .put(&marker, PutPayload::from(id.clone().into_bytes()))
-            .await;
-        if let Err(error) = announced {
-            let _ = self.store.abort_multipart(&key, &id).await;
-            return Err(storage_error(
-                format!("cannot write the upload marker of {location}"),
-                error,
-            ));
-        }
+        // On a task of its own: a cancelled order must not stop between starting the
+        // upload and announcing it, which would leave an upload nothing names.
+        let (store, upload_key, upload_marker) = (self.store.clone(), key.clone(), marker.clone());
+        let started = tokio::spawn(async move {
+            let id = store
+                .create_multipart(&upload_key)
+                .await
+                .map_err(|e| storage_error(format!("cannot start the upload of {location}"), e))?;
+            let announced = store
+                .put(&upload_marker, PutPayload::from(id.clone().into_bytes()))
+                .await;
+            if let Err(error) = announced {
+                if let Err(abort) = store.abort_multipart(&upload_key, &id).await {
+                    tracing::warn!(key = %upload_key, error = %abort, "cannot abort an unannounced upload");
+                }
+                return Err(storage_error(
+                    format!("cannot write the upload marker of {location}"),
+                    error,
+                ));
+            }
+            Ok(id)
+        });
+        let id = started.await.map_err(|e| AgentError::Storage {
+            context: "cannot start an upload".to_owned(),
+            message: e.to_string(),
+        })??;
         Ok(Box::new(UploadSink {
             runtime: Handle::current(),
             store: self.store.clone(),
             key,
             marker,
             id,
-            buffer: Vec::with_capacity(PART_BYTES),
+            buffer: Vec::new(),
             in_flight: VecDeque::new(),
             parts: Vec::new(),
             finished: false,
+            guard: Some(guard),
         }))
     }
 
@@ -318,7 +403,32 @@ impl ObjectRepository {
     /// its marker.
     pub async fn discard_file(&self, artifact_path: &str, name: &str) -> AgentResult<()> {
         let marker = format!("{name}{UPLOAD_SUFFIX}");
-        self.remove_objects(artifact_path, vec![marker]).await
+        self.remove_objects(artifact_path, vec![name.to_owned(), marker])
+            .await
+    }
+
+    /// Checks that the data files `files` (name, size) of the artifact at `artifact_path`
+    /// are in the bucket whole, just before its manifest is written: nothing else (a
+    /// second process under this agent's name cleaning up at its start) removed them.
+    pub async fn check_files(
+        &self,
+        artifact_path: &str,
+        files: &[(String, u64)],
+    ) -> AgentResult<()> {
+        for (name, size) in files {
+            let key = self.key(artifact_path, name)?;
+            let location = self.location(artifact_path, name);
+            let meta = self.store.head(&key).await.map_err(|e| {
+                storage_error(format!("cannot find {location} after its upload"), e)
+            })?;
+            if meta.size != *size {
+                return Err(AgentError::Storage {
+                    context: format!("{location} is not what was uploaded"),
+                    message: format!("it holds {} bytes, {size} were written", meta.size),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Writes the manifest of the artifact at `artifact_path`: the commit point.
@@ -362,10 +472,20 @@ impl ObjectRepository {
 
     /// Removes every object of the artifact at `artifact_path` (checked by the caller):
     /// the manifest first, then the unfinished uploads its markers name, then the rest.
+    ///
+    /// An artifact with no object left is already gone only if the bucket holds something
+    /// of its agent: otherwise this is likely not the repository it was written to, and
+    /// calling it removed would drop it from the catalog while its objects stay elsewhere.
     pub async fn remove_artifact(&self, artifact_path: &str) -> AgentResult<Removal> {
         let names = self.list(artifact_path).await?;
         if names.is_empty() {
-            return Ok(Removal::AlreadyGone);
+            if self.holds_agent_of(artifact_path).await? {
+                return Ok(Removal::AlreadyGone);
+            }
+            return Err(AgentError::Storage {
+                context: format!("cannot remove {}", self.location(artifact_path, "")),
+                message: format!("{}; nothing was removed", self.foreign(artifact_path)),
+            });
         }
         self.remove_objects(artifact_path, names).await?;
         Ok(Removal::Removed)
@@ -430,6 +550,8 @@ impl ObjectRepository {
     /// uploads, and returns their locations; also the probe objects a kill left behind.
     pub async fn cleanup_incomplete(&self, agent: &str) -> AgentResult<Vec<String>> {
         warden_shared::validate_agent_name(agent)?;
+        // Grouped by the first part under the agent's prefix: each artifact, and the probe
+        // objects a kill left behind, which go too.
         let mut artifacts: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for key in self.list(agent).await? {
             if let Some((id, name)) = key.split_once('/') {
@@ -439,10 +561,6 @@ impl ObjectRepository {
                     .push(name.to_owned());
             }
         }
-        // Probes a kill interrupted: the agent's own, and no one else's.
-        let probes = format!("{PROBE_PREFIX}/{agent}");
-        let stale = self.list(&probes).await?;
-        self.remove_objects(&probes, stale).await?;
         let mut removed = Vec::new();
         for (id, names) in artifacts {
             if names.iter().any(|n| n == MANIFEST_FILE) {
@@ -450,6 +568,9 @@ impl ObjectRepository {
             }
             let path = format!("{agent}/{id}");
             self.remove_objects(&path, names).await?;
+            if id == PROBE_DIR {
+                continue;
+            }
             let location = self.location(&path, "");
             tracing::info!(%location, "removed unfinished artifact");
             removed.push(location);
@@ -457,9 +578,10 @@ impl ObjectRepository {
         Ok(removed)
     }
 
-    /// Writes, reads back and deletes `.warden-probe/<agent>/<uuid>`.
+    /// Writes, reads back and deletes `<agent>/.probe/<uuid>`.
     pub async fn probe(&self, agent: &str) -> AgentResult<()> {
-        let relative = format!("{PROBE_PREFIX}/{agent}");
+        warden_shared::validate_agent_name(agent)?;
+        let relative = format!("{agent}/{PROBE_DIR}");
         let name = uuid::Uuid::now_v7().to_string();
         let key = self.key(&relative, &name)?;
         let location = self.location(&relative, &name);
@@ -484,19 +606,78 @@ impl ObjectRepository {
     }
 }
 
-/// The storage's own error, whole: what an operator needs to fix a bucket or a key.
+/// The storage's own error: what an operator needs to fix a bucket or a key.
 fn storage_error(context: String, error: object_store::Error) -> AgentError {
     AgentError::Storage {
         context,
-        message: crate::error::error_chain(&error),
+        message: storage_message(&crate::error::error_chain(&error)),
     }
 }
 
-/// A download read on a blocking thread.
+/// Shortens a storage error for people: an S3 XML error body becomes its `Code: Message`
+/// (the rest of it can echo a signed request, session token included), and no text is
+/// longer than [`MAX_ERROR_CHARS`].
+fn storage_message(text: &str) -> String {
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].to_owned())
+    };
+    let text = match (
+        text.find("<?xml").or_else(|| text.find("<Error>")),
+        element("Code"),
+    ) {
+        (Some(body), Some(code)) => {
+            let message = element("Message")
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            format!("{}{code}{message}", &text[..body])
+        }
+        _ => text.to_owned(),
+    };
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+/// A download read on a blocking thread, resumed where it broke off.
 struct StreamSource {
     runtime: Handle,
+    store: Arc<AmazonS3>,
+    key: ObjectPath,
+    /// The version being read: a resumed read must get the same bytes.
+    e_tag: Option<String>,
+    /// Bytes handed out so far.
+    offset: u64,
+    resumes: u32,
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     chunk: Bytes,
+}
+
+impl StreamSource {
+    /// Starts a ranged GET of the rest of the object after a broken download.
+    fn resume(&mut self, broken: object_store::Error) -> io::Result<()> {
+        if self.resumes >= RESUMES {
+            return Err(io::Error::other(broken));
+        }
+        self.resumes += 1;
+        tracing::warn!(key = %self.key, offset = self.offset, error = %broken, "download broke off; resuming");
+        let options = GetOptions {
+            range: Some(GetRange::Offset(self.offset)),
+            if_match: self.e_tag.clone(),
+            ..GetOptions::default()
+        };
+        let pause = Duration::from_millis(200 << self.resumes.min(6));
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let got = self.runtime.block_on(async move {
+            tokio::time::sleep(pause).await;
+            store.get_opts(&key, options).await
+        });
+        self.stream = got.map_err(io::Error::other)?.into_stream();
+        Ok(())
+    }
 }
 
 impl Read for StreamSource {
@@ -505,11 +686,12 @@ impl Read for StreamSource {
             match self.runtime.block_on(self.stream.next()) {
                 None => return Ok(0),
                 Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(error)) => return Err(io::Error::other(error)),
+                Some(Err(error)) => self.resume(error)?,
             }
         }
         let n = buf.len().min(self.chunk.len());
         buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        self.offset += n as u64;
         Ok(n)
     }
 }
@@ -525,17 +707,31 @@ struct UploadSink {
     in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
     parts: Vec<PartId>,
     finished: bool,
+    /// Held until the upload is complete, or aborted once its parts in flight settled.
+    guard: Option<WriterGuard>,
 }
 
 impl UploadSink {
+    /// Size of the part being filled: [`FIRST_PART_BYTES`], doubled every
+    /// [`PARTS_PER_SIZE`] parts.
+    fn part_bytes(&self) -> usize {
+        let index = self.parts.len() + self.in_flight.len();
+        FIRST_PART_BYTES << (index / PARTS_PER_SIZE).min(9)
+    }
+
     /// Starts uploading the buffer as the next part, first waiting for the oldest part in
     /// flight if [`PARTS_IN_FLIGHT`] are.
     fn send_part(&mut self) -> io::Result<()> {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.wait_oldest()?;
         }
-        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_BYTES));
         let index = self.parts.len() + self.in_flight.len();
+        if index >= MAX_PARTS {
+            return Err(io::Error::other(format!(
+                "the file has outgrown the {MAX_PARTS} parts of one S3 upload"
+            )));
+        }
+        let data = std::mem::take(&mut self.buffer);
         let (store, key, id) = (self.store.clone(), self.key.clone(), self.id.clone());
         self.in_flight.push_back(self.runtime.spawn(async move {
             store
@@ -560,9 +756,13 @@ impl UploadSink {
 
 impl Write for UploadSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(PART_BYTES - self.buffer.len());
+        let part_bytes = self.part_bytes();
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve_exact(part_bytes);
+        }
+        let n = buf.len().min(part_bytes - self.buffer.len());
         self.buffer.extend_from_slice(&buf[..n]);
-        if self.buffer.len() == PART_BYTES {
+        if self.buffer.len() == part_bytes {
             self.send_part()?;
         }
         Ok(n)
@@ -607,16 +807,79 @@ impl Drop for UploadSink {
         if self.finished {
             return;
         }
-        // Abandoned (failed, cancelled): the parts sent so far go at once. The marker stays
-        // until the artifact is discarded, which aborts again should this abort be lost.
-        for part in self.in_flight.drain(..) {
-            part.abort();
-        }
+        // Abandoned (failed, cancelled): the upload is aborted once the parts in flight
+        // settled (a part that lands after the abort would be stored, unlisted, for good).
+        // The guard goes with it, so discarding the artifact waits for this; the marker
+        // stays until then, and a lost abort is done again from it.
+        let parts: Vec<_> = self.in_flight.drain(..).collect();
         let (store, key, id) = (self.store.clone(), self.key.clone(), self.id.clone());
+        let guard = self.guard.take();
         self.runtime.spawn(async move {
+            for part in parts {
+                let _ = part.await;
+            }
             if let Err(error) = store.abort_multipart(&key, &id).await {
                 tracing::warn!(key = %key, %error, "cannot abort an abandoned upload");
             }
+            drop(guard);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_keep_the_code_and_message_of_an_s3_body() {
+        let text = "Generic S3 error: Error performing PUT http://s3/b/k in 2ms - Server \
+                    returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?>\
+                    <Error><Code>SignatureDoesNotMatch</Code><Message>The request signature \
+                    we calculated does not match</Message><CanonicalRequest>PUT /b/k \
+                    x-amz-security-token:FwoGZXIvYXdzE</CanonicalRequest></Error>";
+        let shown = storage_message(text);
+        assert!(
+            shown.ends_with(
+                "403 Forbidden: SignatureDoesNotMatch: The request signature we calculated does \
+                 not match"
+            ),
+            "{shown}"
+        );
+        assert!(!shown.contains("FwoGZXIvYXdzE"), "{shown}");
+        let page = format!("502 Bad Gateway: <html>{}</html>", "x".repeat(5000));
+        let shown = storage_message(&page);
+        assert_eq!(shown.chars().count(), MAX_ERROR_CHARS + 3, "{shown}");
+        assert_eq!(storage_message("connection refused"), "connection refused");
+    }
+
+    #[test]
+    fn urls_name_a_bucket_and_a_plain_prefix() {
+        let settings = S3Settings {
+            endpoint: Some("http://127.0.0.1:9".to_owned()),
+            region: Some("us-east-1".to_owned()),
+            ..S3Settings::default()
+        };
+        let repo = ObjectRepository::open("s3://backups/warden/prod/", &settings).expect("valid");
+        assert_eq!(
+            repo.location("db1/a1", "dump.zst"),
+            "s3://backups/warden/prod/db1/a1/dump.zst"
+        );
+        assert_eq!(
+            repo.key("db1/a1", "manifest.json").expect("key").as_ref(),
+            "warden/prod/db1/a1/manifest.json"
+        );
+        let bare = ObjectRepository::open("s3://backups", &settings).expect("valid");
+        assert_eq!(bare.location("db1", ""), "s3://backups/db1");
+        for (bad, why) in [
+            ("s3:///x", "names no bucket"),
+            ("s3://key:secret@b/x", "credentials"),
+            ("s3://b/x?versionId=1", "query"),
+        ] {
+            let error = ObjectRepository::open(bad, &settings)
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+            assert!(!error.contains("secret@"), "{error}");
+        }
     }
 }

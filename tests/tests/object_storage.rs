@@ -10,6 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 use warden_tests::binaries::binaries;
 use warden_tests::fixtures::{large_table, load_rich_fixture};
+use warden_tests::repo::files_below;
 use warden_tests::s3::S3Server;
 use warden_tests::{DbSnapshot, Fleet, ORDER_TIMEOUT, assert_same_data, heavy_test_lock};
 
@@ -140,6 +141,24 @@ fn a_sealed_backup_in_a_bucket_restores_on_another_agent_and_keys_rotate() {
         .expect("artifact id")
         .to_owned();
     let manifest = manifest_of(&server, "a1", &first);
+    // The key stays on the agents: not in the manifest, the bucket or any coordinator file.
+    let secret = std::fs::read_to_string(&k1).expect("key file");
+    let secret = secret
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .expect("the identity line");
+    for key in objects(&server) {
+        let bytes = server.read_object(server.bucket(), &key);
+        assert!(!contains(&bytes, secret.as_bytes()), "{key} holds the key");
+    }
+    for file in files_below(&fleet.dir().join("coordinator")) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "{} holds the key",
+            file.display()
+        );
+    }
     assert_eq!(
         manifest["encryption"]["key_id"],
         k1_id.as_str(),
@@ -199,6 +218,33 @@ fn a_sealed_backup_in_a_bucket_restores_on_another_agent_and_keys_rotate() {
     let order = restore(&fleet, &first, "copy", "a2/app");
     assert_eq!(order["state"], "succeeded", "{order:#}\n{}", fleet.logs());
     assert_same_data(&snapshot, &DbSnapshot::take(fleet.cluster(2), "copy"));
+
+    // Pointed at another store (same URL, another endpoint), a2 finds nothing: that is a
+    // wrong repository, not a missing artifact, and the artifact stays complete.
+    let elsewhere = S3Server::start().expect("a second server");
+    let here = s3_section(&server, server.secret_key());
+    let there = s3_section(&elsewhere, elsewhere.secret_key());
+    fleet
+        .agent(2)
+        .reconfigure(|c| c.sections = c.sections.replace(&here, &there));
+    fleet.wait_agent_online("a2", true);
+    let order = restore(&fleet, &first, "elsewhere", "a2/app");
+    assert_eq!(order["state"], "failed", "{order:#}");
+    let error = order["error"].as_str().expect("error");
+    assert!(error.contains("holds nothing of agent a1"), "{error}");
+    assert_eq!(order["artifact_corrupt"], false, "{order:#}");
+    let listed = fleet.cli().artifacts(Some("a1/app"), true);
+    assert!(
+        listed
+            .iter()
+            .any(|a| a["id"] == first.as_str() && a["state"] == "complete"),
+        "{listed:#?}"
+    );
+    fleet
+        .agent(2)
+        .reconfigure(|c| c.sections = c.sections.replace(&there, &here));
+    fleet.wait_agent_online("a2", true);
+    drop(elsewhere);
 
     // Rotation: a1 seals with k2 from now on, and still opens what k1 sealed.
     let k1_only = encryption_section(&[&k1]);
@@ -368,6 +414,31 @@ fn a_wrong_secret_key_shows_in_status_with_the_storage_error() {
     assert_ne!(out.code, 0, "{out}");
     assert!(out.to_string().contains("SignatureDoesNotMatch"), "{out}");
     assert_eq!(objects(&server), before);
+
+    // A bucket that does not exist shows as such.
+    let right = s3_section(&server, server.secret_key());
+    fleet.agent(1).reconfigure(|c| {
+        c.sections = c.sections.replace(&wrong, &right);
+        c.repository_url = Some("s3://no-such-bucket/warden".to_owned());
+    });
+    fleet.wait_agent_online("a1", true);
+    let mut shown = None;
+    fleet.wait_until(
+        "the missing bucket in `warden status`",
+        ORDER_TIMEOUT,
+        || {
+            shown = repository_status(&fleet, "a1")
+                .filter(|r| r["repository"] == "s3://no-such-bucket/warden" && r["ok"] == false);
+            shown.is_some()
+        },
+    );
+    let shown = shown.expect("shown");
+    assert!(
+        shown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NoSuchBucket")),
+        "{shown:#}"
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod http;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 pub mod repo;
 pub mod s3;
 pub mod script;

@@ -10,6 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 use warden_tests::binaries::binaries;
 use warden_tests::fixtures::{large_table, load_rich_fixture};
+use warden_tests::proxy::CuttingProxy;
 use warden_tests::repo::files_below;
 use warden_tests::s3::S3Server;
 use warden_tests::{DbSnapshot, Fleet, ORDER_TIMEOUT, assert_same_data, heavy_test_lock};
@@ -20,10 +21,14 @@ const CANARY: &str = "Qz7!kW@vJ9#xPb$Yh2%NmR^tL5&cGd*Fs8(jUe)Ko3";
 
 /// The `[s3]` section for `server`, with `secret` as the secret key.
 fn s3_section(server: &S3Server, secret: &str) -> String {
+    s3_section_at(server, &server.endpoint(), secret)
+}
+
+/// The `[s3]` section for `server` reached at `endpoint`, with `secret` as the secret key.
+fn s3_section_at(server: &S3Server, endpoint: &str, secret: &str) -> String {
     format!(
-        "[s3]\nendpoint = \"{}\"\nregion = \"{}\"\npath_style = true\n\
+        "[s3]\nendpoint = \"{endpoint}\"\nregion = \"{}\"\npath_style = true\n\
          access_key_id = \"{}\"\nsecret_access_key = \"{secret}\"\n",
-        server.endpoint(),
         server.region(),
         server.access_key(),
     )
@@ -319,6 +324,47 @@ fn a_sealed_backup_in_a_bucket_restores_on_another_agent_and_keys_rotate() {
         "{error}"
     );
     assert!(!fleet.cluster(1).database_exists("damaged"));
+}
+
+#[test]
+fn a_download_cut_off_midway_resumes_where_it_broke_off() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let target = server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("IP:PORT");
+    let proxy = CuttingProxy::start(target);
+    let mut fleet = Fleet::builder("s3-resume")
+        .database("app")
+        .repository_url(&format!("s3://{}/warden", server.bucket()))
+        .agent_sections(&s3_section_at(&server, &proxy.url(), server.secret_key()))
+        .build();
+    load_rich_fixture(fleet.cluster(1), "app");
+    let snapshot = DbSnapshot::take(fleet.cluster(1), "app");
+    let artifact = fleet.cli().backup_ok("a1/app")["artifact_id"]
+        .as_str()
+        .expect("artifact id")
+        .to_owned();
+    let size = manifest_of(&server, "a1", &artifact)["dump"]["size_bytes"]
+        .as_u64()
+        .expect("size");
+
+    // The first read of the dump is cut off every 40 KB, more often than the S3 client
+    // retries on its own (5 times): the agent resumes it from where it broke off.
+    proxy.arm(40_000, 8);
+    assert!(size > 9 * 40_000, "the dump is {size} bytes");
+    let out = fleet
+        .cli()
+        .run(&["restore", &artifact, "--new-name", "resumed", "--wait"]);
+    let order = out.json();
+    assert_eq!(order["state"], "succeeded", "{order:#}\n{}", fleet.logs());
+    assert_eq!(proxy.cuts(), 8, "the download was cut");
+    assert_same_data(&snapshot, &DbSnapshot::take(fleet.cluster(1), "resumed"));
+    let log = fleet.agent(1).log_tail(100);
+    assert!(log.contains("download broke off; resuming"), "{log}");
 }
 
 /// What anyone holding `bytes` can read without a key: the bytes themselves and, when they

@@ -27,7 +27,7 @@ use warden_shared::manifest::{
 };
 use warden_shared::{ArtifactManifest, now_unix_ms};
 
-use crate::codec::{self, Stored, StoredFile};
+use crate::codec::{self, Destination, Stored, StoredFile};
 use crate::error::{AgentError, AgentResult};
 use crate::orders::{AgentContext, OrderTarget, cancellable, elapsed_ms};
 use crate::pg::{self, PgDatabase, PgUrl, ServerVersion};
@@ -239,7 +239,7 @@ async fn dump_data(
     let dump_name = artifact.stored_name(DUMP_FILE);
     let dump_sink = artifact.writer.create_file(&dump_name).await?;
     let pg_dump = tools.path("pg_dump");
-    let dump_target = Target {
+    let dump_target = Destination {
         sink: dump_sink,
         seal: artifact.seal.clone(),
         location: format!("{}/{dump_name}", artifact.path),
@@ -257,7 +257,7 @@ async fn dump_data(
     ];
     let globals_name = artifact.stored_name(GLOBALS_FILE);
     let globals_sink = artifact.writer.create_file(&globals_name).await?;
-    let globals_target = Target {
+    let globals_target = Destination {
         sink: globals_sink,
         seal: artifact.seal.clone(),
         location: format!("{}/{globals_name}", artifact.path),
@@ -450,34 +450,19 @@ async fn commit(
     })
 }
 
-/// Where a tool's output is stored: the sink of a data file, the key sealing it, and its
-/// location for messages.
-struct Target {
-    sink: Box<dyn crate::repository::Sink>,
-    seal: Option<Key>,
-    location: String,
-}
-
 /// Runs pg_dump (its custom format on stdout) and stores the archive compressed in
-/// `target`, read on the way by an [`ArchiveScanner`] that counts the rows of each table's
+/// `dest`, read on the way by an [`ArchiveScanner`] that counts the rows of each table's
 /// data.
 async fn archive_to(
     program: &Path,
     args: &[OsString],
     url: &PgUrl,
-    target: Target,
+    dest: Destination,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<(StoredFile, ArchiveScanner)> {
     let (process, stdout) = start_tool(program, args, url)?;
     // As in `tool_to`: on a write error `process` is dropped here, which kills pg_dump.
-    let stored = codec::compress_archive_to(
-        stdout,
-        target.sink,
-        target.seal,
-        &target.location,
-        raw_counter,
-    )
-    .await?;
+    let stored = codec::compress_archive_to(stdout, dest, raw_counter).await?;
     process.wait().await?;
     Ok(stored)
 }
@@ -497,25 +482,18 @@ fn start_tool(
     Ok((process, stdout))
 }
 
-/// Runs a tool whose stdout is the data and stores it compressed in `target`.
+/// Runs a tool whose stdout is the data and stores it compressed in `dest`.
 async fn tool_to(
     program: &Path,
     args: &[OsString],
     url: &PgUrl,
-    target: Target,
+    dest: Destination,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<StoredFile> {
     let (process, stdout) = start_tool(program, args, url)?;
     // On a write error `process` is dropped here, which kills the tool: it would otherwise
     // block forever on a full pipe.
-    let stored = codec::compress_to(
-        stdout,
-        target.sink,
-        target.seal,
-        &target.location,
-        raw_counter,
-    )
-    .await?;
+    let stored = codec::compress_to(stdout, dest, raw_counter).await?;
     // The exit status decides: a tool that failed midway leaves a short but valid stream.
     process.wait().await?;
     Ok(stored)
@@ -560,16 +538,14 @@ mod tests {
             .flat_map(|i| (i % 977).to_le_bytes())
             .collect();
         let name = artifact.stored_name(DUMP_FILE);
-        let sink = artifact.writer.create_file(&name).await.expect("sink");
-        let dump = codec::compress_to(
-            &data[..],
-            sink,
-            artifact.seal.clone(),
-            &name,
-            Arc::default(),
-        )
-        .await
-        .expect("compress");
+        let dest = Destination {
+            sink: artifact.writer.create_file(&name).await.expect("sink"),
+            seal: artifact.seal.clone(),
+            location: name.clone(),
+        };
+        let dump = codec::compress_to(&data[..], dest, Arc::default())
+            .await
+            .expect("compress");
         artifact
             .writer
             .commit_files(vec![(name.clone(), dump.size_bytes)])

@@ -52,20 +52,25 @@ pub struct Stored {
     pub location: String,
 }
 
-/// Compresses everything `reader` yields into `sink` (`location` names it in messages),
-/// sealed with `seal` if given, and finishes the sink. `raw_counter` grows by each chunk
-/// read, for progress reports.
+/// Where a file is stored: its sink, the key that seals it if any, and where it goes (for
+/// messages). The counterpart of [`Stored`].
+pub struct Destination {
+    pub sink: Box<dyn Sink>,
+    pub seal: Option<Key>,
+    pub location: String,
+}
+
+/// Compresses everything `reader` yields into `dest`, sealed if it has a key, and finishes
+/// its sink. `raw_counter` grows by each chunk read, for progress reports.
 pub async fn compress_to<R>(
     reader: R,
-    sink: Box<dyn Sink>,
-    seal: Option<Key>,
-    location: &str,
+    dest: Destination,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<StoredFile>
 where
     R: AsyncRead + Unpin,
 {
-    compress(reader, sink, seal, location, raw_counter, None)
+    compress(reader, dest, raw_counter, None)
         .await
         .map(|(stored, _)| stored)
 }
@@ -75,9 +80,7 @@ where
 /// ([`ArchiveScanner::table_rows`]).
 pub async fn compress_archive_to<R>(
     reader: R,
-    sink: Box<dyn Sink>,
-    seal: Option<Key>,
-    location: &str,
+    dest: Destination,
     raw_counter: Arc<AtomicU64>,
 ) -> AgentResult<(StoredFile, ArchiveScanner)>
 where
@@ -85,9 +88,7 @@ where
 {
     let (stored, scanner) = compress(
         reader,
-        sink,
-        seal,
-        location,
+        dest,
         raw_counter,
         Some(ArchiveScanner::counting_rows()),
     )
@@ -97,15 +98,18 @@ where
 
 async fn compress<R>(
     mut reader: R,
-    sink: Box<dyn Sink>,
-    seal: Option<Key>,
-    location: &str,
+    dest: Destination,
     raw_counter: Arc<AtomicU64>,
     scanner: Option<ArchiveScanner>,
 ) -> AgentResult<(StoredFile, Option<ArchiveScanner>)>
 where
     R: AsyncRead + Unpin,
 {
+    let Destination {
+        sink,
+        seal,
+        location,
+    } = dest;
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let writer =
         tokio::task::spawn_blocking(move || write_compressed(rx, sink, seal.as_ref(), scanner));
@@ -671,15 +675,12 @@ mod tests {
     /// Compresses `data` into a new file at `path`, sealed with `seal`.
     async fn store(data: &[u8], path: &Path, seal: Option<Key>) -> AgentResult<StoredFile> {
         let file = File::create_new(path).map_err(AgentError::io("create"))?;
-        let location = path.display().to_string();
-        compress_to(
-            data,
-            Box::new(FileSink(file)),
+        let dest = Destination {
+            sink: Box::new(FileSink(file)),
             seal,
-            &location,
-            Arc::default(),
-        )
-        .await
+            location: path.display().to_string(),
+        };
+        compress_to(data, dest, Arc::default()).await
     }
 
     /// The file at `path` to read back, opened with `key`.
@@ -705,15 +706,14 @@ mod tests {
         let stored_path = dir.path().join("dump.zst");
         let counter = Arc::new(AtomicU64::new(0));
         let file = File::create_new(&stored_path).expect("create");
-        let stored = compress_to(
-            &data[..],
-            Box::new(FileSink(file)),
-            None,
-            "dump.zst",
-            counter.clone(),
-        )
-        .await
-        .expect("compress");
+        let dest = Destination {
+            sink: Box::new(FileSink(file)),
+            seal: None,
+            location: "dump.zst".to_owned(),
+        };
+        let stored = compress_to(&data[..], dest, counter.clone())
+            .await
+            .expect("compress");
         let on_disk = std::fs::read(&stored_path).expect("read");
         assert_eq!(stored.raw_bytes, data.len() as u64);
         assert_eq!(counter.load(Ordering::Relaxed), data.len() as u64);

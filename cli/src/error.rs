@@ -46,13 +46,19 @@ impl CliError {
     /// Maps a failed call to the coordinator at `url`.
     ///
     /// A status that carries a source error was made by this process's transport (connection
-    /// refused, reset, timed out) rather than sent by the coordinator, so it means the
-    /// coordinator is out of reach; a status the coordinator sent is shown as it wrote it.
+    /// refused, reset, timed out, or an HTTP/2 protocol error, which is what a plaintext call
+    /// to a TLS port may get instead of a reset) rather than sent by the coordinator, so it
+    /// means the coordinator is out of reach; a status the coordinator sent is shown as it
+    /// wrote it.
     pub fn from_status(status: Status, url: &str) -> Self {
         let from_transport = status.source().is_some()
             && matches!(
                 status.code(),
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                Code::Unavailable
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::Internal
             );
         if from_transport {
             return CliError::Unreachable {
@@ -179,6 +185,21 @@ mod tests {
         assert!(text.starts_with("cannot reach the coordinator at http://127.0.0.1:7717: "));
         assert!(text.contains("refused"), "{text}");
         assert!(text.ends_with("(is it running? set --coordinator or WARDEN_COORDINATOR)"));
+    }
+
+    #[test]
+    fn an_http2_protocol_error_of_the_transport_is_unreachable_too() {
+        // What a plaintext call to a TLS port can get instead of a reset.
+        let mut status = Status::new(Code::Internal, "h2 protocol error: http2 error");
+        status.set_source(std::sync::Arc::new(std::io::Error::other(
+            "frame with invalid size",
+        )));
+        let err = CliError::from_status(status, URL);
+        assert!(err.is_unreachable(), "{err}");
+        assert!(err.to_string().contains("h2 protocol error"), "{err}");
+        // Without a source it came from the coordinator: a refusal, as it wrote it.
+        let sent = CliError::from_status(Status::new(Code::Internal, "store failed"), URL);
+        assert!(!sent.is_unreachable());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 use warden_proto::v1::admin_service_server::AdminServiceServer;
 use warden_proto::v1::agent_service_server::AgentServiceServer;
@@ -194,9 +194,14 @@ pub async fn serve(
                 .serve_with_incoming_shutdown(tls::incoming(grpc, acceptor), closed)
                 .await
         }
+        // Without TLS too, each message goes out at once: Nagle's algorithm would hold an
+        // order sent right after another until the agent acknowledged the first.
         None => {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), closed)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    closed,
+                )
                 .await
         }
     };

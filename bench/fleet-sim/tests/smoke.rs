@@ -3,7 +3,9 @@
 //! 50 simulated agents, submits 100 backups at once and writes its report. Checked: every
 //! agent registered, every order was accepted, reached its agent exactly once and succeeded,
 //! no session was lost, the latency splits into its three legs, and the report has a verdict
-//! for every target. How fast anything was is not checked here.
+//! for every target. The same holds for the round against the transport floor
+//! (`warden-fleet-floor`), and the report sets the coordinator's latency against the floor's.
+//! How fast anything was is not checked here.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,12 +25,16 @@ fn coordinator_bench_smoke_run_registers_every_agent_and_delivers_every_order_on
     // The coordinator and the CLI come from the harness's build; the simulator was built
     // with this test, into the same directory.
     binaries();
-    let sim = PathBuf::from(env!("CARGO_BIN_EXE_warden-fleet-sim"));
-    assert_eq!(
-        sim.parent(),
-        Some(profile_dir().as_path()),
-        "the simulator is not beside the other binaries"
-    );
+    for bin in [
+        env!("CARGO_BIN_EXE_warden-fleet-sim"),
+        env!("CARGO_BIN_EXE_warden-fleet-floor"),
+    ] {
+        assert_eq!(
+            PathBuf::from(bin).parent(),
+            Some(profile_dir().as_path()),
+            "{bin} is not beside the other binaries"
+        );
+    }
     let dir = TestDir::new("coordinator-bench-smoke");
     // The bench's work directory (the coordinator's store) goes inside the test's.
     let (report, text) = run_bench_smoke(
@@ -84,6 +90,34 @@ fn coordinator_bench_smoke_run_registers_every_agent_and_delivers_every_order_on
     assert!(
         at("/memory/after_dispatch/peak_rss_kib").as_u64() > Some(0),
         "{figures:#}"
+    );
+
+    // One round (--smoke): the coordinator's run above, then the floor's, which carried the
+    // same orders to the same agents.
+    assert_eq!(
+        at("/rounds").as_array().map(Vec::len),
+        Some(1),
+        "{figures:#}"
+    );
+    for (pointer, expected) in [
+        ("/rounds/0/floor/registration/registered", AGENTS),
+        ("/rounds/0/floor/dispatch/accepted", ORDERS),
+        ("/rounds/0/floor/dispatch/received", ORDERS),
+        ("/rounds/0/floor/dispatch/succeeded", ORDERS),
+        ("/rounds/0/floor/dispatch/received_more_than_once", 0),
+        ("/rounds/0/floor/dispatch/missing", 0),
+        ("/rounds/0/coordinator/dispatch/received", ORDERS),
+    ] {
+        assert_eq!(at(pointer), expected, "{pointer} in {figures:#}");
+    }
+    let floor_p99 = at("/rounds/0/floor/dispatch/latency_ms/p99")
+        .as_f64()
+        .expect("floor p99");
+    let ratio = format!("{:.2}×", p99 / floor_p99);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("| median |") && l.contains(&ratio)),
+        "no median row with the p99 ratio {ratio} in:\n{text}"
     );
 
     let verdicts = text

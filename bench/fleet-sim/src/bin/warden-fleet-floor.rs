@@ -99,12 +99,15 @@ impl Floor {
             })),
         };
         let created = now_unix_ms();
+        // Recorded before it is sent: the agent's result may come back before this returns.
         lock(&self.orders).insert(id.clone(), v1::OrderState::Dispatched);
+        if outbox.try_send(Ok(assignment)).is_err() {
+            lock(&self.orders).remove(&id);
+            return Err(Status::unavailable(format!(
+                "agent {agent}'s stream is full or closed"
+            )));
+        }
         lock(&self.dispatched).push((id.clone(), created));
-        // Full outbox: the coordinator's sessions would wait too, so this does.
-        outbox
-            .try_send(Ok(assignment))
-            .map_err(|_| Status::unavailable(format!("agent {agent}'s stream is full")))?;
         Ok(v1::Order {
             id,
             kind: v1::OrderKind::Backup as i32,

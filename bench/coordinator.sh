@@ -250,6 +250,7 @@ disk=$(df -h --output=source,fstype,size "$WORK" | tail -n 1 | tr -s ' ')
   echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "command	bench/coordinator.sh${ARGS[*]:+ ${ARGS[*]}}"
   echo "cpu	${cpu_model:-unknown}, $(nproc) CPUs (shared by the coordinator and the simulator)"
+  echo "cpus	$(nproc)"
   echo "memory	$mem_gib GiB"
   echo "kernel	$(uname -sr)"
   echo "disk	$disk (the SQLite store, in $(dirname "$WORK"))"
@@ -382,9 +383,13 @@ f50, f99 = median_of(floor, "p50"), median_of(floor, "p99")
 w(f"| median | {fmt(c50, 'ms')} / {fmt(c99, 'ms')} | {fmt(f50, 'ms')} / {fmt(f99, 'ms')} "
   f"| {ratio(c50, f50)} / {ratio(c99, f99)} | |")
 w("")
-w(f"Floor server CPU while dispatching (median): "
-  f"{statistics.median(f['dispatch']['coordinator_cpu_cores'] for f in floor):.2f} cores; "
-  f"the coordinator's: {statistics.median(c['dispatch']['coordinator_cpu_cores'] for c in coordinator):.2f} cores.")
+def burst(runs, side):
+    return statistics.median(run["dispatch"]["burst"][side] for run in runs)
+
+w(f"CPU from the first submission until every order arrived (median over the rounds): the "
+  f"coordinator {burst(coordinator, 'coordinator_cpu_cores'):.2f} cores with the simulator "
+  f"{burst(coordinator, 'simulator_cpu_cores'):.2f}; the floor {burst(floor, 'coordinator_cpu_cores'):.2f} "
+  f"cores with the simulator {burst(floor, 'simulator_cpu_cores'):.2f}, of {facts['cpus']} CPUs.")
 w("")
 w(f"## Details (round {median_round + 1}, the coordinator's median p99)")
 w("")

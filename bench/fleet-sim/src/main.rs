@@ -162,7 +162,19 @@ struct Dispatch {
     succeeded: usize,
     /// From the first submission until every accepted order succeeded.
     all_succeeded_seconds: Option<f64>,
+    /// From the first submission until every order succeeded and its audit was read.
     coordinator_cpu_cores: f64,
+    /// The burst, from the first submission until every order arrived (or the wait for
+    /// them ended), on each side of the machine.
+    burst: Burst,
+}
+
+/// CPU during the burst, in cores: the server under test and the simulator share the machine.
+#[derive(Debug, Serialize)]
+struct Burst {
+    seconds: f64,
+    coordinator_cpu_cores: f64,
+    simulator_cpu_cores: f64,
 }
 
 /// Where the dispatch latency goes, on the one wall clock the coordinator and the simulator
@@ -503,6 +515,7 @@ async fn dispatch(
         args.orders
     ));
     let cpu_before = CpuSample::take(pid)?;
+    let own_cpu_before = CpuSample::take("self")?;
     let clock = WallClock::now();
     let started = Instant::now();
     let mut calls = JoinSet::new();
@@ -553,6 +566,11 @@ async fn dispatch(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let burst = Burst {
+        seconds: started.elapsed().as_secs_f64(),
+        coordinator_cpu_cores: CpuSample::take(pid)?.cores_since(&cpu_before),
+        simulator_cpu_cores: CpuSample::take("self")?.cores_since(&own_cpu_before),
+    };
     let mut latencies = Vec::with_capacity(ids.len());
     let mut last_arrival = None;
     for ((at, _, _), delivery) in accepted.iter().zip(&deliveries) {
@@ -592,6 +610,7 @@ async fn dispatch(
         succeeded,
         all_succeeded_seconds,
         coordinator_cpu_cores,
+        burst,
     })
 }
 

@@ -110,6 +110,19 @@ fn coordinator_bench_smoke_run_registers_every_agent_and_delivers_every_order_on
     ] {
         assert_eq!(at(pointer), expected, "{pointer} in {figures:#}");
     }
+    // Each side's CPU during the burst, for both servers.
+    for pointer in [
+        "/dispatch/burst/coordinator_cpu_cores",
+        "/dispatch/burst/simulator_cpu_cores",
+        "/rounds/0/floor/dispatch/burst/coordinator_cpu_cores",
+        "/rounds/0/floor/dispatch/burst/simulator_cpu_cores",
+    ] {
+        assert!(at(pointer).is_f64(), "{pointer} in {figures:#}");
+    }
+    assert!(
+        text.contains("CPU from the first submission until every order arrived"),
+        "no burst CPU line in:\n{text}"
+    );
     let floor_p99 = at("/rounds/0/floor/dispatch/latency_ms/p99")
         .as_f64()
         .expect("floor p99");

@@ -229,6 +229,13 @@ floor_round() {
   "$BIN_DIR/warden-fleet-floor" --listen "127.0.0.1:$port" >"$WORK/floor-$round.log" 2>&1 </dev/null &
   pid=$!
   PIDS+=("$pid")
+  # The simulator's admin calls do not retry: wait until the floor takes connections.
+  local deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || die "warden-fleet-floor exited during startup: $(cat "$WORK/floor-$round.log")"
+    ((SECONDS < deadline)) || die "warden-fleet-floor did not listen on port $port within 30 s"
+    sleep 0.1
+  done
   say "round $round: the transport floor, the same fleet and orders"
   simulate "http://127.0.0.1:$port" "$pid" "$WORK/floor-$round.json" "$WORK/fleet-sim-floor-$round.log" \
     --idle 1s --settle 1s --register-timeout 60s
